@@ -1,1 +1,7 @@
-fn main() {}
+//! The `jetflow` binary: parses the command line and runs one command.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    jetflow_gateway::run::main()
+}

@@ -32,6 +32,7 @@ pub mod testkit;
 pub mod topology;
 
 pub use actor_ref::{ActorRef, TrackedRecipient};
+pub use async_nats::HeaderMap;
 pub use breaker::{BreakerActor, BreakerConfig, BreakerError, BreakerState};
 pub use bridge::{BridgeConfig, BridgeStatus, NatsBridge, Publish};
 pub use codec::{Decode, DecodeError, Json};

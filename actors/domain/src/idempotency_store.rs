@@ -1,0 +1,135 @@
+//! `Idempotency-Key` records of the gateway.
+//!
+//! The first request with a key stores the order id and the exact events it will publish;
+//! a repeat of the key gets the same order id and re-publishes the same events (same
+//! `Nats-Msg-Id`, so JetStream keeps one copy) until one publish was acknowledged. A key
+//! reused with a different body is refused. Records are kept 24 hours.
+
+use jetflow_runtime::OutgoingMessage;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+use crate::db::{Database, now_ms};
+
+/// How long keys are remembered.
+pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
+
+/// A message as stored with its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Subject.
+    pub subject: String,
+    /// `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// Payload (JSON text).
+    pub payload: String,
+    /// Headers.
+    pub headers: Vec<(String, String)>,
+}
+
+impl From<&OutgoingMessage> for StoredMessage {
+    fn from(m: &OutgoingMessage) -> Self {
+        Self {
+            subject: m.subject.clone(),
+            msg_id: m.msg_id.clone(),
+            payload: String::from_utf8_lossy(&m.payload).into_owned(),
+            headers: m.headers.clone(),
+        }
+    }
+}
+
+impl From<StoredMessage> for OutgoingMessage {
+    fn from(m: StoredMessage) -> Self {
+        OutgoingMessage {
+            subject: m.subject,
+            payload: m.payload.into(),
+            msg_id: m.msg_id,
+            headers: m.headers,
+        }
+    }
+}
+
+/// What a key stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The request body as validated (canonical JSON), to detect a reused key.
+    pub request: String,
+    /// The order id given out.
+    pub order_id: String,
+    /// The correlation id given out.
+    pub correlation_id: String,
+    /// The events of the order.
+    pub messages: Vec<StoredMessage>,
+    /// Whether JetStream acknowledged them.
+    pub published: bool,
+}
+
+/// The result of claiming a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The key is new and now stands for the given record.
+    New,
+    /// The key was used before, for this record.
+    Existing(IdempotencyRecord),
+}
+
+/// Claims `key` for `record`, or returns what it already stands for.
+pub async fn claim(
+    db: &Database,
+    key: &str,
+    record: &IdempotencyRecord,
+) -> Result<Claim, sqlx::Error> {
+    let messages =
+        serde_json::to_string(&record.messages).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (idempotency_key, request, order_id, correlation_id, messages, published, created_at) \
+         VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(key)
+    .bind(&record.request)
+    .bind(&record.order_id)
+    .bind(&record.correlation_id)
+    .bind(messages)
+    .bind(now_ms())
+    .execute(db.pool())
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(Claim::New);
+    }
+    let row = sqlx::query(
+        "SELECT request, order_id, correlation_id, messages, published FROM idempotency_keys WHERE idempotency_key = $1",
+    )
+    .bind(key)
+    .fetch_one(db.pool())
+    .await?;
+    let messages: String = row.try_get("messages")?;
+    Ok(Claim::Existing(IdempotencyRecord {
+        request: row.try_get("request")?,
+        order_id: row.try_get("order_id")?,
+        correlation_id: row.try_get("correlation_id")?,
+        messages: serde_json::from_str(&messages).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+        published: row.try_get::<i64, _>("published")? != 0,
+    }))
+}
+
+/// Notes that the key's events were acknowledged by JetStream.
+pub async fn mark_published(db: &Database, key: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE idempotency_keys SET published = 1 WHERE idempotency_key = $1")
+        .bind(key)
+        .execute(db.pool())
+        .await?;
+    Ok(())
+}
+
+/// Forgets keys older than the retention.
+pub async fn purge_expired(db: &Database) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
+            .bind(now_ms() - RETENTION_MS)
+            .execute(db.pool())
+            .await?
+            .rows_affected(),
+    )
+}

@@ -1,0 +1,391 @@
+//! The order read model: status, reason, amount and history of every order.
+//!
+//! Events about one order can arrive out of order (they come from three streams through
+//! separate consumers), so the status only moves forward: `pending` < `reserved` < `paid` <
+//! `confirmed` | `cancelled`, and a terminal status never changes. Each move is a conditional
+//! update (`WHERE status IN (<earlier statuses>)`), so concurrent consumers and replicas
+//! cannot interleave a read and a write. Fields arrive with whichever event brings them
+//! first and are never overwritten with nothing.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use crate::db::now_ms;
+
+/// An order's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderStatus {
+    /// Accepted, waiting for stock.
+    Pending,
+    /// Stock held, waiting for payment.
+    Reserved,
+    /// Charged.
+    Paid,
+    /// Done.
+    Confirmed,
+    /// Cancelled, with a reason.
+    Cancelled,
+}
+
+impl OrderStatus {
+    /// Every status.
+    pub const ALL: [OrderStatus; 5] = [
+        OrderStatus::Pending,
+        OrderStatus::Reserved,
+        OrderStatus::Paid,
+        OrderStatus::Confirmed,
+        OrderStatus::Cancelled,
+    ];
+
+    /// The status as stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderStatus::Pending => "pending",
+            OrderStatus::Reserved => "reserved",
+            OrderStatus::Paid => "paid",
+            OrderStatus::Confirmed => "confirmed",
+            OrderStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            OrderStatus::Pending => 0,
+            OrderStatus::Reserved => 1,
+            OrderStatus::Paid => 2,
+            OrderStatus::Confirmed | OrderStatus::Cancelled => 3,
+        }
+    }
+
+    /// Whether the saga is over for this order.
+    pub fn is_terminal(self) -> bool {
+        self.rank() == 3
+    }
+
+    /// The statuses an order may move to `self` from.
+    fn predecessors(self) -> Vec<&'static str> {
+        Self::ALL
+            .into_iter()
+            .filter(|s| !s.is_terminal() && s.rank() < self.rank())
+            .map(Self::as_str)
+            .collect()
+    }
+}
+
+/// One entry of an order's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HistoryEntry {
+    /// The status reached.
+    pub status: String,
+    /// When (Unix milliseconds).
+    pub at: i64,
+}
+
+/// An order as `GET /orders/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OrderRecord {
+    /// The order id.
+    pub order_id: String,
+    /// The customer.
+    pub customer_id: Option<String>,
+    /// The items, as JSON.
+    pub items: Option<serde_json::Value>,
+    /// `standard` or `express`.
+    pub priority: String,
+    /// The shipping address, as JSON (orders.created v2).
+    pub shipping_address: Option<serde_json::Value>,
+    /// The status.
+    pub status: String,
+    /// Why it was cancelled.
+    pub reason: Option<String>,
+    /// More about the reason.
+    pub detail: Option<String>,
+    /// The amount, once stock is reserved.
+    pub amount_cents: Option<i64>,
+    /// The correlation id of the flow.
+    pub correlation_id: Option<String>,
+    /// When it was first seen (Unix milliseconds).
+    pub created_at: i64,
+    /// When it last changed.
+    pub updated_at: i64,
+    /// Each status with its time, in order.
+    pub history: Vec<HistoryEntry>,
+}
+
+/// The facts of a newly created order.
+#[derive(Debug, Clone)]
+pub struct NewOrder<'a> {
+    /// The order id.
+    pub order_id: &'a str,
+    /// The customer.
+    pub customer_id: &'a str,
+    /// The items, as JSON.
+    pub items: serde_json::Value,
+    /// `standard` or `express`.
+    pub priority: &'a str,
+    /// The shipping address, as JSON.
+    pub shipping_address: Option<serde_json::Value>,
+    /// The correlation id.
+    pub correlation_id: &'a str,
+    /// When it was accepted (Unix milliseconds).
+    pub at: i64,
+}
+
+/// Records an order as pending, or fills in the fields an earlier event did not bring.
+/// Returns true if the order was new.
+pub async fn upsert_created(
+    conn: &mut AnyConnection,
+    order: &NewOrder<'_>,
+) -> Result<bool, sqlx::Error> {
+    let now = now_ms();
+    let exists = sqlx::query("SELECT 1 AS one FROM orders WHERE order_id = $1")
+        .bind(order.order_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .is_some();
+    sqlx::query(
+        "INSERT INTO orders (order_id, customer_id, items, priority, shipping_address, status, correlation_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
+         ON CONFLICT (order_id) DO UPDATE SET \
+           customer_id = COALESCE(orders.customer_id, excluded.customer_id), \
+           items = COALESCE(orders.items, excluded.items), \
+           priority = excluded.priority, \
+           shipping_address = COALESCE(orders.shipping_address, excluded.shipping_address), \
+           correlation_id = COALESCE(orders.correlation_id, excluded.correlation_id)",
+    )
+    .bind(order.order_id)
+    .bind(order.customer_id)
+    .bind(order.items.to_string())
+    .bind(order.priority)
+    .bind(order.shipping_address.as_ref().map(|v| v.to_string()))
+    .bind(order.correlation_id)
+    .bind(order.at)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    add_history(conn, order.order_id, OrderStatus::Pending, order.at).await?;
+    Ok(!exists)
+}
+
+async fn add_history(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    status: OrderStatus,
+    at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_history (order_id, status, at) VALUES ($1, $2, $3) ON CONFLICT (order_id, status) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(status.as_str())
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// What an attempted status change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advance {
+    /// The order moved to the new status.
+    Applied,
+    /// The order was already at or past it; nothing changed.
+    Stale(OrderStatus),
+}
+
+/// Extra facts that go with a status change.
+#[derive(Debug, Clone, Default)]
+pub struct Change<'a> {
+    /// Cancellation reason.
+    pub reason: Option<&'a str>,
+    /// Cancellation detail.
+    pub detail: Option<&'a str>,
+    /// The amount.
+    pub amount_cents: Option<i64>,
+    /// The correlation id (for an order first seen through a later event).
+    pub correlation_id: Option<&'a str>,
+}
+
+/// Moves an order forward to `to` if it is behind it (creating a minimal record if no event
+/// about the order was seen yet).
+pub async fn advance(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    to: OrderStatus,
+    change: &Change<'_>,
+) -> Result<Advance, sqlx::Error> {
+    let now = now_ms();
+    let from = to.predecessors();
+    if !from.is_empty() {
+        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 7)).collect();
+        let sql = format!(
+            "UPDATE orders SET status = $2, reason = COALESCE($3, reason), detail = COALESCE($4, detail), \
+             amount_cents = COALESCE($5, amount_cents), updated_at = $6 WHERE order_id = $1 AND status IN ({})",
+            placeholders.join(", ")
+        );
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(order_id)
+            .bind(to.as_str())
+            .bind(change.reason)
+            .bind(change.detail)
+            .bind(change.amount_cents)
+            .bind(now);
+        for s in &from {
+            q = q.bind(*s);
+        }
+        if q.execute(&mut *conn).await?.rows_affected() == 1 {
+            add_history(conn, order_id, to, now).await?;
+            return Ok(Advance::Applied);
+        }
+    }
+    let current = sqlx::query("SELECT status FROM orders WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(row) = current {
+        let status: String = row.try_get("status")?;
+        return Ok(Advance::Stale(
+            OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled),
+        ));
+    }
+    // First news of this order: record it at the new status.
+    let inserted = sqlx::query(
+        "INSERT INTO orders (order_id, status, reason, detail, amount_cents, correlation_id, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(to.as_str())
+    .bind(change.reason)
+    .bind(change.detail)
+    .bind(change.amount_cents)
+    .bind(change.correlation_id)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        add_history(conn, order_id, to, now).await?;
+        Ok(Advance::Applied)
+    } else {
+        // Someone created it between our two statements: try once more.
+        Box::pin(advance(conn, order_id, to, change)).await
+    }
+}
+
+/// One order with its history.
+pub async fn get<'c, E>(executor: E, order_id: &str) -> Result<Option<OrderRecord>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any> + Copy,
+{
+    let Some(row) = sqlx::query(
+        "SELECT order_id, customer_id, items, priority, shipping_address, status, reason, detail, amount_cents, \
+         correlation_id, created_at, updated_at FROM orders WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .fetch_optional(executor)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let history =
+        sqlx::query("SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY at, status")
+            .bind(order_id)
+            .fetch_all(executor)
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(HistoryEntry {
+                    status: r.try_get("status")?,
+                    at: r.try_get("at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let json = |name: &str| -> Result<Option<serde_json::Value>, sqlx::Error> {
+        let text: Option<String> = row.try_get(name)?;
+        Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
+    };
+    let mut history = history;
+    history.sort_by_key(|h| {
+        (
+            h.at,
+            OrderStatus::parse(&h.status).map(|s| s.rank()).unwrap_or(9),
+        )
+    });
+    Ok(Some(OrderRecord {
+        order_id: row.try_get("order_id")?,
+        customer_id: row.try_get("customer_id")?,
+        items: json("items")?,
+        priority: row.try_get("priority")?,
+        shipping_address: json("shipping_address")?,
+        status: row.try_get("status")?,
+        reason: row.try_get("reason")?,
+        detail: row.try_get("detail")?,
+        amount_cents: row.try_get("amount_cents")?,
+        correlation_id: row.try_get("correlation_id")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        history,
+    }))
+}
+
+/// Orders per status.
+pub async fn count_by_status<'c, E>(executor: E) -> Result<Vec<(String, i64)>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
+        .fetch_all(executor)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+        .collect()
+}
+
+/// Orders not finished whose last change is older than `before_ms`, oldest first.
+pub async fn stale<'c, E>(
+    executor: E,
+    before_ms: i64,
+    limit: i64,
+) -> Result<Vec<(String, Option<String>)>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "SELECT order_id, priority FROM orders WHERE status IN ('pending', 'reserved', 'paid') AND updated_at < $1 \
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(before_ms)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?
+    .iter()
+    .map(|r| Ok((r.try_get("order_id")?, r.try_get("priority")?)))
+    .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_only_move_forward() {
+        assert_eq!(
+            OrderStatus::Paid.predecessors(),
+            vec!["pending", "reserved"]
+        );
+        assert_eq!(
+            OrderStatus::Cancelled.predecessors(),
+            vec!["pending", "reserved", "paid"]
+        );
+        assert!(OrderStatus::Pending.predecessors().is_empty());
+        assert!(OrderStatus::Confirmed.is_terminal());
+    }
+}

@@ -1,0 +1,120 @@
+//! The HTTP client of the payment provider.
+//!
+//! Every charge carries the order id as `Idempotency-Key`, so a charge retried after a
+//! timeout (the provider may have charged and the answer got lost) is answered with the
+//! first result instead of charging twice. A 402 is a decline (a business answer, not a
+//! failure of the provider); 5xx, timeouts and connection errors are failures, which the
+//! circuit breaker counts.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What the provider answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChargeResult {
+    /// Charged.
+    Succeeded {
+        /// The provider's reference.
+        payment_id: String,
+    },
+    /// The customer's payment was declined.
+    Declined {
+        /// The provider's reason, if any.
+        reason: Option<String>,
+    },
+}
+
+/// Why the provider could not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// Unreachable, 5xx or too slow.
+    #[error("payment provider unavailable: {0}")]
+    Unavailable(String),
+    /// An answer that makes no sense (a bug on one side).
+    #[error("unexpected payment provider answer: {0}")]
+    Unexpected(String),
+}
+
+#[derive(Debug, Serialize)]
+struct ChargeRequest<'a> {
+    order_id: &'a str,
+    customer_id: &'a str,
+    amount_cents: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChargeResponse {
+    status: String,
+    #[serde(default)]
+    payment_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// A client of one provider.
+#[derive(Debug, Clone)]
+pub struct PaymentClient {
+    http: reqwest::Client,
+    base_url: String,
+}
+
+impl PaymentClient {
+    /// A client for the provider at `base_url`, each request limited to `timeout`.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ProviderError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| ProviderError::Unexpected(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The provider's base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Charges an order (idempotently, keyed by the order id).
+    pub async fn charge(
+        &self,
+        order_id: &str,
+        customer_id: &str,
+        amount_cents: i64,
+    ) -> Result<ChargeResult, ProviderError> {
+        let response = self
+            .http
+            .post(format!("{}/charges", self.base_url))
+            .header("Idempotency-Key", order_id)
+            .json(&ChargeRequest {
+                order_id,
+                customer_id,
+                amount_cents,
+            })
+            .send()
+            .await
+            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+        let status = response.status();
+        if status.is_server_error() || status.as_u16() == 429 {
+            return Err(ProviderError::Unavailable(format!("HTTP {status}")));
+        }
+        let body: ChargeResponse = response.json().await.map_err(|e| {
+            ProviderError::Unavailable(format!("HTTP {status}, unreadable body: {e}"))
+        })?;
+        match (status.as_u16(), body.status.as_str()) {
+            (200, "succeeded") => Ok(ChargeResult::Succeeded {
+                payment_id: body.payment_id.unwrap_or_else(|| format!("pay-{order_id}")),
+            }),
+            (402, _) | (200, "declined") => Ok(ChargeResult::Declined {
+                reason: body.reason,
+            }),
+            (code, s) => Err(ProviderError::Unexpected(format!(
+                "HTTP {code} with status {s:?}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! Stock and reservations in the database.
+//!
+//! A reservation takes every item of an order or none: each item is a conditional update
+//! (`available >= quantity`) inside one transaction, items in product order (so two orders
+//! never wait on each other's rows in opposite order), and a failed item undoes the ones
+//! before it in the same transaction. Neither concurrency nor replicas can oversell: the
+//! database checks the condition under the row's write lock. Every move keeps
+//! `available + reserved + sold` constant.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{AnyConnection, Row};
+
+use crate::db::now_ms;
+
+/// One product's stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Product {
+    /// The product id.
+    pub product_id: String,
+    /// Units that can be reserved.
+    pub available: i64,
+    /// Units held by orders not yet confirmed.
+    pub reserved: i64,
+    /// Units of confirmed orders.
+    pub sold: i64,
+    /// Unit price in cents.
+    pub price_cents: i64,
+}
+
+fn product_of(row: &sqlx::any::AnyRow) -> Result<Product, sqlx::Error> {
+    Ok(Product {
+        product_id: row.try_get("product_id")?,
+        available: row.try_get("available")?,
+        reserved: row.try_get("reserved")?,
+        sold: row.try_get("sold")?,
+        price_cents: row.try_get("price_cents")?,
+    })
+}
+
+/// A product's stock.
+pub async fn get<'c, E>(executor: E, product_id: &str) -> Result<Option<Product>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let row = sqlx::query(
+        "SELECT product_id, available, reserved, sold, price_cents FROM products WHERE product_id = $1",
+    )
+    .bind(product_id)
+    .fetch_optional(executor)
+    .await?;
+    row.as_ref().map(product_of).transpose()
+}
+
+/// Sets a product's available stock and price (creating it), keeping what is reserved and
+/// sold.
+pub async fn put(
+    conn: &mut AnyConnection,
+    product_id: &str,
+    available: i64,
+    price_cents: i64,
+) -> Result<Product, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO products (product_id, available, reserved, sold, price_cents, updated_at) \
+         VALUES ($1, $2, 0, 0, $3, $4) \
+         ON CONFLICT (product_id) DO UPDATE SET available = excluded.available, \
+         price_cents = excluded.price_cents, updated_at = excluded.updated_at",
+    )
+    .bind(product_id)
+    .bind(available)
+    .bind(price_cents)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
+    get(&mut *conn, product_id)
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)
+}
+
+/// What a reservation attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reservation {
+    /// Every item is held; prices as of now.
+    Reserved {
+        /// Product, quantity, unit price.
+        items: Vec<(String, i64, i64)>,
+        /// The order's amount.
+        amount_cents: i64,
+    },
+    /// A product has too little stock.
+    Insufficient {
+        /// The product.
+        product_id: String,
+        /// What the order asked for.
+        requested: i64,
+        /// What was available.
+        available: i64,
+    },
+    /// A product does not exist.
+    UnknownProduct {
+        /// The product.
+        product_id: String,
+    },
+}
+
+/// The status of the order's reservation record, if the stock actor has seen the order.
+pub async fn reservation_status(
+    conn: &mut AnyConnection,
+    order_id: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    let row = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| r.try_get("status")).transpose()
+}
+
+/// Sums quantities per product, in product order.
+pub fn merge_items<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> BTreeMap<String, i64> {
+    let mut merged = BTreeMap::new();
+    for (product, quantity) in items {
+        *merged.entry(product.to_string()).or_insert(0) += quantity;
+    }
+    merged
+}
+
+/// Reserves every item or none, and records the reservation. `items` must be merged.
+pub async fn reserve(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    lane: &str,
+    items: &BTreeMap<String, i64>,
+) -> Result<Reservation, sqlx::Error> {
+    // Pass 1: every product must exist; read prices.
+    let mut priced = Vec::with_capacity(items.len());
+    for (product_id, quantity) in items {
+        match get(&mut *conn, product_id).await? {
+            Some(p) => priced.push((product_id.clone(), *quantity, p.price_cents)),
+            None => {
+                record(conn, order_id, lane, "rejected", None).await?;
+                return Ok(Reservation::UnknownProduct {
+                    product_id: product_id.clone(),
+                });
+            }
+        }
+    }
+    // Pass 2: take stock item by item; undo on the first shortage.
+    for (i, (product_id, quantity, _)) in priced.iter().enumerate() {
+        let taken = sqlx::query(
+            "UPDATE products SET available = available - $1, reserved = reserved + $1, updated_at = $3 \
+             WHERE product_id = $2 AND available >= $1",
+        )
+        .bind(*quantity)
+        .bind(product_id)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if !taken {
+            for (undo_id, undo_qty, _) in &priced[..i] {
+                move_stock(conn, undo_id, *undo_qty, Move::Release).await?;
+            }
+            let available = get(&mut *conn, product_id)
+                .await?
+                .map(|p| p.available)
+                .unwrap_or(0);
+            record(conn, order_id, lane, "rejected", None).await?;
+            return Ok(Reservation::Insufficient {
+                product_id: product_id.clone(),
+                requested: *quantity,
+                available,
+            });
+        }
+    }
+    let amount_cents = priced
+        .iter()
+        .map(|(_, q, p)| q.saturating_mul(*p))
+        .fold(0i64, i64::saturating_add);
+    record(conn, order_id, lane, "reserved", Some(amount_cents)).await?;
+    for (product_id, quantity, price) in &priced {
+        sqlx::query(
+            "INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(order_id)
+        .bind(product_id)
+        .bind(*quantity)
+        .bind(*price)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Reservation::Reserved {
+        items: priced,
+        amount_cents,
+    })
+}
+
+/// Records (or updates) the order's reservation status.
+pub async fn record(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    lane: &str,
+    status: &str,
+    amount_cents: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO reservations (order_id, status, lane, amount_cents, updated_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(lane)
+    .bind(amount_cents)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// reserved → available
+    Release,
+    /// reserved → sold
+    Sell,
+}
+
+async fn move_stock(
+    conn: &mut AnyConnection,
+    product_id: &str,
+    quantity: i64,
+    how: Move,
+) -> Result<(), sqlx::Error> {
+    let sql = match how {
+        Move::Release => {
+            "UPDATE products SET available = available + $1, reserved = reserved - $1, updated_at = $3 WHERE product_id = $2"
+        }
+        Move::Sell => {
+            "UPDATE products SET sold = sold + $1, reserved = reserved - $1, updated_at = $3 WHERE product_id = $2"
+        }
+    };
+    sqlx::query(sql)
+        .bind(quantity)
+        .bind(product_id)
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The items held for an order.
+pub async fn reserved_items(
+    conn: &mut AnyConnection,
+    order_id: &str,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY product_id",
+    )
+    .bind(order_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| Ok((r.try_get("product_id")?, r.try_get("quantity")?)))
+        .collect()
+}
+
+/// Returns a reserved order's stock; `None` unless the order was `reserved`.
+pub async fn release(
+    conn: &mut AnyConnection,
+    order_id: &str,
+) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
+    finish(conn, order_id, Move::Release, "released").await
+}
+
+/// Turns a reserved order's stock into sold stock; `None` unless the order was `reserved`.
+pub async fn sell(
+    conn: &mut AnyConnection,
+    order_id: &str,
+) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
+    finish(conn, order_id, Move::Sell, "sold").await
+}
+
+async fn finish(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    how: Move,
+    to: &str,
+) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
+    // The conditional status change is the lock: of two concurrent finishes one wins.
+    let won = sqlx::query(
+        "UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1 AND status = 'reserved'",
+    )
+    .bind(order_id)
+    .bind(to)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if !won {
+        return Ok(None);
+    }
+    let items = reserved_items(conn, order_id).await?;
+    for (product_id, quantity) in &items {
+        move_stock(conn, product_id, *quantity, how).await?;
+    }
+    Ok(Some(items))
+}
+
+/// Totals over all products, for invariant checks: (available, reserved, sold).
+pub async fn totals<'c, E>(executor: E) -> Result<(i64, i64, i64), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(available), 0) AS BIGINT) AS a, CAST(COALESCE(SUM(reserved), 0) AS BIGINT) AS r, \
+         CAST(COALESCE(SUM(sold), 0) AS BIGINT) AS s FROM products",
+    )
+    .fetch_one(executor)
+    .await?;
+    Ok((row.try_get("a")?, row.try_get("r")?, row.try_get("s")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_merged_and_sorted() {
+        let m = merge_items([("b", 1), ("a", 2), ("b", 3)]);
+        assert_eq!(
+            m.into_iter().collect::<Vec<_>>(),
+            vec![("a".to_string(), 2), ("b".to_string(), 4)]
+        );
+    }
+}
