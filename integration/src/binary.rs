@@ -1,0 +1,63 @@
+//! Where the binaries under test are.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ is inside the workspace")
+        .to_path_buf()
+}
+
+/// A nats-server of version 2.10 or newer: `NATS_SERVER_BIN`, `.tools/bin/nats-server`, or
+/// `PATH`. Panics with what to do otherwise.
+pub fn nats_server_bin() -> PathBuf {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        candidates.push(PathBuf::from(p));
+    }
+    candidates.push(workspace_root().join(".tools/bin/nats-server"));
+    if let Some(paths) = std::env::var_os("PATH") {
+        candidates.extend(std::env::split_paths(&paths).map(|d| d.join("nats-server")));
+    }
+    for c in candidates.iter().filter(|c| c.is_file()) {
+        let out = Command::new(c).arg("--version").output();
+        let Ok(out) = out else { continue };
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let v = text
+            .split_whitespace()
+            .last()
+            .unwrap_or("")
+            .trim_start_matches('v')
+            .to_string();
+        let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        if (major, minor) >= (2, 10) {
+            return c.clone();
+        }
+    }
+    panic!(
+        "no nats-server 2.10+ found (tried {candidates:?}); run scripts/install-nats-server.sh (Debian's 2.9.10 is too old: it lacks sync_interval)"
+    );
+}
+
+/// The `jetflow` binary built from this workspace (`JETFLOW_BIN` overrides).
+pub fn jetflow_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("JETFLOW_BIN") {
+        return PathBuf::from(p);
+    }
+    // The test executable lives in target/<profile>/deps/; the binary in target/<profile>/.
+    let exe = std::env::current_exe().expect("the test knows its path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let bin = profile_dir.join("jetflow");
+    assert!(
+        bin.is_file(),
+        "{} does not exist: build it first (cargo build -p jetflow-gateway --bin jetflow), or set JETFLOW_BIN",
+        bin.display()
+    );
+    bin
+}

@@ -1,0 +1,152 @@
+//! `jetflow` as a separate process: for tests that kill it (SIGKILL) and start it again, and
+//! for one process per role.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::binary::jetflow_bin;
+use crate::nats::http_get;
+use crate::ports::free_port;
+
+/// A `jetflow <command>` process.
+#[derive(Debug)]
+pub struct JetflowProcess {
+    args: Vec<String>,
+    env: BTreeMap<String, String>,
+    child: Option<Child>,
+    port: u16,
+    log: PathBuf,
+    _log_dir: tempfile::TempDir,
+}
+
+impl JetflowProcess {
+    /// A process running `args` (e.g. `["inventory"]`) with `env`, serving HTTP on a free
+    /// port; started and waited for (`/health` 200).
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let log_dir = tempfile::Builder::new()
+            .prefix("jetflow-proc-")
+            .tempdir()
+            .expect("a temp dir");
+        let mut env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.insert("JETFLOW_HTTP_ADDR".into(), format!("127.0.0.1:{port}"));
+        env.entry("RUST_LOG".into())
+            .or_insert_with(|| "info".into());
+        env.entry("JETFLOW_LOG_FORMAT".into())
+            .or_insert_with(|| "pretty".into());
+        let mut p = Self {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env,
+            child: None,
+            port,
+            log: log_dir.path().join("jetflow.log"),
+            _log_dir: log_dir,
+        };
+        p.spawn();
+        p.wait_healthy();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(jetflow_bin())
+            .args(&self.args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("jetflow starts");
+        self.child = Some(child);
+    }
+
+    /// The HTTP base URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The HTTP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The process log so far (last 60 lines).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// The whole log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it runs.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Waits (30 s) until `/health` answers 200.
+    pub fn wait_healthy(&mut self) {
+        self.wait_status("/health", 200, Duration::from_secs(30));
+    }
+
+    /// Waits (30 s) until `/ready` answers 200.
+    pub fn wait_ready(&mut self) {
+        self.wait_status("/ready", 200, Duration::from_secs(30));
+    }
+
+    fn wait_status(&mut self, path: &str, want: u16, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        loop {
+            if let Ok((status, _)) = http_get(self.port, path) {
+                if status == want {
+                    return;
+                }
+            }
+            if Instant::now() > until || !self.is_running() {
+                panic!(
+                    "jetflow {:?} did not answer {want} on {path}; log:\n{}",
+                    self.args,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGKILL, then start again with the same settings, and wait for `/health`.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_healthy();
+    }
+}
+
+impl Drop for JetflowProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
