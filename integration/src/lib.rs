@@ -14,6 +14,7 @@ pub mod nats;
 pub mod ports;
 pub mod postgres;
 pub mod process;
+pub mod scenarios;
 pub mod wait;
 
 pub use app::{TestApp, TestAppBuilder};

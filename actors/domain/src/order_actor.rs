@@ -40,15 +40,25 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// The order actor.
 pub struct OrderActor {
     deps: Deps,
+    sweeps: bool,
     sweeping: bool,
 }
 
 impl OrderActor {
-    /// An order actor over `deps`.
+    /// An order actor over `deps` that also sweeps overdue orders.
     pub fn new(deps: Deps) -> Self {
         Self {
             deps,
+            sweeps: true,
             sweeping: false,
+        }
+    }
+
+    /// An order actor that only handles events (the express lane's: one sweeper is enough).
+    pub fn without_sweeper(deps: Deps) -> Self {
+        Self {
+            sweeps: false,
+            ..Self::new(deps)
         }
     }
 }
@@ -58,6 +68,9 @@ impl Actor for OrderActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.sweeping = false;
+        if !self.sweeps {
+            return;
+        }
         ctx.run_interval(SWEEP_EVERY, |act, ctx| {
             if act.sweeping {
                 return;

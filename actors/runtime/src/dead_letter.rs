@@ -263,7 +263,10 @@ pub async fn list(js: &jetstream::Context) -> Result<Vec<DeadLetter>, DeadLetter
         .map_err(|e| DeadLetterError::Read(Box::new(e)))?
     {
         let msg = next.map_err(|e| DeadLetterError::Read(Box::new(e)))?;
-        let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
+        let (seq, pending) = msg
+            .info()
+            .map(|i| (i.stream_sequence, i.pending))
+            .unwrap_or((0, 0));
         let stream_msg = jetstream::message::StreamMessage {
             subject: msg.subject.clone(),
             sequence: seq,
@@ -275,7 +278,8 @@ pub async fn list(js: &jetstream::Context) -> Result<Vec<DeadLetter>, DeadLetter
                 .unwrap_or_else(|_| Utc::now()),
         };
         out.push(DeadLetter::from_message(stream_msg));
-        if seq >= last {
+        // Deleted messages (replayed ones) leave gaps: stop when nothing is pending.
+        if seq >= last || pending == 0 {
             break;
         }
     }
