@@ -60,7 +60,12 @@ pub fn main() -> ExitCode {
                 Ok(s) => s,
                 Err(e) => return fail(e),
             };
-            let result = runtime().block_on(serve(settings, Roles::all()));
+            // The simulated provider runs here unless PAYMENT_PROVIDER_URL points elsewhere.
+            let roles = Roles {
+                provider: common.payment_provider_url.is_none(),
+                ..Roles::all()
+            };
+            let result = runtime().block_on(serve(settings, roles));
             drop(local);
             result
         }

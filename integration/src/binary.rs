@@ -42,7 +42,8 @@ pub fn nats_server_bin() -> PathBuf {
     );
 }
 
-/// The `jetflow` binary built from this workspace (`JETFLOW_BIN` overrides).
+/// The `jetflow` binary built from this workspace (`JETFLOW_BIN` overrides). The first call
+/// in a test process runs `cargo build` for it, so a test never starts a stale binary.
 pub fn jetflow_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("JETFLOW_BIN") {
         return PathBuf::from(p);
@@ -53,6 +54,26 @@ pub fn jetflow_bin() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("test executables live in target/<profile>/deps");
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    BUILD.call_once(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "jetflow-gateway",
+            "--bin",
+            "jetflow",
+        ]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        match cmd.status() {
+            Ok(s) if s.success() => {}
+            other => panic!("building the jetflow binary failed: {other:?}"),
+        }
+    });
     let bin = profile_dir.join("jetflow");
     assert!(
         bin.is_file(),

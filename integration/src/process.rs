@@ -25,7 +25,11 @@ impl JetflowProcess {
     /// A process running `args` (e.g. `["inventory"]`) with `env`, serving HTTP on a free
     /// port; started and waited for (`/health` 200).
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
+        let port = env
+            .iter()
+            .find(|(k, _)| *k == "JETFLOW_HTTP_ADDR")
+            .and_then(|(_, v)| v.rsplit(':').next()?.parse().ok())
+            .unwrap_or_else(free_port);
         let log_dir = tempfile::Builder::new()
             .prefix("jetflow-proc-")
             .tempdir()
@@ -127,6 +131,41 @@ impl JetflowProcess {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The simulated payment provider as its own process (its ledger outlives the others).
+    pub fn provider() -> Self {
+        let addr = format!("127.0.0.1:{}", free_port());
+        Self::start(
+            &["payment-provider"],
+            &[
+                ("JETFLOW_PROVIDER_ADDR", addr.as_str()),
+                ("JETFLOW_HTTP_ADDR", addr.as_str()),
+            ],
+        )
+    }
+
+    /// Starts it again after a kill, without waiting (see [`Self::until`]).
+    pub fn respawn(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Waits without blocking the async runtime until `path` answers 200 (30 s at most).
+    pub async fn until(&self, path: &str) {
+        let url = format!("{}{path}", self.url());
+        crate::eventually(
+            &format!("{:?} {path}", self.args),
+            Duration::from_secs(30),
+            || async {
+                match reqwest::get(&url).await {
+                    Ok(r) if r.status().as_u16() == 200 => Ok(()),
+                    Ok(r) => Err(r.status().to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
+        .await;
     }
 
     /// SIGKILL.
