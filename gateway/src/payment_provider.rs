@@ -47,7 +47,8 @@ pub struct Charge {
     pub customer_id: String,
     /// The amount.
     pub amount_cents: i64,
-    /// `succeeded` or `declined`.
+    /// `succeeded`, `declined`, or `voided` (charged and given back, or refused because a
+    /// void came first).
     pub status: String,
     /// The provider's reference.
     pub payment_id: Option<String>,
@@ -110,6 +111,13 @@ async fn charge(
                 return l.charges[i].clone();
             }
         }
+        // A void that came first (the client gave up on a slow request) refuses the charge.
+        if let Some(&i) = l.by_key.get(&body.order_id) {
+            if l.charges[i].status == "voided" {
+                l.charges[i].calls += 1;
+                return l.charges[i].clone();
+            }
+        }
         let declined = body.customer_id.starts_with("declined-");
         let c = Charge {
             order_id: body.order_id.clone(),
@@ -125,13 +133,52 @@ async fn charge(
         }
         c
     });
-    Ok(if charge.status == "declined" {
+    Ok(if charge.status == "voided" {
+        HttpResponse::PaymentRequired()
+            .json(serde_json::json!({"status": "declined", "reason": "the charge was voided"}))
+    } else if charge.status == "declined" {
         HttpResponse::PaymentRequired()
             .json(serde_json::json!({"status": "declined", "reason": "card declined (simulated)"}))
     } else {
         HttpResponse::Ok()
             .json(serde_json::json!({"status": "succeeded", "payment_id": charge.payment_id}))
     })
+}
+
+/// `POST /charges/{order_id}/void`: voids the charge made under this order's idempotency key
+/// (status `voided`: the money goes back), or, if none was made yet, records a void so that a
+/// charge arriving later is refused. Idempotent.
+async fn void_charge(state: web::Data<ProviderState>, order_id: web::Path<String>) -> HttpResponse {
+    let control = state.with(|l| l.control);
+    if control.fail {
+        return HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({"status": "unavailable", "reason": "provider outage (simulated)"}),
+        );
+    }
+    let order_id = order_id.into_inner();
+    let charge = state.with(|l| match l.by_key.get(&order_id) {
+        Some(&i) => {
+            if l.charges[i].status == "succeeded" {
+                l.charges[i].status = "voided".to_string();
+            }
+            l.charges[i].clone()
+        }
+        None => {
+            let c = Charge {
+                order_id: order_id.clone(),
+                customer_id: String::new(),
+                amount_cents: 0,
+                status: "voided".to_string(),
+                payment_id: None,
+                calls: 0,
+            };
+            l.charges.push(c.clone());
+            l.by_key.insert(order_id.clone(), l.charges.len() - 1);
+            c
+        }
+    });
+    tracing::info!(%order_id, status = %charge.status, "void requested");
+    HttpResponse::Ok().json(serde_json::json!({"status": charge.status}))
 }
 
 async fn list_charges(state: web::Data<ProviderState>) -> HttpResponse {
@@ -158,6 +205,7 @@ pub fn configure(state: ProviderState) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(state))
             .route("/charges", web::post().to(charge))
+            .route("/charges/{order_id}/void", web::post().to(void_charge))
             .route("/charges", web::get().to(list_charges))
             .route("/_control", web::put().to(put_control))
             .route("/_control", web::get().to(get_control));

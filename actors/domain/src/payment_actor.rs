@@ -116,12 +116,16 @@ async fn charge(
             Some(reason.unwrap_or_else(|| "declined by the provider".to_string())),
         ),
         Err(err) => {
-            let why = match &err {
-                BreakerError::Open { .. } => "circuit open".to_string(),
-                BreakerError::Timeout(d) => format!("provider timed out after {d:?}"),
-                BreakerError::Failed(ProviderError::Unavailable(e)) => e.clone(),
-                BreakerError::Failed(ProviderError::Unexpected(e)) => e.clone(),
+            let (why, uncertain) = match &err {
+                BreakerError::Open { .. } => ("circuit open".to_string(), false),
+                BreakerError::Timeout(d) => (format!("provider timed out after {d:?}"), true),
+                BreakerError::Failed(ProviderError::Unavailable(e)) => (e.clone(), false),
+                BreakerError::Failed(ProviderError::Uncertain(e)) => (e.clone(), true),
+                BreakerError::Failed(ProviderError::Unexpected(e)) => (e.clone(), true),
             };
+            if uncertain {
+                payment_store::mark_uncertain(deps.db.pool(), &order_id).await?;
+            }
             if !meta.is_last_delivery() {
                 m.payments.with_label_values(&["retried"]).inc();
                 let delay = retry_delay(
@@ -135,11 +139,25 @@ async fn charge(
                     format!("payment provider unavailable: {why}"),
                 ));
             }
+            // Giving up. If an attempt may have charged, void it first: a cancelled order
+            // must not stay charged. If that fails too, the message is dead-lettered (replay
+            // it once the provider is back) rather than cancelling a possibly charged order.
+            let mut detail = format!("gave up after {} attempts: {why}", meta.delivered);
+            if payment_store::was_uncertain(deps.db.pool(), &order_id).await? {
+                if let Err(e) = client.void(&order_id).await {
+                    tracing::error!(%order_id, error = %e, "cannot void a possibly made charge; the delivery is retried or dead-lettered");
+                    return Ok(Outcome::retry(format!(
+                        "order {order_id} may have been charged and the charge could not be voided ({e}); replay this message once the payment provider is reachable"
+                    )));
+                }
+                m.payments.with_label_values(&["voided"]).inc();
+                detail.push_str("; any charge made was voided");
+            }
             (
                 "unavailable",
                 Some(PaymentFailureReason::Unavailable),
                 None,
-                Some(format!("gave up after {} attempts: {why}", meta.delivered)),
+                Some(detail),
             )
         }
     };

@@ -28,9 +28,13 @@ pub enum ChargeResult {
 /// Why the provider could not give an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// Unreachable, 5xx or too slow.
+    /// Unreachable or 5xx: the charge certainly did not happen.
     #[error("payment provider unavailable: {0}")]
     Unavailable(String),
+    /// The request was sent but no clear answer came back (timeout, broken connection,
+    /// unreadable body): the charge may have gone through.
+    #[error("payment provider gave no clear answer: {0}")]
+    Uncertain(String),
     /// An answer that makes no sense (a bug on one side).
     #[error("unexpected payment provider answer: {0}")]
     Unexpected(String),
@@ -97,13 +101,13 @@ impl PaymentClient {
             })
             .send()
             .await
-            .map_err(|e| ProviderError::Unavailable(e.to_string()))?;
+            .map_err(send_error)?;
         let status = response.status();
         if status.is_server_error() || status.as_u16() == 429 {
             return Err(ProviderError::Unavailable(format!("HTTP {status}")));
         }
         let body: ChargeResponse = response.json().await.map_err(|e| {
-            ProviderError::Unavailable(format!("HTTP {status}, unreadable body: {e}"))
+            ProviderError::Uncertain(format!("HTTP {status}, unreadable body: {e}"))
         })?;
         match (status.as_u16(), body.status.as_str()) {
             (200, "succeeded") => Ok(ChargeResult::Succeeded {
@@ -116,5 +120,32 @@ impl PaymentClient {
                 "HTTP {code} with status {s:?}"
             ))),
         }
+    }
+
+    /// Voids whatever was charged under this order's idempotency key, and makes the provider
+    /// refuse any later charge with it (a slow request still in flight). Idempotent.
+    pub async fn void(&self, order_id: &str) -> Result<(), ProviderError> {
+        let response = self
+            .http
+            .post(format!("{}/charges/{order_id}/void", self.base_url))
+            .send()
+            .await
+            .map_err(send_error)?;
+        match response.status().as_u16() {
+            200 => Ok(()),
+            code => Err(ProviderError::Unavailable(format!(
+                "void answered HTTP {code}"
+            ))),
+        }
+    }
+}
+
+/// A request that failed before the provider could see it (connect error) certainly did not
+/// charge; any other failure (a timeout, a reset after sending) may have.
+fn send_error(e: reqwest::Error) -> ProviderError {
+    if e.is_connect() {
+        ProviderError::Unavailable(e.to_string())
+    } else {
+        ProviderError::Uncertain(e.to_string())
     }
 }

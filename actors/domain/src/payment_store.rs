@@ -61,3 +61,32 @@ pub async fn record(
     .rows_affected();
     Ok(n == 1)
 }
+
+/// Remembers that a charge attempt for `order_id` ended without a clear answer (it may have
+/// gone through at the provider).
+pub async fn mark_uncertain<'c, E>(executor: E, order_id: &str) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO payment_attempts (order_id, uncertain_at) VALUES ($1, $2) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(now_ms())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Whether any charge attempt for `order_id` ended without a clear answer.
+pub async fn was_uncertain<'c, E>(executor: E, order_id: &str) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    let row = sqlx::query("SELECT order_id FROM payment_attempts WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.is_some())
+}
