@@ -62,6 +62,36 @@ impl TestDatabase {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// Makes the database unreachable for the application, as an outage would: new
+    /// connections are refused and existing ones are terminated.
+    pub async fn take_offline(&self) {
+        let mut conn = PgConnection::connect(&self.admin).await.expect("admin connection");
+        for sql in [
+            format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", self.name),
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                self.name
+            ),
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&mut conn)
+                .await
+                .expect("take the database offline");
+        }
+    }
+
+    /// Ends [`Self::take_offline`].
+    pub async fn bring_online(&self) {
+        let mut conn = PgConnection::connect(&self.admin).await.expect("admin connection");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await
+        .expect("bring the database online");
+    }
 }
 
 impl Drop for TestDatabase {
