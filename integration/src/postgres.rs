@@ -66,7 +66,9 @@ impl TestDatabase {
     /// Makes the database unreachable for the application, as an outage would: new
     /// connections are refused and existing ones are terminated.
     pub async fn take_offline(&self) {
-        let mut conn = PgConnection::connect(&self.admin).await.expect("admin connection");
+        let mut conn = PgConnection::connect(&self.admin)
+            .await
+            .expect("admin connection");
         for sql in [
             format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false", self.name),
             format!(
@@ -83,7 +85,9 @@ impl TestDatabase {
 
     /// Ends [`Self::take_offline`].
     pub async fn bring_online(&self) {
-        let mut conn = PgConnection::connect(&self.admin).await.expect("admin connection");
+        let mut conn = PgConnection::connect(&self.admin)
+            .await
+            .expect("admin connection");
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
             self.name

@@ -46,14 +46,23 @@ async fn poison_lands_in_the_dlq_with_a_reason_and_the_consumers_keep_going() {
         let l = jetflow_runtime::dead_letter::list(&js)
             .await
             .map_err(|e| e.to_string())?;
-        if l.len() >= 4 { Ok(l) } else { Err(format!("{} so far", l.len())) }
+        if l.len() >= 4 {
+            Ok(l)
+        } else {
+            Err(format!("{} so far", l.len()))
+        }
     })
     .await;
     let mut subjects: Vec<&str> = letters.iter().map(|l| l.subject.as_str()).collect();
     subjects.sort();
     assert_eq!(
         subjects,
-        ["inventory.reserved", "orders.created", "orders.created.v2", "payments.succeeded"]
+        [
+            "inventory.reserved",
+            "orders.created",
+            "orders.created.v2",
+            "payments.succeeded"
+        ]
     );
     for l in &letters {
         assert_eq!(l.reason, "poison", "{l:?}");
@@ -79,29 +88,36 @@ async fn a_database_outage_is_reported_and_nothing_is_acked_that_was_not_committ
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let db = env.pg.as_ref().expect("PostgreSQL");
     db.take_offline().await;
-    eventually("/ready to report the database", Duration::from_secs(10), || async {
-        let r = env
-            .app
-            .client
-            .get(format!("{}/ready", env.app.address))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = r.status().as_u16();
-        let body = r.text().await.unwrap_or_default();
-        if status == 503 && body.contains("database") {
-            Ok(())
-        } else {
-            Err(format!("{status} {body}"))
-        }
-    })
+    eventually(
+        "/ready to report the database",
+        Duration::from_secs(10),
+        || async {
+            let r = env
+                .app
+                .client
+                .get(format!("{}/ready", env.app.address))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = r.status().as_u16();
+            let body = r.text().await.unwrap_or_default();
+            if status == 503 && body.contains("database") {
+                Ok(())
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     db.bring_online().await;
     env.app.wait_ready().await;
     let report = load.await.expect("the load ran");
     report.assert_clean(Duration::from_secs(8));
-    assert!(report.unavailable > 0, "clients saw the outage as 503s: {report:?}");
+    assert!(
+        report.unavailable > 0,
+        "clients saw the outage as 503s: {report:?}"
+    );
     env.accepted.extend(report.accepted);
     let result = env.check().await;
     assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);

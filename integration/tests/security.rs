@@ -1,0 +1,186 @@
+//! Security: NATS authentication (user/password, a wrong password), secrets kept out of logs,
+//! and the gateway's limits (body size, content type, request rate per client), each
+//! answering its documented status with a JSON error.
+
+use std::time::Duration;
+
+use jetflow_integration::{JetflowProcess, NatsServer};
+use serde_json::{Value, json};
+
+const PASSWORD: &str = "s3cr3t-Pa55-do-not-log";
+const DB_PASSWORD: &str = "db-pw-never-logged";
+
+async fn order_through(api: &str) -> Value {
+    let client = reqwest::Client::new();
+    let r = client
+        .put(format!("{api}/inventory/sku-sec"))
+        .json(&json!({"available": 5, "price_cents": 100}))
+        .send()
+        .await
+        .expect("PUT");
+    assert_eq!(r.status().as_u16(), 200);
+    let r = client
+        .post(format!("{api}/orders"))
+        .json(&json!({"customer_id": "c-sec", "items": [{"product_id": "sku-sec", "quantity": 1}]}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 202);
+    let id = r.json::<Value>().await.expect("JSON")["order_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    jetflow_integration::eventually("the order to finish", Duration::from_secs(30), || async {
+        let o: Value = client
+            .get(format!("{api}/orders/{id}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        if o["status"] == "confirmed" {
+            Ok(o)
+        } else {
+            Err(o.to_string())
+        }
+    })
+    .await
+}
+
+#[actix_web::test]
+async fn user_and_password_work_and_never_reach_the_logs() {
+    let nats = NatsServer::builder()
+        .user_password("jetflow", PASSWORD)
+        .start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}/j.db", dir.path().display());
+    let provider = format!("127.0.0.1:{}", jetflow_integration::ports::free_port());
+    let mut app = JetflowProcess::start(
+        &["all"],
+        &[
+            ("NATS_URL", nats.url().as_str()),
+            ("NATS_USER", "jetflow"),
+            ("NATS_PASSWORD", PASSWORD),
+            ("DATABASE_URL", db.as_str()),
+            ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
+            ("RUST_LOG", "debug"),
+            ("JETFLOW_LOG_FORMAT", "json"),
+        ],
+    );
+    app.until("/ready").await;
+    order_through(&app.url()).await;
+    app.kill();
+    let log = app.log();
+    assert!(log.contains("NATS connected"), "{}", app.log_tail());
+    assert!(!log.contains(PASSWORD), "the NATS password was logged");
+}
+
+#[actix_web::test]
+async fn a_wrong_password_keeps_the_service_unready_with_a_clear_error() {
+    let nats = NatsServer::builder()
+        .user_password("jetflow", PASSWORD)
+        .start();
+    let db_url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/test");
+    let mut app = JetflowProcess::start(
+        &["orders"],
+        &[
+            ("NATS_URL", nats.url().as_str()),
+            ("NATS_USER", "jetflow"),
+            ("NATS_PASSWORD", "wrong-password-also-secret"),
+            ("DATABASE_URL", db_url.as_str()),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let r = reqwest::get(format!("{}/ready", app.url()))
+        .await
+        .expect("/ready");
+    assert_eq!(r.status().as_u16(), 503);
+    let body = r.text().await.unwrap_or_default();
+    assert!(
+        body.contains("nats"),
+        "/ready names what is missing: {body}"
+    );
+    app.kill();
+    let log = app.log();
+    assert!(
+        log.to_lowercase().contains("authorization"),
+        "the log says why: {}",
+        app.log_tail()
+    );
+    assert!(
+        !log.contains("wrong-password-also-secret"),
+        "the NATS password was logged"
+    );
+    assert!(
+        !log.contains(DB_PASSWORD),
+        "the database password was logged"
+    );
+}
+
+#[actix_web::test]
+async fn body_size_content_type_and_rate_limits_answer_their_documented_status() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = format!("sqlite://{}/j.db", dir.path().display());
+    let provider = format!("127.0.0.1:{}", jetflow_integration::ports::free_port());
+    let mut app = JetflowProcess::start(
+        &["all"],
+        &[
+            ("NATS_URL", nats.url().as_str()),
+            ("DATABASE_URL", db.as_str()),
+            ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
+            ("JETFLOW_RATE_LIMIT", "5"),
+            ("JETFLOW_RATE_BURST", "10"),
+        ],
+    );
+    app.until("/ready").await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/orders", app.url());
+
+    let big = json!({"customer_id": "c", "items": [{"product_id": "x".repeat(70 * 1024), "quantity": 1}]});
+    let r = client.post(&url).json(&big).send().await.expect("POST");
+    assert_eq!(r.status().as_u16(), 413);
+    let e: Value = r.json().await.expect("a JSON error");
+    assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
+
+    let r = client
+        .post(&url)
+        .header("Content-Type", "text/plain")
+        .body("customer_id=c")
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(r.status().as_u16(), 415);
+    let e: Value = r.json().await.expect("a JSON error");
+    assert!(e["error"].is_string(), "{e}");
+
+    // Burst of 10, then 5 per second: 30 at once must meet 429s with Retry-After.
+    let mut limited = 0;
+    for _ in 0..30 {
+        let r = client
+            .get(format!(
+                "{}/orders/00000000-0000-4000-8000-000000000000",
+                app.url()
+            ))
+            .send()
+            .await
+            .expect("GET");
+        if r.status().as_u16() == 429 {
+            limited += 1;
+            assert!(r.headers().contains_key("Retry-After"));
+            let e: Value = r.json().await.expect("a JSON error");
+            assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
+        }
+    }
+    assert!(limited >= 15, "only {limited} of 30 requests were limited");
+    // Probes are never limited.
+    let r = client
+        .get(format!("{}/health", app.url()))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(r.status().as_u16(), 200);
+    app.kill();
+}
