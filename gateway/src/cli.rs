@@ -183,6 +183,12 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Drive load through the system and report throughput and latency percentiles.
     Bench(crate::bench::BenchArgs),
+    /// GET a URL and exit 0 on a 200 (container health checks: `jetflow probe
+    /// http://127.0.0.1:8080/ready`).
+    Probe {
+        /// The URL.
+        url: String,
+    },
 }
 
 /// Options of `jetflow all`.

@@ -14,6 +14,7 @@ pub mod http_metrics;
 pub mod local_nats;
 pub mod order_request;
 pub mod payment_provider;
+pub mod probe;
 pub mod rate_limit;
 pub mod routes;
 pub mod run;

@@ -40,6 +40,15 @@ async fn serve(settings: Settings, roles: Roles) -> Result<(), String> {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Probe { url } = &cli.command {
+        return match crate::probe::probe(url) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("jetflow probe: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     telemetry::init(cli.common.log_format, "info");
     let default_provider: SocketAddr = DEFAULT_PROVIDER_ADDR
         .parse()
@@ -127,6 +136,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Bench(args) => runtime().block_on(crate::bench::run(&common, args)),
+        Command::Probe { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
