@@ -9,6 +9,7 @@ cd "$ROOT"
 
 bash scripts/install-nats-server.sh
 bash scripts/ensure-postgres.sh
+bash scripts/check-deploy.sh
 export NATS_SERVER_BIN="$ROOT/.tools/bin/nats-server"
 export JETFLOW_TEST_PG_ADMIN_URL="${JETFLOW_TEST_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 

@@ -99,3 +99,39 @@ pub fn created(event: &AnyEvent) -> Option<Created<'_>> {
         _ => None,
     }
 }
+
+/// The span every handling of an event runs in: each log line about it carries the order id,
+/// the correlation id and the W3C trace id of the flow, whichever actor writes it.
+pub fn span(
+    actor: &'static str,
+    input: &crate::input::InboundEvent,
+    meta: &DeliveryMeta,
+) -> tracing::Span {
+    let m = input.event.meta();
+    let trace_id = meta
+        .traceparent()
+        .and_then(|t| t.split('-').nth(1))
+        .unwrap_or_default();
+    tracing::info_span!(
+        "handle",
+        actor,
+        subject = %meta.subject,
+        order_id = %m.order_id,
+        correlation_id = %m.correlation_id,
+        trace_id,
+        delivered = meta.delivered,
+    )
+}
+
+/// Logs what became of an event (inside its [`span`]).
+pub fn log_outcome(outcome: &Outcome) {
+    match outcome {
+        Outcome::Ack => tracing::info!(outcome = "ack", "event handled"),
+        Outcome::Retry { reason, .. } => {
+            tracing::warn!(outcome = "retry", %reason, "event to be retried")
+        }
+        Outcome::DeadLetter(reason) => {
+            tracing::error!(outcome = "dead_letter", ?reason, "event dead-lettered")
+        }
+    }
+}

@@ -21,6 +21,7 @@ use jetflow_schemas::{
     AnyEvent, CancelReason, EventMeta, OrderCancelled, OrderConfirmed, PaymentFailed,
     PaymentFailureReason, PaymentSucceeded, Priority, Version,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::now_ms;
@@ -116,11 +117,15 @@ impl Handler<Delivery<InboundEvent>> for OrderActor {
 
     fn handle(&mut self, msg: Delivery<InboundEvent>, _: &mut Context<Self>) -> Self::Result {
         let deps = self.deps.clone();
+        let span = crate::handling::span("order", &msg.message, &msg.meta);
         Box::pin(
             async move {
                 let result = handle(&deps, &msg.message, &msg.meta).await;
-                outcome(result, &msg.meta)
+                let outcome = outcome(result, &msg.meta);
+                crate::handling::log_outcome(&outcome);
+                outcome
             }
+            .instrument(span)
             .into_actor(self),
         )
     }

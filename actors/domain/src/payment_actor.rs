@@ -18,6 +18,7 @@ use jetflow_schemas::{
     AnyEvent, EventMeta, InventoryReserved, PaymentFailed, PaymentFailureReason, PaymentSucceeded,
     Version,
 };
+use tracing::Instrument;
 
 use crate::events::outgoing;
 use crate::handling::{Deps, DomainError, outcome};
@@ -61,6 +62,7 @@ impl Handler<Delivery<InboundEvent>> for PaymentActor {
         let deps = self.deps.clone();
         let client = self.client.clone();
         let breaker = self.breaker.clone();
+        let span = crate::handling::span("payment", &msg.message, &msg.meta);
         Box::pin(
             async move {
                 let result = match &msg.message.event {
@@ -69,8 +71,11 @@ impl Handler<Delivery<InboundEvent>> for PaymentActor {
                     }
                     _ => Ok(Outcome::Ack),
                 };
-                outcome(result, &msg.meta)
+                let outcome = outcome(result, &msg.meta);
+                crate::handling::log_outcome(&outcome);
+                outcome
             }
+            .instrument(span)
             .into_actor(self),
         )
     }

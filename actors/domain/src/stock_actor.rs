@@ -18,6 +18,7 @@ use jetflow_schemas::{
     AnyEvent, CancelReason, EventMeta, InventoryReleased, InventoryReserved, OrderCancelled,
     OrderItem, Priority, ReservedItem, Version,
 };
+use tracing::Instrument;
 
 use crate::events::outgoing;
 use crate::handling::{Created, Deps, DomainError, created, lane_name, outcome};
@@ -52,11 +53,15 @@ impl Handler<Delivery<InboundEvent>> for StockActor {
 
     fn handle(&mut self, msg: Delivery<InboundEvent>, _: &mut Context<Self>) -> Self::Result {
         let deps = self.deps.clone();
+        let span = crate::handling::span("stock", &msg.message, &msg.meta);
         Box::pin(
             async move {
                 let result = handle(&deps, &msg.message, &msg.meta).await;
-                outcome(result, &msg.meta)
+                let outcome = outcome(result, &msg.meta);
+                crate::handling::log_outcome(&outcome);
+                outcome
             }
+            .instrument(span)
             .into_actor(self),
         )
     }

@@ -27,6 +27,11 @@ pub(crate) struct ActorStats {
 impl ActorStats {
     pub(crate) fn new(name: &str) -> Arc<Self> {
         let m = metrics();
+        // Every actor's series exist from its start (at 0), so dashboards and alerts see
+        // "no restarts" rather than "no data".
+        m.actor_restarts.with_label_values(&[name]);
+        m.actor_panics.with_label_values(&[name]);
+        m.actor_failed.with_label_values(&[name]);
         Arc::new(Self {
             name: name.to_string(),
             depth: m.actor_mailbox_depth.with_label_values(&[name]),
