@@ -9,6 +9,7 @@
 pub mod app;
 pub mod binary;
 pub mod cluster;
+pub mod creds;
 pub mod invariants;
 pub mod load;
 pub mod nats;

@@ -184,3 +184,41 @@ async fn body_size_content_type_and_rate_limits_answer_their_documented_status()
     assert_eq!(r.status().as_u16(), 200);
     app.kill();
 }
+
+#[actix_web::test]
+async fn a_creds_file_works_against_an_operator_mode_server_and_its_seed_is_not_logged() {
+    let setup = jetflow_integration::creds::OperatorSetup::new();
+    let nats = NatsServer::builder()
+        .config_extra(&setup.server_config)
+        .start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let creds = dir.path().join("jetflow.creds");
+    std::fs::write(&creds, &setup.creds).expect("creds file");
+    // Without credentials the server refuses us.
+    assert!(
+        async_nats::connect(nats.url()).await.is_err() || {
+            let c = async_nats::connect(nats.url()).await.expect("connect");
+            c.flush().await.is_err()
+        }
+    );
+    let db = format!("sqlite://{}/j.db", dir.path().display());
+    let provider = format!("127.0.0.1:{}", jetflow_integration::ports::free_port());
+    let creds_path = creds.display().to_string();
+    let mut app = JetflowProcess::start(
+        &["all"],
+        &[
+            ("NATS_URL", nats.url().as_str()),
+            ("NATS_CREDS", creds_path.as_str()),
+            ("DATABASE_URL", db.as_str()),
+            ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    app.until("/ready").await;
+    order_through(&app.url()).await;
+    app.kill();
+    assert!(
+        !app.log().contains(&setup.user_seed),
+        "the NKEY seed was logged"
+    );
+}
