@@ -3,7 +3,7 @@
 //! It runs as a child process with JetStream on (data under `./data/nats`), listening on
 //! 127.0.0.1 only, and is stopped when jetflow exits (and, on Linux, when jetflow dies: the
 //! child gets SIGTERM from the kernel). The binary is looked up in `NATS_SERVER_BIN`, then
-//! `.tools/bin/nats-server` (what `scripts/install-nats-server.sh` installs), then `PATH`, and
+//! `.tools/bin/nats-server` (what `.ci/install-nats-server.sh` installs), then `PATH`, and
 //! must be 2.10 or newer.
 
 use std::io::Write;
@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 pub enum LocalNatsError {
     /// No binary found.
     #[error(
-        "nats-server not found (looked at $NATS_SERVER_BIN, .tools/bin/nats-server and PATH); run scripts/install-nats-server.sh or set NATS_URL"
+        "nats-server not found (looked at $NATS_SERVER_BIN, .tools/bin/nats-server and PATH); run .ci/install-nats-server.sh or set NATS_URL"
     )]
     NotFound,
     /// The binary is too old.
     #[error(
-        "{path} is nats-server {version}; jetflow needs 2.10 or newer (run scripts/install-nats-server.sh)"
+        "{path} is nats-server {version}; jetflow needs 2.10 or newer (run .ci/install-nats-server.sh)"
     )]
     TooOld {
         /// The binary.

@@ -38,7 +38,7 @@ pub fn nats_server_bin() -> PathBuf {
         }
     }
     panic!(
-        "no nats-server 2.10+ found (tried {candidates:?}); run scripts/install-nats-server.sh (Debian's 2.9.10 is too old: it lacks sync_interval)"
+        "no nats-server 2.10+ found (tried {candidates:?}); run .ci/install-nats-server.sh (Debian's 2.9.10 is too old: it lacks sync_interval)"
     );
 }
 

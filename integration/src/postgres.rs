@@ -1,7 +1,7 @@
 //! A fresh PostgreSQL database per test, dropped afterwards.
 //!
 //! The server must be reachable: a test that cannot reach PostgreSQL fails loudly, it never
-//! skips. `scripts/ensure-postgres.sh` (run by the test command) starts one if needed.
+//! skips. `.ci/ensure-postgres.sh` (run by the test command) starts one if needed.
 
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
@@ -42,7 +42,7 @@ impl TestDatabase {
         let mut conn = PgConnection::connect(&admin).await.unwrap_or_else(|e| {
             panic!(
                 "PostgreSQL is not reachable at {admin}: {e}\n\
-                 The PostgreSQL tests never skip. Start a server (scripts/ensure-postgres.sh) or point \
+                 The PostgreSQL tests never skip. Start a server (.ci/ensure-postgres.sh) or point \
                  JETFLOW_TEST_PG_ADMIN_URL at one."
             )
         });

@@ -34,7 +34,7 @@ fn prometheus_bin() -> String {
         .into_iter()
         .find(|p| std::path::Path::new(p).is_file());
     found.map(str::to_string).unwrap_or_else(|| {
-        panic!("prometheus is not installed (scripts/test.sh installs Debian's package)")
+        panic!("prometheus is not installed (.ci/test.sh installs Debian's package)")
     })
 }
 

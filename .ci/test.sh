@@ -7,9 +7,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-bash scripts/install-nats-server.sh
-bash scripts/ensure-postgres.sh
-bash scripts/check-deploy.sh
+bash .ci/install-nats-server.sh
+bash .ci/ensure-postgres.sh
+bash .ci/check-deploy.sh
 export NATS_SERVER_BIN="$ROOT/.tools/bin/nats-server"
 export JETFLOW_TEST_PG_ADMIN_URL="${JETFLOW_TEST_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 

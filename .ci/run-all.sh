@@ -7,7 +7,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 if [ -z "${NATS_URL:-}" ]; then
-  bash scripts/install-nats-server.sh
+  bash .ci/install-nats-server.sh
   export NATS_SERVER_BIN="$ROOT/.tools/bin/nats-server"
 fi
 cargo build --release --locked -p jetflow-gateway --bin jetflow
