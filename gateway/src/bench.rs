@@ -211,7 +211,8 @@ async fn publish_raw(
             for i in 0..per_task {
                 let t0 = Instant::now();
                 let mut h = HeaderMap::new();
-                h.insert("Nats-Msg-Id", format!("raw-{t}-{i}"));
+                // Unique per run and subject: the stream's duplicate window spans the warm-up.
+                h.insert("Nats-Msg-Id", format!("{subject}-{t}-{i}"));
                 js.publish_with_headers(subject.clone(), h, payload.clone())
                     .await
                     .map_err(|e| e.to_string())?
@@ -252,7 +253,7 @@ async fn publish_bridge(
                 let t0 = Instant::now();
                 let msg = OutgoingMessage::new(
                     subject.clone(),
-                    format!("bridge-{t}-{i}"),
+                    format!("{subject}-{t}-{i}"),
                     payload.clone(),
                 );
                 bridge

@@ -1,4 +1,6 @@
-//! Logging: `tracing` to stdout, JSON or human-readable, filtered by `RUST_LOG`.
+//! Logging: `tracing` to stderr (stdout stays clean for command output such as
+//! `jetflow dlq list --json`; containers collect both), JSON or human-readable, filtered by
+//! `RUST_LOG`.
 //!
 //! JSON lines carry the fields of every enclosing span (a delivery's correlation id, an HTTP
 //! request's id), so one `jq` over the logs follows one order through every role. Panics
@@ -27,12 +29,12 @@ pub fn init(format: LogFormat, default_filter: &str) {
             .with_current_span(true)
             .with_span_list(true)
             .with_span_events(FmtSpan::NONE)
-            .with_writer(std::io::stdout)
+            .with_writer(std::io::stderr)
             .try_init(),
         LogFormat::Pretty => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(false)
-            .with_writer(std::io::stdout)
+            .with_writer(std::io::stderr)
             .try_init(),
     };
     if result.is_ok() {
