@@ -133,6 +133,25 @@ impl JetflowProcess {
         }
     }
 
+    /// `jetflow all` against `nats_url` with a fresh SQLite database and its simulated provider
+    /// on a free port, plus `extra` environment; the directory holding the database is
+    /// returned with it (keep it alive as long as the process).
+    pub fn all(nats_url: &str, extra: &[(&str, &str)]) -> (Self, tempfile::TempDir) {
+        let dir = tempfile::Builder::new()
+            .prefix("jetflow-all-")
+            .tempdir()
+            .expect("a temp dir");
+        let db = format!("sqlite://{}/jetflow.db", dir.path().display());
+        let provider = format!("127.0.0.1:{}", free_port());
+        let mut env = vec![
+            ("NATS_URL", nats_url),
+            ("DATABASE_URL", db.as_str()),
+            ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
+        ];
+        env.extend_from_slice(extra);
+        (Self::start(&["all"], &env), dir)
+    }
+
     /// The simulated payment provider as its own process (its ledger outlives the others).
     pub fn provider() -> Self {
         let addr = format!("127.0.0.1:{}", free_port());

@@ -86,6 +86,23 @@ impl Env {
         id
     }
 
+    /// `buyers` customers each order one unit of `product`, all at once (each asserted 202).
+    pub async fn buy_concurrently(&mut self, product: &str, buyers: usize) {
+        let app = &self.app;
+        let posts = (0..buyers).map(|i| async move {
+            let r = app
+                .post_order(&json!({"customer_id": format!("c-{i}"), "items": [{"product_id": product, "quantity": 1}]}))
+                .await;
+            assert_eq!(r.status().as_u16(), 202);
+            r.json::<Value>().await.expect("JSON")["order_id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        });
+        let ids = futures::future::join_all(posts).await;
+        self.accepted.extend(ids);
+    }
+
     /// A JetStream context on the test's broker.
     pub async fn js(&self) -> jetstream::Context {
         let client = async_nats::connect(self.nats.url()).await.expect("NATS");
@@ -291,19 +308,7 @@ pub async fn idempotency_key(backend: Backend) {
 pub async fn concurrent_buyers(backend: Backend, buyers: usize, stock: i64) {
     let mut env = Env::start(backend, |b| b).await;
     env.stock("sku-hot", stock, 250).await;
-    let app = &env.app;
-    let posts = (0..buyers).map(|i| async move {
-        let r = app
-            .post_order(&json!({"customer_id": format!("c-{i}"), "items": [{"product_id": "sku-hot", "quantity": 1}]}))
-            .await;
-        assert_eq!(r.status().as_u16(), 202);
-        r.json::<Value>().await.expect("JSON")["order_id"]
-            .as_str()
-            .expect("id")
-            .to_string()
-    });
-    let ids = futures::future::join_all(posts).await;
-    env.accepted.extend(ids);
+    env.buy_concurrently("sku-hot", buyers).await;
     let report = env.check().await;
     assert_eq!(
         report.count("confirmed") as i64,
@@ -589,19 +594,7 @@ pub async fn inventory_replicas(backend: Backend, buyers: usize, stock: i64) {
     let mut replica = replica;
     replica.wait_ready();
     env.stock("sku-rep", stock, 100).await;
-    let app = &env.app;
-    let posts = (0..buyers).map(|i| async move {
-        let r = app
-            .post_order(&json!({"customer_id": format!("c-{i}"), "items": [{"product_id": "sku-rep", "quantity": 1}]}))
-            .await;
-        assert_eq!(r.status().as_u16(), 202);
-        r.json::<Value>().await.expect("JSON")["order_id"]
-            .as_str()
-            .expect("id")
-            .to_string()
-    });
-    let ids = futures::future::join_all(posts).await;
-    env.accepted.extend(ids);
+    env.buy_concurrently("sku-rep", buyers).await;
     let report = env.check().await;
     assert_eq!(
         report.count("confirmed") as i64,
@@ -626,4 +619,51 @@ pub async fn inventory_replicas(backend: Backend, buyers: usize, stock: i64) {
         handled_by_replica > 0.0 && handled_here > 0.0,
         "both replicas work: here {handled_here}, replica {handled_by_replica}"
     );
+}
+
+/// The saga suite for one database: `saga_suite!(Backend::Sqlite)` in a test file expands to
+/// one `#[actix_web::test]` per scenario.
+#[macro_export]
+macro_rules! saga_suite {
+    ($backend:expr) => {
+        #[actix_web::test]
+        async fn happy_path_confirms_with_the_right_amount() {
+            $crate::scenarios::happy_path($backend).await;
+        }
+
+        #[actix_web::test]
+        async fn insufficient_stock_and_unknown_product_cancel_at_once() {
+            $crate::scenarios::stock_failures($backend).await;
+        }
+
+        #[actix_web::test]
+        async fn a_declined_payment_cancels_and_releases_stock() {
+            $crate::scenarios::declined_payment_releases_stock($backend).await;
+        }
+
+        #[actix_web::test]
+        async fn the_same_idempotency_key_makes_one_order() {
+            $crate::scenarios::idempotency_key($backend).await;
+        }
+
+        #[actix_web::test]
+        async fn concurrent_buyers_never_oversell() {
+            $crate::scenarios::concurrent_buyers($backend, 120, 45).await;
+        }
+
+        #[actix_web::test]
+        async fn v1_and_v2_events_are_processed_and_dual_publishing_handles_an_order_once() {
+            $crate::scenarios::schema_versions($backend).await;
+        }
+
+        #[actix_web::test]
+        async fn an_express_order_overtakes_a_backlog() {
+            $crate::scenarios::express_overtakes_backlog($backend, 300).await;
+        }
+
+        #[actix_web::test]
+        async fn poison_goes_to_the_dlq_and_replay_completes_an_exhausted_order() {
+            $crate::scenarios::poison_and_replay($backend).await;
+        }
+    };
 }

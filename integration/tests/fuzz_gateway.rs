@@ -23,18 +23,9 @@ fn target() -> &'static Target {
     static T: OnceLock<Target> = OnceLock::new();
     T.get_or_init(|| {
         let nats = NatsServer::start();
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = format!("sqlite://{}/j.db", dir.path().display());
-        let provider = format!("127.0.0.1:{}", jetflow_integration::ports::free_port());
-        let mut app = JetflowProcess::start(
-            &["all"],
-            &[
-                ("NATS_URL", nats.url().as_str()),
-                ("DATABASE_URL", db.as_str()),
-                ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
-                ("JETFLOW_RATE_LIMIT", "0"),
-                ("RUST_LOG", "warn"),
-            ],
+        let (mut app, dir) = JetflowProcess::all(
+            &nats.url(),
+            &[("JETFLOW_RATE_LIMIT", "0"), ("RUST_LOG", "warn")],
         );
         app.wait_ready();
         let rt = tokio::runtime::Builder::new_current_thread()

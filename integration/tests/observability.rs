@@ -99,18 +99,9 @@ async fn query(port: u16, expr: &str) -> Result<Vec<Value>, String> {
 }
 
 fn start_app(nats: &NatsServer, extra: &[(&str, &str)]) -> (JetflowProcess, tempfile::TempDir) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}/j.db", dir.path().display());
-    let provider = format!("127.0.0.1:{}", free_port());
-    let url = nats.url();
-    let mut env = vec![
-        ("NATS_URL", url.as_str()),
-        ("DATABASE_URL", db.as_str()),
-        ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
-        ("JETFLOW_RATE_LIMIT", "0"),
-    ];
+    let mut env = vec![("JETFLOW_RATE_LIMIT", "0")];
     env.extend_from_slice(extra);
-    let mut app = JetflowProcess::start(&["all"], &env);
+    let (mut app, dir) = JetflowProcess::all(&nats.url(), &env);
     app.wait_ready();
     (app, dir)
 }

@@ -53,17 +53,11 @@ async fn user_and_password_work_and_never_reach_the_logs() {
     let nats = NatsServer::builder()
         .user_password("jetflow", PASSWORD)
         .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}/j.db", dir.path().display());
-    let provider = format!("127.0.0.1:{}", jetflow_integration::ports::free_port());
-    let mut app = JetflowProcess::start(
-        &["all"],
+    let (mut app, _dir) = JetflowProcess::all(
+        &nats.url(),
         &[
-            ("NATS_URL", nats.url().as_str()),
             ("NATS_USER", "jetflow"),
             ("NATS_PASSWORD", PASSWORD),
-            ("DATABASE_URL", db.as_str()),
-            ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
             ("RUST_LOG", "debug"),
             ("JETFLOW_LOG_FORMAT", "json"),
         ],
@@ -122,18 +116,9 @@ async fn a_wrong_password_keeps_the_service_unready_with_a_clear_error() {
 #[actix_web::test]
 async fn body_size_content_type_and_rate_limits_answer_their_documented_status() {
     let nats = NatsServer::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}/j.db", dir.path().display());
-    let provider = format!("127.0.0.1:{}", jetflow_integration::ports::free_port());
-    let mut app = JetflowProcess::start(
-        &["all"],
-        &[
-            ("NATS_URL", nats.url().as_str()),
-            ("DATABASE_URL", db.as_str()),
-            ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
-            ("JETFLOW_RATE_LIMIT", "5"),
-            ("JETFLOW_RATE_BURST", "10"),
-        ],
+    let (mut app, _dir) = JetflowProcess::all(
+        &nats.url(),
+        &[("JETFLOW_RATE_LIMIT", "5"), ("JETFLOW_RATE_BURST", "10")],
     );
     app.until("/ready").await;
     let client = reqwest::Client::new();
@@ -201,18 +186,10 @@ async fn a_creds_file_works_against_an_operator_mode_server_and_its_seed_is_not_
             c.flush().await.is_err()
         }
     );
-    let db = format!("sqlite://{}/j.db", dir.path().display());
-    let provider = format!("127.0.0.1:{}", jetflow_integration::ports::free_port());
     let creds_path = creds.display().to_string();
-    let mut app = JetflowProcess::start(
-        &["all"],
-        &[
-            ("NATS_URL", nats.url().as_str()),
-            ("NATS_CREDS", creds_path.as_str()),
-            ("DATABASE_URL", db.as_str()),
-            ("JETFLOW_PROVIDER_ADDR", provider.as_str()),
-            ("RUST_LOG", "debug"),
-        ],
+    let (mut app, _db_dir) = JetflowProcess::all(
+        &nats.url(),
+        &[("NATS_CREDS", creds_path.as_str()), ("RUST_LOG", "debug")],
     );
     app.until("/ready").await;
     order_through(&app.url()).await;

@@ -135,3 +135,29 @@ pub fn log_outcome(outcome: &Outcome) {
         }
     }
 }
+
+/// Runs one delivery's handling as every domain actor does: inside its [`span`], its result
+/// turned into an [`Outcome`] and logged. `work` gets the event and its delivery facts.
+pub fn respond<A, F, Fut>(
+    actor_name: &'static str,
+    msg: jetflow_runtime::Delivery<crate::input::InboundEvent>,
+    work: F,
+) -> actix::ResponseActFuture<A, Outcome>
+where
+    A: actix::Actor,
+    F: FnOnce(crate::input::InboundEvent, DeliveryMeta) -> Fut,
+    Fut: std::future::Future<Output = Result<Outcome, DomainError>> + 'static,
+{
+    use tracing::Instrument;
+    let span = span(actor_name, &msg.message, &msg.meta);
+    let meta = msg.meta.clone();
+    let fut = work(msg.message, msg.meta);
+    Box::pin(actix::fut::wrap_future::<_, A>(
+        async move {
+            let outcome = outcome(fut.await, &meta);
+            log_outcome(&outcome);
+            outcome
+        }
+        .instrument(span),
+    ))
+}

@@ -21,12 +21,11 @@ use jetflow_schemas::{
     AnyEvent, CancelReason, EventMeta, OrderCancelled, OrderConfirmed, PaymentFailed,
     PaymentFailureReason, PaymentSucceeded, Priority, Version,
 };
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::now_ms;
 use crate::events::outgoing;
-use crate::handling::{Created, Deps, DomainError, created, lane_name, lane_of, outcome};
+use crate::handling::{Created, Deps, DomainError, created, lane_name, lane_of};
 use crate::input::InboundEvent;
 use crate::metrics::domain_metrics;
 use crate::order_store::{self, Advance, Change, NewOrder, OrderStatus};
@@ -117,17 +116,9 @@ impl Handler<Delivery<InboundEvent>> for OrderActor {
 
     fn handle(&mut self, msg: Delivery<InboundEvent>, _: &mut Context<Self>) -> Self::Result {
         let deps = self.deps.clone();
-        let span = crate::handling::span("order", &msg.message, &msg.meta);
-        Box::pin(
-            async move {
-                let result = handle(&deps, &msg.message, &msg.meta).await;
-                let outcome = outcome(result, &msg.meta);
-                crate::handling::log_outcome(&outcome);
-                outcome
-            }
-            .instrument(span)
-            .into_actor(self),
-        )
+        crate::handling::respond("order", msg, move |input, meta| async move {
+            handle(&deps, &input, &meta).await
+        })
     }
 }
 

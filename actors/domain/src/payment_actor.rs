@@ -18,10 +18,9 @@ use jetflow_schemas::{
     AnyEvent, EventMeta, InventoryReserved, PaymentFailed, PaymentFailureReason, PaymentSucceeded,
     Version,
 };
-use tracing::Instrument;
 
 use crate::events::outgoing;
-use crate::handling::{Deps, DomainError, outcome};
+use crate::handling::{Deps, DomainError};
 use crate::input::InboundEvent;
 use crate::metrics::domain_metrics;
 use crate::payment_client::{ChargeResult, PaymentClient, ProviderError};
@@ -62,22 +61,14 @@ impl Handler<Delivery<InboundEvent>> for PaymentActor {
         let deps = self.deps.clone();
         let client = self.client.clone();
         let breaker = self.breaker.clone();
-        let span = crate::handling::span("payment", &msg.message, &msg.meta);
-        Box::pin(
-            async move {
-                let result = match &msg.message.event {
-                    AnyEvent::InventoryReserved(e) => {
-                        charge(&deps, &client, &breaker, &msg.message, e, &msg.meta).await
-                    }
-                    _ => Ok(Outcome::Ack),
-                };
-                let outcome = outcome(result, &msg.meta);
-                crate::handling::log_outcome(&outcome);
-                outcome
+        crate::handling::respond("payment", msg, move |input, meta| async move {
+            match &input.event {
+                AnyEvent::InventoryReserved(e) => {
+                    charge(&deps, &client, &breaker, &input, e, &meta).await
+                }
+                _ => Ok(Outcome::Ack),
             }
-            .instrument(span)
-            .into_actor(self),
-        )
+        })
     }
 }
 

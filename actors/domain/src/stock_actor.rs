@@ -18,10 +18,9 @@ use jetflow_schemas::{
     AnyEvent, CancelReason, EventMeta, InventoryReleased, InventoryReserved, OrderCancelled,
     OrderItem, Priority, ReservedItem, Version,
 };
-use tracing::Instrument;
 
 use crate::events::outgoing;
-use crate::handling::{Created, Deps, DomainError, created, lane_name, outcome};
+use crate::handling::{Created, Deps, DomainError, created, lane_name};
 use crate::input::InboundEvent;
 use crate::metrics::domain_metrics;
 use crate::stock_store::{self, Reservation};
@@ -53,17 +52,9 @@ impl Handler<Delivery<InboundEvent>> for StockActor {
 
     fn handle(&mut self, msg: Delivery<InboundEvent>, _: &mut Context<Self>) -> Self::Result {
         let deps = self.deps.clone();
-        let span = crate::handling::span("stock", &msg.message, &msg.meta);
-        Box::pin(
-            async move {
-                let result = handle(&deps, &msg.message, &msg.meta).await;
-                let outcome = outcome(result, &msg.meta);
-                crate::handling::log_outcome(&outcome);
-                outcome
-            }
-            .instrument(span)
-            .into_actor(self),
-        )
+        crate::handling::respond("stock", msg, move |input, meta| async move {
+            handle(&deps, &input, &meta).await
+        })
     }
 }
 
