@@ -94,7 +94,7 @@ impl TestAppBuilder {
         self
     }
 
-    /// Builds and serves the application (inside an actix system, e.g. `#[actix_web::test]`).
+    /// Builds and serves the application (inside an actix system: see [`crate::run`]).
     pub async fn start(self) -> TestApp {
         crate::init_tracing();
         let app = Application::build(self.settings.clone(), self.roles)

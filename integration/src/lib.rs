@@ -39,3 +39,23 @@ pub fn init_tracing() {
             .try_init();
     });
 }
+
+/// Runs an async test inside an actix system, the way `#[actix_web::test]` does, but with a
+/// second (multi-thread) tokio runtime entered around it: when the system is dropped at the
+/// end of the test, the futures of actors still in flight are dropped too, and a sqlx
+/// connection dropped then needs a runtime to hand itself back to. Without one sqlx panics
+/// inside a destructor and the whole test binary aborts.
+pub fn run<F: std::future::Future<Output = ()>>(test: F) {
+    let outer = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let guard = outer.enter();
+    {
+        let system = actix_rt::System::new();
+        system.block_on(test);
+    }
+    drop(guard);
+    outer.shutdown_background();
+}

@@ -158,11 +158,22 @@ fn statuses(order: &Value) -> Vec<String> {
 /// `payments.failed` before `inventory.reserved`), and a status never moves backwards.
 fn assert_history(order: &Value, expected: &[&str]) {
     let seen = statuses(order);
-    assert_eq!(seen.first().map(String::as_str), expected.first().copied(), "{order}");
-    assert_eq!(seen.last().map(String::as_str), expected.last().copied(), "{order}");
+    assert_eq!(
+        seen.first().map(String::as_str),
+        expected.first().copied(),
+        "{order}"
+    );
+    assert_eq!(
+        seen.last().map(String::as_str),
+        expected.last().copied(),
+        "{order}"
+    );
     let mut rest = expected.iter();
     for s in &seen {
-        assert!(rest.any(|e| e == s), "{s} out of order or unexpected in {order}");
+        assert!(
+            rest.any(|e| e == s),
+            "{s} out of order or unexpected in {order}"
+        );
     }
 }
 
@@ -627,48 +638,64 @@ pub async fn inventory_replicas(backend: Backend, buyers: usize, stock: i64) {
 }
 
 /// The saga suite for one database: `saga_suite!(Backend::Sqlite)` in a test file expands to
-/// one `#[actix_web::test]` per scenario.
+/// one test per scenario, each run by [`crate::run`].
 #[macro_export]
 macro_rules! saga_suite {
     ($backend:expr) => {
-        #[actix_web::test]
-        async fn happy_path_confirms_with_the_right_amount() {
-            $crate::scenarios::happy_path($backend).await;
+        #[test]
+        fn happy_path_confirms_with_the_right_amount() {
+            $crate::run(async {
+                $crate::scenarios::happy_path($backend).await;
+            })
         }
 
-        #[actix_web::test]
-        async fn insufficient_stock_and_unknown_product_cancel_at_once() {
-            $crate::scenarios::stock_failures($backend).await;
+        #[test]
+        fn insufficient_stock_and_unknown_product_cancel_at_once() {
+            $crate::run(async {
+                $crate::scenarios::stock_failures($backend).await;
+            })
         }
 
-        #[actix_web::test]
-        async fn a_declined_payment_cancels_and_releases_stock() {
-            $crate::scenarios::declined_payment_releases_stock($backend).await;
+        #[test]
+        fn a_declined_payment_cancels_and_releases_stock() {
+            $crate::run(async {
+                $crate::scenarios::declined_payment_releases_stock($backend).await;
+            })
         }
 
-        #[actix_web::test]
-        async fn the_same_idempotency_key_makes_one_order() {
-            $crate::scenarios::idempotency_key($backend).await;
+        #[test]
+        fn the_same_idempotency_key_makes_one_order() {
+            $crate::run(async {
+                $crate::scenarios::idempotency_key($backend).await;
+            })
         }
 
-        #[actix_web::test]
-        async fn concurrent_buyers_never_oversell() {
-            $crate::scenarios::concurrent_buyers($backend, 120, 45).await;
+        #[test]
+        fn concurrent_buyers_never_oversell() {
+            $crate::run(async {
+                $crate::scenarios::concurrent_buyers($backend, 120, 45).await;
+            })
         }
 
-        #[actix_web::test]
-        async fn v1_and_v2_events_are_processed_and_dual_publishing_handles_an_order_once() {
-            $crate::scenarios::schema_versions($backend).await;
+        #[test]
+        fn v1_and_v2_events_are_processed_and_dual_publishing_handles_an_order_once() {
+            $crate::run(async {
+                $crate::scenarios::schema_versions($backend).await;
+            })
         }
 
-        #[actix_web::test]
-        async fn an_express_order_overtakes_a_backlog() {
-            $crate::scenarios::express_overtakes_backlog($backend, 300).await;
+        #[test]
+        fn an_express_order_overtakes_a_backlog() {
+            $crate::run(async {
+                $crate::scenarios::express_overtakes_backlog($backend, 300).await;
+            })
         }
 
-        #[actix_web::test]
-        async fn poison_goes_to_the_dlq_and_replay_completes_an_exhausted_order() {
-            $crate::scenarios::poison_and_replay($backend).await;
+        #[test]
+        fn poison_goes_to_the_dlq_and_replay_completes_an_exhausted_order() {
+            $crate::run(async {
+                $crate::scenarios::poison_and_replay($backend).await;
+            })
         }
     };
 }

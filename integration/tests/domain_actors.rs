@@ -112,51 +112,54 @@ fn order_actor(k: &Kit) -> ActorRef<OrderActor> {
     Supervisor::new("order-unit").start(move |_| OrderActor::without_sweeper(d))
 }
 
-#[actix_web::test]
-async fn stock_actor_reserves_all_items_once_and_ignores_a_redelivery() {
-    let k = kit().await;
-    k.put("a", 5, 100).await;
-    k.put("b", 5, 250).await;
-    let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
-    let order = Uuid::new_v4().to_string();
-    let payload = created(
-        &order,
-        json!([{"product_id": "a", "quantity": 2}, {"product_id": "b", "quantity": 1}]),
-    );
-    probe
-        .deliver_raw("orders.created.v2", payload.clone())
-        .await
-        .assert_ack();
-    assert_eq!(k.subjects(1).await, ["inventory.reserved"]);
-    let reserved: Value =
-        serde_json::from_slice(&k.published.published()[0].payload).expect("JSON");
-    assert_eq!(reserved["amount_cents"], 450, "{reserved}");
-    assert_eq!(
-        (
-            k.product("a").await.available,
-            k.product("a").await.reserved
-        ),
-        (3, 2)
-    );
+#[test]
+fn stock_actor_reserves_all_items_once_and_ignores_a_redelivery() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        k.put("a", 5, 100).await;
+        k.put("b", 5, 250).await;
+        let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
+        let order = Uuid::new_v4().to_string();
+        let payload = created(
+            &order,
+            json!([{"product_id": "a", "quantity": 2}, {"product_id": "b", "quantity": 1}]),
+        );
+        probe
+            .deliver_raw("orders.created.v2", payload.clone())
+            .await
+            .assert_ack();
+        assert_eq!(k.subjects(1).await, ["inventory.reserved"]);
+        let reserved: Value =
+            serde_json::from_slice(&k.published.published()[0].payload).expect("JSON");
+        assert_eq!(reserved["amount_cents"], 450, "{reserved}");
+        assert_eq!(
+            (
+                k.product("a").await.available,
+                k.product("a").await.reserved
+            ),
+            (3, 2)
+        );
 
-    // The same event again (a redelivery): acked, nothing changes, nothing more published.
-    probe
-        .deliver_raw("orders.created.v2", payload)
-        .await
-        .assert_ack();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(k.published.published().len(), 1);
-    assert_eq!(k.product("a").await.available, 3);
+        // The same event again (a redelivery): acked, nothing changes, nothing more published.
+        probe
+            .deliver_raw("orders.created.v2", payload)
+            .await
+            .assert_ack();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(k.published.published().len(), 1);
+        assert_eq!(k.product("a").await.available, 3);
+    })
 }
 
-#[actix_web::test]
-async fn stock_actor_cancels_all_or_nothing_for_short_stock_and_unknown_products() {
-    let k = kit().await;
-    k.put("a", 5, 100).await;
-    k.put("few", 1, 100).await;
-    let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
-    let short = Uuid::new_v4().to_string();
-    probe
+#[test]
+fn stock_actor_cancels_all_or_nothing_for_short_stock_and_unknown_products() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        k.put("a", 5, 100).await;
+        k.put("few", 1, 100).await;
+        let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
+        let short = Uuid::new_v4().to_string();
+        probe
         .deliver_raw(
             "orders.created.v2",
             created(
@@ -166,185 +169,194 @@ async fn stock_actor_cancels_all_or_nothing_for_short_stock_and_unknown_products
         )
         .await
         .assert_ack();
-    let unknown = Uuid::new_v4().to_string();
-    probe
-        .deliver_raw(
-            "orders.created.v2",
-            created(&unknown, json!([{"product_id": "ghost", "quantity": 1}])),
-        )
-        .await
-        .assert_ack();
-    assert_eq!(
-        k.subjects(2).await,
-        ["orders.cancelled", "orders.cancelled"]
-    );
-    let reasons: Vec<Value> = k
-        .published
-        .published()
-        .iter()
-        .map(|m| serde_json::from_slice::<Value>(&m.payload).expect("JSON")["reason"].clone())
-        .collect();
-    assert_eq!(
-        reasons,
-        [json!("insufficient_stock"), json!("unknown_product")]
-    );
-    let a = k.product("a").await;
-    assert_eq!(
-        (a.available, a.reserved),
-        (5, 0),
-        "nothing of the order was held"
-    );
-}
-
-#[actix_web::test]
-async fn stock_actor_releases_on_cancel_and_sells_on_confirm() {
-    let k = kit().await;
-    k.put("a", 10, 100).await;
-    let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
-    let (keep, drop) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
-    for id in [&keep, &drop] {
+        let unknown = Uuid::new_v4().to_string();
         probe
             .deliver_raw(
                 "orders.created.v2",
-                created(id, json!([{"product_id": "a", "quantity": 3}])),
+                created(&unknown, json!([{"product_id": "ghost", "quantity": 1}])),
             )
             .await
             .assert_ack();
-    }
-    let cancelled = serde_json::to_vec(&with(
-        meta(&drop),
-        json!({"version": 1, "reason": "payment_declined", "detail": "card declined"}),
-    ))
-    .expect("JSON");
-    probe
-        .deliver_raw("orders.cancelled", cancelled.clone())
-        .await
-        .assert_ack();
-    let confirmed = serde_json::to_vec(&with(
-        meta(&keep),
-        json!({"version": 1, "amount_cents": 300}),
-    ))
-    .expect("JSON");
-    probe
-        .deliver_raw("orders.confirmed", confirmed)
-        .await
-        .assert_ack();
-    let subjects = k.subjects(3).await;
-    assert_eq!(
-        subjects
+        assert_eq!(
+            k.subjects(2).await,
+            ["orders.cancelled", "orders.cancelled"]
+        );
+        let reasons: Vec<Value> = k
+            .published
+            .published()
             .iter()
-            .filter(|s| *s == "inventory.released")
-            .count(),
-        1,
-        "{subjects:?}"
-    );
-    let a = k.product("a").await;
-    assert_eq!((a.available, a.reserved, a.sold), (7, 0, 3));
-    // A second cancel (a replay) releases nothing more.
-    probe
-        .deliver_raw("orders.cancelled", cancelled)
-        .await
-        .assert_ack();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(k.product("a").await.available, 7);
+            .map(|m| serde_json::from_slice::<Value>(&m.payload).expect("JSON")["reason"].clone())
+            .collect();
+        assert_eq!(
+            reasons,
+            [json!("insufficient_stock"), json!("unknown_product")]
+        );
+        let a = k.product("a").await;
+        assert_eq!(
+            (a.available, a.reserved),
+            (5, 0),
+            "nothing of the order was held"
+        );
+    })
 }
 
-#[actix_web::test]
-async fn poison_is_dead_lettered_by_the_pipeline_without_reaching_the_actor() {
-    let k = kit().await;
-    let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
-    let d = probe
-        .deliver_raw("orders.created.v2", &b"{not json"[..])
-        .await;
-    assert!(
-        matches!(d.assert_dead_letter(), DeadLetterReason::Poison(_)),
-        "{d:?}"
-    );
-    let wrong_version = created(
-        &Uuid::new_v4().to_string(),
-        json!([{"product_id": "a", "quantity": 1}]),
-    );
-    let d = probe.deliver_raw("orders.created", wrong_version).await;
-    assert!(
-        matches!(d.assert_dead_letter(), DeadLetterReason::Poison(_)),
-        "a v2 payload on the v1 subject: {d:?}"
-    );
-    assert!(k.published.published().is_empty());
+#[test]
+fn stock_actor_releases_on_cancel_and_sells_on_confirm() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        k.put("a", 10, 100).await;
+        let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
+        let (keep, drop) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+        for id in [&keep, &drop] {
+            probe
+                .deliver_raw(
+                    "orders.created.v2",
+                    created(id, json!([{"product_id": "a", "quantity": 3}])),
+                )
+                .await
+                .assert_ack();
+        }
+        let cancelled = serde_json::to_vec(&with(
+            meta(&drop),
+            json!({"version": 1, "reason": "payment_declined", "detail": "card declined"}),
+        ))
+        .expect("JSON");
+        probe
+            .deliver_raw("orders.cancelled", cancelled.clone())
+            .await
+            .assert_ack();
+        let confirmed = serde_json::to_vec(&with(
+            meta(&keep),
+            json!({"version": 1, "amount_cents": 300}),
+        ))
+        .expect("JSON");
+        probe
+            .deliver_raw("orders.confirmed", confirmed)
+            .await
+            .assert_ack();
+        let subjects = k.subjects(3).await;
+        assert_eq!(
+            subjects
+                .iter()
+                .filter(|s| *s == "inventory.released")
+                .count(),
+            1,
+            "{subjects:?}"
+        );
+        let a = k.product("a").await;
+        assert_eq!((a.available, a.reserved, a.sold), (7, 0, 3));
+        // A second cancel (a replay) releases nothing more.
+        probe
+            .deliver_raw("orders.cancelled", cancelled)
+            .await
+            .assert_ack();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(k.product("a").await.available, 7);
+    })
 }
 
-#[actix_web::test]
-async fn order_actor_follows_the_saga_and_never_goes_back() {
-    let k = kit().await;
-    let actor = order_actor(&k);
-    let probe = TestKit::route::<_, InboundEvent>(&actor);
-    let id = Uuid::new_v4().to_string();
-    probe
-        .deliver_raw(
-            "orders.created.v2",
-            created(&id, json!([{"product_id": "a", "quantity": 1}])),
-        )
-        .await
-        .assert_ack();
-    assert_eq!(k.order(&id).await.status, "pending");
-    let reserved = serde_json::to_vec(&with(
+#[test]
+fn poison_is_dead_lettered_by_the_pipeline_without_reaching_the_actor() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        let probe = TestKit::route::<_, InboundEvent>(&stock_actor(&k));
+        let d = probe
+            .deliver_raw("orders.created.v2", &b"{not json"[..])
+            .await;
+        assert!(
+            matches!(d.assert_dead_letter(), DeadLetterReason::Poison(_)),
+            "{d:?}"
+        );
+        let wrong_version = created(
+            &Uuid::new_v4().to_string(),
+            json!([{"product_id": "a", "quantity": 1}]),
+        );
+        let d = probe.deliver_raw("orders.created", wrong_version).await;
+        assert!(
+            matches!(d.assert_dead_letter(), DeadLetterReason::Poison(_)),
+            "a v2 payload on the v1 subject: {d:?}"
+        );
+        assert!(k.published.published().is_empty());
+    })
+}
+
+#[test]
+fn order_actor_follows_the_saga_and_never_goes_back() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        let actor = order_actor(&k);
+        let probe = TestKit::route::<_, InboundEvent>(&actor);
+        let id = Uuid::new_v4().to_string();
+        probe
+            .deliver_raw(
+                "orders.created.v2",
+                created(&id, json!([{"product_id": "a", "quantity": 1}])),
+            )
+            .await
+            .assert_ack();
+        assert_eq!(k.order(&id).await.status, "pending");
+        let reserved = serde_json::to_vec(&with(
         meta(&id),
         json!({"version": 1, "items": [{"product_id": "a", "quantity": 1, "unit_price_cents": 300}], "amount_cents": 300, "customer_id": "c-1"}),
     ))
     .expect("JSON");
-    probe
-        .deliver_raw("inventory.reserved", reserved.clone())
-        .await
-        .assert_ack();
-    let paid = serde_json::to_vec(&with(
-        meta(&id),
-        json!({"version": 1, "payment_id": "pay_1", "amount_cents": 300}),
-    ))
-    .expect("JSON");
-    probe
-        .deliver_raw("payments.succeeded", paid)
-        .await
-        .assert_ack();
-    assert_eq!(k.subjects(1).await, ["orders.confirmed"]);
-    let order = k.order(&id).await;
-    assert_eq!(
-        (order.status.as_str(), order.amount_cents),
-        ("confirmed", Some(300))
-    );
-    // A late, redelivered `inventory.reserved` does not move a confirmed order back.
-    probe
-        .deliver_raw("inventory.reserved", reserved)
-        .await
-        .assert_ack();
-    assert_eq!(k.order(&id).await.status, "confirmed");
+        probe
+            .deliver_raw("inventory.reserved", reserved.clone())
+            .await
+            .assert_ack();
+        let paid = serde_json::to_vec(&with(
+            meta(&id),
+            json!({"version": 1, "payment_id": "pay_1", "amount_cents": 300}),
+        ))
+        .expect("JSON");
+        probe
+            .deliver_raw("payments.succeeded", paid)
+            .await
+            .assert_ack();
+        assert_eq!(k.subjects(1).await, ["orders.confirmed"]);
+        let order = k.order(&id).await;
+        assert_eq!(
+            (order.status.as_str(), order.amount_cents),
+            ("confirmed", Some(300))
+        );
+        // A late, redelivered `inventory.reserved` does not move a confirmed order back.
+        probe
+            .deliver_raw("inventory.reserved", reserved)
+            .await
+            .assert_ack();
+        assert_eq!(k.order(&id).await.status, "confirmed");
+    })
 }
 
-#[actix_web::test]
-async fn order_actor_cancels_on_a_failed_payment() {
-    let k = kit().await;
-    let probe = TestKit::route::<_, InboundEvent>(&order_actor(&k));
-    let id = Uuid::new_v4().to_string();
-    probe
-        .deliver_raw(
-            "orders.created.v2",
-            created(&id, json!([{"product_id": "a", "quantity": 1}])),
-        )
-        .await
-        .assert_ack();
-    let failed = serde_json::to_vec(&with(
+#[test]
+fn order_actor_cancels_on_a_failed_payment() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        let probe = TestKit::route::<_, InboundEvent>(&order_actor(&k));
+        let id = Uuid::new_v4().to_string();
+        probe
+            .deliver_raw(
+                "orders.created.v2",
+                created(&id, json!([{"product_id": "a", "quantity": 1}])),
+            )
+            .await
+            .assert_ack();
+        let failed = serde_json::to_vec(&with(
         meta(&id),
         json!({"version": 1, "reason": "declined", "detail": "card declined", "amount_cents": 300}),
     ))
     .expect("JSON");
-    probe
-        .deliver_raw("payments.failed", failed)
-        .await
-        .assert_ack();
-    assert_eq!(k.subjects(1).await, ["orders.cancelled"]);
-    let order = k.order(&id).await;
-    assert_eq!(
-        (order.status.as_str(), order.reason.as_deref()),
-        ("cancelled", Some("payment_declined"))
-    );
+        probe
+            .deliver_raw("payments.failed", failed)
+            .await
+            .assert_ack();
+        assert_eq!(k.subjects(1).await, ["orders.cancelled"]);
+        let order = k.order(&id).await;
+        assert_eq!(
+            (order.status.as_str(), order.reason.as_deref()),
+            ("cancelled", Some("payment_declined"))
+        );
+    })
 }
 
 async fn provider() -> (String, actix_web::dev::ServerHandle) {
@@ -381,70 +393,75 @@ fn reserved_for(id: &str, customer: &str) -> Vec<u8> {
     .expect("JSON")
 }
 
-#[actix_web::test]
-async fn payment_actor_charges_once_and_reports_declines() {
-    let k = kit().await;
-    let (url, handle) = provider().await;
-    let probe = TestKit::route::<_, InboundEvent>(&payment_actor(&k, &url));
-    let ok = Uuid::new_v4().to_string();
-    let payload = reserved_for(&ok, "c-1");
-    probe
-        .deliver_raw("inventory.reserved", payload.clone())
-        .await
-        .assert_ack();
-    probe
-        .deliver_raw("inventory.reserved", payload)
-        .await
-        .assert_ack();
-    let declined = Uuid::new_v4().to_string();
-    probe
-        .deliver_raw("inventory.reserved", reserved_for(&declined, "declined-7"))
-        .await
-        .assert_ack();
-    assert_eq!(
-        k.subjects(2).await,
-        ["payments.succeeded", "payments.failed"]
-    );
-    let charges: Vec<Value> = reqwest::get(format!("{url}/charges"))
-        .await
-        .expect("charges")
-        .json()
-        .await
-        .expect("JSON");
-    assert_eq!(
-        charges.len(),
-        2,
-        "the redelivery did not charge again: {charges:?}"
-    );
-    handle.stop(false).await;
+#[test]
+fn payment_actor_charges_once_and_reports_declines() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        let (url, handle) = provider().await;
+        let probe = TestKit::route::<_, InboundEvent>(&payment_actor(&k, &url));
+        let ok = Uuid::new_v4().to_string();
+        let payload = reserved_for(&ok, "c-1");
+        probe
+            .deliver_raw("inventory.reserved", payload.clone())
+            .await
+            .assert_ack();
+        probe
+            .deliver_raw("inventory.reserved", payload)
+            .await
+            .assert_ack();
+        let declined = Uuid::new_v4().to_string();
+        probe
+            .deliver_raw("inventory.reserved", reserved_for(&declined, "declined-7"))
+            .await
+            .assert_ack();
+        assert_eq!(
+            k.subjects(2).await,
+            ["payments.succeeded", "payments.failed"]
+        );
+        let charges: Vec<Value> = reqwest::get(format!("{url}/charges"))
+            .await
+            .expect("charges")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(
+            charges.len(),
+            2,
+            "the redelivery did not charge again: {charges:?}"
+        );
+        handle.stop(false).await;
+    })
 }
 
-#[actix_web::test]
-async fn payment_actor_retries_while_the_provider_is_down_and_gives_up_on_the_last_delivery() {
-    let k = kit().await;
-    // Nothing listens on this port: every call fails.
-    let url = format!(
-        "http://127.0.0.1:{}",
-        jetflow_integration::ports::free_port()
-    );
-    let probe = TestKit::route::<_, InboundEvent>(&payment_actor(&k, &url));
-    let id = Uuid::new_v4().to_string();
-    let first = probe
-        .deliver_raw("inventory.reserved", reserved_for(&id, "c-1"))
-        .await;
-    let delay = first.assert_retry();
-    assert!(delay > Duration::ZERO);
-    assert!(k.published.published().is_empty(), "nothing decided yet");
-    let last = probe
-        .deliver_raw_with(
-            reserved_for(&id, "c-1"),
-            DeliveryMeta::new("inventory.reserved")
-                .with_delivered(5)
-                .with_max_deliver(5),
-        )
-        .await;
-    last.assert_ack();
-    assert_eq!(k.subjects(1).await, ["payments.failed"]);
-    let failed: Value = serde_json::from_slice(&k.published.published()[0].payload).expect("JSON");
-    assert_eq!(failed["reason"], "unavailable", "{failed}");
+#[test]
+fn payment_actor_retries_while_the_provider_is_down_and_gives_up_on_the_last_delivery() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        // Nothing listens on this port: every call fails.
+        let url = format!(
+            "http://127.0.0.1:{}",
+            jetflow_integration::ports::free_port()
+        );
+        let probe = TestKit::route::<_, InboundEvent>(&payment_actor(&k, &url));
+        let id = Uuid::new_v4().to_string();
+        let first = probe
+            .deliver_raw("inventory.reserved", reserved_for(&id, "c-1"))
+            .await;
+        let delay = first.assert_retry();
+        assert!(delay > Duration::ZERO);
+        assert!(k.published.published().is_empty(), "nothing decided yet");
+        let last = probe
+            .deliver_raw_with(
+                reserved_for(&id, "c-1"),
+                DeliveryMeta::new("inventory.reserved")
+                    .with_delivered(5)
+                    .with_max_deliver(5),
+            )
+            .await;
+        last.assert_ack();
+        assert_eq!(k.subjects(1).await, ["payments.failed"]);
+        let failed: Value =
+            serde_json::from_slice(&k.published.published()[0].payload).expect("JSON");
+        assert_eq!(failed["reason"], "unavailable", "{failed}");
+    })
 }

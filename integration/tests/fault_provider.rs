@@ -13,128 +13,130 @@ use jetflow_integration::{NatsServer, TestAppBuilder, eventually};
 
 const BREAKER: (&str, &str) = ("breaker", "payment-provider");
 
-#[actix_web::test]
-async fn provider_down_slow_and_back_trips_and_heals_the_breaker() {
-    let nats = NatsServer::start();
-    // Few, quick payment retries, so orders caught by the outage give up within it.
-    let app = TestAppBuilder::new(&nats.url())
-        .with(|s| {
-            s.saga.payment_max_deliver = 3;
-            s.saga.payment_retry_base = Duration::from_millis(100);
-            s.saga.payment_retry_max = Duration::from_millis(300);
+#[test]
+fn provider_down_slow_and_back_trips_and_heals_the_breaker() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        // Few, quick payment retries, so orders caught by the outage give up within it.
+        let app = TestAppBuilder::new(&nats.url())
+            .with(|s| {
+                s.saga.payment_max_deliver = 3;
+                s.saga.payment_retry_base = Duration::from_millis(100);
+                s.saga.payment_retry_max = Duration::from_millis(300);
+            })
+            .start()
+            .await;
+        app.wait_ready().await;
+        let products = ["sku-b1", "sku-b2"];
+        let mut initial = BTreeMap::new();
+        for p in products {
+            app.put_stock(p, 200, 999).await;
+            initial.insert(p.to_string(), 200);
+        }
+        let mut accepted = Vec::new();
+
+        // Down: 503 from the provider.
+        app.provider_control(true, 0).await;
+        let mut cfg = LoadConfig::new(&app.address, &products, Duration::from_millis(1500));
+        cfg.declined_every = 0;
+        let report = load::run(cfg.clone()).await;
+        report.assert_clean(Duration::from_secs(5));
+        accepted.extend(report.accepted);
+        eventually("the breaker to open", Duration::from_secs(10), || async {
+            let m = app.metrics().await;
+            let state = metric_sum(&m, "jetflow_breaker_state", &[BREAKER]);
+            if state == 2.0 {
+                Ok(())
+            } else {
+                Err(format!("state {state}"))
+            }
         })
-        .start()
         .await;
-    app.wait_ready().await;
-    let products = ["sku-b1", "sku-b2"];
-    let mut initial = BTreeMap::new();
-    for p in products {
-        app.put_stock(p, 200, 999).await;
-        initial.insert(p.to_string(), 200);
-    }
-    let mut accepted = Vec::new();
-
-    // Down: 503 from the provider.
-    app.provider_control(true, 0).await;
-    let mut cfg = LoadConfig::new(&app.address, &products, Duration::from_millis(1500));
-    cfg.declined_every = 0;
-    let report = load::run(cfg.clone()).await;
-    report.assert_clean(Duration::from_secs(5));
-    accepted.extend(report.accepted);
-    eventually("the breaker to open", Duration::from_secs(10), || async {
         let m = app.metrics().await;
-        let state = metric_sum(&m, "jetflow_breaker_state", &[BREAKER]);
-        if state == 2.0 {
-            Ok(())
-        } else {
-            Err(format!("state {state}"))
-        }
-    })
-    .await;
-    let m = app.metrics().await;
-    assert!(
-        metric_sum(
-            &m,
-            "jetflow_breaker_calls_total",
-            &[BREAKER, ("result", "rejected")]
-        ) > 0.0,
-        "while open, calls fail fast without reaching the provider"
-    );
-
-    // Slow: answers after 1.5 s, beyond the 500 ms timeout.
-    app.provider_control(false, 1500).await;
-    let report = load::run(LoadConfig {
-        duration: Duration::from_millis(1000),
-        ..cfg.clone()
-    })
-    .await;
-    report.assert_clean(Duration::from_secs(5));
-    accepted.extend(report.accepted);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let m = app.metrics().await;
-    assert!(
-        metric_sum(
-            &m,
-            "jetflow_breaker_calls_total",
-            &[BREAKER, ("result", "timeout")]
-        ) > 0.0,
-        "slow calls time out:\n{}",
-        m.lines()
-            .filter(|l| l.contains("breaker"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-
-    // Back: the breaker half-opens, a probe succeeds, it closes; new orders are confirmed.
-    app.provider_control(false, 0).await;
-    let report = load::run(LoadConfig {
-        duration: Duration::from_millis(1500),
-        ..cfg
-    })
-    .await;
-    report.assert_clean(Duration::from_secs(5));
-    accepted.extend(report.accepted);
-    eventually("the breaker to close", Duration::from_secs(15), || async {
-        let m = app.metrics().await;
-        let state = metric_sum(&m, "jetflow_breaker_state", &[BREAKER]);
-        if state == 0.0 {
-            Ok(())
-        } else {
-            Err(format!("state {state}"))
-        }
-    })
-    .await;
-    let m = app.metrics().await;
-    for to in ["open", "half_open", "closed"] {
         assert!(
             metric_sum(
                 &m,
-                "jetflow_breaker_transitions_total",
-                &[BREAKER, ("to", to)]
+                "jetflow_breaker_calls_total",
+                &[BREAKER, ("result", "rejected")]
             ) > 0.0,
-            "the breaker went {to}"
+            "while open, calls fail fast without reaching the provider"
         );
-    }
 
-    let result = invariants::check(&Expectations {
-        api: app.address.clone(),
-        provider: app.provider.clone().expect("provider"),
-        initial_stock: initial,
-        accepted,
-        deadline: Duration::from_secs(60),
+        // Slow: answers after 1.5 s, beyond the 500 ms timeout.
+        app.provider_control(false, 1500).await;
+        let report = load::run(LoadConfig {
+            duration: Duration::from_millis(1000),
+            ..cfg.clone()
+        })
+        .await;
+        report.assert_clean(Duration::from_secs(5));
+        accepted.extend(report.accepted);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let m = app.metrics().await;
+        assert!(
+            metric_sum(
+                &m,
+                "jetflow_breaker_calls_total",
+                &[BREAKER, ("result", "timeout")]
+            ) > 0.0,
+            "slow calls time out:\n{}",
+            m.lines()
+                .filter(|l| l.contains("breaker"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+
+        // Back: the breaker half-opens, a probe succeeds, it closes; new orders are confirmed.
+        app.provider_control(false, 0).await;
+        let report = load::run(LoadConfig {
+            duration: Duration::from_millis(1500),
+            ..cfg
+        })
+        .await;
+        report.assert_clean(Duration::from_secs(5));
+        accepted.extend(report.accepted);
+        eventually("the breaker to close", Duration::from_secs(15), || async {
+            let m = app.metrics().await;
+            let state = metric_sum(&m, "jetflow_breaker_state", &[BREAKER]);
+            if state == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("state {state}"))
+            }
+        })
+        .await;
+        let m = app.metrics().await;
+        for to in ["open", "half_open", "closed"] {
+            assert!(
+                metric_sum(
+                    &m,
+                    "jetflow_breaker_transitions_total",
+                    &[BREAKER, ("to", to)]
+                ) > 0.0,
+                "the breaker went {to}"
+            );
+        }
+
+        let result = invariants::check(&Expectations {
+            api: app.address.clone(),
+            provider: app.provider.clone().expect("provider"),
+            initial_stock: initial,
+            accepted,
+            deadline: Duration::from_secs(60),
+        })
+        .await;
+        assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
+        assert!(
+            result.count("cancelled:payment_unavailable") > 0,
+            "orders of the outage gave up: {:?}",
+            result.outcomes
+        );
+        assert_eq!(
+            result.count("confirmed") + result.count("cancelled:payment_unavailable"),
+            result.orders.len(),
+            "{:?}",
+            result.outcomes
+        );
+        app.stop().await;
     })
-    .await;
-    assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
-    assert!(
-        result.count("cancelled:payment_unavailable") > 0,
-        "orders of the outage gave up: {:?}",
-        result.outcomes
-    );
-    assert_eq!(
-        result.count("confirmed") + result.count("cancelled:payment_unavailable"),
-        result.orders.len(),
-        "{:?}",
-        result.outcomes
-    );
-    app.stop().await;
 }

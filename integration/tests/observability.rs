@@ -106,86 +106,89 @@ fn start_app(nats: &NatsServer, extra: &[(&str, &str)]) -> (JetflowProcess, temp
     (app, dir)
 }
 
-#[actix_web::test]
-async fn every_dashboard_panel_has_data_in_a_real_prometheus() {
-    let nats = NatsServer::start();
-    let (app, _dir) = start_app(&nats, &[("JETFLOW_BREAKER_THRESHOLD", "2")]);
-    let prom = start_prometheus(app.port());
-    let client = reqwest::Client::new();
-    for p in ["sku-m1", "sku-m2"] {
+#[test]
+fn every_dashboard_panel_has_data_in_a_real_prometheus() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let (app, _dir) = start_app(&nats, &[("JETFLOW_BREAKER_THRESHOLD", "2")]);
+        let prom = start_prometheus(app.port());
+        let client = reqwest::Client::new();
+        for p in ["sku-m1", "sku-m2"] {
+            client
+                .put(format!("{}/inventory/{p}", app.url()))
+                .json(&json!({"available": 1000, "price_cents": 500}))
+                .send()
+                .await
+                .expect("PUT");
+        }
+        // Traffic of every kind: orders (some declined), a bad request, a poison event.
+        let load = tokio::spawn(load::run(LoadConfig::new(
+            &app.url(),
+            &["sku-m1", "sku-m2"],
+            Duration::from_secs(4),
+        )));
+        let bad = client
+            .post(format!("{}/orders", app.url()))
+            .json(&json!({"customer_id": ""}))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(bad.status().as_u16(), 400);
+        let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
+        js.publish("orders.created.v2", "poison".into())
+            .await
+            .expect("publish")
+            .await
+            .expect("PubAck");
+        load.await
+            .expect("load")
+            .assert_clean(Duration::from_secs(5));
+
+        let dashboard: Value = serde_json::from_str(
+            &std::fs::read_to_string(workspace_file("deploy/grafana/dashboards/jetflow.json"))
+                .expect("the dashboard"),
+        )
+        .expect("dashboard JSON");
+        let panels = dashboard["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 12, "the dashboard has its panels");
+        for panel in panels {
+            for target in panel["targets"].as_array().expect("targets") {
+                let expr = target["expr"].as_str().expect("expr");
+                let title = panel["title"].as_str().unwrap_or_default();
+                eventually(
+                    &format!("panel {title:?}: {expr}"),
+                    Duration::from_secs(30),
+                    || async {
+                        let result = query(prom.port, expr).await?;
+                        if result.is_empty() {
+                            Err("no data".to_string())
+                        } else {
+                            Ok(())
+                        }
+                    },
+                )
+                .await;
+            }
+        }
+    })
+}
+
+#[test]
+fn json_logs_carry_correlation_and_order_ids() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let (mut app, _dir) = start_app(
+            &nats,
+            &[("JETFLOW_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+        );
+        let client = reqwest::Client::new();
         client
-            .put(format!("{}/inventory/{p}", app.url()))
-            .json(&json!({"available": 1000, "price_cents": 500}))
+            .put(format!("{}/inventory/sku-log", app.url()))
+            .json(&json!({"available": 10, "price_cents": 500}))
             .send()
             .await
             .expect("PUT");
-    }
-    // Traffic of every kind: orders (some declined), a bad request, a poison event.
-    let load = tokio::spawn(load::run(LoadConfig::new(
-        &app.url(),
-        &["sku-m1", "sku-m2"],
-        Duration::from_secs(4),
-    )));
-    let bad = client
-        .post(format!("{}/orders", app.url()))
-        .json(&json!({"customer_id": ""}))
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(bad.status().as_u16(), 400);
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS"));
-    js.publish("orders.created.v2", "poison".into())
-        .await
-        .expect("publish")
-        .await
-        .expect("PubAck");
-    load.await
-        .expect("load")
-        .assert_clean(Duration::from_secs(5));
-
-    let dashboard: Value = serde_json::from_str(
-        &std::fs::read_to_string(workspace_file("deploy/grafana/dashboards/jetflow.json"))
-            .expect("the dashboard"),
-    )
-    .expect("dashboard JSON");
-    let panels = dashboard["panels"].as_array().expect("panels");
-    assert!(panels.len() >= 12, "the dashboard has its panels");
-    for panel in panels {
-        for target in panel["targets"].as_array().expect("targets") {
-            let expr = target["expr"].as_str().expect("expr");
-            let title = panel["title"].as_str().unwrap_or_default();
-            eventually(
-                &format!("panel {title:?}: {expr}"),
-                Duration::from_secs(30),
-                || async {
-                    let result = query(prom.port, expr).await?;
-                    if result.is_empty() {
-                        Err("no data".to_string())
-                    } else {
-                        Ok(())
-                    }
-                },
-            )
-            .await;
-        }
-    }
-}
-
-#[actix_web::test]
-async fn json_logs_carry_correlation_and_order_ids() {
-    let nats = NatsServer::start();
-    let (mut app, _dir) = start_app(
-        &nats,
-        &[("JETFLOW_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
-    );
-    let client = reqwest::Client::new();
-    client
-        .put(format!("{}/inventory/sku-log", app.url()))
-        .json(&json!({"available": 10, "price_cents": 500}))
-        .send()
-        .await
-        .expect("PUT");
-    let r = client
+        let r = client
         .post(format!("{}/orders", app.url()))
         .header("X-Correlation-ID", "corr-log-7")
         .header(
@@ -196,59 +199,60 @@ async fn json_logs_carry_correlation_and_order_ids() {
         .send()
         .await
         .expect("POST");
-    assert_eq!(r.status().as_u16(), 202);
-    let id = r.json::<Value>().await.expect("JSON")["order_id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    eventually("confirmed", Duration::from_secs(20), || async {
-        let o: Value = client
-            .get(format!("{}/orders/{id}", app.url()))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        if o["status"] == "confirmed" {
-            Ok(())
-        } else {
-            Err(o.to_string())
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    app.kill();
-    let log = app.log();
-    let lines: Vec<Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert!(lines.len() > 5, "JSON log lines: {}", app.log_tail());
-    let about: Vec<&Value> = lines
-        .iter()
-        .filter(|l| l.to_string().contains(&id))
-        .collect();
-    assert!(
-        about.len() >= 4,
-        "the order's handling is logged: {about:#?}"
-    );
-    for line in &about {
-        let text = line.to_string();
-        assert!(
-            text.contains("corr-log-7"),
-            "a line about the order without its correlation id: {text}"
-        );
-        assert!(
-            text.contains("order_id"),
-            "a line about the order without an order_id field: {text}"
-        );
-    }
-    // The trace id of the incoming traceparent is carried into the handlers' spans.
-    assert!(
-        about
+        assert_eq!(r.status().as_u16(), 202);
+        let id = r.json::<Value>().await.expect("JSON")["order_id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        eventually("confirmed", Duration::from_secs(20), || async {
+            let o: Value = client
+                .get(format!("{}/orders/{id}", app.url()))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if o["status"] == "confirmed" {
+                Ok(())
+            } else {
+                Err(o.to_string())
+            }
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.kill();
+        let log = app.log();
+        let lines: Vec<Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        assert!(lines.len() > 5, "JSON log lines: {}", app.log_tail());
+        let about: Vec<&Value> = lines
             .iter()
-            .any(|l| l.to_string().contains("0af7651916cd43dd8448eb211c80319c")),
-        "the W3C trace id travels with the order"
-    );
+            .filter(|l| l.to_string().contains(&id))
+            .collect();
+        assert!(
+            about.len() >= 4,
+            "the order's handling is logged: {about:#?}"
+        );
+        for line in &about {
+            let text = line.to_string();
+            assert!(
+                text.contains("corr-log-7"),
+                "a line about the order without its correlation id: {text}"
+            );
+            assert!(
+                text.contains("order_id"),
+                "a line about the order without an order_id field: {text}"
+            );
+        }
+        // The trace id of the incoming traceparent is carried into the handlers' spans.
+        assert!(
+            about
+                .iter()
+                .any(|l| l.to_string().contains("0af7651916cd43dd8448eb211c80319c")),
+            "the W3C trace id travels with the order"
+        );
+    })
 }

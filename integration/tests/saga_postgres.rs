@@ -5,7 +5,9 @@ use jetflow_integration::scenarios::{self, Backend};
 
 jetflow_integration::saga_suite!(Backend::Postgres);
 
-#[actix_web::test]
-async fn two_inventory_replicas_never_oversell() {
-    scenarios::inventory_replicas(Backend::Postgres, 120, 45).await;
+#[test]
+fn two_inventory_replicas_never_oversell() {
+    jetflow_integration::run(async {
+        scenarios::inventory_replicas(Backend::Postgres, 120, 45).await;
+    })
 }

@@ -48,154 +48,162 @@ async fn order_through(api: &str) -> Value {
     .await
 }
 
-#[actix_web::test]
-async fn user_and_password_work_and_never_reach_the_logs() {
-    let nats = NatsServer::builder()
-        .user_password("jetflow", PASSWORD)
-        .start();
-    let (mut app, _dir) = JetflowProcess::all(
-        &nats.url(),
-        &[
-            ("NATS_USER", "jetflow"),
-            ("NATS_PASSWORD", PASSWORD),
-            ("RUST_LOG", "debug"),
-            ("JETFLOW_LOG_FORMAT", "json"),
-        ],
-    );
-    app.until("/ready").await;
-    order_through(&app.url()).await;
-    app.kill();
-    let log = app.log();
-    assert!(log.contains("NATS connected"), "{}", app.log_tail());
-    assert!(!log.contains(PASSWORD), "the NATS password was logged");
+#[test]
+fn user_and_password_work_and_never_reach_the_logs() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::builder()
+            .user_password("jetflow", PASSWORD)
+            .start();
+        let (mut app, _dir) = JetflowProcess::all(
+            &nats.url(),
+            &[
+                ("NATS_USER", "jetflow"),
+                ("NATS_PASSWORD", PASSWORD),
+                ("RUST_LOG", "debug"),
+                ("JETFLOW_LOG_FORMAT", "json"),
+            ],
+        );
+        app.until("/ready").await;
+        order_through(&app.url()).await;
+        app.kill();
+        let log = app.log();
+        assert!(log.contains("NATS connected"), "{}", app.log_tail());
+        assert!(!log.contains(PASSWORD), "the NATS password was logged");
+    })
 }
 
-#[actix_web::test]
-async fn a_wrong_password_keeps_the_service_unready_with_a_clear_error() {
-    let nats = NatsServer::builder()
-        .user_password("jetflow", PASSWORD)
-        .start();
-    let db_url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/test");
-    let mut app = JetflowProcess::start(
-        &["orders"],
-        &[
-            ("NATS_URL", nats.url().as_str()),
-            ("NATS_USER", "jetflow"),
-            ("NATS_PASSWORD", "wrong-password-also-secret"),
-            ("DATABASE_URL", db_url.as_str()),
-            ("RUST_LOG", "debug"),
-        ],
-    );
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let r = reqwest::get(format!("{}/ready", app.url()))
-        .await
-        .expect("/ready");
-    assert_eq!(r.status().as_u16(), 503);
-    let body = r.text().await.unwrap_or_default();
-    assert!(
-        body.contains("nats"),
-        "/ready names what is missing: {body}"
-    );
-    app.kill();
-    let log = app.log();
-    assert!(
-        log.to_lowercase().contains("authorization"),
-        "the log says why: {}",
-        app.log_tail()
-    );
-    assert!(
-        !log.contains("wrong-password-also-secret"),
-        "the NATS password was logged"
-    );
-    assert!(
-        !log.contains(DB_PASSWORD),
-        "the database password was logged"
-    );
+#[test]
+fn a_wrong_password_keeps_the_service_unready_with_a_clear_error() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::builder()
+            .user_password("jetflow", PASSWORD)
+            .start();
+        let db_url = format!("postgres://postgres:{DB_PASSWORD}@127.0.0.1:5432/test");
+        let mut app = JetflowProcess::start(
+            &["orders"],
+            &[
+                ("NATS_URL", nats.url().as_str()),
+                ("NATS_USER", "jetflow"),
+                ("NATS_PASSWORD", "wrong-password-also-secret"),
+                ("DATABASE_URL", db_url.as_str()),
+                ("RUST_LOG", "debug"),
+            ],
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let r = reqwest::get(format!("{}/ready", app.url()))
+            .await
+            .expect("/ready");
+        assert_eq!(r.status().as_u16(), 503);
+        let body = r.text().await.unwrap_or_default();
+        assert!(
+            body.contains("nats"),
+            "/ready names what is missing: {body}"
+        );
+        app.kill();
+        let log = app.log();
+        assert!(
+            log.to_lowercase().contains("authorization"),
+            "the log says why: {}",
+            app.log_tail()
+        );
+        assert!(
+            !log.contains("wrong-password-also-secret"),
+            "the NATS password was logged"
+        );
+        assert!(
+            !log.contains(DB_PASSWORD),
+            "the database password was logged"
+        );
+    })
 }
 
-#[actix_web::test]
-async fn body_size_content_type_and_rate_limits_answer_their_documented_status() {
-    let nats = NatsServer::start();
-    let (mut app, _dir) = JetflowProcess::all(
-        &nats.url(),
-        &[("JETFLOW_RATE_LIMIT", "5"), ("JETFLOW_RATE_BURST", "10")],
-    );
-    app.until("/ready").await;
-    let client = reqwest::Client::new();
-    let url = format!("{}/orders", app.url());
+#[test]
+fn body_size_content_type_and_rate_limits_answer_their_documented_status() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let (mut app, _dir) = JetflowProcess::all(
+            &nats.url(),
+            &[("JETFLOW_RATE_LIMIT", "5"), ("JETFLOW_RATE_BURST", "10")],
+        );
+        app.until("/ready").await;
+        let client = reqwest::Client::new();
+        let url = format!("{}/orders", app.url());
 
-    let big = json!({"customer_id": "c", "items": [{"product_id": "x".repeat(70 * 1024), "quantity": 1}]});
-    let r = client.post(&url).json(&big).send().await.expect("POST");
-    assert_eq!(r.status().as_u16(), 413);
-    let e: Value = r.json().await.expect("a JSON error");
-    assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
+        let big = json!({"customer_id": "c", "items": [{"product_id": "x".repeat(70 * 1024), "quantity": 1}]});
+        let r = client.post(&url).json(&big).send().await.expect("POST");
+        assert_eq!(r.status().as_u16(), 413);
+        let e: Value = r.json().await.expect("a JSON error");
+        assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
 
-    let r = client
-        .post(&url)
-        .header("Content-Type", "text/plain")
-        .body("customer_id=c")
-        .send()
-        .await
-        .expect("POST");
-    assert_eq!(r.status().as_u16(), 415);
-    let e: Value = r.json().await.expect("a JSON error");
-    assert!(e["error"].is_string(), "{e}");
-
-    // Burst of 10, then 5 per second: 30 at once must meet 429s with Retry-After.
-    let mut limited = 0;
-    for _ in 0..30 {
         let r = client
-            .get(format!(
-                "{}/orders/00000000-0000-4000-8000-000000000000",
-                app.url()
-            ))
+            .post(&url)
+            .header("Content-Type", "text/plain")
+            .body("customer_id=c")
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 415);
+        let e: Value = r.json().await.expect("a JSON error");
+        assert!(e["error"].is_string(), "{e}");
+
+        // Burst of 10, then 5 per second: 30 at once must meet 429s with Retry-After.
+        let mut limited = 0;
+        for _ in 0..30 {
+            let r = client
+                .get(format!(
+                    "{}/orders/00000000-0000-4000-8000-000000000000",
+                    app.url()
+                ))
+                .send()
+                .await
+                .expect("GET");
+            if r.status().as_u16() == 429 {
+                limited += 1;
+                assert!(r.headers().contains_key("Retry-After"));
+                let e: Value = r.json().await.expect("a JSON error");
+                assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
+            }
+        }
+        assert!(limited >= 15, "only {limited} of 30 requests were limited");
+        // Probes are never limited.
+        let r = client
+            .get(format!("{}/health", app.url()))
             .send()
             .await
             .expect("GET");
-        if r.status().as_u16() == 429 {
-            limited += 1;
-            assert!(r.headers().contains_key("Retry-After"));
-            let e: Value = r.json().await.expect("a JSON error");
-            assert!(e["error"].is_string() && e["message"].is_string(), "{e}");
-        }
-    }
-    assert!(limited >= 15, "only {limited} of 30 requests were limited");
-    // Probes are never limited.
-    let r = client
-        .get(format!("{}/health", app.url()))
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(r.status().as_u16(), 200);
-    app.kill();
+        assert_eq!(r.status().as_u16(), 200);
+        app.kill();
+    })
 }
 
-#[actix_web::test]
-async fn a_creds_file_works_against_an_operator_mode_server_and_its_seed_is_not_logged() {
-    let setup = jetflow_integration::creds::OperatorSetup::new();
-    let nats = NatsServer::builder()
-        .config_extra(&setup.server_config)
-        .start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let creds = dir.path().join("jetflow.creds");
-    std::fs::write(&creds, &setup.creds).expect("creds file");
-    // Without credentials the server refuses us.
-    assert!(
-        async_nats::connect(nats.url()).await.is_err() || {
-            let c = async_nats::connect(nats.url()).await.expect("connect");
-            c.flush().await.is_err()
-        }
-    );
-    let creds_path = creds.display().to_string();
-    let (mut app, _db_dir) = JetflowProcess::all(
-        &nats.url(),
-        &[("NATS_CREDS", creds_path.as_str()), ("RUST_LOG", "debug")],
-    );
-    app.until("/ready").await;
-    order_through(&app.url()).await;
-    app.kill();
-    assert!(
-        !app.log().contains(&setup.user_seed),
-        "the NKEY seed was logged"
-    );
+#[test]
+fn a_creds_file_works_against_an_operator_mode_server_and_its_seed_is_not_logged() {
+    jetflow_integration::run(async {
+        let setup = jetflow_integration::creds::OperatorSetup::new();
+        let nats = NatsServer::builder()
+            .config_extra(&setup.server_config)
+            .start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let creds = dir.path().join("jetflow.creds");
+        std::fs::write(&creds, &setup.creds).expect("creds file");
+        // Without credentials the server refuses us.
+        assert!(
+            async_nats::connect(nats.url()).await.is_err() || {
+                let c = async_nats::connect(nats.url()).await.expect("connect");
+                c.flush().await.is_err()
+            }
+        );
+        let creds_path = creds.display().to_string();
+        let (mut app, _db_dir) = JetflowProcess::all(
+            &nats.url(),
+            &[("NATS_CREDS", creds_path.as_str()), ("RUST_LOG", "debug")],
+        );
+        app.until("/ready").await;
+        order_through(&app.url()).await;
+        app.kill();
+        assert!(
+            !app.log().contains(&setup.user_seed),
+            "the NKEY seed was logged"
+        );
+    })
 }
