@@ -465,3 +465,49 @@ fn payment_actor_retries_while_the_provider_is_down_and_gives_up_on_the_last_del
         assert_eq!(failed["reason"], "unavailable", "{failed}");
     })
 }
+
+#[test]
+fn payment_actor_voids_the_charge_of_a_cancelled_order_and_never_charges_after_a_cancel() {
+    jetflow_integration::run(async {
+        let k = kit().await;
+        let (url, handle) = provider().await;
+        let probe = TestKit::route::<_, InboundEvent>(&payment_actor(&k, &url));
+        let cancelled = |id: &str| {
+            serde_json::to_vec(&with(
+                meta(id),
+                json!({"version": 1, "reason": "timed_out", "detail": "took too long"}),
+            ))
+            .expect("JSON")
+        };
+        // Charged, then cancelled (e.g. timed out): the charge is voided.
+        let charged = Uuid::new_v4().to_string();
+        probe
+            .deliver_raw("inventory.reserved", reserved_for(&charged, "c-1"))
+            .await
+            .assert_ack();
+        probe
+            .deliver_raw("orders.cancelled", cancelled(&charged))
+            .await
+            .assert_ack();
+        // Cancelled before any charge, then a late inventory.reserved: never charged.
+        let early = Uuid::new_v4().to_string();
+        probe
+            .deliver_raw("orders.cancelled", cancelled(&early))
+            .await
+            .assert_ack();
+        probe
+            .deliver_raw("inventory.reserved", reserved_for(&early, "c-2"))
+            .await
+            .assert_ack();
+        let charges: Vec<Value> = reqwest::get(format!("{url}/charges"))
+            .await
+            .expect("charges")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(charges.len(), 1, "{charges:?}");
+        assert_eq!(charges[0]["order_id"], charged.as_str());
+        assert_eq!(charges[0]["status"], "voided", "{charges:?}");
+        handle.stop(false).await;
+    })
+}

@@ -66,9 +66,71 @@ impl Handler<Delivery<InboundEvent>> for PaymentActor {
                 AnyEvent::InventoryReserved(e) => {
                     charge(&deps, &client, &breaker, &input, e, &meta).await
                 }
+                AnyEvent::OrderCancelled(e) => {
+                    void_if_charged(&deps, &client, &e.meta.order_id.to_string(), &meta).await
+                }
                 _ => Ok(Outcome::Ack),
             }
         })
+    }
+}
+
+/// An order was cancelled (for whatever reason: declined, out of stock, timed out). If a
+/// charge was made for it, or may have been (an attempt without a clear answer), it is voided
+/// at the provider, so a cancelled order never stays charged. Voiding is idempotent; until the
+/// provider answers, the delivery is retried (and dead-lettered when retries run out).
+async fn void_if_charged(
+    deps: &Deps,
+    client: &PaymentClient,
+    order_id: &str,
+    meta: &DeliveryMeta,
+) -> Result<Outcome, DomainError> {
+    let recorded = payment_store::get(deps.db.pool(), order_id).await?;
+    let charged = recorded.as_ref().is_some_and(|p| p.status == "succeeded");
+    let uncertain = payment_store::was_uncertain(deps.db.pool(), order_id).await?;
+    if !charged && !uncertain {
+        if recorded.is_none() {
+            // Nothing charged: leave a tombstone so a late `inventory.reserved` (a redelivery
+            // after the cancellation) is not charged either.
+            let mut conn = deps.db.pool().acquire().await?;
+            payment_store::record(
+                &mut conn,
+                order_id,
+                "cancelled",
+                0,
+                None,
+                0,
+                Some("order cancelled before any charge"),
+            )
+            .await?;
+        }
+        return Ok(Outcome::Ack);
+    }
+    match client.void(order_id).await {
+        Ok(()) => {
+            if charged {
+                payment_store::mark_voided(deps.db.pool(), order_id).await?;
+            }
+            domain_metrics()
+                .payments
+                .with_label_values(&["voided"])
+                .inc();
+            tracing::warn!(%order_id, charged, uncertain, "cancelled order's charge voided");
+            Ok(Outcome::Ack)
+        }
+        Err(e) => {
+            let delay = retry_delay(
+                deps.config.payment_retry_base,
+                deps.config.payment_retry_max,
+                meta.delivered,
+            );
+            Ok(Outcome::retry_after(
+                delay,
+                format!(
+                    "order {order_id} is cancelled but its charge could not be voided yet: {e}"
+                ),
+            ))
+        }
     }
 }
 

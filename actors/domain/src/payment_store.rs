@@ -90,3 +90,16 @@ where
         .await?;
     Ok(row.is_some())
 }
+
+/// Marks a recorded payment as voided (its charge given back after the order was cancelled).
+pub async fn mark_voided<'c, E>(executor: E, order_id: &str) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    sqlx::query("UPDATE payments SET status = 'voided', updated_at = $2 WHERE order_id = $1")
+        .bind(order_id)
+        .bind(now_ms())
+        .execute(executor)
+        .await?;
+    Ok(())
+}

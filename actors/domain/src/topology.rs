@@ -66,6 +66,7 @@ fn filters(stream: &str, role: Role, lane: Priority) -> Vec<String> {
     let express = lane == Priority::Express;
     let lane_suffix = if express { ".express" } else { "" };
     match (stream, role) {
+        (ORDERS, Role::Payments) => vec![format!("orders.cancelled{lane_suffix}")],
         (ORDERS, _) => vec![
             if express {
                 "orders.*.express".to_string()
@@ -114,7 +115,8 @@ pub fn sources(role: Role) -> &'static [&'static str] {
     match role {
         Role::Orders => &[ORDERS, INVENTORY, PAYMENTS],
         Role::Inventory => &[ORDERS],
-        Role::Payments => &[INVENTORY],
+        // orders.cancelled: a cancelled order's charge, if any was made, is voided.
+        Role::Payments => &[INVENTORY, ORDERS],
     }
 }
 
