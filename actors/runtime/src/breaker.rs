@@ -363,12 +363,13 @@ mod tests {
         let b = BreakerActor::start(config(1, 50, 1000));
         fail(&b).await.unwrap_err();
         tokio::time::sleep(Duration::from_millis(80)).await;
-        // A slow probe is in flight; a second call meanwhile is refused.
+        // A slow probe (well inside the 1 s call timeout) is in flight; a second call
+        // meanwhile is refused.
         let probe = {
             let b = b.clone();
             actix_rt::spawn(async move {
                 b.call(async {
-                    tokio::time::sleep(Duration::from_millis(1000)).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
                     Err::<(), _>("still down")
                 })
                 .await
