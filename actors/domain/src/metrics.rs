@@ -19,7 +19,7 @@ pub struct DomainMetrics {
     pub outbox_publish_errors: IntCounter,
     /// `jetflow_stock_reservations_total{result}`: reserved, insufficient_stock, unknown_product.
     pub stock_reservations: IntCounterVec,
-    /// `jetflow_payments_total{result}`: succeeded, declined, unavailable, retried.
+    /// `jetflow_payments_total{result}`: succeeded, declined, unavailable, retried, voided.
     pub payments: IntCounterVec,
     /// `jetflow_saga_anomalies_total{kind}`: events that contradict an order's state.
     pub saga_anomalies: IntCounterVec,
