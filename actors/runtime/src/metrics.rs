@@ -32,7 +32,7 @@ pub struct Metrics {
     pub actor_failed: IntGaugeVec,
     /// `jetflow_nats_connected`: 1 while the bridge holds a live connection.
     pub nats_connected: IntGauge,
-    /// `jetflow_nats_reconnects_total`: connections the bridge established after the first.
+    /// `jetflow_nats_connections_total`: connections the bridge established after the first.
     pub nats_connections: IntCounterVec,
     /// `jetflow_nats_published_total{subject}`: messages stored by JetStream (PubAck received).
     pub nats_published: IntCounterVec,
