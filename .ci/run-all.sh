@@ -10,5 +10,5 @@ if [ -z "${NATS_URL:-}" ]; then
   bash .ci/install-nats-server.sh
   export NATS_SERVER_BIN="$ROOT/.tools/bin/nats-server"
 fi
-cargo build --release --locked -p jetflow-gateway --bin jetflow
+cargo build --release --locked -p jetflow --bin jetflow
 exec "$ROOT/target/release/jetflow" all "$@"

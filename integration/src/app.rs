@@ -1,44 +1,56 @@
 //! The application in-process, on free ports (Zero To Production's `spawn_app`).
 //!
 //! A test builds the roles it needs against its own nats-server and database, gets the HTTP
-//! address, and talks to it over real HTTP. Defaults are tuned for tests: short ack waits
-//! and retry delays so redeliveries and exhausted retries happen within seconds.
+//! address, and talks to it over real HTTP. Settings start from the binary's own defaults
+//! ([`Settings::default`]) with what tests need changed: short ack waits and retry delays so
+//! redeliveries and exhausted retries happen within seconds. A SQLite database lives in a
+//! temporary directory that goes with the app.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use jetflow_domain::{Database, SagaConfig};
-use jetflow_gateway::configuration::Settings;
-use jetflow_gateway::startup::{Application, Roles};
-use jetflow_runtime::{ActorRef, NatsBridge};
+use jetflow_app::settings::Settings;
+use jetflow_app::startup::{Application, Roles, StopReport};
+use jetflow_runtime::{Bridge, Database, DbConfig, OutboxHandle};
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 
 use crate::ports::free_port;
 use crate::wait::eventually;
 
-/// The saga settings tests use unless told otherwise.
-pub fn test_saga() -> SagaConfig {
-    SagaConfig {
-        ack_wait: Duration::from_secs(2),
-        max_deliver: 5,
-        payment_max_deliver: 5,
-        payment_retry_base: Duration::from_millis(100),
-        payment_retry_max: Duration::from_millis(800),
-        created_versions: vec![2],
-        stream_replicas: 1,
-        concurrency: 32,
-        order_timeout: Duration::from_secs(600),
-    }
+/// The settings tests use unless told otherwise.
+pub fn test_settings(nats_url: &str, database_url: &str) -> Settings {
+    let mut s = Settings {
+        role_name: "test".to_string(),
+        ..Settings::default()
+    };
+    s.nats.url = Some(nats_url.to_string());
+    s.nats.publish_timeout = Duration::from_secs(2);
+    s.database = DbConfig::new(database_url);
+    s.http.addr = ([127, 0, 0, 1], 0).into();
+    s.http.workers = Some(2);
+    s.http.rate_limit = 0;
+    s.http.shutdown_timeout = Duration::from_secs(10);
+    s.provider.addr = ([127, 0, 0, 1], free_port()).into();
+    s.provider.timeout = Duration::from_millis(500);
+    s.provider.breaker_threshold = 3;
+    s.provider.breaker_open = Duration::from_millis(500);
+    s.saga.ack_wait = Duration::from_secs(2);
+    s.saga.payment_retry_base = Duration::from_millis(100);
+    s.saga.payment_retry_max = Duration::from_millis(800);
+    s.saga.order_timeout = Duration::from_secs(600);
+    s.saga.void_scan_interval = Duration::from_millis(500);
+    s
 }
 
 /// How to build a [`TestApp`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct TestAppBuilder {
     /// The settings (mutable before `start`).
     pub settings: Settings,
     /// The roles.
     pub roles: Roles,
-    sqlite_dir: Option<std::path::PathBuf>,
+    sqlite_dir: Option<tempfile::TempDir>,
 }
 
 impl TestAppBuilder {
@@ -47,38 +59,27 @@ impl TestAppBuilder {
         let dir = tempfile::Builder::new()
             .prefix("jetflow-db-")
             .tempdir()
-            .expect("a temp dir")
-            .keep();
-        let provider: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+            .expect("a temp dir");
+        let url = format!("sqlite://{}/jetflow.db", dir.path().display());
         Self {
-            settings: Settings {
-                role_name: "test".to_string(),
-                nats_url: nats_url.to_string(),
-                nats_creds: None,
-                nats_user: None,
-                nats_password: None,
-                database_url: format!("sqlite://{}/jetflow.db", dir.display()),
-                http_addr: ([127, 0, 0, 1], 0).into(),
-                provider_addr: provider,
-                payment_provider_url: format!("http://{provider}"),
-                payment_timeout: Duration::from_millis(500),
-                breaker_threshold: 3,
-                breaker_open: Duration::from_millis(500),
-                publish_timeout: Duration::from_secs(2),
-                rate_limit: 0,
-                rate_burst: 0,
-                http_workers: Some(2),
-                saga: test_saga(),
-            },
+            settings: test_settings(nats_url, &url),
             roles: Roles::all(),
             sqlite_dir: Some(dir),
         }
     }
 
-    /// Uses this database instead of a fresh SQLite file.
+    /// The database URL the app will use.
+    pub fn database_url(&self) -> String {
+        self.settings.database.url.clone()
+    }
+
+    /// Uses this database instead of a fresh SQLite file (the fresh file's directory goes,
+    /// unless `url` is that very file).
     pub fn database(mut self, url: &str) -> Self {
-        self.settings.database_url = url.to_string();
-        self.sqlite_dir = None;
+        if self.settings.database.url != url {
+            self.sqlite_dir = None;
+        }
+        self.settings.database = DbConfig::new(url);
         self
     }
 
@@ -94,7 +95,7 @@ impl TestAppBuilder {
         self
     }
 
-    /// Builds and serves the application (inside an actix system: see [`crate::run`]).
+    /// Builds the application and serves it (inside an actix system: see [`crate::run`]).
     pub async fn start(self) -> TestApp {
         crate::init_tracing();
         let app = Application::build(self.settings.clone(), self.roles)
@@ -102,35 +103,39 @@ impl TestAppBuilder {
             .unwrap_or_else(|e| panic!("the application did not start: {e}"));
         let address = format!("http://{}", app.http_addr());
         let provider = app.provider_addr().map(|a| format!("http://{a}"));
-        let handles = app.server_handles();
+        let admin = app.admin_addr();
         let bridge = app.bridge().cloned();
         let db = app.database().cloned();
         let outbox = app.outbox().cloned();
-        actix_rt::spawn(app.run_until_stopped());
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel();
+        actix_rt::spawn(async move {
+            let report = app
+                .run(async move {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            let _ = done_tx.send(report);
+        });
         let client = reqwest::Client::builder()
+            // Shorter than the server's keep-alive: never reuse a connection it is closing.
+            .pool_idle_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))
             .build()
             .expect("an HTTP client");
         TestApp {
             address,
             provider,
+            admin,
             client,
-            handles,
             bridge,
             db,
             outbox,
             settings: self.settings,
-            _sqlite_dir: self.sqlite_dir.map(DirGuard),
+            stop: std::sync::Mutex::new(Some(stop_tx)),
+            done: std::sync::Mutex::new(Some(done_rx)),
+            _sqlite_dir: self.sqlite_dir,
         }
-    }
-}
-
-#[derive(Debug)]
-struct DirGuard(std::path::PathBuf);
-
-impl Drop for DirGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -140,15 +145,18 @@ pub struct TestApp {
     pub address: String,
     /// The simulated provider's base URL, when this app runs it.
     pub provider: Option<String>,
+    /// The admin server's address, when it has one.
+    pub admin: Option<SocketAddr>,
     /// An HTTP client.
     pub client: reqwest::Client,
-    handles: Vec<actix_web::dev::ServerHandle>,
-    bridge: Option<ActorRef<NatsBridge>>,
+    bridge: Option<Bridge>,
     db: Option<Database>,
-    outbox: Option<jetflow_domain::OutboxHandle>,
+    outbox: Option<OutboxHandle>,
     /// The settings it runs with.
     pub settings: Settings,
-    _sqlite_dir: Option<DirGuard>,
+    stop: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    done: std::sync::Mutex<Option<oneshot::Receiver<StopReport>>>,
+    _sqlite_dir: Option<tempfile::TempDir>,
 }
 
 impl TestApp {
@@ -163,24 +171,23 @@ impl TestApp {
     }
 
     /// The bridge.
-    pub fn bridge(&self) -> &ActorRef<NatsBridge> {
+    pub fn bridge(&self) -> &Bridge {
         self.bridge.as_ref().expect("this app uses NATS")
     }
 
     /// The outbox relay.
-    pub fn outbox(&self) -> Option<&jetflow_domain::OutboxHandle> {
+    pub fn outbox(&self) -> Option<&OutboxHandle> {
         self.outbox.as_ref()
     }
 
     /// Waits until `/ready` answers 200 (NATS connected, database up).
     pub async fn wait_ready(&self) {
+        let ready = match self.admin {
+            Some(a) => format!("http://{a}/ready"),
+            None => format!("{}/ready", self.address),
+        };
         eventually("the app to be ready", Duration::from_secs(20), || async {
-            match self
-                .client
-                .get(format!("{}/ready", self.address))
-                .send()
-                .await
-            {
+            match self.client.get(&ready).send().await {
                 Ok(r) if r.status().as_u16() == 200 => Ok(()),
                 Ok(r) => Err(format!(
                     "{} {}",
@@ -267,14 +274,16 @@ impl TestApp {
         .await
     }
 
-    /// The provider's charges (`GET /charges`).
-    pub async fn charges(&self) -> Vec<Value> {
-        let base = self
-            .provider
+    fn provider_base(&self) -> String {
+        self.provider
             .clone()
-            .unwrap_or_else(|| self.settings.payment_provider_url.clone());
+            .unwrap_or_else(|| self.settings.provider.url())
+    }
+
+    /// Every account at the provider (`GET /charges`).
+    pub async fn charges(&self) -> Vec<Value> {
         self.client
-            .get(format!("{base}/charges"))
+            .get(format!("{}/charges", self.provider_base()))
             .send()
             .await
             .expect("the provider answers")
@@ -283,16 +292,30 @@ impl TestApp {
             .expect("JSON")
     }
 
-    /// Sets the provider's fault switches.
-    pub async fn provider_control(&self, fail: bool, latency_ms: u64) {
-        let base = self
-            .provider
-            .clone()
-            .unwrap_or_else(|| self.settings.payment_provider_url.clone());
+    /// One order's account at the provider (`GET /charges/{order_id}`): status, call counts.
+    pub async fn charge(&self, order_id: &str) -> Option<Value> {
         let r = self
             .client
-            .put(format!("{base}/_control"))
-            .json(&json!({"fail": fail, "latency_ms": latency_ms}))
+            .get(format!("{}/charges/{order_id}", self.provider_base()))
+            .send()
+            .await
+            .expect("the provider answers");
+        (r.status().as_u16() == 200).then_some(())?;
+        r.json().await.ok()
+    }
+
+    /// Sets the provider's fault switches.
+    pub async fn provider_control(&self, fail: bool, latency_ms: u64) {
+        self.provider_control_json(json!({"fail": fail, "latency_ms": latency_ms}))
+            .await;
+    }
+
+    /// Sets the provider's fault switches from a JSON body.
+    pub async fn provider_control_json(&self, body: Value) {
+        let r = self
+            .client
+            .put(format!("{}/_control", self.provider_base()))
+            .json(&body)
             .send()
             .await
             .expect("the provider answers");
@@ -301,8 +324,12 @@ impl TestApp {
 
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
+        let url = match self.admin {
+            Some(a) => format!("http://{a}/metrics"),
+            None => format!("{}/metrics", self.address),
+        };
         self.client
-            .get(format!("{}/metrics", self.address))
+            .get(url)
             .send()
             .await
             .expect("GET /metrics answers")
@@ -311,15 +338,17 @@ impl TestApp {
             .expect("text")
     }
 
-    /// Stops the HTTP servers (the actors stop with the test's actix system).
-    pub async fn stop(&self) {
-        // Stopping the main server makes the application stop the others.
-        if let Some(h) = self.handles.first()
-            && tokio::time::timeout(Duration::from_secs(5), h.stop(false))
-                .await
-                .is_err()
-        {
-            tracing::warn!("the HTTP server did not stop within 5 s");
+    /// Stops the application the way a signal does (in order, draining), and reports how
+    /// (once; later calls answer `None`).
+    pub async fn stop(&self) -> Option<StopReport> {
+        let stop = self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(stop) = stop {
+            let _ = stop.send(());
         }
+        let done = self.done.lock().unwrap_or_else(|p| p.into_inner()).take()?;
+        tokio::time::timeout(Duration::from_secs(30), done)
+            .await
+            .ok()?
+            .ok()
     }
 }

@@ -58,14 +58,8 @@ pub fn jetflow_bin() -> PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root()).args([
-            "build",
-            "--quiet",
-            "-p",
-            "jetflow-gateway",
-            "--bin",
-            "jetflow",
-        ]);
+        cmd.current_dir(workspace_root())
+            .args(["build", "--quiet", "-p", "jetflow", "--bin", "jetflow"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
@@ -77,7 +71,7 @@ pub fn jetflow_bin() -> PathBuf {
     let bin = profile_dir.join("jetflow");
     assert!(
         bin.is_file(),
-        "{} does not exist: build it first (cargo build -p jetflow-gateway --bin jetflow), or set JETFLOW_BIN",
+        "{} does not exist: build it first (cargo build -p jetflow --bin jetflow), or set JETFLOW_BIN",
         bin.display()
     );
     bin

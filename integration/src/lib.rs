@@ -30,6 +30,7 @@ pub use wait::{eventually, eventually_sync};
 /// (default `warn`). Idempotent.
 pub fn init_tracing() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    jetflow_domain::payment_client::install_crypto_provider();
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -46,6 +47,7 @@ pub fn init_tracing() {
 /// connection dropped then needs a runtime to hand itself back to. Without one sqlx panics
 /// inside a destructor and the whole test binary aborts.
 pub fn run<F: std::future::Future<Output = ()>>(test: F) {
+    init_tracing();
     let outer = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

@@ -87,6 +87,8 @@ impl LoadReport {
 /// Runs the load to its end (every started order accepted or given up) and reports.
 pub async fn run(config: LoadConfig) -> LoadReport {
     let client = reqwest::Client::builder()
+        // Shorter than the server's keep-alive: never reuse a connection it is closing.
+        .pool_idle_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(15))
         .pool_max_idle_per_host(16)
         .build()

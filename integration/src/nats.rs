@@ -77,6 +77,7 @@ impl NatsServerBuilder {
 
     /// Starts the server and waits until it is ready.
     pub fn start(self) -> NatsServer {
+        crate::init_tracing();
         let mut server = self.launch();
         server.wait_ready();
         server
@@ -157,17 +158,17 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(nats_server_bin())
-            .arg("-c")
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.arg("-c")
             .arg(&self.config_path)
             .arg("-l")
             .arg(&self.log_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
+            .stderr(Stdio::null());
+        // Dies with the test, even one that panicked or aborted.
+        jetflow_app::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
+        self.child = Some(cmd.spawn().expect("nats-server starts"));
     }
 
     /// The client URL.

@@ -25,6 +25,7 @@ impl JetflowProcess {
     /// A process running `args` (e.g. `["inventory"]`) with `env`, serving HTTP on a free
     /// port; started and waited for (`/health` 200).
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        crate::init_tracing();
         let port = env
             .iter()
             .find(|(k, _)| *k == "JETFLOW_HTTP_ADDR")
@@ -62,17 +63,62 @@ impl JetflowProcess {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(jetflow_bin())
-            .args(&self.args)
+        let mut cmd = Command::new(jetflow_bin());
+        cmd.args(&self.args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .envs(&self.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("jetflow starts");
-        self.child = Some(child);
+            .stderr(log);
+        // Dies with the test, even one that panicked or aborted.
+        jetflow_app::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
+        self.child = Some(cmd.spawn().expect("jetflow starts"));
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT) and waits up to `deadline` for the process to exit;
+    /// returns its exit code, or `None` if it is still running (it is then killed).
+    pub fn signal_and_wait(&mut self, signal: i32, deadline: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, signal);
+        }
+        self.wait_exit(deadline)
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&mut self, signal: i32) {
+        if let Some(child) = self.child.as_mut() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
+    /// Waits up to `deadline` for the process to exit; its exit code, or `None` (then it is
+    /// killed). A process killed by a signal reports 128 + the signal.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        use std::os::unix::process::ExitStatusExt;
+        let until = Instant::now() + deadline;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code().or_else(|| status.signal().map(|s| 128 + s));
+            }
+            if Instant::now() > until {
+                self.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// The HTTP base URL.

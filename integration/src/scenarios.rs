@@ -400,13 +400,13 @@ pub async fn express_overtakes_backlog(backend: Backend, backlog: usize) {
         Backend::Sqlite => None,
         Backend::Postgres => Some(TestDatabase::create().await),
     };
-    let gateway_builder = TestAppBuilder::new(&nats.url()).roles(jetflow_gateway::startup::Roles {
+    let gateway_builder = TestAppBuilder::new(&nats.url()).roles(jetflow_app::startup::Roles {
         gateway: true,
         ..Default::default()
     });
     let db_url = match &pg {
         Some(db) => db.url().to_string(),
-        None => gateway_builder.settings.database_url.clone(),
+        None => gateway_builder.database_url(),
     };
     let gateway = gateway_builder.database(&db_url).start().await;
     gateway.wait_ready().await;
@@ -444,10 +444,10 @@ pub async fn express_overtakes_backlog(backend: Backend, backlog: usize) {
     // in flight per consumer make the backlog take a while, as it would on a loaded system.
     let workers = TestAppBuilder::new(&nats.url())
         .database(&db_url)
-        .with(|s| s.saga.concurrency = 4)
-        .roles(jetflow_gateway::startup::Roles {
+        .with(|s| s.saga.batch.max = 4)
+        .roles(jetflow_app::startup::Roles {
             gateway: false,
-            ..jetflow_gateway::startup::Roles::all()
+            ..jetflow_app::startup::Roles::all()
         })
         .start()
         .await;
@@ -598,7 +598,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// role's durable consumers: both do work, nothing is done twice, nothing is oversold.
 pub async fn inventory_replicas(backend: Backend, buyers: usize, stock: i64) {
     let mut env = Env::start(backend, |b| b).await;
-    let db_url = env.app.settings.database_url.clone();
+    let db_url = env.app.settings.database.url.clone();
     let replica = crate::JetflowProcess::start(
         &["inventory"],
         &[

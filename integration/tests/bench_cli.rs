@@ -14,7 +14,7 @@ fn bench_bridge_reports_both_paths_and_their_ratios() {
             "bridge",
             "--messages",
             "600",
-            "--concurrency",
+            "--in-flight",
             "16",
             "--no-sync-compare",
             "--json",

@@ -84,7 +84,24 @@ fn list_shows_each_dead_letter_and_replay_sends_it_back_to_its_subject() {
             .expect("info")
             .state
             .messages;
+        // A poison letter is not replayed without --force: it would only come back.
         let (ok, out) = dlq(&url, &["replay", "--all"]);
+        assert!(!ok, "{out}");
+        assert!(
+            out.contains("is poison") && out.contains("--force"),
+            "{out}"
+        );
+        let unchanged = js
+            .get_stream("ORDERS")
+            .await
+            .expect("ORDERS")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages;
+        assert_eq!(unchanged, stored_before, "nothing was replayed");
+        let (ok, out) = dlq(&url, &["replay", "--all", "--force"]);
         assert!(ok, "{out}");
         // Replayed onto its original subject: the stream grew by one; it is poison still, so it
         // comes back to the DLQ as a new letter.
@@ -118,6 +135,17 @@ fn list_shows_each_dead_letter_and_replay_sends_it_back_to_its_subject() {
         let (ok, out) = dlq(&url, &["replay", "999999"]);
         assert!(!ok, "replaying an unknown sequence fails clearly: {out}");
         assert!(out.contains("999999"), "{out}");
+
+        // Purge asks first: without a terminal to ask on and without --yes, nothing goes.
+        let (ok, out) = dlq(&url, &["purge"]);
+        assert!(!ok && out.contains("--yes"), "{out}");
+        let again_seq = again["dlq_sequence"].as_u64().expect("sequence");
+        let (ok, out) = dlq(&url, &["delete", &again_seq.to_string()]);
+        assert!(ok, "{out}");
+        let (ok, out) = dlq(&url, &["list"]);
+        assert!(ok && out.contains("no dead letters"), "{out}");
+        let (ok, out) = dlq(&url, &["purge", "--yes"]);
+        assert!(ok, "{out}");
         app.stop().await;
     })
 }

@@ -18,6 +18,39 @@ pub enum Priority {
     Express,
 }
 
+impl Priority {
+    /// Both lanes.
+    pub const ALL: [Priority; 2] = [Priority::Standard, Priority::Express];
+
+    /// `standard` or `express`, as in JSON and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Standard => "standard",
+            Priority::Express => "express",
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "standard" => Ok(Priority::Standard),
+            "express" => Ok(Priority::Express),
+            other => Err(format!(
+                "priority must be \"standard\" or \"express\", got {other:?}"
+            )),
+        }
+    }
+}
+
 /// One ordered item.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderItem {

@@ -1,25 +1,6 @@
--- jetflow schema, portable between SQLite and PostgreSQL: TEXT and BIGINT only, times as
--- Unix milliseconds, no engine-specific types or sequences.
-
--- Processed input events, per consumer: the inbox that makes redelivery harmless.
-CREATE TABLE inbox (
-    consumer TEXT NOT NULL,
-    event_key TEXT NOT NULL,
-    processed_at BIGINT NOT NULL,
-    PRIMARY KEY (consumer, event_key)
-);
-
--- Events committed with a state change and not yet acknowledged by JetStream.
-CREATE TABLE outbox (
-    id TEXT PRIMARY KEY,
-    subject TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    headers TEXT NOT NULL,
-    created_at BIGINT NOT NULL,
-    attempts BIGINT NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE INDEX outbox_created_at ON outbox (created_at);
+-- The order system's schema, portable between SQLite and PostgreSQL: TEXT and BIGINT only,
+-- times as Unix milliseconds, no engine-specific types or sequences. The framework's own
+-- tables (inbox, outbox) come from the runtime's migrations.
 
 -- Stock: available + reserved + sold is what was put in.
 CREATE TABLE products (
@@ -31,8 +12,10 @@ CREATE TABLE products (
     updated_at BIGINT NOT NULL
 );
 
--- One row per order the stock actor has seen: reserved, rejected, released, sold, or
--- cancelled (a tombstone: cancelled before it was ever reserved).
+-- One row per order the stock handler has seen: reserved, rejected, released, sold, or
+-- cancelled (a tombstone: cancelled before it was ever reserved). The row is claimed first
+-- (INSERT ... ON CONFLICT DO NOTHING), so a reservation and a cancellation of the same order
+-- in two transactions never both act on it.
 CREATE TABLE reservations (
     order_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,

@@ -2,9 +2,9 @@
 //!
 //! Every event is validated against its JSON Schema before it is published (`encode`),
 //! published on the subject of its kind, version and lane, with its event id as
-//! `Nats-Msg-Id` and the correlation id and trace context as headers.
+//! `Nats-Msg-Id` and the correlation id as a header.
 
-use jetflow_runtime::{OutgoingMessage, headers};
+use jetflow_runtime::OutgoingMessage;
 use jetflow_schemas::{Event, Priority, SchemaError, Subject};
 use uuid::Uuid;
 
@@ -21,12 +21,9 @@ pub fn event_key(event_id: Uuid, version: u8) -> String {
     }
 }
 
-/// The message that publishes `event` on `lane`, carrying `traceparent` if given.
-pub fn outgoing<E: Event>(
-    event: &E,
-    lane: Priority,
-    traceparent: Option<&str>,
-) -> Result<OutgoingMessage, SchemaError> {
+/// The message that publishes `event` on `lane`, after checking it against its schema. (When
+/// it is emitted while handling a delivery, the runtime adds the trace context.)
+pub fn outgoing<E: Event>(event: &E, lane: Priority) -> Result<OutgoingMessage, SchemaError> {
     let subject = Subject {
         kind: E::KIND,
         version: E::VERSION,
@@ -34,16 +31,12 @@ pub fn outgoing<E: Event>(
     };
     let payload = jetflow_schemas::encode(event)?;
     let meta = event.meta();
-    let mut msg = OutgoingMessage::new(
+    Ok(OutgoingMessage::new(
         subject.to_string(),
         event_key(meta.event_id, E::VERSION),
         payload,
     )
-    .correlation_id(meta.correlation_id.clone());
-    if let Some(tp) = traceparent {
-        msg = msg.header(headers::TRACEPARENT, tp);
-    }
-    Ok(msg)
+    .correlation_id(meta.correlation_id.clone()))
 }
 
 #[cfg(test)]

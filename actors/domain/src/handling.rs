@@ -1,21 +1,22 @@
-//! What the three domain actors share: their dependencies, their error type, and how an
-//! error becomes an [`Outcome`].
+//! What the three handlers share: their dependencies, their error type and how it maps onto
+//! the runtime's, the view of `orders.created` every version offers, and the span that puts
+//! the order id on every log line about an event.
 
 use std::sync::Arc;
 
-use jetflow_runtime::{DeliveryMeta, Outcome};
+use jetflow_runtime::{Database, DeliveryMeta, OutboxHandle, TxError, span};
 use jetflow_schemas::{AnyEvent, EventMeta, OrderItem, Priority, SchemaError, ShippingAddress};
 
 use crate::config::SagaConfig;
-use crate::db::Database;
-use crate::outbox::OutboxHandle;
+use crate::input::InboundEvent;
 
-/// Everything a domain actor needs.
+/// Everything a handler needs.
 #[derive(Clone)]
 pub struct Deps {
     /// The database.
     pub db: Database,
-    /// Where committed events go to be published.
+    /// Where committed events go to be published (for commands outside a delivery, such as
+    /// the timeout sweep).
     pub outbox: OutboxHandle,
     /// The saga's settings.
     pub config: Arc<SagaConfig>,
@@ -32,35 +33,12 @@ pub enum DomainError {
     Schema(#[from] SchemaError),
 }
 
-/// Turns a handler's result into the delivery's outcome.
-pub fn outcome(result: Result<Outcome, DomainError>, meta: &DeliveryMeta) -> Outcome {
-    match result {
-        Ok(outcome) => outcome,
-        Err(DomainError::Db(e)) => {
-            tracing::warn!(subject = %meta.subject, delivered = meta.delivered, error = %e, "database error; will retry");
-            Outcome::retry(format!("database: {e}"))
+impl From<DomainError> for TxError {
+    fn from(e: DomainError) -> Self {
+        match e {
+            DomainError::Db(e) => TxError::Database(e),
+            DomainError::Schema(e) => TxError::reject(format!("outgoing event invalid: {e}")),
         }
-        Err(e @ DomainError::Schema(_)) => {
-            tracing::error!(subject = %meta.subject, error = %e, "cannot build the outgoing event");
-            Outcome::reject(e.to_string())
-        }
-    }
-}
-
-/// The lane as stored.
-pub fn lane_name(lane: Priority) -> &'static str {
-    match lane {
-        Priority::Standard => "standard",
-        Priority::Express => "express",
-    }
-}
-
-/// The lane of a stored name.
-pub fn lane_of(name: &str) -> Priority {
-    if name == "express" {
-        Priority::Express
-    } else {
-        Priority::Standard
     }
 }
 
@@ -100,64 +78,16 @@ pub fn created(event: &AnyEvent) -> Option<Created<'_>> {
     }
 }
 
-/// The span every handling of an event runs in: each log line about it carries the order id,
-/// the correlation id and the W3C trace id of the flow, whichever actor writes it.
-pub fn span(
-    actor: &'static str,
-    input: &crate::input::InboundEvent,
-    meta: &DeliveryMeta,
-) -> tracing::Span {
-    let m = input.event.meta();
-    let trace_id = meta
-        .traceparent()
-        .and_then(|t| t.split('-').nth(1))
-        .unwrap_or_default();
-    tracing::info_span!(
-        "handle",
-        actor,
-        subject = %meta.subject,
-        order_id = %m.order_id,
-        correlation_id = %m.correlation_id,
-        trace_id,
-        delivered = meta.delivered,
-    )
+/// The lane of a stored name (`standard` when unknown).
+pub fn lane_of(name: &str) -> Priority {
+    name.parse().unwrap_or_default()
 }
 
-/// Logs what became of an event (inside its [`span`]).
-pub fn log_outcome(outcome: &Outcome) {
-    match outcome {
-        Outcome::Ack => tracing::info!(outcome = "ack", "event handled"),
-        Outcome::Retry { reason, .. } => {
-            tracing::warn!(outcome = "retry", %reason, "event to be retried")
-        }
-        Outcome::DeadLetter(reason) => {
-            tracing::error!(outcome = "dead_letter", ?reason, "event dead-lettered")
-        }
-    }
-}
-
-/// Runs one delivery's handling as every domain actor does: inside its [`span`], its result
-/// turned into an [`Outcome`] and logged. `work` gets the event and its delivery facts.
-pub fn respond<A, F, Fut>(
-    actor_name: &'static str,
-    msg: jetflow_runtime::Delivery<crate::input::InboundEvent>,
-    work: F,
-) -> actix::ResponseActFuture<A, Outcome>
-where
-    A: actix::Actor,
-    F: FnOnce(crate::input::InboundEvent, DeliveryMeta) -> Fut,
-    Fut: std::future::Future<Output = Result<Outcome, DomainError>> + 'static,
-{
-    use tracing::Instrument;
-    let span = span(actor_name, &msg.message, &msg.meta);
-    let meta = msg.meta.clone();
-    let fut = work(msg.message, msg.meta);
-    Box::pin(actix::fut::wrap_future::<_, A>(
-        async move {
-            let outcome = outcome(fut.await, &meta);
-            log_outcome(&outcome);
-            outcome
-        }
-        .instrument(span),
-    ))
+/// The span every handling of an event runs in: the runtime's delivery span (subject,
+/// sequence, correlation id, trace id) with the order id added, so every line about an order
+/// carries it, whichever handler writes it.
+pub fn span(target: &str, input: &InboundEvent, meta: &DeliveryMeta) -> tracing::Span {
+    let parent = span::delivery_span(target, meta);
+    let order_id = input.event.meta().order_id;
+    tracing::info_span!(parent: &parent, "event", %order_id, kind = %input.subject.kind)
 }

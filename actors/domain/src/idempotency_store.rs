@@ -2,17 +2,18 @@
 //!
 //! The first request with a key stores the order id and the exact events it will publish;
 //! a repeat of the key gets the same order id and re-publishes the same events (same
-//! `Nats-Msg-Id`, so JetStream keeps one copy) until one publish was acknowledged. A key
-//! reused with a different body is refused. Records are kept 24 hours.
+//! `Nats-Msg-Id`, so JetStream keeps one copy, and consumers' inboxes drop a copy that comes
+//! after the duplicate window) until one publish was acknowledged. A key reused with a
+//! different body is refused. Keys are kept for the idempotency retention (24 hours by
+//! default), then pruned.
 
-use jetflow_runtime::OutgoingMessage;
+use std::time::Duration;
+
+use jetflow_runtime::{Database, OutgoingMessage};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
-use crate::db::{Database, now_ms};
-
-/// How long keys are remembered.
-pub const RETENTION_MS: i64 = 24 * 3600 * 1000;
+use crate::now_ms;
 
 /// A message as stored with its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,7 +76,7 @@ pub enum Claim {
 
 /// Claims `key` for `record`, or returns what it already stands for.
 pub async fn claim(
-    db: &Database,
+    conn: &mut AnyConnection,
     key: &str,
     record: &IdempotencyRecord,
 ) -> Result<Claim, sqlx::Error> {
@@ -91,7 +92,7 @@ pub async fn claim(
     .bind(&record.correlation_id)
     .bind(messages)
     .bind(now_ms())
-    .execute(db.pool())
+    .execute(&mut *conn)
     .await?
     .rows_affected()
         == 1;
@@ -102,7 +103,7 @@ pub async fn claim(
         "SELECT request, order_id, correlation_id, messages, published FROM idempotency_keys WHERE idempotency_key = $1",
     )
     .bind(key)
-    .fetch_one(db.pool())
+    .fetch_one(&mut *conn)
     .await?;
     let messages: String = row.try_get("messages")?;
     Ok(Claim::Existing(IdempotencyRecord {
@@ -115,19 +116,19 @@ pub async fn claim(
 }
 
 /// Notes that the key's events were acknowledged by JetStream.
-pub async fn mark_published(db: &Database, key: &str) -> Result<(), sqlx::Error> {
+pub async fn mark_published(conn: &mut AnyConnection, key: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE idempotency_keys SET published = 1 WHERE idempotency_key = $1")
         .bind(key)
-        .execute(db.pool())
+        .execute(conn)
         .await?;
     Ok(())
 }
 
-/// Forgets keys older than the retention.
-pub async fn purge_expired(db: &Database) -> Result<u64, sqlx::Error> {
+/// Forgets keys older than `retention`.
+pub async fn purge_expired(db: &Database, retention: Duration) -> Result<u64, sqlx::Error> {
     Ok(
         sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(now_ms() - RETENTION_MS)
+            .bind(now_ms().saturating_sub(jetflow_runtime::db::millis(retention)))
             .execute(db.pool())
             .await?
             .rows_affected(),

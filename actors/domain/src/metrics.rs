@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
+use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
 /// The order system's metric families.
 pub struct DomainMetrics {
@@ -11,15 +11,12 @@ pub struct DomainMetrics {
     /// `jetflow_orders_by_status{status}`: orders currently in each status, read from the
     /// database.
     pub orders_by_status: IntGaugeVec,
-    /// `jetflow_outbox_pending`: outbox rows not yet acknowledged by JetStream.
-    pub outbox_pending: IntGauge,
-    /// `jetflow_outbox_published_total`: outbox rows published.
-    pub outbox_published: IntCounter,
-    /// `jetflow_outbox_publish_errors_total`: outbox publishes that failed (retried later).
-    pub outbox_publish_errors: IntCounter,
+    /// `jetflow_payment_voids_pending`: charges of cancelled orders waiting to be voided.
+    pub payment_voids_pending: IntGauge,
     /// `jetflow_stock_reservations_total{result}`: reserved, insufficient_stock, unknown_product.
     pub stock_reservations: IntCounterVec,
-    /// `jetflow_payments_total{result}`: succeeded, declined, unavailable, retried, voided.
+    /// `jetflow_payments_total{result}`: succeeded, declined, unavailable, retried, voided,
+    /// void_failed.
     pub payments: IntCounterVec,
     /// `jetflow_saga_anomalies_total{kind}`: events that contradict an order's state.
     pub saga_anomalies: IntCounterVec,
@@ -48,21 +45,10 @@ static METRICS: LazyLock<DomainMetrics> = LazyLock::new(|| DomainMetrics {
         )
         .expect("valid metric"),
     ),
-    outbox_pending: register(
+    payment_voids_pending: register(
         IntGauge::new(
-            "jetflow_outbox_pending",
-            "Outbox rows not yet acknowledged by JetStream.",
-        )
-        .expect("valid metric"),
-    ),
-    outbox_published: register(
-        IntCounter::new("jetflow_outbox_published_total", "Outbox rows published.")
-            .expect("valid metric"),
-    ),
-    outbox_publish_errors: register(
-        IntCounter::new(
-            "jetflow_outbox_publish_errors_total",
-            "Outbox publishes that failed and will be retried.",
+            "jetflow_payment_voids_pending",
+            "Charges of cancelled orders waiting to be voided at the provider.",
         )
         .expect("valid metric"),
     ),
@@ -98,4 +84,35 @@ static METRICS: LazyLock<DomainMetrics> = LazyLock::new(|| DomainMetrics {
 /// The order system's metrics, registered on first use.
 pub fn domain_metrics() -> &'static DomainMetrics {
     &METRICS
+}
+
+/// Creates every known series at 0, so that dashboards and `increase()`-based alerts see the
+/// first event (a series that appears with its first event has no increase).
+pub fn init() {
+    let m = domain_metrics();
+    for status in crate::order_store::OrderStatus::ALL {
+        m.orders.with_label_values(&[status.as_str()]);
+        m.orders_by_status.with_label_values(&[status.as_str()]);
+    }
+    for result in ["reserved", "insufficient_stock", "unknown_product"] {
+        m.stock_reservations.with_label_values(&[result]);
+    }
+    for result in [
+        "succeeded",
+        "declined",
+        "unavailable",
+        "retried",
+        "voided",
+        "void_failed",
+    ] {
+        m.payments.with_label_values(&[result]);
+    }
+    for kind in [
+        "confirmed_without_reservation",
+        "cancelled_after_confirmed",
+        "cancel_after_confirmed",
+        "paid_after_cancelled",
+    ] {
+        m.saga_anomalies.with_label_values(&[kind]);
+    }
 }

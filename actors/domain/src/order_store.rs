@@ -7,10 +7,11 @@
 //! cannot interleave a read and a write. Fields arrive with whichever event brings them
 //! first and are never overwritten with nothing.
 
+use jetflow_schemas::Priority;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
-use crate::db::now_ms;
+use crate::now_ms;
 
 /// An order's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -119,20 +120,20 @@ pub struct OrderRecord {
 }
 
 /// The facts of a newly created order.
-#[derive(Debug, Clone)]
-pub struct NewOrder<'a> {
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOrder {
     /// The order id.
-    pub order_id: &'a str,
+    pub order_id: String,
     /// The customer.
-    pub customer_id: &'a str,
+    pub customer_id: String,
     /// The items, as JSON.
     pub items: serde_json::Value,
     /// `standard` or `express`.
-    pub priority: &'a str,
+    pub priority: Priority,
     /// The shipping address, as JSON.
     pub shipping_address: Option<serde_json::Value>,
     /// The correlation id.
-    pub correlation_id: &'a str,
+    pub correlation_id: String,
     /// When it was accepted (Unix milliseconds).
     pub at: i64,
 }
@@ -141,11 +142,11 @@ pub struct NewOrder<'a> {
 /// Returns true if the order was new.
 pub async fn upsert_created(
     conn: &mut AnyConnection,
-    order: &NewOrder<'_>,
+    order: &NewOrder,
 ) -> Result<bool, sqlx::Error> {
     let now = now_ms();
     let exists = sqlx::query("SELECT 1 AS one FROM orders WHERE order_id = $1")
-        .bind(order.order_id)
+        .bind(order.order_id.as_str())
         .fetch_optional(&mut *conn)
         .await?
         .is_some();
@@ -159,17 +160,17 @@ pub async fn upsert_created(
            shipping_address = COALESCE(orders.shipping_address, excluded.shipping_address), \
            correlation_id = COALESCE(orders.correlation_id, excluded.correlation_id)",
     )
-    .bind(order.order_id)
-    .bind(order.customer_id)
+    .bind(order.order_id.as_str())
+    .bind(order.customer_id.as_str())
     .bind(order.items.to_string())
-    .bind(order.priority)
+    .bind(order.priority.as_str())
     .bind(order.shipping_address.as_ref().map(|v| v.to_string()))
-    .bind(order.correlation_id)
+    .bind(order.correlation_id.as_str())
     .bind(order.at)
     .bind(now)
     .execute(&mut *conn)
     .await?;
-    add_history(conn, order.order_id, OrderStatus::Pending, order.at).await?;
+    add_history(conn, &order.order_id, OrderStatus::Pending, order.at).await?;
     Ok(!exists)
 }
 

@@ -4,11 +4,22 @@
 //! timeout (the provider may have charged and the answer got lost) is answered with the
 //! first result instead of charging twice. A 402 is a decline (a business answer, not a
 //! failure of the provider); 5xx, timeouts and connection errors are failures, which the
-//! circuit breaker counts.
+//! circuit breaker counts. Only a connection that was never made, or a 429, proves that
+//! nothing was charged: a 5xx may come from a proxy in front of a provider that did charge,
+//! so it counts as uncertain, like a timeout.
+//!
+//! HTTPS is verified against the system's roots plus an extra CA bundle when one is given
+//! (`PAYMENT_PROVIDER_CA`), through rustls.
 
+use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+/// Makes ring the process's TLS crypto provider (once; a provider installed before stays).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// What the provider answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,11 +39,11 @@ pub enum ChargeResult {
 /// Why the provider could not give an answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
-    /// Unreachable or 5xx: the charge certainly did not happen.
+    /// Unreachable, or refused the request (429): the charge certainly did not happen.
     #[error("payment provider unavailable: {0}")]
     Unavailable(String),
-    /// The request was sent but no clear answer came back (timeout, broken connection,
-    /// unreadable body): the charge may have gone through.
+    /// The request was sent but no clear answer came back (a 5xx, a timeout, a broken
+    /// connection, an unreadable body): the charge may have gone through.
     #[error("payment provider gave no clear answer: {0}")]
     Uncertain(String),
     /// An answer that makes no sense (a bug on one side).
@@ -64,12 +75,34 @@ pub struct PaymentClient {
 }
 
 impl PaymentClient {
-    /// A client for the provider at `base_url`, each request limited to `timeout`.
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, ProviderError> {
-        let http = reqwest::Client::builder()
+    /// A client for the provider at `base_url`, each request limited to `timeout`, trusting
+    /// the certificates in the PEM file `extra_ca` besides the system's.
+    pub fn new(
+        base_url: &str,
+        timeout: Duration,
+        extra_ca: Option<&Path>,
+    ) -> Result<Self, ProviderError> {
+        install_crypto_provider();
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(30));
+        if let Some(path) = extra_ca {
+            let pem = std::fs::read(path).map_err(|e| {
+                ProviderError::Unexpected(format!(
+                    "PAYMENT_PROVIDER_CA: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ProviderError::Unexpected(format!(
+                    "PAYMENT_PROVIDER_CA: {} holds no PEM certificates: {e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| ProviderError::Unexpected(format!("cannot build HTTP client: {e}")))?;
         Ok(Self {
@@ -103,8 +136,11 @@ impl PaymentClient {
             .await
             .map_err(send_error)?;
         let status = response.status();
-        if status.is_server_error() || status.as_u16() == 429 {
+        if status.as_u16() == 429 {
             return Err(ProviderError::Unavailable(format!("HTTP {status}")));
+        }
+        if status.is_server_error() {
+            return Err(ProviderError::Uncertain(format!("HTTP {status}")));
         }
         let body: ChargeResponse = response.json().await.map_err(|e| {
             ProviderError::Uncertain(format!("HTTP {status}, unreadable body: {e}"))

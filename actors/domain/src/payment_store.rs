@@ -1,18 +1,87 @@
-//! Payments in the database: one row per order, written with the event it produces.
+//! Payments in the database: one row per order, written with the event it produces, and a
+//! marker for charge attempts whose outcome is unknown.
+//!
+//! The row's primary key is the serialisation point between charging and cancelling: the
+//! charge records `succeeded` and the cancellation records a `cancelled` tombstone, both with
+//! an insert that does nothing on conflict, so whichever comes second sees the first and
+//! knows a charge must be voided.
 
 use sqlx::{AnyConnection, Row};
 
-use crate::db::now_ms;
+use crate::now_ms;
+
+/// What became of an order's payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentStatus {
+    /// Charged.
+    Succeeded,
+    /// The provider declined the customer.
+    Declined,
+    /// The provider could not be reached in time; the order was cancelled.
+    Unavailable,
+    /// The order was cancelled before any charge was recorded (a tombstone).
+    Cancelled,
+    /// Charged (or possibly charged) for an order that was cancelled: the voider gives it
+    /// back at the provider.
+    VoidPending,
+    /// Charged, then given back because the order was cancelled.
+    Voided,
+}
+
+impl PaymentStatus {
+    /// As stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentStatus::Succeeded => "succeeded",
+            PaymentStatus::Declined => "declined",
+            PaymentStatus::Unavailable => "unavailable",
+            PaymentStatus::Cancelled => "cancelled",
+            PaymentStatus::VoidPending => "void_pending",
+            PaymentStatus::Voided => "voided",
+        }
+    }
+
+    /// Parses a stored status.
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            PaymentStatus::Succeeded,
+            PaymentStatus::Declined,
+            PaymentStatus::Unavailable,
+            PaymentStatus::Cancelled,
+            PaymentStatus::VoidPending,
+            PaymentStatus::Voided,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
 
 /// A recorded payment outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PaymentRecord {
-    /// `succeeded`, `declined` or `unavailable`.
-    pub status: String,
+    /// The outcome.
+    pub status: PaymentStatus,
     /// The amount.
     pub amount_cents: i64,
     /// The provider's reference.
     pub payment_id: Option<String>,
+}
+
+/// A payment outcome to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPayment<'a> {
+    /// The order.
+    pub order_id: &'a str,
+    /// The outcome.
+    pub status: PaymentStatus,
+    /// The amount.
+    pub amount_cents: i64,
+    /// The provider's reference, when charged.
+    pub payment_id: Option<&'a str>,
+    /// Deliveries it took.
+    pub attempts: u32,
+    /// Why, for anything but a success.
+    pub detail: Option<&'a str>,
 }
 
 /// The payment of an order, if one was recorded.
@@ -26,8 +95,11 @@ where
             .fetch_optional(executor)
             .await?;
     row.map(|r| {
+        let status: String = r.try_get("status")?;
         Ok(PaymentRecord {
-            status: r.try_get("status")?,
+            status: PaymentStatus::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown payment status {status:?}").into())
+            })?,
             amount_cents: r.try_get("amount_cents")?,
             payment_id: r.try_get("payment_id")?,
         })
@@ -35,26 +107,18 @@ where
     .transpose()
 }
 
-/// Records an order's payment outcome; false if one was recorded already.
-pub async fn record(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    status: &str,
-    amount_cents: i64,
-    payment_id: Option<&str>,
-    attempts: u32,
-    detail: Option<&str>,
-) -> Result<bool, sqlx::Error> {
+/// Records an order's payment outcome; false if one was recorded already (see [`get`]).
+pub async fn record(conn: &mut AnyConnection, p: &NewPayment<'_>) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
         "INSERT INTO payments (order_id, status, amount_cents, payment_id, attempts, detail, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
     )
-    .bind(order_id)
-    .bind(status)
-    .bind(amount_cents)
-    .bind(payment_id)
-    .bind(i64::from(attempts))
-    .bind(detail)
+    .bind(p.order_id)
+    .bind(p.status.as_str())
+    .bind(p.amount_cents)
+    .bind(p.payment_id)
+    .bind(i64::from(p.attempts))
+    .bind(p.detail)
     .bind(now_ms())
     .execute(conn)
     .await?
@@ -62,8 +126,9 @@ pub async fn record(
     Ok(n == 1)
 }
 
-/// Remembers that a charge attempt for `order_id` ended without a clear answer (it may have
-/// gone through at the provider).
+/// Remembers that a charge for `order_id` may exist at the provider without being recorded
+/// here (an answer that never came, or a charge that met a cancellation): a cancelled order
+/// with this marker has its charge voided.
 pub async fn mark_uncertain<'c, E>(executor: E, order_id: &str) -> Result<(), sqlx::Error>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
@@ -79,7 +144,7 @@ where
     Ok(())
 }
 
-/// Whether any charge attempt for `order_id` ended without a clear answer.
+/// Whether a charge for `order_id` may exist that was never recorded.
 pub async fn was_uncertain<'c, E>(executor: E, order_id: &str) -> Result<bool, sqlx::Error>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
@@ -91,15 +156,55 @@ where
     Ok(row.is_some())
 }
 
-/// Marks a recorded payment as voided (its charge given back after the order was cancelled).
-pub async fn mark_voided<'c, E>(executor: E, order_id: &str) -> Result<(), sqlx::Error>
+/// Asks for the order's charge to be voided, if its payment is in one of `from`: true if it
+/// was.
+pub async fn request_void(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    from: &[PaymentStatus],
+) -> Result<bool, sqlx::Error> {
+    let sql = format!(
+        "UPDATE payments SET status = 'void_pending', updated_at = $2 WHERE order_id = $1 AND status IN ({})",
+        jetflow_runtime::db::placeholders(3, from.len())
+    );
+    // Only generated placeholders are interpolated: no input reaches the SQL text.
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(order_id)
+        .bind(now_ms());
+    for status in from {
+        q = q.bind(status.as_str());
+    }
+    Ok(q.execute(conn).await?.rows_affected() == 1)
+}
+
+/// Orders whose charge waits to be voided, oldest first.
+pub async fn void_pending<'c, E>(executor: E, limit: i64) -> Result<Vec<String>, sqlx::Error>
 where
     E: sqlx::Executor<'c, Database = sqlx::Any>,
 {
-    sqlx::query("UPDATE payments SET status = 'voided', updated_at = $2 WHERE order_id = $1")
-        .bind(order_id)
-        .bind(now_ms())
-        .execute(executor)
-        .await?;
-    Ok(())
+    sqlx::query(
+        "SELECT order_id FROM payments WHERE status = 'void_pending' ORDER BY updated_at LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(executor)
+    .await?
+    .iter()
+    .map(|r| r.try_get("order_id"))
+    .collect()
+}
+
+/// Records that the provider voided the order's charge: true if it was waiting for that.
+pub async fn mark_voided<'c, E>(executor: E, order_id: &str) -> Result<bool, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    Ok(sqlx::query(
+        "UPDATE payments SET status = 'voided', updated_at = $2 WHERE order_id = $1 AND status = 'void_pending'",
+    )
+    .bind(order_id)
+    .bind(now_ms())
+    .execute(executor)
+    .await?
+    .rows_affected()
+        == 1)
 }

@@ -1,19 +1,23 @@
-//! Starting the roles: each role's actor under supervision, and one bridge route per
-//! consumer of the role (both lanes).
+//! Starting the roles: one transactional route per consumer of the role (both lanes, so a
+//! backlog of standard orders never delays an express one), and the actors a role needs
+//! beside its handler (the sweeper of overdue orders, the breaker and the voider of
+//! payments).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use jetflow_runtime::{
-    ActorRef, BreakerActor, BreakerConfig, Health, NatsBridge, Route, Supervisor,
+    ActorRef, BreakerActor, BreakerConfig, Bridge, Health, PreparedTxHandler, RestartPolicy,
+    Supervisor, TxRoute,
 };
 
-use jetflow_schemas::Priority;
-
 use crate::handling::Deps;
-use crate::order_actor::OrderActor;
-use crate::payment_actor::PaymentActor;
+use crate::order_handler::{self, OrderHandler};
+use crate::order_sweeper::OrderSweeper;
 use crate::payment_client::{PaymentClient, ProviderError};
-use crate::stock_actor::StockActor;
+use crate::payment_handler::{self, PaymentHandler};
+use crate::payment_voider::PaymentVoider;
+use crate::stock_handler::{self, StockHandler};
 use crate::topology::{Role, consumers};
 
 /// How the payments role reaches its provider.
@@ -21,6 +25,8 @@ use crate::topology::{Role, consumers};
 pub struct PaymentSettings {
     /// The provider's base URL.
     pub provider_url: String,
+    /// Extra certificate authorities to trust for an `https://` provider (PEM).
+    pub provider_ca: Option<PathBuf>,
     /// Timeout of one call.
     pub call_timeout: Duration,
     /// Consecutive failures that open the circuit.
@@ -29,106 +35,103 @@ pub struct PaymentSettings {
     pub breaker_open: Duration,
 }
 
-/// The actors of one role: one per lane, so a backlog in the standard lane's mailbox never
-/// delays an express order (they share the database and the breaker, not a queue).
-pub struct LaneActors<A: actix::Actor<Context = actix::Context<A>>> {
-    /// The standard lane's actor.
-    pub standard: ActorRef<A>,
-    /// The express lane's actor.
-    pub express: ActorRef<A>,
+/// The actors a role started beside its routes (for a clean stop).
+#[derive(Default)]
+pub struct RoleActors {
+    /// The sweeper of overdue orders (orders role).
+    pub sweeper: Option<ActorRef<OrderSweeper>>,
+    /// The voider of cancelled orders' charges (payments role).
+    pub voider: Option<ActorRef<PaymentVoider>>,
 }
 
-async fn start_lanes<A>(
+impl RoleActors {
+    /// Stops them for good.
+    pub fn stop(&self) {
+        if let Some(s) = &self.sweeper {
+            s.stop();
+        }
+        if let Some(v) = &self.voider {
+            v.stop();
+        }
+    }
+}
+
+/// The name a lane's handler shows in metrics and logs: `order`, `order-express`, ….
+fn target(name: &str, durable: &str) -> String {
+    if durable.ends_with("-express") {
+        format!("{name}-express")
+    } else {
+        name.to_string()
+    }
+}
+
+async fn subscribe<H: PreparedTxHandler + Clone>(
     deps: &Deps,
-    bridge: &ActorRef<NatsBridge>,
-    health: &Health,
+    bridge: &Bridge,
     role: Role,
     name: &str,
-    mailbox: usize,
-    make: impl Fn(Priority) -> A + Clone + 'static,
-) -> LaneActors<A>
-where
-    A: actix::Actor<Context = actix::Context<A>>
-        + actix::Supervised
-        + actix::Handler<jetflow_runtime::Delivery<crate::input::InboundEvent>>,
-{
-    let start = |lane: Priority, actor_name: String| {
-        let make = make.clone();
-        Supervisor::new(&actor_name)
-            .health(health.clone())
-            .mailbox_capacity(mailbox)
-            .start(move |_| make(lane))
-    };
-    let lanes = LaneActors {
-        standard: start(Priority::Standard, name.to_string()),
-        express: start(Priority::Express, format!("{name}-express")),
-    };
+    inbox: &str,
+    handler: H,
+) {
     for spec in consumers(&deps.config, role) {
-        let actor = if spec.durable.ends_with("-express") {
-            &lanes.express
-        } else {
-            &lanes.standard
-        };
-        let route = Route::new(spec, actor.recipient()).concurrency(deps.config.concurrency);
+        let route = TxRoute::new(spec.clone(), handler.clone(), &deps.outbox)
+            .name(target(name, &spec.durable))
+            .inbox(inbox)
+            .batch(deps.config.batch)
+            .double_ack(deps.config.double_ack);
         if bridge.subscribe(route).await.is_err() {
             tracing::error!(role = role.name(), "the bridge is gone; cannot subscribe");
         }
     }
-    lanes
 }
 
-/// Starts the orders role: its actors (the standard one also sweeps overdue orders) and
-/// their consumers.
-pub async fn start_orders(
-    deps: &Deps,
-    bridge: &ActorRef<NatsBridge>,
-    health: &Health,
-) -> LaneActors<OrderActor> {
-    let d = deps.clone();
-    start_lanes(
+/// Starts the orders role: its routes and the sweeper of overdue orders.
+pub async fn start_orders(deps: &Deps, bridge: &Bridge, health: &Health) -> RoleActors {
+    subscribe(
         deps,
         bridge,
-        health,
         Role::Orders,
         "order",
-        deps.config.concurrency * 8,
-        move |lane| match lane {
-            Priority::Standard => OrderActor::new(d.clone()),
-            Priority::Express => OrderActor::without_sweeper(d.clone()),
-        },
+        order_handler::CONSUMER,
+        OrderHandler,
     )
-    .await
+    .await;
+    let d = deps.clone();
+    let sweeper = Supervisor::new("order-sweeper")
+        .health(health.clone())
+        .start(move |_| OrderSweeper::new(d));
+    RoleActors {
+        sweeper: Some(sweeper),
+        voider: None,
+    }
 }
 
 /// Starts the inventory role.
-pub async fn start_inventory(
-    deps: &Deps,
-    bridge: &ActorRef<NatsBridge>,
-    health: &Health,
-) -> LaneActors<StockActor> {
-    let d = deps.clone();
-    start_lanes(
+pub async fn start_inventory(deps: &Deps, bridge: &Bridge) -> RoleActors {
+    subscribe(
         deps,
         bridge,
-        health,
         Role::Inventory,
         "stock",
-        deps.config.concurrency * 4,
-        move |_| StockActor::new(d.clone()),
+        stock_handler::CONSUMER,
+        StockHandler,
     )
-    .await
+    .await;
+    RoleActors::default()
 }
 
-/// Starts the payments role: one breaker for the provider, shared by both lanes.
+/// Starts the payments role: one breaker for the provider shared by both lanes, and the
+/// voider.
 pub async fn start_payments(
     deps: &Deps,
-    bridge: &ActorRef<NatsBridge>,
+    bridge: &Bridge,
     health: &Health,
     settings: &PaymentSettings,
-) -> Result<LaneActors<PaymentActor>, ProviderError> {
+) -> Result<RoleActors, ProviderError> {
     let client = PaymentClient::new(
         &settings.provider_url,
         settings.call_timeout + Duration::from_millis(500),
+        settings.provider_ca.as_deref(),
     )?;
     let breaker = BreakerActor::start(BreakerConfig {
         name: "payment-provider".to_string(),
@@ -136,15 +139,27 @@ pub async fn start_payments(
         open_timeout: settings.breaker_open,
         call_timeout: settings.call_timeout,
     });
-    let d = deps.clone();
-    Ok(start_lanes(
+    let (db, c, every) = (
+        deps.db.clone(),
+        client.clone(),
+        deps.config.void_scan_interval,
+    );
+    let voider = Supervisor::new("payment-voider")
+        .policy(RestartPolicy::default())
+        .health(health.clone())
+        .start(move |_| PaymentVoider::new(db, c, every));
+    let handler = PaymentHandler::new(deps.clone(), client, breaker, voider.clone());
+    subscribe(
         deps,
         bridge,
-        health,
         Role::Payments,
         "payment",
-        deps.config.concurrency * 4,
-        move |_| PaymentActor::new(d.clone(), client.clone(), breaker.clone()),
+        payment_handler::CONSUMER,
+        handler,
     )
-    .await)
+    .await;
+    Ok(RoleActors {
+        sweeper: None,
+        voider: Some(voider),
+    })
 }

@@ -6,13 +6,20 @@
 //! before it in the same transaction. Neither concurrency nor replicas can oversell: the
 //! database checks the condition under the row's write lock. Every move keeps
 //! `available + reserved + sold` constant.
+//!
+//! Whatever happens to an order starts by claiming its reservation row with an insert that
+//! does nothing on conflict ([`claim`], [`tombstone`]): of a reservation and a cancellation
+//! racing in two transactions (two replicas, at READ COMMITTED), the second waits for the
+//! first to commit and then sees its row, so a cancelled order is never left holding stock
+//! and a reserved one is always released. Later moves are conditional updates on the row's
+//! status.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
 
-use crate::db::now_ms;
+use crate::now_ms;
 
 /// One product's stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -104,7 +111,7 @@ pub enum Reservation {
     },
 }
 
-/// The status of the order's reservation record, if the stock actor has seen the order.
+/// The status of the order's reservation record, if the stock handler has seen the order.
 pub async fn reservation_status(
     conn: &mut AnyConnection,
     order_id: &str,
@@ -116,6 +123,65 @@ pub async fn reservation_status(
     row.map(|r| r.try_get("status")).transpose()
 }
 
+async fn insert_status(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    lane: &str,
+    status: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO reservations (order_id, status, lane, amount_cents, updated_at) VALUES ($1, $2, $3, NULL, $4) \
+         ON CONFLICT (order_id) DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(lane)
+    .bind(now_ms())
+    .execute(conn)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+/// Claims the order for a reservation: true if this transaction is the first to see the
+/// order (it now holds the row until it commits); false if the order was handled before
+/// (another copy of `orders.created`, or a cancellation that came first).
+pub async fn claim(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    lane: &str,
+) -> Result<bool, sqlx::Error> {
+    insert_status(conn, order_id, lane, "pending").await
+}
+
+/// Records that the order was cancelled before any reservation: true if it was (nothing is
+/// held), false if a reservation record exists already.
+pub async fn tombstone(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    lane: &str,
+) -> Result<bool, sqlx::Error> {
+    insert_status(conn, order_id, lane, "cancelled").await
+}
+
+async fn set_status(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    status: &str,
+    amount_cents: Option<i64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE reservations SET status = $2, amount_cents = COALESCE($3, amount_cents), updated_at = $4 WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(status)
+    .bind(amount_cents)
+    .bind(now_ms())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Sums quantities per product, in product order.
 pub fn merge_items<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> BTreeMap<String, i64> {
     let mut merged = BTreeMap::new();
@@ -125,11 +191,11 @@ pub fn merge_items<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> BTree
     merged
 }
 
-/// Reserves every item or none, and records the reservation. `items` must be merged.
+/// Reserves every item or none, and records the outcome on the order's row, which the
+/// caller has [`claim`]ed in this transaction. `items` must be merged.
 pub async fn reserve(
     conn: &mut AnyConnection,
     order_id: &str,
-    lane: &str,
     items: &BTreeMap<String, i64>,
 ) -> Result<Reservation, sqlx::Error> {
     // Pass 1: every product must exist; read prices.
@@ -138,7 +204,7 @@ pub async fn reserve(
         match get(&mut *conn, product_id).await? {
             Some(p) => priced.push((product_id.clone(), *quantity, p.price_cents)),
             None => {
-                record(conn, order_id, lane, "rejected", None).await?;
+                set_status(conn, order_id, "rejected", None).await?;
                 return Ok(Reservation::UnknownProduct {
                     product_id: product_id.clone(),
                 });
@@ -166,7 +232,7 @@ pub async fn reserve(
                 .await?
                 .map(|p| p.available)
                 .unwrap_or(0);
-            record(conn, order_id, lane, "rejected", None).await?;
+            set_status(conn, order_id, "rejected", None).await?;
             return Ok(Reservation::Insufficient {
                 product_id: product_id.clone(),
                 requested: *quantity,
@@ -178,7 +244,7 @@ pub async fn reserve(
         .iter()
         .map(|(_, q, p)| q.saturating_mul(*p))
         .fold(0i64, i64::saturating_add);
-    record(conn, order_id, lane, "reserved", Some(amount_cents)).await?;
+    set_status(conn, order_id, "reserved", Some(amount_cents)).await?;
     for (product_id, quantity, price) in &priced {
         sqlx::query(
             "INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4)",
@@ -194,28 +260,6 @@ pub async fn reserve(
         items: priced,
         amount_cents,
     })
-}
-
-/// Records (or updates) the order's reservation status.
-pub async fn record(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    lane: &str,
-    status: &str,
-    amount_cents: Option<i64>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO reservations (order_id, status, lane, amount_cents, updated_at) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (order_id) DO UPDATE SET status = excluded.status, updated_at = excluded.updated_at",
-    )
-    .bind(order_id)
-    .bind(status)
-    .bind(lane)
-    .bind(amount_cents)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]

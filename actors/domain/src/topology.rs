@@ -39,25 +39,38 @@ impl Role {
     }
 }
 
-/// The three streams of the saga.
-pub fn streams(replicas: usize) -> Vec<StreamSpec> {
-    vec![
-        StreamSpec::new(ORDERS, &["orders.>"])
-            .replicas(replicas)
-            .description("order events: created, cancelled, confirmed"),
-        StreamSpec::new(INVENTORY, &["inventory.>"])
-            .replicas(replicas)
-            .description("inventory events: reserved, released"),
-        StreamSpec::new(PAYMENTS, &["payments.>"])
-            .replicas(replicas)
-            .description("payment events: succeeded, failed"),
+/// The three streams of the saga, with the configured replicas, age and size limits.
+pub fn streams(config: &SagaConfig) -> Vec<StreamSpec> {
+    [
+        (
+            ORDERS,
+            "orders.>",
+            "order events: created, cancelled, confirmed",
+        ),
+        (
+            INVENTORY,
+            "inventory.>",
+            "inventory events: reserved, released",
+        ),
+        (PAYMENTS, "payments.>", "payment events: succeeded, failed"),
     ]
+    .into_iter()
+    .map(|(name, subjects, description)| {
+        let mut spec = StreamSpec::new(name, &[subjects])
+            .replicas(config.stream_replicas)
+            .description(description)
+            .max_age(config.stream_max_age)
+            .max_bytes(config.stream_max_bytes, config.stream_discard);
+        spec.duplicate_window = crate::config::DUPLICATE_WINDOW;
+        spec
+    })
+    .collect()
 }
 
 /// Every stream and no consumer (roles bring their consumers as routes).
 pub fn topology(config: &SagaConfig) -> Topology {
     Topology {
-        streams: streams(config.stream_replicas),
+        streams: streams(config),
         consumers: Vec::new(),
     }
 }
@@ -118,6 +131,26 @@ pub fn sources(role: Role) -> &'static [&'static str] {
         // orders.cancelled: a cancelled order's charge, if any was made, is voided.
         Role::Payments => &[INVENTORY, ORDERS],
     }
+}
+
+/// Every subject the saga publishes on (each kind, version and lane).
+pub fn subjects() -> Vec<String> {
+    let mut out = Vec::new();
+    for kind in jetflow_schemas::EventKind::all() {
+        for version in kind.versions() {
+            for lane in Priority::ALL {
+                out.push(
+                    jetflow_schemas::Subject {
+                        kind,
+                        version: *version,
+                        lane,
+                    }
+                    .to_string(),
+                );
+            }
+        }
+    }
+    out
 }
 
 /// Every consumer of a role, both lanes.

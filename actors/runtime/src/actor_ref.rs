@@ -7,6 +7,7 @@
 //! waits while the bounded mailbox is full, so a slow actor pushes back on its senders.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use actix::dev::ToEnvelope;
@@ -16,12 +17,14 @@ use prometheus::{Histogram, IntGauge};
 use crate::metrics::metrics;
 use crate::outcome::ReplyOutcome;
 
-/// Per-actor metric handles, resolved once.
+/// Per-actor metric handles, resolved once, and the actor's retirement flag.
 #[derive(Debug)]
 pub(crate) struct ActorStats {
     pub(crate) name: String,
     depth: IntGauge,
     handle_seconds: Histogram,
+    /// Set when the actor's next stop is final (its supervisor does not restart it).
+    pub(crate) retired: AtomicBool,
 }
 
 impl ActorStats {
@@ -36,6 +39,7 @@ impl ActorStats {
             name: name.to_string(),
             depth: m.actor_mailbox_depth.with_label_values(&[name]),
             handle_seconds: m.actor_handle_seconds.with_label_values(&[name]),
+            retired: AtomicBool::new(false),
         })
     }
 
@@ -155,6 +159,21 @@ impl<A: Actor> ActorRef<A> {
         self.stats.depth.get()
     }
 
+    /// Makes the actor's next stop final: its supervisor lets it go instead of restarting
+    /// it (for a clean shutdown).
+    pub fn retire(&self) {
+        self.stats.retired.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the actor for good (its supervisor does not restart it).
+    pub fn stop(&self)
+    where
+        A: Actor<Context = Context<A>> + Handler<StopActor>,
+    {
+        self.retire();
+        self.addr.do_send(StopActor);
+    }
+
     /// Sends a message and waits for the reply; waits for room while the mailbox is full.
     pub async fn send<M>(&self, msg: M) -> Result<M::Result, MailboxError>
     where
@@ -179,6 +198,17 @@ impl<A: Actor> ActorRef<A> {
             stats: Arc::clone(&self.stats),
         }
     }
+}
+
+/// Asks an actor to stop (see [`ActorRef::stop`]); implement `Handler<StopActor>` with
+/// [`stop_actor`] to make an actor stoppable this way.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+pub struct StopActor;
+
+/// The usual handling of [`StopActor`]: `ctx.stop()`.
+pub fn stop_actor<A: Actor<Context = Context<A>>>(ctx: &mut Context<A>) {
+    ctx.stop();
 }
 
 /// A [`Recipient`] that keeps its actor's metrics.

@@ -1,24 +1,33 @@
-//! `NatsBridge`: the actor that carries typed messages to and from NATS JetStream.
+//! `NatsBridge`: the actor that carries typed messages to and from NATS JetStream, and
+//! [`Bridge`], the handle the rest of a service holds.
 //!
-//! It owns the connection, applies the topology, runs one pull loop per [`Route`] and
-//! publishes [`Publish`] requests, answering only after JetStream's PubAck. A lost connection
-//! stops it; its supervisor (unlimited restarts) starts it again, which reconnects with
-//! exponential backoff and jitter and resumes every route. While it is disconnected,
-//! publishes fail at once with [`PublishError::NotConnected`] (callers answer 503, never
-//! hang) and `/ready` says why. Deliveries in flight when the connection drops are never
-//! acknowledged early: JetStream redelivers them.
+//! The actor owns the connection: it applies the topology, runs one pull loop per [`Route`]
+//! and keeps `/ready` honest. A lost connection stops it; its supervisor starts it again (with
+//! backoff), which reconnects with exponential backoff and jitter and resumes every route.
+//! The pull loops and publishes run on the I/O runtime, not in the actor: the handle shares
+//! the live JetStream context, so a publish is one call into the client (pipelined when there
+//! are many) and never waits in the actor's mailbox. While disconnected, publishes fail at
+//! once with [`PublishError::NotConnected`] (callers answer 503, never hang). Deliveries in
+//! flight when the connection drops are never acknowledged early: JetStream redelivers them.
+//!
+//! Stopping is two steps: [`Bridge::drain`] stops every route from pulling and waits until
+//! what was pulled is handled and acknowledged; [`Bridge::close`] flushes and closes the
+//! connection and retires the actor.
 
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use async_nats::jetstream;
 use async_nats::{Client, Event};
-use backon::{ExponentialBuilder, Retryable};
-use futures::FutureExt;
+use backon::Retryable;
 use futures::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::actor_ref::ActorRef;
 use crate::advisory;
+use crate::backoff::Backoff;
 use crate::connection::{NatsConfig, connect_with_retry};
 use crate::consumer;
 use crate::dead_letter;
@@ -89,10 +98,10 @@ pub struct Subscribe(pub Route);
 #[rtype(result = "BridgeStatus")]
 pub struct GetStatus;
 
-/// Asks for the JetStream context (for tools such as the dead-letter CLI).
+/// Drops the connection and stops the actor (after [`ActorRef::retire`], for good).
 #[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "Option<jetstream::Context>")]
-pub struct GetJetStream;
+#[rtype(result = "()")]
+struct Close;
 
 /// The bridge's view of its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,12 +122,6 @@ impl ReplyOutcome for BridgeStatus {
     }
 }
 
-impl ReplyOutcome for Option<jetstream::Context> {
-    fn outcome_label(&self) -> &'static str {
-        "ok"
-    }
-}
-
 /// A connection event, tagged with the connection it belongs to.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -127,62 +130,114 @@ struct ConnectionEvent {
     event: Event,
 }
 
-struct Connection {
-    client: Client,
-    js: jetstream::Context,
+/// What the actor shares with its handle: the live connection and the route tasks.
+struct Shared {
+    connection: RwLock<Option<(Client, jetstream::Context)>>,
+    publish_timeout: Duration,
+    stop_routes: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shared {
+    fn js(&self) -> Option<jetstream::Context> {
+        let guard = match self.connection.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        guard.as_ref().map(|(_, js)| js.clone())
+    }
+
+    fn set(&self, connection: Option<(Client, jetstream::Context)>) -> Option<Client> {
+        let mut guard = match self.connection.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        std::mem::replace(&mut *guard, connection).map(|(c, _)| c)
+    }
 }
 
 /// The JetStream bridge actor.
 pub struct NatsBridge {
     config: BridgeConfig,
     health: Health,
+    shared: Arc<Shared>,
     routes: Vec<Route>,
-    connection: Option<Connection>,
+    server: Option<String>,
     generation: u64,
+    generation_stop: CancellationToken,
     connections: u64,
     last_error: Option<String>,
     connecting_since: Instant,
+    closed: bool,
+}
+
+/// The handle to a running bridge: subscribe routes, publish, drain, close.
+#[derive(Clone)]
+pub struct Bridge {
+    actor: ActorRef<NatsBridge>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("actor", &self.actor.name())
+            .finish()
+    }
 }
 
 impl NatsBridge {
-    /// A bridge that has not started yet.
-    pub fn new(config: BridgeConfig, health: Health) -> Self {
-        Self {
-            config,
-            health,
-            routes: Vec::new(),
-            connection: None,
-            generation: 0,
-            connections: 0,
-            last_error: None,
-            connecting_since: Instant::now(),
-        }
-    }
-
-    /// Starts the bridge under a supervisor that restarts it on every lost connection.
-    pub fn start(config: BridgeConfig, health: Health) -> ActorRef<NatsBridge> {
-        let h = health.clone();
-        Supervisor::new("nats-bridge")
+    /// Starts the bridge under a supervisor that restarts it (with backoff) on every lost
+    /// connection, however often.
+    pub fn start(config: BridgeConfig, health: Health) -> Bridge {
+        let shared = Arc::new(Shared {
+            connection: RwLock::new(None),
+            publish_timeout: config.publish_timeout,
+            stop_routes: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        });
+        let (h, s) = (health.clone(), shared.clone());
+        let actor = Supervisor::new("nats-bridge")
             .policy(RestartPolicy::unlimited())
             .mailbox_capacity(1024)
             .health(health)
-            .start(move |_| NatsBridge::new(config, h))
+            .start(move |_| NatsBridge {
+                config,
+                health: h,
+                shared: s,
+                routes: Vec::new(),
+                server: None,
+                generation: 0,
+                generation_stop: CancellationToken::new(),
+                connections: 0,
+                last_error: None,
+                connecting_since: Instant::now(),
+                closed: false,
+            });
+        Bridge { actor, shared }
     }
 
     fn mark_down(&mut self, why: &str) {
-        self.connection = None;
+        self.generation_stop.cancel();
+        self.shared.set(None);
+        self.server = None;
         metrics().nats_connected.set(0);
         self.health.set_not_ready(HEALTH_COMPONENT, why.to_string());
         self.last_error = Some(why.to_string());
     }
 
-    fn start_route(&self, route: Route, ctx: &mut Context<Self>) {
-        if let Some(conn) = &self.connection {
-            ctx.spawn(consumer::run(conn.js.clone(), route).into_actor(self));
+    fn start_route(&self, route: Route) {
+        if self.shared.stop_routes.is_cancelled() {
+            return;
+        }
+        if let Some(js) = self.shared.js() {
+            self.shared
+                .tasks
+                .spawn(consumer::run(js, route, self.generation_stop.clone()));
         }
     }
 
-    fn on_connected(&mut self, client: Client, js: jetstream::Context, ctx: &mut Context<Self>) {
+    fn on_connected(&mut self, client: Client, js: jetstream::Context) {
         self.connections += 1;
         self.last_error = None;
         metrics().nats_connected.set(1);
@@ -200,13 +255,12 @@ impl NatsBridge {
         );
         self.health
             .set_ready(HEALTH_COMPONENT, format!("connected to {server}"));
-        self.connection = Some(Connection {
-            client,
-            js: js.clone(),
-        });
+        self.server = Some(server);
+        self.generation_stop = self.shared.stop_routes.child_token();
+        self.shared.set(Some((client, js.clone())));
         let mut specs: Vec<_> = self.routes.iter().map(|r| r.consumer.clone()).collect();
         for route in self.routes.clone() {
-            self.start_route(route, ctx);
+            self.start_route(route);
         }
         if self.config.dead_letter_exhausted {
             let ignore = vec![
@@ -215,9 +269,14 @@ impl NatsBridge {
             ];
             let route = advisory::route(js.clone(), ignore);
             specs.push(route.consumer.clone());
-            self.start_route(route, ctx);
+            self.start_route(route);
         }
-        ctx.spawn(consumer::poll_pending(js, specs, self.config.pending_interval).into_actor(self));
+        self.shared.tasks.spawn(consumer::poll_pending(
+            js,
+            specs,
+            self.config.pending_interval,
+            self.generation_stop.clone(),
+        ));
     }
 }
 
@@ -225,6 +284,10 @@ impl Actor for NatsBridge {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.closed {
+            ctx.stop();
+            return;
+        }
         self.generation += 1;
         self.connecting_since = Instant::now();
         let generation = self.generation;
@@ -241,25 +304,20 @@ impl Actor for NatsBridge {
                 .timeout(nats.request_timeout)
                 .build(client.clone());
             // The topology may fail while a cluster elects leaders: retry it too.
+            let backoff = Backoff::exponential(Duration::from_millis(200), Duration::from_secs(3));
             (|| topology.ensure(&js))
-                .retry(
-                    ExponentialBuilder::default()
-                        .with_min_delay(Duration::from_millis(200))
-                        .with_max_delay(Duration::from_secs(3))
-                        .with_jitter()
-                        .with_max_times(20),
-                )
+                .retry(backoff.builder().with_max_times(20))
                 .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "applying the JetStream topology failed"))
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((client, js))
         };
         ctx.spawn(connect.into_actor(self).map(move |result, act, ctx| {
-            if act.generation != generation {
+            if act.generation != generation || act.closed {
                 return;
             }
             match result {
-                Ok((client, js)) => act.on_connected(client, js, ctx),
+                Ok((client, js)) => act.on_connected(client, js),
                 Err(e) => {
                     tracing::error!(error = %e, "NATS setup failed; restarting the bridge");
                     act.mark_down(&e);
@@ -267,6 +325,10 @@ impl Actor for NatsBridge {
                 }
             }
         }));
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        self.generation_stop.cancel();
     }
 }
 
@@ -280,7 +342,7 @@ impl Handler<ConnectionEvent> for NatsBridge {
     type Result = ();
 
     fn handle(&mut self, msg: ConnectionEvent, ctx: &mut Context<Self>) {
-        if msg.generation != self.generation || self.connection.is_none() {
+        if msg.generation != self.generation || self.server.is_none() || self.closed {
             return;
         }
         match msg.event {
@@ -298,13 +360,13 @@ impl Handler<ConnectionEvent> for NatsBridge {
 impl Handler<Subscribe> for NatsBridge {
     type Result = ();
 
-    fn handle(&mut self, msg: Subscribe, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Subscribe, _: &mut Context<Self>) {
         if let Err(e) = msg.0.consumer.validate() {
             tracing::error!(error = %e, "route refused");
             return;
         }
         self.routes.push(msg.0.clone());
-        self.start_route(msg.0, ctx);
+        self.start_route(msg.0);
     }
 }
 
@@ -313,22 +375,21 @@ impl Handler<GetStatus> for NatsBridge {
 
     fn handle(&mut self, _: GetStatus, _: &mut Context<Self>) -> Self::Result {
         MessageResult(BridgeStatus {
-            connected: self.connection.is_some(),
+            connected: self.server.is_some(),
             connections: self.connections,
             last_error: self.last_error.clone(),
-            server: self
-                .connection
-                .as_ref()
-                .map(|c| c.client.server_info().server_name.clone()),
+            server: self.server.clone(),
         })
     }
 }
 
-impl Handler<GetJetStream> for NatsBridge {
-    type Result = MessageResult<GetJetStream>;
+impl Handler<Close> for NatsBridge {
+    type Result = ();
 
-    fn handle(&mut self, _: GetJetStream, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.connection.as_ref().map(|c| c.js.clone()))
+    fn handle(&mut self, _: Close, ctx: &mut Context<Self>) {
+        self.closed = true;
+        self.mark_down("closed");
+        ctx.stop();
     }
 }
 
@@ -338,26 +399,65 @@ pub async fn publish_with_ack(
     message: OutgoingMessage,
     timeout: Duration,
 ) -> Result<PublishReceipt, PublishError> {
-    let m = metrics();
     let started = Instant::now();
     let subject = message.subject.clone();
     let headers = message.header_map();
     let result = tokio::time::timeout(timeout, async {
         js.publish_with_headers(message.subject, headers, message.payload)
             .await
-            .map_err(|e| PublishError::Failed(e.to_string()))?
+            .map_err(publish_error)?
             .await
-            .map_err(|e| PublishError::Failed(e.to_string()))
+            .map_err(publish_error)
     })
     .await
     .unwrap_or(Err(PublishError::Timeout(timeout)));
+    record(&subject, started, result)
+}
+
+/// Publishes every message (all sent first, then every PubAck awaited together).
+pub async fn publish_pipelined(
+    js: &jetstream::Context,
+    messages: Vec<OutgoingMessage>,
+    timeout: Duration,
+) -> Vec<Result<PublishReceipt, PublishError>> {
+    let started = Instant::now();
+    let mut pending = Vec::with_capacity(messages.len());
+    for message in messages {
+        let subject = message.subject.clone();
+        let headers = message.header_map();
+        let sent = js
+            .publish_with_headers(message.subject, headers, message.payload)
+            .await;
+        pending.push((subject, sent));
+    }
+    let acks = pending.into_iter().map(|(subject, sent)| async move {
+        let result = match sent {
+            Ok(ack) => tokio::time::timeout(timeout, ack)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(async_nats::jetstream::context::PublishError::new(
+                        async_nats::jetstream::context::PublishErrorKind::TimedOut,
+                    ))
+                })
+                .map_err(publish_error),
+            Err(e) => Err(publish_error(e)),
+        };
+        record(&subject, started, result)
+    });
+    futures::future::join_all(acks).await
+}
+
+fn record(
+    subject: &str,
+    started: Instant,
+    result: Result<jetstream::publish::PublishAck, PublishError>,
+) -> Result<PublishReceipt, PublishError> {
+    let m = metrics();
     match result {
         Ok(ack) => {
-            m.nats_published
-                .with_label_values(&[subject.as_str()])
-                .inc();
+            m.nats_published.with_label_values(&[subject]).inc();
             m.nats_publish_seconds
-                .with_label_values(&[subject.as_str()])
+                .with_label_values(&[subject])
                 .observe(started.elapsed().as_secs_f64());
             Ok(PublishReceipt {
                 stream: ack.stream,
@@ -366,11 +466,23 @@ pub async fn publish_with_ack(
             })
         }
         Err(e) => {
-            m.nats_publish_errors
-                .with_label_values(&[subject.as_str()])
-                .inc();
+            m.nats_publish_errors.with_label_values(&[subject]).inc();
             Err(e)
         }
+    }
+}
+
+/// Sorts the client's publish errors into what the caller can act on.
+fn publish_error(e: async_nats::jetstream::context::PublishError) -> PublishError {
+    use async_nats::jetstream::context::PublishErrorKind as K;
+    match e.kind() {
+        K::StreamNotFound
+        | K::WrongLastMessageId
+        | K::WrongLastSequence
+        | K::MaxPayloadExceeded => PublishError::Rejected(e.to_string()),
+        K::TimedOut => PublishError::Timeout(Duration::ZERO),
+        K::BrokenPipe => PublishError::NotConnected,
+        _ => PublishError::Failed(e.to_string()),
     }
 }
 
@@ -378,48 +490,104 @@ impl Handler<Publish> for NatsBridge {
     type Result = ResponseFuture<Result<PublishReceipt, PublishError>>;
 
     fn handle(&mut self, msg: Publish, _: &mut Context<Self>) -> Self::Result {
-        let Some(conn) = &self.connection else {
+        let shared = self.shared.clone();
+        Box::pin(async move { Bridge::publish_on(&shared, msg.0).await })
+    }
+}
+
+impl Bridge {
+    async fn publish_on(
+        shared: &Shared,
+        message: OutgoingMessage,
+    ) -> Result<PublishReceipt, PublishError> {
+        let Some(js) = shared.js() else {
             metrics()
                 .nats_publish_errors
-                .with_label_values(&[msg.0.subject.as_str()])
+                .with_label_values(&[message.subject.as_str()])
                 .inc();
-            return Box::pin(futures::future::ready(Err(PublishError::NotConnected)));
+            return Err(PublishError::NotConnected);
         };
-        let js = conn.js.clone();
-        let timeout = self.config.publish_timeout;
-        Box::pin(async move { publish_with_ack(&js, msg.0, timeout).await })
+        publish_with_ack(&js, message, shared.publish_timeout).await
     }
-}
 
-impl Publisher for ActorRef<NatsBridge> {
-    fn publish(
-        &self,
-        message: OutgoingMessage,
-    ) -> BoxFuture<'static, Result<PublishReceipt, PublishError>> {
-        let bridge = self.clone();
-        async move {
-            match bridge.send(Publish(message)).await {
-                Ok(result) => result,
-                Err(_) => Err(PublishError::BridgeGone),
-            }
-        }
-        .boxed()
-    }
-}
-
-impl ActorRef<NatsBridge> {
-    /// Adds a route to the bridge.
-    pub async fn subscribe(&self, route: Route) -> Result<(), MailboxError> {
-        self.send(Subscribe(route)).await
+    /// Adds a route (a [`Route`] or a [`TxRoute`](crate::TxRoute)).
+    pub async fn subscribe(&self, route: impl Into<Route>) -> Result<(), MailboxError> {
+        self.actor.send(Subscribe(route.into())).await
     }
 
     /// The bridge's connection state.
     pub async fn status(&self) -> Result<BridgeStatus, MailboxError> {
-        self.send(GetStatus).await
+        self.actor.send(GetStatus).await
     }
 
     /// The JetStream context, while connected.
-    pub async fn jetstream(&self) -> Option<jetstream::Context> {
-        self.send(GetJetStream).await.ok().flatten()
+    pub fn jetstream(&self) -> Option<jetstream::Context> {
+        self.shared.js()
+    }
+
+    /// The actor.
+    pub fn actor(&self) -> &ActorRef<NatsBridge> {
+        &self.actor
+    }
+
+    /// Stops every route from pulling and waits, at most `timeout`, until what they pulled
+    /// is handled and acknowledged. Returns whether everything finished in time.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        self.shared.stop_routes.cancel();
+        self.shared.tasks.close();
+        tokio::time::timeout(timeout, self.shared.tasks.wait())
+            .await
+            .is_ok()
+    }
+
+    /// Flushes what was published and closes the connection; the actor stops for good.
+    pub async fn close(&self) {
+        self.shared.stop_routes.cancel();
+        self.actor.retire();
+        if let Some(js) = self.shared.js() {
+            let client = js.client();
+            if let Err(e) = tokio::time::timeout(Duration::from_secs(2), client.flush()).await {
+                tracing::debug!(error = %e, "NATS flush before closing timed out");
+            }
+        }
+        let _ = self.actor.send(Close).await;
+        if let Some(client) = self.shared.set(None)
+            && let Err(e) = client.drain().await
+        {
+            tracing::debug!(error = %e, "NATS drain on close failed");
+        }
+        metrics().nats_connected.set(0);
+    }
+}
+
+impl Publisher for Bridge {
+    fn publish(
+        &self,
+        message: OutgoingMessage,
+    ) -> BoxFuture<'static, Result<PublishReceipt, PublishError>> {
+        let shared = self.shared.clone();
+        Box::pin(async move { Bridge::publish_on(&shared, message).await })
+    }
+
+    fn publish_many(
+        &self,
+        messages: Vec<OutgoingMessage>,
+    ) -> BoxFuture<'static, Vec<Result<PublishReceipt, PublishError>>> {
+        let shared = self.shared.clone();
+        Box::pin(async move {
+            let Some(js) = shared.js() else {
+                return messages
+                    .iter()
+                    .map(|m| {
+                        metrics()
+                            .nats_publish_errors
+                            .with_label_values(&[m.subject.as_str()])
+                            .inc();
+                        Err(PublishError::NotConnected)
+                    })
+                    .collect();
+            };
+            publish_pipelined(&js, messages, shared.publish_timeout).await
+        })
     }
 }

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event};
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
+
+use crate::backoff::Backoff;
 
 /// A value that must never be printed.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -59,6 +61,25 @@ pub enum NatsAuth {
     Token(Secret),
 }
 
+/// TLS settings beyond what the URL says (`tls://` requires TLS and verifies the server
+/// against the system roots).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// A PEM bundle of certificate authorities to trust (a cluster with its own CA).
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM), for servers that verify clients (mutual TLS).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub key: Option<PathBuf>,
+}
+
+impl NatsTls {
+    /// Whether anything is set.
+    pub fn is_set(&self) -> bool {
+        self.ca.is_some() || self.cert.is_some() || self.key.is_some()
+    }
+}
+
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
@@ -66,6 +87,8 @@ pub struct NatsConfig {
     pub urls: Vec<String>,
     /// Credentials.
     pub auth: NatsAuth,
+    /// TLS: extra trust and a client certificate.
+    pub tls: NatsTls,
     /// The connection name shown by the server (`nats server report connections`).
     pub name: String,
     /// Timeout of one connection attempt.
@@ -89,6 +112,7 @@ impl NatsConfig {
                 .map(str::to_string)
                 .collect(),
             auth: NatsAuth::None,
+            tls: NatsTls::default(),
             name: "jetflow".to_string(),
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(5),
@@ -109,10 +133,90 @@ impl NatsConfig {
         self
     }
 
+    /// Sets the TLS settings.
+    pub fn tls(mut self, tls: NatsTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Checks what can be checked without connecting: at least one well-formed URL, readable
+    /// credential and certificate files, a client certificate with its key.
+    pub fn validate(&self) -> Result<(), ConnectError> {
+        if self.urls.is_empty() {
+            return Err(ConnectError::NoUrls);
+        }
+        for url in &self.urls {
+            check_url(url)?;
+        }
+        if let NatsAuth::CredsFile(path) = &self.auth {
+            readable(path, "NATS_CREDS")?;
+        }
+        if let Some(ca) = &self.tls.ca {
+            readable(ca, "NATS_TLS_CA")?;
+        }
+        match (&self.tls.cert, &self.tls.key) {
+            (Some(cert), Some(key)) => {
+                readable(cert, "NATS_TLS_CERT")?;
+                readable(key, "NATS_TLS_KEY")?;
+            }
+            (None, None) => {}
+            _ => {
+                return Err(ConnectError::Invalid(
+                    "NATS_TLS_CERT and NATS_TLS_KEY go together".into(),
+                ));
+            }
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(ConnectError::Invalid(
+                "NATS timeouts must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The seeds, for messages (never contains credentials: they are not in URLs here).
     pub fn seeds(&self) -> String {
         self.urls.join(",")
     }
+}
+
+/// A NATS URL: `nats://`, `tls://`, `ws://`, `wss://` or a bare `host:port`, with a host.
+fn check_url(url: &str) -> Result<(), ConnectError> {
+    let bad = |why: &str| ConnectError::BadUrl {
+        url: url.to_string(),
+        why: why.to_string(),
+    };
+    let rest = match url.split_once("://") {
+        Some((scheme, rest)) => {
+            if !matches!(scheme, "nats" | "tls" | "ws" | "wss") {
+                return Err(bad("the scheme must be nats://, tls://, ws:// or wss://"));
+            }
+            rest
+        }
+        None => url,
+    };
+    let host_port = rest.rsplit('@').next().unwrap_or(rest);
+    let host_port = host_port.split('/').next().unwrap_or(host_port);
+    if host_port.is_empty() || host_port.starts_with(':') {
+        return Err(bad("it names no host"));
+    }
+    if let Some((_, port)) = host_port.rsplit_once(':')
+        && !host_port.ends_with(']')
+        && port.parse::<u16>().is_err()
+    {
+        return Err(bad("the port is not a number from 0 to 65535"));
+    }
+    Ok(())
+}
+
+fn readable(path: &std::path::Path, setting: &'static str) -> Result<(), ConnectError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|source| ConnectError::Unreadable {
+            setting,
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// Why a connection attempt failed.
@@ -121,6 +225,28 @@ pub enum ConnectError {
     /// No seed URL was given.
     #[error("no NATS URL given (set NATS_URL)")]
     NoUrls,
+    /// A URL is malformed.
+    #[error("NATS URL {url:?}: {why}")]
+    BadUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A file the settings name cannot be read.
+    #[error("{setting}: cannot read {path}: {source}")]
+    Unreadable {
+        /// The setting that names it.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The settings contradict each other.
+    #[error("{0}")]
+    Invalid(String),
     /// The creds file could not be read.
     #[error("cannot read NATS creds file {path}: {source}")]
     Creds {
@@ -147,9 +273,7 @@ pub async fn connect<F>(config: &NatsConfig, on_event: F) -> Result<Client, Conn
 where
     F: Fn(Event) + Send + Sync + 'static,
 {
-    if config.urls.is_empty() {
-        return Err(ConnectError::NoUrls);
-    }
+    config.validate()?;
     let on_event = std::sync::Arc::new(on_event);
     let mut options = ConnectOptions::new()
         .name(&config.name)
@@ -178,6 +302,15 @@ where
                 })?
         }
     };
+    if let Some(ca) = &config.tls.ca {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if config.tls.is_set() || config.urls.iter().any(|u| u.starts_with("tls://")) {
+        options = options.require_tls(true);
+    }
     options
         .connect(config.urls.clone())
         .await
@@ -188,19 +321,16 @@ where
 }
 
 /// Connects, retrying with exponential backoff and jitter until it succeeds (or the
-/// returned future is dropped). Bad credentials files are not retried.
+/// returned future is dropped). Settings that cannot work (no URL, a malformed one, an
+/// unreadable file) are not retried.
 pub async fn connect_with_retry<F>(config: &NatsConfig, on_event: F) -> Result<Client, ConnectError>
 where
     F: Fn(Event) + Clone + Send + Sync + 'static,
 {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(config.retry_min)
-        .with_max_delay(config.retry_max)
-        .with_jitter()
-        .without_max_times();
+    let backoff = Backoff::exponential(config.retry_min, config.retry_max);
     (|| connect(config, on_event.clone()))
-        .retry(backoff)
-        .when(|e| !matches!(e, ConnectError::Creds { .. } | ConnectError::NoUrls))
+        .retry(backoff.builder())
+        .when(|e| matches!(e, ConnectError::Connect { .. }))
         .notify(|err, delay| {
             tracing::warn!(error = %err, retry_in_ms = delay.as_millis() as u64, "NATS connection failed");
         })
@@ -220,6 +350,50 @@ mod tests {
         let shown = format!("{auth:?} {}", Secret::new("hunter2"));
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("svc"));
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_named() {
+        let e = NatsConfig::new("").validate().unwrap_err().to_string();
+        assert!(e.contains("NATS_URL"), "{e}");
+        let e = NatsConfig::new("http://x:4222")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scheme"), "{e}");
+        let e = NatsConfig::new("nats://:4222")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no host"), "{e}");
+        let e = NatsConfig::new("nats://h:port")
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("port"), "{e}");
+        assert!(
+            NatsConfig::new("nats://u:p@h:4222,tls://h2,localhost:4222")
+                .validate()
+                .is_ok()
+        );
+        let e = NatsConfig::new("nats://h")
+            .auth(NatsAuth::CredsFile("/nonexistent/x.creds".into()))
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("NATS_CREDS: cannot read /nonexistent/x.creds"),
+            "{e}"
+        );
+        let e = NatsConfig::new("nats://h")
+            .tls(NatsTls {
+                cert: Some("/etc/hostname".into()),
+                ..NatsTls::default()
+            })
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("NATS_TLS_KEY"), "{e}");
     }
 
     #[test]

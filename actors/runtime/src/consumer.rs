@@ -1,91 +1,196 @@
-//! The pull loop of one route: fetch, hand over, decide, acknowledge.
+//! The pull loop of one route: pull, hand over, decide, acknowledge.
 //!
-//! Backpressure comes from the loop's shape: at most `concurrency` deliveries are being
-//! handled, and the pull batch is the same size, so the process never holds more messages
-//! than it can hand over; JetStream's `max_ack_pending` bounds the rest. While a handler
+//! Messages come from successive pull requests of a bounded size and expiry, so the process
+//! never holds more than it asked for and can stop cleanly: when the route is told to stop,
+//! it issues no new request, handles and acknowledges what the requests in flight still
+//! deliver, and returns. JetStream's `max_ack_pending` bounds the rest.
+//!
+//! A route that handles one delivery at a time runs up to `concurrency` at once; a batched
+//! route takes what is waiting (lingering a moment only while busy) and hands the batch
+//! over, one batch at a time, so its deliveries keep their stream order. While a handler
 //! works, the loop sends in-progress acks so a slow but healthy handler is not redelivered
 //! behind its back. The acknowledgement is sent only after the handler answered: work in
-//! flight when the loop is dropped (a lost connection, a restart) is redelivered, not lost.
+//! flight when the loop is dropped (a lost connection, a crash) is redelivered, not lost.
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
-use futures::StreamExt;
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::{FutureExt, Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter;
 use crate::delivery::DeliveryMeta;
 use crate::metrics::metrics;
 use crate::middleware::{HandlerFn, Inbound};
 use crate::outcome::{Decision, Outcome, decide};
-use crate::route::Route;
+use crate::route::{BatchConfig, BatchHandlerFn, Handling, Route};
 use crate::topology::{ConsumerSpec, ensure_consumer};
 
 /// Delay before re-creating a pull subscription that ended or failed.
 const RESUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 /// Delay of a retry after the dead-letter publish itself failed.
 const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);
+/// How long one pull request waits for messages: also the longest a stopping route waits
+/// for the request in flight to end.
+const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
-/// Runs a route until the future is dropped.
-pub(crate) async fn run(js: jetstream::Context, route: Route) {
-    let handler = route.handler();
+/// Runs a route until `stop` is cancelled (then finishes what was pulled) or the future is
+/// dropped.
+pub(crate) async fn run(js: jetstream::Context, route: Route, stop: CancellationToken) {
     let spec = route.consumer.clone();
     loop {
+        if stop.is_cancelled() {
+            return;
+        }
         let consumer = match ensure_consumer(&js, &spec).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(consumer = %spec.durable, error = %e, "cannot create consumer; retrying");
-                tokio::time::sleep(RESUBSCRIBE_DELAY * 4).await;
-                continue;
-            }
-        };
-        let messages = consumer
-            .stream()
-            .max_messages_per_batch(route.concurrency)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
-            .messages()
-            .await;
-        let messages = match messages {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(consumer = %spec.durable, error = %e, "cannot pull; retrying");
-                tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+                if pause(&stop, RESUBSCRIBE_DELAY * 4).await {
+                    return;
+                }
                 continue;
             }
         };
         tracing::info!(consumer = %spec.durable, stream = %spec.stream, target = route.target(), "consuming");
-        // Stop at the first error that ends the subscription; transient ones are logged.
-        let messages = messages.take_while(|item| {
-            let keep = match item {
-                Ok(_) => true,
-                Err(e) => {
-                    use jetstream::consumer::pull::MessagesErrorKind as K;
-                    tracing::warn!(consumer = %spec.durable, error = %e, "pull error");
-                    !matches!(
-                        e.kind(),
-                        K::ConsumerDeleted
-                            | K::NoResponders
-                            | K::PushBasedConsumer
-                            | K::RequestLimitExceeded
-                    )
+        let double_ack = route.acks_confirmed();
+        match &route.handling {
+            Handling::Each {
+                handler,
+                concurrency,
+            } => {
+                pulls(consumer, *concurrency, stop.clone())
+                    .for_each_concurrent(*concurrency, |msg| {
+                        let js = js.clone();
+                        let handler = handler.clone();
+                        let spec = &spec;
+                        async move { handle(&js, spec, &handler, msg, double_ack).await }
+                    })
+                    .await;
+            }
+            Handling::Batch { handler, config } => {
+                run_batches(&js, &spec, handler, *config, consumer, &stop, double_ack).await;
+            }
+        }
+        if stop.is_cancelled() {
+            tracing::info!(consumer = %spec.durable, "stopped consuming");
+            return;
+        }
+        tracing::info!(consumer = %spec.durable, "pull subscription ended; re-subscribing");
+        if pause(&stop, RESUBSCRIBE_DELAY).await {
+            return;
+        }
+    }
+}
+
+/// Sleeps, or returns true at once when `stop` is cancelled.
+async fn pause(stop: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => true,
+        _ = tokio::time::sleep(d) => false,
+    }
+}
+
+struct Pulls {
+    consumer: PullConsumer,
+    size: usize,
+    current: Option<jetstream::consumer::pull::Batch>,
+    stop: CancellationToken,
+}
+
+/// The messages of successive pull requests of `size` messages each. Ends at an error that
+/// ends the subscription, or once `stop` is cancelled and the request in flight is done.
+fn pulls(
+    consumer: PullConsumer,
+    size: usize,
+    stop: CancellationToken,
+) -> impl Stream<Item = jetstream::Message> + Send {
+    let state = Pulls {
+        consumer,
+        size: size.max(1),
+        current: None,
+        stop,
+    };
+    futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.current.is_none() {
+                if st.stop.is_cancelled() {
+                    return None;
                 }
-            };
-            futures::future::ready(keep)
-        });
-        messages
-            .for_each_concurrent(route.concurrency, |item| {
-                let js = js.clone();
-                let handler = handler.clone();
-                let spec = &spec;
-                async move {
-                    if let Ok(msg) = item {
-                        handle(&js, spec, &handler, msg).await;
+                let request = st
+                    .consumer
+                    .batch()
+                    .max_messages(st.size)
+                    .expires(PULL_EXPIRES)
+                    .messages();
+                match request.await {
+                    Ok(batch) => st.current = Some(batch),
+                    Err(e) => {
+                        tracing::warn!(consumer = ?st.consumer.cached_info().name, error = %e, "pull request failed");
+                        return None;
                     }
                 }
-            })
-            .await;
-        tracing::info!(consumer = %spec.durable, "pull subscription ended; re-subscribing");
-        tokio::time::sleep(RESUBSCRIBE_DELAY).await;
+            }
+            let batch = st.current.as_mut()?;
+            match batch.next().await {
+                Some(Ok(msg)) => return Some((msg, st)),
+                Some(Err(e)) => {
+                    // The consumer is gone, or the server refuses the request: end here; the
+                    // route re-creates the consumer and pulls again after a pause.
+                    tracing::warn!(error = %e, "pull error; re-subscribing");
+                    return None;
+                }
+                None => st.current = None,
+            }
+        }
+    })
+}
+
+/// Gathers batches: the first delivery, whatever else is already here, and (while busy)
+/// what arrives within the linger, up to the maximum; hands them over one batch at a time.
+async fn run_batches(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    handler: &BatchHandlerFn,
+    config: BatchConfig,
+    consumer: PullConsumer,
+    stop: &CancellationToken,
+    double_ack: bool,
+) {
+    let stream = pulls(consumer, (config.max * 2).max(16), stop.clone());
+    tokio::pin!(stream);
+    let mut busy = false;
+    let mut ended = false;
+    while !ended {
+        let Some(first) = stream.next().await else {
+            break;
+        };
+        let mut batch = vec![first];
+        while batch.len() < config.max {
+            match stream.next().now_or_never() {
+                Some(Some(m)) => batch.push(m),
+                Some(None) => {
+                    ended = true;
+                    break;
+                }
+                None => break,
+            }
+        }
+        if busy && !ended && batch.len() < config.max && !config.linger.is_zero() {
+            let until = tokio::time::Instant::now() + config.linger;
+            while batch.len() < config.max {
+                match tokio::time::timeout_at(until, stream.next()).await {
+                    Ok(Some(m)) => batch.push(m),
+                    Ok(None) => {
+                        ended = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        busy = batch.len() > 1;
+        handle_batch(js, spec, handler, batch, double_ack).await;
     }
 }
 
@@ -121,22 +226,22 @@ fn progress_interval(spec: &ConsumerSpec) -> Duration {
     (wait / 2).max(Duration::from_millis(100))
 }
 
-/// Runs the handler while sending in-progress acks.
-async fn run_handler(
-    handler: &HandlerFn,
-    inbound: Inbound,
-    msg: &jetstream::Message,
+/// Awaits `work` while sending in-progress acks for `msgs` every `every`.
+async fn with_progress<T>(
+    work: impl std::future::Future<Output = T>,
+    msgs: &[&jetstream::Message],
     every: Duration,
-) -> Outcome {
-    let fut = handler(inbound);
-    tokio::pin!(fut);
+) -> T {
+    tokio::pin!(work);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tokio::select! {
-            outcome = &mut fut => return outcome,
+            out = &mut work => return out,
             _ = ticker.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                    tracing::debug!(error = %e, "in-progress ack failed");
+                for msg in msgs {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::debug!(error = %e, "in-progress ack failed");
+                    }
                 }
             }
         }
@@ -149,6 +254,7 @@ async fn handle(
     spec: &ConsumerSpec,
     handler: &HandlerFn,
     msg: jetstream::Message,
+    double_ack: bool,
 ) {
     let Some(meta) = meta_of(&msg, spec) else {
         return;
@@ -157,12 +263,48 @@ async fn handle(
         payload: msg.payload.clone(),
         meta: meta.clone(),
     };
-    let outcome = run_handler(handler, inbound, &msg, progress_interval(spec)).await;
+    let outcome = with_progress(handler(inbound), &[&msg], progress_interval(spec)).await;
     if let Outcome::Retry { reason, .. } = &outcome {
         tracing::debug!(subject = %meta.subject, stream_seq = meta.stream_sequence, delivered = meta.delivered, %reason, "delivery will be retried");
     }
     let decision = decide(outcome, meta.delivered, meta.max_deliver);
-    apply(js, &msg, &meta, decision).await;
+    apply(js, &msg, &meta, decision, double_ack).await;
+}
+
+/// Handles one batch end to end: one outcome per delivery, then every acknowledgement.
+async fn handle_batch(
+    js: &jetstream::Context,
+    spec: &ConsumerSpec,
+    handler: &BatchHandlerFn,
+    msgs: Vec<jetstream::Message>,
+    double_ack: bool,
+) {
+    let mut kept = Vec::with_capacity(msgs.len());
+    let mut inbound = Vec::with_capacity(msgs.len());
+    for msg in msgs {
+        if let Some(meta) = meta_of(&msg, spec) {
+            inbound.push(Inbound {
+                payload: msg.payload.clone(),
+                meta: meta.clone(),
+            });
+            kept.push((msg, meta));
+        }
+    }
+    if kept.is_empty() {
+        return;
+    }
+    let refs: Vec<&jetstream::Message> = kept.iter().map(|(m, _)| m).collect();
+    let outcomes = with_progress(handler(inbound), &refs, progress_interval(spec)).await;
+    let acks = kept
+        .iter()
+        .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
+            Outcome::retry("the batch handler gave no outcome")
+        })))
+        .map(|((msg, meta), outcome)| {
+            let decision = decide(outcome, meta.delivered, meta.max_deliver);
+            apply(js, msg, meta, decision, double_ack)
+        });
+    futures::future::join_all(acks).await;
 }
 
 /// Carries out a decision; records it in `jetflow_nats_consumed_total`.
@@ -171,8 +313,10 @@ pub(crate) async fn apply(
     msg: &jetstream::Message,
     meta: &DeliveryMeta,
     decision: Decision,
+    double_ack: bool,
 ) {
     let (label, result) = match decision {
+        Decision::Ack if double_ack => ("ack", msg.double_ack().await),
         Decision::Ack => ("ack", msg.ack().await),
         Decision::Nak(delay) => ("retry", msg.ack_with(AckKind::Nak(Some(delay))).await),
         Decision::DeadLetter(reason) => {
@@ -202,11 +346,13 @@ pub(crate) async fn apply(
         .inc();
 }
 
-/// Reads consumer state from JetStream into `jetflow_consumer_*` gauges, every `every`.
+/// Reads consumer state from JetStream into `jetflow_consumer_*` gauges, every `every`,
+/// until `stop`.
 pub(crate) async fn poll_pending(
     js: jetstream::Context,
     specs: Vec<ConsumerSpec>,
     every: Duration,
+    stop: CancellationToken,
 ) {
     let m = metrics();
     loop {
@@ -229,7 +375,9 @@ pub(crate) async fn poll_pending(
                     .set(i64::try_from(info.num_redelivered).unwrap_or(i64::MAX));
             }
         }
-        tokio::time::sleep(every).await;
+        if pause(&stop, every).await {
+            return;
+        }
     }
 }
 

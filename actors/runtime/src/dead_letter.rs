@@ -19,7 +19,9 @@ use serde::Serialize;
 use crate::delivery::DeliveryMeta;
 use crate::headers;
 use crate::metrics::metrics;
+use crate::outbox::OutboxRow;
 use crate::outcome::DeadLetterReason;
+use crate::publisher::OutgoingMessage;
 use crate::topology::StreamSpec;
 
 /// The dead-letter stream's name.
@@ -75,7 +77,10 @@ pub fn headers_for(meta: &DeliveryMeta, reason: &DeadLetterReason) -> HeaderMap 
             out.append(name.clone(), v.clone());
         }
     }
-    if let Some(id) = meta.msg_id() {
+    if let Some(id) = meta
+        .header(headers::ORIGINAL_MSG_ID)
+        .or_else(|| meta.msg_id())
+    {
         out.insert(headers::DLQ_MSG_ID, id);
     }
     out.insert(
@@ -116,7 +121,49 @@ pub enum DeadLetterError {
     NoOriginalSubject(u64),
 }
 
-/// Publishes the dead letter of a delivery and waits for JetStream to store it.
+/// The dead letter of a delivery, as a message to publish.
+pub fn message_for(
+    meta: &DeliveryMeta,
+    payload: Bytes,
+    reason: &DeadLetterReason,
+) -> OutgoingMessage {
+    let headers = headers_for(meta, reason);
+    let mut message = OutgoingMessage::new(
+        subject_for(&meta.subject),
+        msg_id_for(&meta.stream, meta.stream_sequence),
+        payload,
+    );
+    for (name, values) in headers.iter() {
+        let name: &str = name.as_ref();
+        if name == headers::MSG_ID {
+            continue;
+        }
+        for v in values {
+            message = message.header(name, v.as_str());
+        }
+    }
+    message
+}
+
+/// The dead letter of an outbox row JetStream kept refusing (it was never stored in a
+/// stream: its de-duplication id is derived from the row's id).
+pub fn for_outbox_row(row: &OutboxRow, reason: &DeadLetterReason) -> OutgoingMessage {
+    let mut meta = DeliveryMeta::new(row.message.subject.clone());
+    meta.stream = "outbox".to_string();
+    meta.consumer = "outbox-relay".to_string();
+    meta.delivered = 0;
+    meta.headers = row.message.header_map();
+    let mut letter = message_for(&meta, row.message.payload.clone(), reason);
+    letter.msg_id = format!("dlq:outbox:{}", row.message.msg_id);
+    letter
+        .headers
+        .retain(|(k, _)| k != headers::DLQ_SEQUENCE && k != headers::DLQ_DELIVERIES);
+    letter
+}
+
+/// Publishes the dead letter of a delivery and waits for JetStream to store it. A letter is
+/// counted once in `jetflow_dlq_messages_total`, however many consumers dead-letter the same
+/// message (the copies share a `Nats-Msg-Id` and JetStream keeps one).
 pub async fn publish(
     js: &jetstream::Context,
     meta: &DeliveryMeta,
@@ -134,10 +181,12 @@ pub async fn publish(
         .map_err(|e| err(Box::new(e)))?
         .await
         .map_err(|e| err(Box::new(e)))?;
-    metrics()
-        .dlq_messages
-        .with_label_values(&[meta.subject.as_str()])
-        .inc();
+    if !ack.duplicate {
+        metrics()
+            .dlq_messages
+            .with_label_values(&[meta.subject.as_str()])
+            .inc();
+    }
     tracing::warn!(
         subject = %meta.subject,
         stream = %meta.stream,
@@ -146,6 +195,7 @@ pub async fn publish(
         reason = reason.kind(),
         error = %reason,
         dlq_seq = ack.sequence,
+        duplicate = ack.duplicate,
         "message dead-lettered"
     );
     Ok(ack)
@@ -168,12 +218,14 @@ pub struct DeadLetter {
     pub consumer: String,
     /// How often it was delivered.
     pub deliveries: Option<u32>,
-    /// `poison`, `rejected` or `exhausted`.
+    /// `poison`, `rejected`, `exhausted` or `unpublishable`.
     pub reason: String,
     /// The error.
     pub error: String,
     /// The original payload, as text when it is UTF-8.
     pub payload: String,
+    /// The `Nats-Msg-Id` the message was first published with.
+    pub original_msg_id: Option<String>,
     /// The original headers (without the dead-letter ones).
     #[serde(skip)]
     pub original_headers: HeaderMap,
@@ -221,6 +273,7 @@ impl DeadLetter {
             deliveries: h(headers::DLQ_DELIVERIES).parse().ok(),
             reason: h(headers::DLQ_REASON),
             error: h(headers::DLQ_ERROR),
+            original_msg_id: Some(h(headers::DLQ_MSG_ID)).filter(|id| !id.is_empty()),
             payload: String::from_utf8_lossy(&msg.payload).into_owned(),
             original_headers,
             raw_payload: msg.payload,
@@ -315,6 +368,9 @@ pub async fn replay(
     }
     let mut headers = letter.original_headers.clone();
     headers.insert(headers::REPLAYED_FROM, dlq_sequence.to_string());
+    if let Some(original) = &letter.original_msg_id {
+        headers.insert(headers::ORIGINAL_MSG_ID, original.as_str());
+    }
     headers.insert(
         headers::MSG_ID,
         format!("replay:{}:{}", STREAM, dlq_sequence),
@@ -339,6 +395,34 @@ pub async fn replay(
         .map_err(|e| DeadLetterError::Read(Box::new(e)))?;
     tracing::info!(dlq_seq = dlq_sequence, subject = %letter.subject, seq = ack.sequence, "dead letter replayed");
     Ok(ack)
+}
+
+/// Deletes one dead letter for good.
+pub async fn delete(js: &jetstream::Context, dlq_sequence: u64) -> Result<(), DeadLetterError> {
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| DeadLetterError::Read(Box::new(e)))?;
+    stream
+        .delete_message(dlq_sequence)
+        .await
+        .map_err(|_| DeadLetterError::NotFound(dlq_sequence))?;
+    tracing::info!(dlq_seq = dlq_sequence, "dead letter deleted");
+    Ok(())
+}
+
+/// Deletes every dead letter; returns how many there were.
+pub async fn purge(js: &jetstream::Context) -> Result<u64, DeadLetterError> {
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(|e| DeadLetterError::Read(Box::new(e)))?;
+    let purged = stream
+        .purge()
+        .await
+        .map_err(|e| DeadLetterError::Read(Box::new(e)))?;
+    tracing::info!(purged = purged.purged, "dead letters purged");
+    Ok(purged.purged)
 }
 
 #[cfg(test)]

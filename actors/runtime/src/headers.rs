@@ -29,3 +29,6 @@ pub const DLQ_TIME: &str = "Jetflow-Dlq-Time";
 pub const DLQ_MSG_ID: &str = "Jetflow-Dlq-Msg-Id";
 /// A replayed message: the dead-letter sequence it was replayed from.
 pub const REPLAYED_FROM: &str = "Jetflow-Replayed-From";
+/// A replayed message: the `Nats-Msg-Id` it was first published with (inboxes key on it, so
+/// replaying something already applied changes nothing).
+pub const ORIGINAL_MSG_ID: &str = "Jetflow-Original-Msg-Id";

@@ -8,7 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    TextEncoder,
 };
 
 /// Buckets for handler and publish latencies: half a millisecond to ten seconds.
@@ -56,6 +57,22 @@ pub struct Metrics {
     pub breaker_calls: IntCounterVec,
     /// `jetflow_breaker_transitions_total{breaker,to}`: state changes of a breaker.
     pub breaker_transitions: IntCounterVec,
+    /// `jetflow_db_commits_total`: write transactions committed by the runtime (handler
+    /// batches, commands, outbox bookkeeping is not counted: it does not commit state).
+    pub db_commits: IntCounter,
+    /// `jetflow_batch_size{route}`: deliveries handled per transaction.
+    pub batch_size: HistogramVec,
+    /// `jetflow_inbox_duplicates_total{consumer}`: deliveries the inbox found already applied.
+    pub inbox_duplicates: IntCounterVec,
+    /// `jetflow_outbox_pending`: outbox rows not yet acknowledged by JetStream.
+    pub outbox_pending: IntGauge,
+    /// `jetflow_outbox_published_total`: outbox rows published.
+    pub outbox_published: IntCounter,
+    /// `jetflow_outbox_publish_errors_total`: outbox publishes that failed (retried later).
+    pub outbox_publish_errors: IntCounter,
+    /// `jetflow_outbox_dead_letters_total`: outbox rows JetStream kept refusing, moved to the
+    /// dead-letter stream.
+    pub outbox_dead_letters: IntCounter,
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -77,13 +94,38 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     vec
 }
 
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric definition");
+    prometheus::register(Box::new(c.clone())).expect("metric registered once");
+    c
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric definition");
+    prometheus::register(Box::new(g.clone())).expect("metric registered once");
+    g
+}
+
+/// Buckets for batch sizes: 1 to 1024 deliveries.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let nats_connected = IntGauge::new(
+    let nats_connected = gauge(
         "jetflow_nats_connected",
         "1 while the NATS bridge holds a live connection, else 0.",
+    );
+    let batch_size = HistogramVec::new(
+        HistogramOpts::new(
+            "jetflow_batch_size",
+            "Deliveries handled in one transaction, by route.",
+        )
+        .buckets(BATCH_BUCKETS.to_vec()),
+        &["route"],
     )
     .expect("valid metric definition");
-    prometheus::register(Box::new(nats_connected.clone())).expect("metric registered once");
+    prometheus::register(Box::new(batch_size.clone())).expect("metric registered once");
     Metrics {
         actor_mailbox_depth: gauge_vec(
             "jetflow_actor_mailbox_depth",
@@ -176,12 +218,50 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Circuit breaker state changes, by new state.",
             &["breaker", "to"],
         ),
+        db_commits: counter(
+            "jetflow_db_commits_total",
+            "Write transactions committed by jetflow (handler batches and commands).",
+        ),
+        batch_size,
+        inbox_duplicates: counter_vec(
+            "jetflow_inbox_duplicates_total",
+            "Deliveries the inbox found already applied (redeliveries, re-publishes), by consumer.",
+            &["consumer"],
+        ),
+        outbox_pending: gauge(
+            "jetflow_outbox_pending",
+            "Outbox rows not yet acknowledged by JetStream.",
+        ),
+        outbox_published: counter("jetflow_outbox_published_total", "Outbox rows published."),
+        outbox_publish_errors: counter(
+            "jetflow_outbox_publish_errors_total",
+            "Outbox publishes that failed and will be retried.",
+        ),
+        outbox_dead_letters: counter(
+            "jetflow_outbox_dead_letters_total",
+            "Outbox rows JetStream kept refusing, moved to the dead-letter stream.",
+        ),
     }
 });
 
 /// The runtime's metrics, registered in the default registry on first use.
 pub fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+/// Creates the per-subject series of `subjects` at 0 (published, publish errors, consumed by
+/// outcome, dead letters), so dashboards and `increase()`-based alerts see the first event.
+pub fn init_subjects<S: AsRef<str>>(subjects: &[S]) {
+    let m = metrics();
+    for subject in subjects {
+        let s = subject.as_ref();
+        m.nats_published.with_label_values(&[s]);
+        m.nats_publish_errors.with_label_values(&[s]);
+        m.dlq_messages.with_label_values(&[s]);
+        for outcome in ["ack", "retry", "dead_letter", "ack_error"] {
+            m.nats_consumed.with_label_values(&[s, outcome]);
+        }
+    }
 }
 
 /// Renders every metric of the default registry in the Prometheus text format.

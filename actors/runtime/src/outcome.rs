@@ -22,15 +22,23 @@ pub enum DeadLetterReason {
         /// The error of the last attempt.
         last_error: String,
     },
+    /// An outbox message JetStream kept refusing (no stream for its subject, too large, …).
+    Unpublishable {
+        /// How many publishes were refused.
+        attempts: u32,
+        /// The last refusal.
+        last_error: String,
+    },
 }
 
 impl DeadLetterReason {
-    /// A stable machine-readable kind: `poison`, `rejected` or `exhausted`.
+    /// A stable machine-readable kind: `poison`, `rejected`, `exhausted` or `unpublishable`.
     pub fn kind(&self) -> &'static str {
         match self {
             DeadLetterReason::Poison(_) => "poison",
             DeadLetterReason::Rejected(_) => "rejected",
             DeadLetterReason::Exhausted { .. } => "exhausted",
+            DeadLetterReason::Unpublishable { .. } => "unpublishable",
         }
     }
 }
@@ -46,6 +54,13 @@ impl fmt::Display for DeadLetterReason {
             } => write!(
                 f,
                 "retries exhausted after {deliveries} deliveries: {last_error}"
+            ),
+            DeadLetterReason::Unpublishable {
+                attempts,
+                last_error,
+            } => write!(
+                f,
+                "JetStream refused the outbox message {attempts} times: {last_error}"
             ),
         }
     }
@@ -157,20 +172,112 @@ pub fn decide(outcome: Outcome, delivered: u32, max_deliver: u32) -> Decision {
 
 /// How a reply counts in `jetflow_actor_messages_total{outcome}`.
 ///
-/// Implemented for the reply types of the runtime and for `Result`; implement it for your
-/// own reply types to send them through an [`ActorRef`](crate::ActorRef).
+/// Implemented for the runtime's reply types, for `Result` (`ok` or `error`), `Option`,
+/// collections and every std scalar (`ok`), so an actor that replies `u64` or `Option<T>`
+/// can be sent to through an [`ActorRef`](crate::ActorRef). Implement it for your own
+/// reply types.
 pub trait ReplyOutcome {
     /// A short label such as `ok` or `error`.
     fn outcome_label(&self) -> &'static str;
 }
 
-impl ReplyOutcome for () {
+macro_rules! ok_reply {
+    ($($t:ty),* $(,)?) => {
+        $(impl ReplyOutcome for $t {
+            fn outcome_label(&self) -> &'static str {
+                "ok"
+            }
+        })*
+    };
+}
+
+ok_reply!(
+    (),
+    bool,
+    char,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
+    String,
+    &'static str,
+    std::time::Duration,
+    std::time::Instant,
+    std::time::SystemTime,
+    bytes::Bytes,
+);
+
+impl<T> ReplyOutcome for Option<T> {
     fn outcome_label(&self) -> &'static str {
         "ok"
     }
 }
 
-impl ReplyOutcome for bool {
+impl<T> ReplyOutcome for Vec<T> {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<T> ReplyOutcome for std::collections::VecDeque<T> {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<K, V, S> ReplyOutcome for std::collections::HashMap<K, V, S> {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<T, S> ReplyOutcome for std::collections::HashSet<T, S> {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<K, V> ReplyOutcome for std::collections::BTreeMap<K, V> {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<T> ReplyOutcome for std::collections::BTreeSet<T> {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<T: ReplyOutcome + ?Sized> ReplyOutcome for Box<T> {
+    fn outcome_label(&self) -> &'static str {
+        (**self).outcome_label()
+    }
+}
+
+impl<T: ?Sized> ReplyOutcome for std::sync::Arc<T> {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<A, B> ReplyOutcome for (A, B) {
+    fn outcome_label(&self) -> &'static str {
+        "ok"
+    }
+}
+
+impl<A, B, C> ReplyOutcome for (A, B, C) {
     fn outcome_label(&self) -> &'static str {
         "ok"
     }

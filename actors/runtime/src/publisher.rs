@@ -92,7 +92,11 @@ pub enum PublishError {
     /// the same id to be sure).
     #[error("no PubAck within {0:?}")]
     Timeout(Duration),
-    /// JetStream or the connection refused it.
+    /// JetStream refused this message (no stream for its subject, too large, an expectation
+    /// not met): publishing it again as it is will not help.
+    #[error("JetStream refused the message: {0}")]
+    Rejected(String),
+    /// The publish failed for another reason (it may succeed later).
     #[error("publish failed: {0}")]
     Failed(String),
     /// The bridge actor is gone.
@@ -107,6 +111,16 @@ pub trait Publisher: Send + Sync + 'static {
         &self,
         message: OutgoingMessage,
     ) -> BoxFuture<'static, Result<PublishReceipt, PublishError>>;
+
+    /// Publishes every message, pipelined (all sent before any PubAck is awaited); one result
+    /// per message, in order.
+    fn publish_many(
+        &self,
+        messages: Vec<OutgoingMessage>,
+    ) -> BoxFuture<'static, Vec<Result<PublishReceipt, PublishError>>> {
+        let publishes: Vec<_> = messages.into_iter().map(|m| self.publish(m)).collect();
+        Box::pin(futures::future::join_all(publishes))
+    }
 }
 
 impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
@@ -115,6 +129,13 @@ impl<P: Publisher + ?Sized> Publisher for std::sync::Arc<P> {
         message: OutgoingMessage,
     ) -> BoxFuture<'static, Result<PublishReceipt, PublishError>> {
         (**self).publish(message)
+    }
+
+    fn publish_many(
+        &self,
+        messages: Vec<OutgoingMessage>,
+    ) -> BoxFuture<'static, Vec<Result<PublishReceipt, PublishError>>> {
+        (**self).publish_many(messages)
     }
 }
 

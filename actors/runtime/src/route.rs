@@ -1,14 +1,17 @@
-//! A route: one durable consumer, delivering typed messages to one actor.
+//! A route: one durable consumer and what handles its deliveries.
 //!
-//! The route is where the untyped world (bytes on a subject) meets the typed one (a
-//! `Delivery<M>` in an actor's mailbox): it decodes with `M`'s [`Decode`], sends to the
-//! actor through its instrumented address and returns the actor's [`Outcome`], with the
-//! middleware stack around it.
+//! The route is where the untyped world (bytes on a subject) meets the typed one. Most routes
+//! hand each delivery to an actor (a `Delivery<M>` in its mailbox, decoded with `M`'s
+//! [`Decode`], with the middleware stack around it, several at once). A batched route hands
+//! over what is waiting, one batch at a time, to a handler that answers an [`Outcome`] per
+//! delivery: that is how [`TxRoute`](crate::TxRoute) commits a whole batch in one
+//! transaction.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::MailboxError;
+use futures::future::BoxFuture;
 
 use crate::actor_ref::TrackedRecipient;
 use crate::codec::Decode;
@@ -20,25 +23,67 @@ use crate::topology::ConsumerSpec;
 /// How long to wait before redelivering a message whose actor could not take it.
 const ACTOR_UNAVAILABLE_DELAY: Duration = Duration::from_secs(1);
 
+/// A handler of a whole batch of raw deliveries: one outcome per delivery, in order.
+pub type BatchHandlerFn =
+    Arc<dyn Fn(Vec<Inbound>) -> BoxFuture<'static, Vec<Outcome>> + Send + Sync>;
+
+/// How a batched route gathers its batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Most deliveries in one batch.
+    pub max: usize,
+    /// How long to wait for more deliveries once some arrived, but only while the consumer is
+    /// busy (the previous batch had more than one delivery): an idle consumer hands a lone
+    /// delivery over at once.
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    /// Up to 256 deliveries, lingering 1 ms under load.
+    fn default() -> Self {
+        Self {
+            max: 256,
+            linger: Duration::from_millis(1),
+        }
+    }
+}
+
+/// How a route hands its deliveries over.
+#[derive(Clone)]
+pub(crate) enum Handling {
+    /// One at a time each, up to `concurrency` at once.
+    Each {
+        handler: HandlerFn,
+        concurrency: usize,
+    },
+    /// In batches, one batch at a time (so deliveries keep their stream order).
+    Batch {
+        handler: BatchHandlerFn,
+        config: BatchConfig,
+    },
+}
+
 /// A consumer and the handler of its deliveries.
 #[derive(Clone)]
 pub struct Route {
     /// The durable consumer the route reads (created or updated when the route starts).
     pub consumer: ConsumerSpec,
-    /// Deliveries handled at once; also the pull batch size (backpressure).
-    pub concurrency: usize,
-    handler: HandlerFn,
+    pub(crate) handling: Handling,
     target: String,
+    double_ack: bool,
 }
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Route")
-            .field("consumer", &self.consumer.durable)
+        let mut d = f.debug_struct("Route");
+        d.field("consumer", &self.consumer.durable)
             .field("stream", &self.consumer.stream)
-            .field("target", &self.target)
-            .field("concurrency", &self.concurrency)
-            .finish()
+            .field("target", &self.target);
+        match &self.handling {
+            Handling::Each { concurrency, .. } => d.field("concurrency", concurrency),
+            Handling::Batch { config, .. } => d.field("batch", config),
+        };
+        d.field("double_ack", &self.double_ack).finish()
     }
 }
 
@@ -87,37 +132,102 @@ impl Route {
     pub fn from_handler(consumer: ConsumerSpec, target: &str, handler: HandlerFn) -> Self {
         Self {
             consumer,
-            concurrency: 32,
-            handler,
+            handling: Handling::Each {
+                handler,
+                concurrency: 32,
+            },
             target: target.to_string(),
+            double_ack: false,
         }
     }
 
-    /// Wraps the handler in one more middleware (it becomes the outermost).
+    /// A route that hands over batches (see [`TxRoute`](crate::TxRoute), which builds one).
+    pub fn batched(
+        consumer: ConsumerSpec,
+        target: &str,
+        handler: BatchHandlerFn,
+        config: BatchConfig,
+    ) -> Self {
+        Self {
+            consumer,
+            handling: Handling::Batch {
+                handler,
+                config: BatchConfig {
+                    max: config.max.max(1),
+                    linger: config.linger,
+                },
+            },
+            target: target.to_string(),
+            double_ack: false,
+        }
+    }
+
+    /// Wraps the handler in one more middleware (it becomes the outermost). Batched routes
+    /// have their policies built in and are left as they are.
     pub fn layer(mut self, middleware: impl Middleware) -> Self {
-        self.handler = middleware.wrap(self.handler);
+        if let Handling::Each { handler, .. } = &mut self.handling {
+            *handler = middleware.wrap(handler.clone());
+        }
         self
     }
 
     /// Wraps the handler in a whole stack (first element outermost).
     pub fn stack(mut self, stack: &[Arc<dyn Middleware>]) -> Self {
-        self.handler = compose(self.handler, stack);
+        if let Handling::Each { handler, .. } = &mut self.handling {
+            *handler = compose(handler.clone(), stack);
+        }
         self
     }
 
-    /// Sets how many deliveries are handled at once.
+    /// Sets how many deliveries are handled at once (routes that handle one at a time).
     pub fn concurrency(mut self, n: usize) -> Self {
-        self.concurrency = n.max(1);
+        if let Handling::Each { concurrency, .. } = &mut self.handling {
+            *concurrency = n.max(1);
+        }
         self
     }
 
-    /// The name of the actor the route delivers to.
+    /// Sets how batches are gathered (batched routes).
+    pub fn batch(mut self, batch: BatchConfig) -> Self {
+        if let Handling::Batch { config, .. } = &mut self.handling {
+            *config = BatchConfig {
+                max: batch.max.max(1),
+                linger: batch.linger,
+            };
+        }
+        self
+    }
+
+    /// Waits for JetStream to confirm every ack (a "double ack"). Off by default: a lost
+    /// ack only means a redelivery, which the inbox absorbs.
+    pub fn double_ack(mut self, on: bool) -> Self {
+        self.double_ack = on;
+        self
+    }
+
+    /// Whether acks are confirmed.
+    pub fn acks_confirmed(&self) -> bool {
+        self.double_ack
+    }
+
+    /// The name of the actor or handler the route delivers to.
     pub fn target(&self) -> &str {
         &self.target
     }
 
-    /// The composed handler.
-    pub fn handler(&self) -> HandlerFn {
-        Arc::clone(&self.handler)
+    /// The composed handler, for routes that handle one delivery at a time.
+    pub fn handler(&self) -> Option<HandlerFn> {
+        match &self.handling {
+            Handling::Each { handler, .. } => Some(Arc::clone(handler)),
+            Handling::Batch { .. } => None,
+        }
+    }
+
+    /// The batch handler, for batched routes.
+    pub fn batch_handler(&self) -> Option<BatchHandlerFn> {
+        match &self.handling {
+            Handling::Batch { handler, .. } => Some(Arc::clone(handler)),
+            Handling::Each { .. } => None,
+        }
     }
 }

@@ -5,9 +5,12 @@
 //! This supervisor drives the same `ContextFut` as actix's, but polls it inside
 //! `catch_unwind`: a panic anywhere in the actor (handler, `started`, a future spawned in its
 //! context) becomes a stop, the actor's `Supervised::restarting` hook runs, and the actor
-//! starts again with the same address and mailbox. Restarts are limited per time window
-//! ([`RestartPolicy`]); an actor over its budget stays stopped, `jetflow_actor_failed` says so
-//! and the [`Health`] registry reports the process as no longer live.
+//! starts again with the same address and mailbox. Restarts back off: each waits longer than
+//! the one before (exponential, with jitter; messages wait in the mailbox meanwhile), and the
+//! task yields while it waits, so a crash loop never pins a core. They are limited per time
+//! window ([`RestartPolicy`]); an actor over its budget stays stopped, `jetflow_actor_failed`
+//! says so and the [`Health`] registry reports the process as no longer live. An actor that
+//! was [retired](crate::ActorRef::retire) stops for good at its next stop.
 //!
 //! Futures returned as `ResponseFuture` run on their own task, outside the actor: a panic
 //! there fails only that message (its sender sees `MailboxError::Closed`). Use
@@ -27,36 +30,51 @@ use actix::prelude::*;
 use actix_rt::ArbiterHandle;
 
 use crate::actor_ref::{ActorRef, ActorStats};
+use crate::backoff::Backoff;
 use crate::health::Health;
 use crate::metrics::metrics;
 
-/// How often an actor may restart before the supervisor gives up on it.
+/// How often, and how soon, an actor restarts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartPolicy {
     /// Restarts allowed within `within`; one more and the actor stays stopped.
     pub max_restarts: u32,
     /// The sliding window the restarts are counted in.
     pub within: Duration,
+    /// The wait before each restart, growing with consecutive restarts (an actor that ran
+    /// longer than the longest wait starts over from the shortest).
+    pub backoff: Backoff,
 }
 
 impl Default for RestartPolicy {
-    /// Ten restarts a minute: enough to ride out transient faults, few enough that a crash
-    /// loop is reported rather than hidden.
+    /// Ten restarts a minute, the first after 50 ms, doubling up to 5 s: enough to ride out
+    /// transient faults, few enough that a crash loop is reported rather than hidden.
     fn default() -> Self {
         Self {
             max_restarts: 10,
             within: Duration::from_secs(60),
+            backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5)),
         }
     }
 }
 
 impl RestartPolicy {
     /// Restart however often it takes (for actors whose stops are expected, such as a
-    /// bridge that stops on every lost connection).
+    /// bridge that stops on every lost connection), never faster than the backoff.
     pub fn unlimited() -> Self {
         Self {
             max_restarts: u32::MAX,
             within: Duration::from_secs(1),
+            backoff: Backoff::exponential(Duration::from_millis(100), Duration::from_secs(5)),
+        }
+    }
+
+    /// `max_restarts` within `within`, with the default backoff.
+    pub fn at_most(max_restarts: u32, within: Duration) -> Self {
+        Self {
+            max_restarts,
+            within,
+            ..Self::default()
         }
     }
 }
@@ -114,7 +132,7 @@ impl Supervisor {
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         let actor = f(&mut ctx);
         let fut = ctx.into_future(actor);
-        actix_rt::spawn(SupervisedActor::new(fut, self));
+        actix_rt::spawn(SupervisedActor::new(fut, self, stats.clone()));
         ActorRef::from_parts(Addr::new(tx), stats)
     }
 
@@ -126,12 +144,13 @@ impl Supervisor {
     {
         let (tx, rx) = channel::channel(self.mailbox_capacity);
         let stats = ActorStats::new(&self.name);
+        let s = stats.clone();
         arbiter.spawn_fn(move || {
             let mut ctx = Context::with_receiver(rx);
             ctx.set_mailbox_capacity(self.mailbox_capacity);
             let actor = f(&mut ctx);
             let fut = ctx.into_future(actor);
-            actix_rt::spawn(SupervisedActor::new(fut, self));
+            actix_rt::spawn(SupervisedActor::new(fut, self, s));
         });
         ActorRef::from_parts(Addr::new(tx), stats)
     }
@@ -146,14 +165,18 @@ where
     name: Arc<str>,
     policy: RestartPolicy,
     health: Option<Health>,
+    stats: Arc<ActorStats>,
     restarts: VecDeque<Instant>,
+    consecutive: u32,
+    started_at: Instant,
+    waiting: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<A> SupervisedActor<A>
 where
     A: Actor<Context = Context<A>> + Supervised,
 {
-    fn new(fut: ContextFut<A, Context<A>>, sup: Supervisor) -> Self {
+    fn new(fut: ContextFut<A, Context<A>>, sup: Supervisor, stats: Arc<ActorStats>) -> Self {
         metrics()
             .actor_failed
             .with_label_values(&[sup.name.as_str()])
@@ -163,7 +186,11 @@ where
             name: Arc::from(sup.name.as_str()),
             policy: sup.policy,
             health: sup.health,
+            stats,
             restarts: VecDeque::new(),
+            consecutive: 0,
+            started_at: Instant::now(),
+            waiting: None,
         }
     }
 
@@ -204,20 +231,38 @@ where
         true
     }
 
-    fn restart(&mut self, why: &str) -> bool {
+    /// Decides whether the actor restarts and, if so, arms the wait before it.
+    fn schedule_restart(&mut self, why: &str) -> bool {
+        if self.stats.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::debug!(actor = %self.name, "retired actor stopped");
+            return false;
+        }
         if !self.may_restart(why) {
             return false;
         }
+        if self.started_at.elapsed() > self.policy.backoff.max {
+            self.consecutive = 0;
+        }
+        self.consecutive = self.consecutive.saturating_add(1);
+        let delay = self.policy.backoff.delay_for(self.consecutive);
+        tracing::debug!(actor = %self.name, reason = why, restart_in_ms = delay.as_millis() as u64, "actor stopped; restarting after a wait");
+        self.waiting = Some(Box::pin(tokio::time::sleep(delay)));
+        true
+    }
+
+    /// Restarts the actor after its wait; false if nobody can reach it any more.
+    fn restart_now(&mut self) -> bool {
         if !self.fut.restart() {
             // Every address is gone: nobody can send to the actor any more.
             tracing::debug!(actor = %self.name, "actor stopped with no addresses left");
             return false;
         }
+        self.started_at = Instant::now();
         metrics()
             .actor_restarts
             .with_label_values(&[&*self.name])
             .inc();
-        tracing::warn!(actor = %self.name, reason = why, "actor restarted");
+        tracing::warn!(actor = %self.name, "actor restarted");
         true
     }
 }
@@ -242,11 +287,20 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
         let this = self.get_mut();
         loop {
+            if let Some(wait) = this.waiting.as_mut() {
+                if wait.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.waiting = None;
+                if !this.restart_now() {
+                    return Poll::Ready(());
+                }
+            }
             let polled = catch_unwind(AssertUnwindSafe(|| Pin::new(&mut this.fut).poll(cx)));
             match polled {
                 Ok(Poll::Pending) => return Poll::Pending,
                 Ok(Poll::Ready(())) => {
-                    if !this.restart("stopped") {
+                    if !this.schedule_restart("stopped") {
                         return Poll::Ready(());
                     }
                 }
@@ -257,7 +311,7 @@ where
                         .with_label_values(&[&*this.name])
                         .inc();
                     tracing::error!(actor = %this.name, panic = %message, "actor panicked");
-                    if !this.restart(&format!("panic: {message}")) {
+                    if !this.schedule_restart(&format!("panic: {message}")) {
                         return Poll::Ready(());
                     }
                 }
@@ -291,11 +345,6 @@ mod tests {
     #[derive(Message)]
     #[rtype(result = "u32")]
     struct Tick;
-    impl ReplyOutcome for u32 {
-        fn outcome_label(&self) -> &'static str {
-            "ok"
-        }
-    }
     impl Handler<Tick> for Counter {
         type Result = u32;
         fn handle(&mut self, _: Tick, _: &mut Context<Self>) -> u32 {
@@ -313,8 +362,6 @@ mod tests {
             panic!("boom");
         }
     }
-
-    use crate::outcome::ReplyOutcome;
 
     fn counter(
         name: &str,
@@ -360,10 +407,7 @@ mod tests {
     async fn over_budget_the_actor_stays_stopped_and_liveness_fails() {
         let name = format!("crashy-{}", uuid::Uuid::new_v4());
         let health = Health::new();
-        let policy = RestartPolicy {
-            max_restarts: 2,
-            within: Duration::from_secs(60),
-        };
+        let policy = RestartPolicy::at_most(2, Duration::from_secs(60));
         let (a, _) = counter(&name, policy, health.clone());
         for _ in 0..2 {
             assert!(a.send(Boom).await.is_err());
@@ -392,10 +436,7 @@ mod tests {
     #[actix::test]
     async fn restarts_outside_the_window_do_not_count() {
         let name = format!("window-{}", uuid::Uuid::new_v4());
-        let policy = RestartPolicy {
-            max_restarts: 1,
-            within: Duration::from_millis(50),
-        };
+        let policy = RestartPolicy::at_most(1, Duration::from_millis(50));
         let (a, _) = counter(&name, policy, Health::new());
         assert!(a.send(Boom).await.is_err());
         tokio::time::sleep(Duration::from_millis(120)).await;

@@ -1,12 +1,13 @@
-//! A test kit for one actor, with no NATS.
+//! A test kit for one actor or one transactional handler, with no NATS.
 //!
 //! Users unit-test a handler the way the bridge drives it: [`TestKit::deliver`] sends a typed
-//! `Delivery` to the actor and returns its [`Outcome`] together with the [`Decision`] the
+//! `Delivery` to an actor and returns its [`Outcome`] together with the [`Decision`] the
 //! bridge would take (ack, nak with delay, dead letter); [`TestKit::route`] pushes raw bytes
 //! through the same decode-and-middleware pipeline as a live route, so poison handling is
-//! tested too. [`RecordingPublisher`] stands in for the bridge on the publishing side and
-//! records every event the actor published; it can be told to fail, to exercise the paths
-//! where NATS is away.
+//! tested too. [`TestKit::tx`] runs a [`TxRoute`]'s whole pipeline (decode, prepare, inbox,
+//! handler, outbox, commit) on a real database, one delivery or a whole batch at a time.
+//! [`RecordingPublisher`] stands in for the bridge on the publishing side and records every
+//! message published; it can be told to fail, to exercise the paths where NATS is away.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,12 +19,16 @@ use futures::future::BoxFuture;
 
 use crate::actor_ref::ActorRef;
 use crate::codec::Decode;
+use crate::db::{Database, DbConfig};
 use crate::delivery::{Delivery, DeliveryMeta};
+use crate::headers;
 use crate::middleware::{HandlerFn, Inbound};
 use crate::outcome::{DeadLetterReason, Decision, Outcome, decide};
 use crate::publisher::{OutgoingMessage, PublishError, PublishReceipt, Publisher};
+use crate::route::BatchHandlerFn;
 use crate::route::Route;
 use crate::topology::ConsumerSpec;
+use crate::tx_route::{PreparedTxHandler, TxRoute};
 
 /// What became of one test delivery.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +122,22 @@ impl TestKit {
         Delivered::new(outcome, &meta)
     }
 
+    /// A fresh in-memory SQLite database with the framework's tables (run your own
+    /// migrations on it with [`Database::migrate`]).
+    pub async fn database() -> Database {
+        match Database::connect(&DbConfig::new("sqlite::memory:")).await {
+            Ok(db) => db,
+            Err(e) => panic!("an in-memory SQLite database: {e}"),
+        }
+    }
+
+    /// The pipeline of a live transactional route, fed by hand.
+    pub fn tx<H: PreparedTxHandler>(route: TxRoute<H>) -> TxProbe {
+        TxProbe {
+            handler: route.batch_handler(),
+        }
+    }
+
     /// The pipeline of a live route to `actor` (decode, default middleware), for raw bytes.
     pub fn route<A, M>(actor: &ActorRef<A>) -> RouteProbe
     where
@@ -128,8 +149,9 @@ impl TestKit {
             ConsumerSpec::new("TEST", "test", &[]),
             actor.recipient::<Delivery<M>>(),
         );
-        RouteProbe {
-            handler: route.handler(),
+        match route.handler() {
+            Some(handler) => RouteProbe { handler },
+            None => unreachable!("an actor route handles one delivery at a time"),
         }
     }
 }
@@ -159,6 +181,55 @@ impl RouteProbe {
         })
         .await;
         Delivered::new(outcome, &meta)
+    }
+}
+
+/// A transactional route's pipeline, fed by hand.
+#[derive(Clone)]
+pub struct TxProbe {
+    handler: BatchHandlerFn,
+}
+
+impl TxProbe {
+    /// Delivers one raw payload (first delivery of five) on `subject`, with `Nats-Msg-Id`
+    /// `msg_id`.
+    pub async fn deliver_raw(
+        &self,
+        subject: &str,
+        msg_id: &str,
+        payload: impl Into<bytes::Bytes>,
+    ) -> Delivered {
+        let meta = DeliveryMeta::new(subject).with_header(headers::MSG_ID, msg_id);
+        self.deliver_raw_with(payload, meta).await
+    }
+
+    /// Delivers one raw payload with the given delivery facts.
+    pub async fn deliver_raw_with(
+        &self,
+        payload: impl Into<bytes::Bytes>,
+        meta: DeliveryMeta,
+    ) -> Delivered {
+        let mut out = self.deliver_batch(vec![(payload.into(), meta)]).await;
+        match out.pop() {
+            Some(d) => d,
+            None => panic!("the batch handler answered no outcome"),
+        }
+    }
+
+    /// Delivers a whole batch at once (one transaction, as a live route would).
+    pub async fn deliver_batch(&self, batch: Vec<(bytes::Bytes, DeliveryMeta)>) -> Vec<Delivered> {
+        let metas: Vec<DeliveryMeta> = batch.iter().map(|(_, m)| m.clone()).collect();
+        let inbound = batch
+            .into_iter()
+            .map(|(payload, meta)| Inbound { payload, meta })
+            .collect();
+        let outcomes = (self.handler)(inbound).await;
+        assert_eq!(outcomes.len(), metas.len(), "one outcome per delivery");
+        outcomes
+            .into_iter()
+            .zip(&metas)
+            .map(|(o, m)| Delivered::new(o, m))
+            .collect()
     }
 }
 

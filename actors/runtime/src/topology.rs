@@ -20,6 +20,16 @@ pub enum Storage {
     Memory,
 }
 
+/// What a full stream does with a new message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Discard {
+    /// Drop the oldest messages to make room (the stream is a window of recent history).
+    #[default]
+    Old,
+    /// Refuse the new message (publishers get an error; nothing stored is lost).
+    New,
+}
+
 /// A JetStream stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSpec {
@@ -33,6 +43,10 @@ pub struct StreamSpec {
     pub max_age: Duration,
     /// How long `Nats-Msg-Id`s are remembered for de-duplication.
     pub duplicate_window: Duration,
+    /// Most bytes kept (`None`: no limit).
+    pub max_bytes: Option<i64>,
+    /// What happens when `max_bytes` is reached.
+    pub discard: Discard,
     /// File or memory.
     pub storage: Storage,
     /// A description shown by `nats stream info`.
@@ -48,6 +62,8 @@ impl StreamSpec {
             replicas: 1,
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
+            max_bytes: None,
+            discard: Discard::Old,
             storage: Storage::File,
             description: String::new(),
         }
@@ -65,6 +81,19 @@ impl StreamSpec {
         self
     }
 
+    /// Limits the stream's size, and says what happens when it is full.
+    pub fn max_bytes(mut self, max_bytes: Option<i64>, discard: Discard) -> Self {
+        self.max_bytes = max_bytes;
+        self.discard = discard;
+        self
+    }
+
+    /// Sets how long messages are kept.
+    pub fn max_age(mut self, max_age: Duration) -> Self {
+        self.max_age = max_age;
+        self
+    }
+
     fn validate(&self) -> Result<(), TopologyError> {
         if self.name.is_empty() || self.name.contains(['.', ' ', '*', '>']) {
             return Err(TopologyError::Invalid(format!(
@@ -75,6 +104,12 @@ impl StreamSpec {
         if self.subjects.is_empty() {
             return Err(TopologyError::Invalid(format!(
                 "stream {}: subjects must not be empty",
+                self.name
+            )));
+        }
+        if self.max_bytes.is_some_and(|b| b <= 0) {
+            return Err(TopologyError::Invalid(format!(
+                "stream {}: max_bytes must be positive",
                 self.name
             )));
         }
@@ -94,6 +129,11 @@ impl StreamSpec {
             num_replicas: self.replicas,
             max_age: self.max_age,
             duplicate_window: self.duplicate_window,
+            max_bytes: self.max_bytes.unwrap_or(-1),
+            discard: match self.discard {
+                Discard::Old => stream::DiscardPolicy::Old,
+                Discard::New => stream::DiscardPolicy::New,
+            },
             storage: match self.storage {
                 Storage::File => stream::StorageType::File,
                 Storage::Memory => stream::StorageType::Memory,

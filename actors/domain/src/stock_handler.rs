@@ -1,0 +1,214 @@
+//! The stock handler: reserves stock for new orders, releases it for cancelled ones, and
+//! turns it into sold stock for confirmed ones.
+//!
+//! | receives            | does                                  | emits                                  |
+//! |---------------------|---------------------------------------|----------------------------------------|
+//! | `orders.created`    | reserves every item or none           | `inventory.reserved` or `orders.cancelled` (insufficient_stock, unknown_product) |
+//! | `orders.cancelled`  | returns reserved stock                | `inventory.released` (if anything was held) |
+//! | `orders.confirmed`  | reserved → sold                       | —                                      |
+//!
+//! Each delivery is applied once (the runtime's inbox, in the same transaction as the stock
+//! change). An order is reserved at most once, whichever copy of `orders.created` (v1, v2, a
+//! replay) comes first; an order cancelled before its stock was reserved leaves a tombstone,
+//! so a late `orders.created` does not reserve for a dead order. Both start by claiming the
+//! order's reservation row, so a reservation and a cancellation racing on two replicas are
+//! serialised by the database (see [`stock_store`]).
+
+use jetflow_runtime::{Delivery, TxError, TxHandler, UnitOfWork};
+use jetflow_schemas::{
+    AnyEvent, CancelReason, EventMeta, InventoryReleased, InventoryReserved, OrderCancelled,
+    OrderItem, Priority, ReservedItem, Version,
+};
+
+use crate::events::outgoing;
+use crate::handling::{Created, DomainError, created, span};
+use crate::input::InboundEvent;
+use crate::metrics::domain_metrics;
+use crate::stock_store::{self, Reservation};
+
+/// The inbox name of the stock handler (shared by both lanes).
+pub const CONSUMER: &str = "inventory";
+
+/// The stock handler (all its state is in the transaction it is given).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StockHandler;
+
+impl TxHandler for StockHandler {
+    type Message = InboundEvent;
+
+    async fn handle(
+        &self,
+        uow: &mut UnitOfWork,
+        d: &Delivery<InboundEvent>,
+    ) -> Result<(), TxError> {
+        let input = &d.message;
+        let lane = input.subject.lane;
+        match &input.event {
+            AnyEvent::OrderCreatedV1(_) | AnyEvent::OrderCreatedV2(_) => {
+                if let Some(c) = created(&input.event) {
+                    on_created(uow, c, lane).await?;
+                }
+            }
+            AnyEvent::OrderCancelled(e) => on_cancelled(uow, e, lane).await?,
+            AnyEvent::OrderConfirmed(e) => on_confirmed(uow, &e.meta).await?,
+            // Other events share the consumer's subjects; they are not the stock handler's.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn key(&self, d: &Delivery<InboundEvent>) -> String {
+        d.message.key()
+    }
+
+    fn span(&self, target: &str, d: &Delivery<InboundEvent>) -> tracing::Span {
+        span(target, &d.message, &d.meta)
+    }
+}
+
+async fn on_created(
+    uow: &mut UnitOfWork,
+    order: Created<'_>,
+    lane: Priority,
+) -> Result<(), DomainError> {
+    let order_id = order.meta.order_id.to_string();
+    if !stock_store::claim(uow.conn(), &order_id, lane.as_str()).await? {
+        // Another copy of this order (the other schema version, a replay) got here first,
+        // or the order was cancelled before we saw it.
+        tracing::debug!(%order_id, "order already handled by the stock handler");
+        return Ok(());
+    }
+    let items = stock_store::merge_items(
+        order
+            .items
+            .iter()
+            .map(|i| (i.product_id.as_str(), i64::from(i.quantity))),
+    );
+    let m = domain_metrics();
+    match stock_store::reserve(uow.conn(), &order_id, &items).await? {
+        Reservation::Reserved {
+            items,
+            amount_cents,
+        } => {
+            m.stock_reservations.with_label_values(&["reserved"]).inc();
+            tracing::info!(%order_id, amount_cents, "stock reserved");
+            let event = InventoryReserved {
+                meta: EventMeta::caused_by(order.meta),
+                version: Version,
+                customer_id: order.customer_id.to_string(),
+                items: items
+                    .into_iter()
+                    .map(|(product_id, quantity, unit_price_cents)| ReservedItem {
+                        product_id,
+                        quantity: quantity_of(quantity),
+                        unit_price_cents: cents_of(unit_price_cents),
+                    })
+                    .collect(),
+                amount_cents: cents_of(amount_cents),
+            };
+            uow.emit(outgoing(&event, lane)?);
+        }
+        Reservation::Insufficient {
+            product_id,
+            requested,
+            available,
+        } => {
+            m.stock_reservations
+                .with_label_values(&["insufficient_stock"])
+                .inc();
+            let detail = format!("{product_id}: {requested} requested, {available} available");
+            tracing::info!(%order_id, %detail, "not enough stock");
+            uow.emit(cancel(
+                order.meta,
+                CancelReason::InsufficientStock,
+                detail,
+                lane,
+            )?);
+        }
+        Reservation::UnknownProduct { product_id } => {
+            m.stock_reservations
+                .with_label_values(&["unknown_product"])
+                .inc();
+            let detail = format!("unknown product {product_id}");
+            tracing::info!(%order_id, %detail, "unknown product");
+            uow.emit(cancel(
+                order.meta,
+                CancelReason::UnknownProduct,
+                detail,
+                lane,
+            )?);
+        }
+    }
+    Ok(())
+}
+
+fn cancel(
+    cause: &EventMeta,
+    reason: CancelReason,
+    detail: String,
+    lane: Priority,
+) -> Result<jetflow_runtime::OutgoingMessage, DomainError> {
+    let event = OrderCancelled {
+        meta: EventMeta::caused_by(cause),
+        version: Version,
+        reason,
+        detail: Some(detail),
+    };
+    Ok(outgoing(&event, lane)?)
+}
+
+async fn on_cancelled(
+    uow: &mut UnitOfWork,
+    event: &OrderCancelled,
+    lane: Priority,
+) -> Result<(), DomainError> {
+    let order_id = event.meta.order_id.to_string();
+    if stock_store::tombstone(uow.conn(), &order_id, lane.as_str()).await? {
+        // Cancelled before we ever saw it: the tombstone keeps a late orders.created from
+        // reserving stock for a dead order.
+        tracing::debug!(%order_id, "order cancelled before any reservation");
+        return Ok(());
+    }
+    if let Some(items) = stock_store::release(uow.conn(), &order_id).await? {
+        tracing::info!(%order_id, reason = event.reason.as_str(), "stock released");
+        let released = InventoryReleased {
+            meta: EventMeta::caused_by(&event.meta),
+            version: Version,
+            items: items
+                .into_iter()
+                .map(|(product_id, quantity)| OrderItem {
+                    product_id,
+                    quantity: quantity_of(quantity),
+                })
+                .collect(),
+            reason: event.reason,
+        };
+        uow.emit(outgoing(&released, lane)?);
+    }
+    Ok(())
+}
+
+async fn on_confirmed(uow: &mut UnitOfWork, meta: &EventMeta) -> Result<(), DomainError> {
+    let order_id = meta.order_id.to_string();
+    if stock_store::sell(uow.conn(), &order_id).await?.is_none() {
+        let status = stock_store::reservation_status(uow.conn(), &order_id).await?;
+        if status.as_deref() != Some("sold") {
+            domain_metrics()
+                .saga_anomalies
+                .with_label_values(&["confirmed_without_reservation"])
+                .inc();
+            tracing::error!(%order_id, ?status, "order confirmed but its stock is not reserved");
+        }
+    }
+    Ok(())
+}
+
+/// Quantities in events are bounded by the schema (1..=1000 per item, 100 items).
+fn quantity_of(q: i64) -> u32 {
+    u32::try_from(q).unwrap_or(u32::MAX)
+}
+
+/// Amounts are never negative.
+fn cents_of(c: i64) -> u64 {
+    u64::try_from(c).unwrap_or(0)
+}

@@ -1,0 +1,621 @@
+//! Unit tests of the three handlers with the runtime's test kit: no NATS. Each handler gets
+//! raw JSON through the same pipeline a live transactional route runs (decode, prepare,
+//! inbox, handler, outbox, commit) on a real SQLite database, and the tests assert the ack
+//! decision, the state, and the events it published (through the outbox relay, to a
+//! `RecordingPublisher`). Payments talk to the real simulated provider over HTTP, which counts
+//! the calls it gets.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer};
+use bytes::Bytes;
+use jetflow_domain::order_handler::OrderHandler;
+use jetflow_domain::payment_client::PaymentClient;
+use jetflow_domain::payment_handler::PaymentHandler;
+use jetflow_domain::payment_voider::PaymentVoider;
+use jetflow_domain::stock_handler::StockHandler;
+use jetflow_domain::{Deps, MIGRATOR, SagaConfig, order_store, stock_store};
+use jetflow_provider::ProviderState;
+use jetflow_runtime::testkit::{RecordingPublisher, TestKit, TxProbe};
+use jetflow_runtime::{
+    BreakerActor, BreakerConfig, ConsumerSpec, Database, DeadLetterReason, DeliveryMeta,
+    OutboxHandle, OutboxRelay, PreparedTxHandler, RelayConfig, Supervisor, TxRoute, headers,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+struct Kit {
+    deps: Deps,
+    outbox: OutboxHandle,
+    published: RecordingPublisher,
+}
+
+async fn kit() -> Kit {
+    let db: Database = TestKit::database().await;
+    db.migrate(&MIGRATOR).await.expect("migrations");
+    let published = RecordingPublisher::new();
+    let outbox = OutboxRelay::start(
+        db.clone(),
+        Arc::new(published.clone()),
+        RelayConfig::default(),
+    );
+    let config = SagaConfig {
+        payment_retry_base: Duration::from_millis(100),
+        payment_retry_max: Duration::from_millis(400),
+        ..SagaConfig::default()
+    };
+    Kit {
+        deps: Deps {
+            db,
+            outbox: outbox.clone(),
+            config: Arc::new(config),
+        },
+        outbox,
+        published,
+    }
+}
+
+impl Kit {
+    fn probe<H: PreparedTxHandler>(&self, inbox: &str, handler: H) -> TxProbe {
+        TestKit::tx(
+            TxRoute::new(ConsumerSpec::new("TEST", inbox, &[]), handler, &self.outbox).inbox(inbox),
+        )
+    }
+
+    async fn put(&self, product: &str, available: i64, price: i64) {
+        let mut conn = self.deps.db.pool().acquire().await.expect("conn");
+        stock_store::put(&mut conn, product, available, price)
+            .await
+            .expect("put");
+    }
+
+    async fn product(&self, product: &str) -> stock_store::Product {
+        stock_store::get(self.deps.db.pool(), product)
+            .await
+            .expect("get")
+            .expect("exists")
+    }
+
+    async fn order(&self, id: &str) -> order_store::OrderRecord {
+        order_store::get(self.deps.db.pool(), id)
+            .await
+            .expect("get")
+            .expect("exists")
+    }
+
+    /// Everything committed so far is published (the relay has nothing in flight): the
+    /// subjects published, in order.
+    async fn subjects(&self) -> Vec<String> {
+        let report = self.outbox.flush(Duration::from_secs(5)).await;
+        assert_eq!(report.left, 0, "the outbox drained");
+        self.published.subjects()
+    }
+}
+
+fn meta(order_id: &str) -> Value {
+    json!({
+        "event_id": Uuid::now_v7(), "order_id": order_id, "correlation_id": "corr-unit",
+        "occurred_at": "2026-11-25T10:00:00Z"
+    })
+}
+
+fn with(mut base: Value, extra: Value) -> Value {
+    for (k, v) in extra.as_object().expect("object") {
+        base[k] = v.clone();
+    }
+    base
+}
+
+fn bytes(v: Value) -> Bytes {
+    Bytes::from(serde_json::to_vec(&v).expect("JSON"))
+}
+
+fn created(order_id: &str, items: Value) -> Bytes {
+    bytes(with(
+        meta(order_id),
+        json!({"version": 2, "customer_id": "c-1", "items": items, "priority": "standard"}),
+    ))
+}
+
+fn cancelled(order_id: &str, reason: &str) -> Bytes {
+    bytes(with(
+        meta(order_id),
+        json!({"version": 1, "reason": reason, "detail": "unit test"}),
+    ))
+}
+
+/// A delivery of `subject` with the `Nats-Msg-Id` its producer would have given it.
+fn on(subject: &str, payload: &Bytes) -> (Bytes, DeliveryMeta) {
+    let v: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
+    let id = v["event_id"].as_str().unwrap_or("no-id").to_string();
+    (
+        payload.clone(),
+        DeliveryMeta::new(subject).with_header(headers::MSG_ID, &id),
+    )
+}
+
+async fn deliver(
+    probe: &TxProbe,
+    subject: &str,
+    payload: &Bytes,
+) -> jetflow_runtime::testkit::Delivered {
+    let (p, m) = on(subject, payload);
+    probe.deliver_raw_with(p, m).await
+}
+
+#[actix_rt::test]
+async fn stock_reserves_all_items_once_and_ignores_a_redelivery() {
+    let k = kit().await;
+    k.put("a", 5, 100).await;
+    k.put("b", 5, 250).await;
+    let probe = k.probe("inventory", StockHandler);
+    let order = Uuid::new_v4().to_string();
+    let payload = created(
+        &order,
+        json!([{"product_id": "a", "quantity": 2}, {"product_id": "b", "quantity": 1}]),
+    );
+    deliver(&probe, "orders.created.v2", &payload)
+        .await
+        .assert_ack();
+    assert_eq!(k.subjects().await, ["inventory.reserved"]);
+    let reserved: Value =
+        serde_json::from_slice(&k.published.published()[0].payload).expect("JSON");
+    assert_eq!(reserved["amount_cents"], 450, "{reserved}");
+    let a = k.product("a").await;
+    assert_eq!((a.available, a.reserved), (3, 2));
+
+    // The same event again (a redelivery): acked, nothing changes, nothing more published.
+    deliver(&probe, "orders.created.v2", &payload)
+        .await
+        .assert_ack();
+    assert_eq!(k.subjects().await.len(), 1);
+    assert_eq!(k.product("a").await.available, 3);
+}
+
+#[actix_rt::test]
+async fn stock_cancels_all_or_nothing_for_short_stock_and_unknown_products() {
+    let k = kit().await;
+    k.put("a", 5, 100).await;
+    k.put("few", 1, 100).await;
+    let probe = k.probe("inventory", StockHandler);
+    let short = created(
+        &Uuid::new_v4().to_string(),
+        json!([{"product_id": "a", "quantity": 2}, {"product_id": "few", "quantity": 2}]),
+    );
+    deliver(&probe, "orders.created.v2", &short)
+        .await
+        .assert_ack();
+    let unknown = created(
+        &Uuid::new_v4().to_string(),
+        json!([{"product_id": "ghost", "quantity": 1}]),
+    );
+    deliver(&probe, "orders.created.v2", &unknown)
+        .await
+        .assert_ack();
+    assert_eq!(k.subjects().await, ["orders.cancelled", "orders.cancelled"]);
+    let reasons: Vec<Value> = k
+        .published
+        .published()
+        .iter()
+        .map(|m| serde_json::from_slice::<Value>(&m.payload).expect("JSON")["reason"].clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        [json!("insufficient_stock"), json!("unknown_product")]
+    );
+    let a = k.product("a").await;
+    assert_eq!(
+        (a.available, a.reserved),
+        (5, 0),
+        "nothing of the order was held"
+    );
+}
+
+#[actix_rt::test]
+async fn stock_releases_on_cancel_and_sells_on_confirm() {
+    let k = kit().await;
+    k.put("a", 10, 100).await;
+    let probe = k.probe("inventory", StockHandler);
+    let (keep, drop) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    for id in [&keep, &drop] {
+        let c = created(id, json!([{"product_id": "a", "quantity": 3}]));
+        deliver(&probe, "orders.created.v2", &c).await.assert_ack();
+    }
+    let cancel = cancelled(&drop, "payment_declined");
+    deliver(&probe, "orders.cancelled", &cancel)
+        .await
+        .assert_ack();
+    let confirmed = bytes(with(
+        meta(&keep),
+        json!({"version": 1, "amount_cents": 300}),
+    ));
+    deliver(&probe, "orders.confirmed", &confirmed)
+        .await
+        .assert_ack();
+    let subjects = k.subjects().await;
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| *s == "inventory.released")
+            .count(),
+        1,
+        "{subjects:?}"
+    );
+    let a = k.product("a").await;
+    assert_eq!((a.available, a.reserved, a.sold), (7, 0, 3));
+    // A second cancel (a replay of the same event) releases nothing more.
+    deliver(&probe, "orders.cancelled", &cancel)
+        .await
+        .assert_ack();
+    assert_eq!(k.subjects().await.len(), subjects.len());
+    assert_eq!(k.product("a").await.available, 7);
+}
+
+#[actix_rt::test]
+async fn a_cancellation_before_the_order_leaves_a_tombstone_that_a_late_order_respects() {
+    let k = kit().await;
+    k.put("a", 10, 100).await;
+    let probe = k.probe("inventory", StockHandler);
+    let id = Uuid::new_v4().to_string();
+    deliver(&probe, "orders.cancelled", &cancelled(&id, "timed_out"))
+        .await
+        .assert_ack();
+    let late = created(&id, json!([{"product_id": "a", "quantity": 3}]));
+    deliver(&probe, "orders.created.v2", &late)
+        .await
+        .assert_ack();
+    assert!(
+        k.subjects().await.is_empty(),
+        "nothing reserved, nothing released"
+    );
+    assert_eq!(k.product("a").await.available, 10);
+}
+
+#[actix_rt::test]
+async fn poison_is_dead_lettered_by_the_pipeline_without_reaching_the_handler() {
+    let k = kit().await;
+    let probe = k.probe("inventory", StockHandler);
+    let d = probe
+        .deliver_raw("orders.created.v2", "e-1", &b"{not json"[..])
+        .await;
+    assert!(
+        matches!(d.assert_dead_letter(), DeadLetterReason::Poison(_)),
+        "{d:?}"
+    );
+    let wrong_version = created(
+        &Uuid::new_v4().to_string(),
+        json!([{"product_id": "a", "quantity": 1}]),
+    );
+    let d = deliver(&probe, "orders.created", &wrong_version).await;
+    assert!(
+        matches!(d.assert_dead_letter(), DeadLetterReason::Poison(_)),
+        "a v2 payload on the v1 subject: {d:?}"
+    );
+    assert!(k.subjects().await.is_empty());
+}
+
+#[actix_rt::test]
+async fn a_batch_commits_its_good_deliveries_around_a_poison_one_and_applies_a_twin_once() {
+    let k = kit().await;
+    k.put("a", 10, 100).await;
+    let probe = k.probe("inventory", StockHandler);
+    let one = created(
+        &Uuid::new_v4().to_string(),
+        json!([{"product_id": "a", "quantity": 1}]),
+    );
+    let two = created(
+        &Uuid::new_v4().to_string(),
+        json!([{"product_id": "a", "quantity": 2}]),
+    );
+    let outcomes = probe
+        .deliver_batch(vec![
+            on("orders.created.v2", &one),
+            (
+                Bytes::from_static(b"{not json"),
+                DeliveryMeta::new("orders.created.v2"),
+            ),
+            on("orders.created.v2", &two),
+            // The same event twice in one batch: applied once.
+            on("orders.created.v2", &one),
+        ])
+        .await;
+    outcomes[0].assert_ack();
+    outcomes[1].assert_dead_letter();
+    outcomes[2].assert_ack();
+    outcomes[3].assert_ack();
+    assert_eq!(
+        k.subjects().await,
+        ["inventory.reserved", "inventory.reserved"]
+    );
+    let a = k.product("a").await;
+    assert_eq!((a.available, a.reserved), (7, 3));
+}
+
+#[actix_rt::test]
+async fn orders_follow_the_saga_and_never_go_back() {
+    let k = kit().await;
+    let probe = k.probe("orders", OrderHandler);
+    let id = Uuid::new_v4().to_string();
+    let c = created(&id, json!([{"product_id": "a", "quantity": 1}]));
+    deliver(&probe, "orders.created.v2", &c).await.assert_ack();
+    assert_eq!(k.order(&id).await.status, "pending");
+    let reserved = reserved_for(&id, "c-1");
+    deliver(&probe, "inventory.reserved", &reserved)
+        .await
+        .assert_ack();
+    let paid = bytes(with(
+        meta(&id),
+        json!({"version": 1, "payment_id": "pay_1", "amount_cents": 300}),
+    ));
+    deliver(&probe, "payments.succeeded", &paid)
+        .await
+        .assert_ack();
+    assert_eq!(k.subjects().await, ["orders.confirmed"]);
+    let order = k.order(&id).await;
+    assert_eq!(
+        (order.status.as_str(), order.amount_cents),
+        ("confirmed", Some(300))
+    );
+    // A late, redelivered `inventory.reserved` does not move a confirmed order back.
+    let (p, m) = on("inventory.reserved", &reserved);
+    probe
+        .deliver_raw_with(p, m.with_delivered(2))
+        .await
+        .assert_ack();
+    assert_eq!(k.order(&id).await.status, "confirmed");
+}
+
+#[actix_rt::test]
+async fn orders_cancel_on_a_failed_payment() {
+    let k = kit().await;
+    let probe = k.probe("orders", OrderHandler);
+    let id = Uuid::new_v4().to_string();
+    let c = created(&id, json!([{"product_id": "a", "quantity": 1}]));
+    deliver(&probe, "orders.created.v2", &c).await.assert_ack();
+    let failed = bytes(with(
+        meta(&id),
+        json!({"version": 1, "reason": "declined", "detail": "card declined", "amount_cents": 300}),
+    ));
+    deliver(&probe, "payments.failed", &failed)
+        .await
+        .assert_ack();
+    assert_eq!(k.subjects().await, ["orders.cancelled"]);
+    let order = k.order(&id).await;
+    assert_eq!(
+        (order.status.as_str(), order.reason.as_deref()),
+        ("cancelled", Some("payment_declined"))
+    );
+}
+
+/// The simulated provider over real HTTP, and the state it counts with.
+async fn provider() -> (String, ProviderState, actix_web::dev::ServerHandle) {
+    let state = ProviderState::default();
+    let s = state.clone();
+    let server =
+        HttpServer::new(move || App::new().configure(jetflow_provider::configure(s.clone())))
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", 0))
+            .expect("bind");
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    (format!("http://{addr}"), state, handle)
+}
+
+fn payments(k: &Kit, url: &str) -> PaymentHandler {
+    jetflow_domain::payment_client::install_crypto_provider();
+    let client = PaymentClient::new(url, Duration::from_secs(2), None).expect("client");
+    let breaker = BreakerActor::start(BreakerConfig {
+        name: format!("unit-{}", Uuid::new_v4().simple()),
+        failure_threshold: 2,
+        open_timeout: Duration::from_secs(30),
+        call_timeout: Duration::from_secs(1),
+    });
+    let (db, c) = (k.deps.db.clone(), client.clone());
+    let voider = Supervisor::new("voider-unit")
+        .start(move |_| PaymentVoider::new(db, c, Duration::from_millis(100)));
+    PaymentHandler::new(k.deps.clone(), client, breaker, voider)
+}
+
+fn reserved_for(id: &str, customer: &str) -> Bytes {
+    bytes(with(
+        meta(id),
+        json!({"version": 1, "items": [{"product_id": "a", "quantity": 1, "unit_price_cents": 300}], "amount_cents": 300, "customer_id": customer}),
+    ))
+}
+
+fn account(state: &ProviderState, id: &str) -> Option<jetflow_provider::Account> {
+    state.accounts().into_iter().find(|a| a.order_id == id)
+}
+
+/// Waits (5 s at most) until `f` holds of the provider's state.
+async fn until_provider(state: &ProviderState, what: &str, f: impl Fn(&ProviderState) -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(5);
+    while !f(state) {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}: {:?}",
+            state.accounts()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn payments_charge_once_and_report_declines() {
+    let k = kit().await;
+    let (url, state, handle) = provider().await;
+    let probe = k.probe("payments", payments(&k, &url));
+    let ok = Uuid::new_v4().to_string();
+    let payload = reserved_for(&ok, "c-1");
+    deliver(&probe, "inventory.reserved", &payload)
+        .await
+        .assert_ack();
+    deliver(&probe, "inventory.reserved", &payload)
+        .await
+        .assert_ack();
+    let declined = Uuid::new_v4().to_string();
+    deliver(
+        &probe,
+        "inventory.reserved",
+        &reserved_for(&declined, "declined-7"),
+    )
+    .await
+    .assert_ack();
+    assert_eq!(
+        k.subjects().await,
+        ["payments.succeeded", "payments.failed"]
+    );
+    let a = account(&state, &ok).expect("charged");
+    assert_eq!(
+        (a.charge_calls, a.charges_made),
+        (1, 1),
+        "the redelivery did not even call the provider again"
+    );
+    let d = account(&state, &declined).expect("asked");
+    assert_eq!((d.charge_calls, d.charges_made), (1, 0));
+    handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn payments_retry_while_the_provider_is_down_and_give_up_on_the_last_delivery() {
+    let k = kit().await;
+    // Nothing listens on this port: every call fails before it is sent (certainly no charge).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let probe = k.probe(
+        "payments",
+        payments(&k, &format!("http://127.0.0.1:{port}")),
+    );
+    let id = Uuid::new_v4().to_string();
+    let payload = reserved_for(&id, "c-1");
+    let first = deliver(&probe, "inventory.reserved", &payload).await;
+    assert!(first.assert_retry() > Duration::ZERO);
+    assert!(k.subjects().await.is_empty(), "nothing decided yet");
+    let (p, m) = on("inventory.reserved", &payload);
+    let last = probe
+        .deliver_raw_with(p, m.with_delivered(5).with_max_deliver(5))
+        .await;
+    last.assert_ack();
+    assert_eq!(k.subjects().await, ["payments.failed"]);
+    let failed: Value = serde_json::from_slice(&k.published.published()[0].payload).expect("JSON");
+    assert_eq!(failed["reason"], "unavailable", "{failed}");
+}
+
+#[actix_rt::test]
+async fn a_cancelled_order_is_voided_and_never_charged_after_a_cancel() {
+    let k = kit().await;
+    let (url, state, handle) = provider().await;
+    let probe = k.probe("payments", payments(&k, &url));
+    // Charged, then cancelled (e.g. timed out): the charge is voided.
+    let charged = Uuid::new_v4().to_string();
+    deliver(&probe, "inventory.reserved", &reserved_for(&charged, "c-1"))
+        .await
+        .assert_ack();
+    deliver(
+        &probe,
+        "orders.cancelled",
+        &cancelled(&charged, "timed_out"),
+    )
+    .await
+    .assert_ack();
+    // Cancelled before any charge, then a late inventory.reserved: never charged.
+    let early = Uuid::new_v4().to_string();
+    deliver(&probe, "orders.cancelled", &cancelled(&early, "timed_out"))
+        .await
+        .assert_ack();
+    deliver(&probe, "inventory.reserved", &reserved_for(&early, "c-2"))
+        .await
+        .assert_ack();
+    until_provider(&state, "the charge to be voided", |s| {
+        account(s, &charged)
+            .is_some_and(|a| a.status == Some(jetflow_provider::ChargeStatus::Voided))
+    })
+    .await;
+    let a = account(&state, &charged).expect("charged");
+    assert_eq!((a.charges_made, a.void_calls), (1, 1), "{a:?}");
+    assert!(
+        account(&state, &early).is_none(),
+        "the late order was never sent to the provider"
+    );
+    handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn a_charge_that_lands_after_the_cancellation_is_voided() {
+    let k = kit().await;
+    let (url, state, handle) = provider().await;
+    let handler = payments(&k, &url);
+    let probe = k.probe("payments", handler);
+    let id = Uuid::new_v4().to_string();
+    // The charge is slow; the cancellation arrives and commits while it is in flight.
+    let control = reqwest::Client::new();
+    control
+        .put(format!("{url}/_control"))
+        .json(&json!({"latency_ms": 300}))
+        .send()
+        .await
+        .expect("control");
+    let charge = {
+        let probe = probe.clone();
+        let payload = reserved_for(&id, "c-1");
+        actix_rt::spawn(async move { deliver(&probe, "inventory.reserved", &payload).await })
+    };
+    until_provider(&state, "the charge to reach the provider", |s| {
+        account(s, &id).is_some_and(|a| a.charge_calls == 1)
+    })
+    .await;
+    deliver(&probe, "orders.cancelled", &cancelled(&id, "timed_out"))
+        .await
+        .assert_ack();
+    charge.await.expect("the charge delivery").assert_ack();
+    until_provider(&state, "the late charge to be voided", |s| {
+        account(s, &id).is_some_and(|a| a.status == Some(jetflow_provider::ChargeStatus::Voided))
+    })
+    .await;
+    let a = account(&state, &id).expect("charged");
+    assert_eq!((a.charges_made, a.void_calls), (1, 1), "{a:?}");
+    let subjects = k.subjects().await;
+    assert!(
+        subjects.is_empty(),
+        "a charge for a cancelled order confirms nothing: {subjects:?}"
+    );
+    handle.stop(false).await;
+}
+
+#[actix_rt::test]
+async fn a_5xx_is_not_proof_of_no_charge_and_the_order_it_gives_up_on_is_voided() {
+    let k = kit().await;
+    let (url, state, handle) = provider().await;
+    let probe = k.probe("payments", payments(&k, &url));
+    // The provider charges, then answers 502 (a proxy in front of it failing).
+    reqwest::Client::new()
+        .put(format!("{url}/_control"))
+        .json(&json!({"fail_after_charge": true}))
+        .send()
+        .await
+        .expect("control");
+    let id = Uuid::new_v4().to_string();
+    let payload = reserved_for(&id, "c-1");
+    deliver(&probe, "inventory.reserved", &payload)
+        .await
+        .assert_retry();
+    let (p, m) = on("inventory.reserved", &payload);
+    probe
+        .deliver_raw_with(p, m.with_delivered(5).with_max_deliver(5))
+        .await
+        .assert_ack();
+    assert_eq!(k.subjects().await, ["payments.failed"]);
+    until_provider(&state, "the possible charge to be voided", |s| {
+        account(s, &id).is_some_and(|a| a.status == Some(jetflow_provider::ChargeStatus::Voided))
+    })
+    .await;
+    let a = account(&state, &id).expect("charged");
+    assert_eq!(a.charges_made, 1, "{a:?}");
+    handle.stop(false).await;
+}

@@ -1,0 +1,435 @@
+//! The database behind effectively-once handling: SQLite on a laptop, PostgreSQL in
+//! production, one code path for both.
+//!
+//! Everything goes through sqlx's `Any` driver with portable SQL (TEXT, BIGINT, BYTEA, `$n`
+//! parameters, `ON CONFLICT`, `RETURNING`). [`Database::connect`] runs the framework's own
+//! migrations (the inbox and the outbox, recorded in `_jetflow_migrations`);
+//! an application runs its own with [`Database::migrate`]. SQLite allows one writer at a
+//! time, so its write transactions start with `BEGIN IMMEDIATE`: they queue for the write lock
+//! (busy timeout) instead of failing half-way when two writers meet. TLS to PostgreSQL comes
+//! from the URL (`sslmode`, `sslrootcert`), through rustls.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Transaction};
+
+use crate::health::Health;
+use crate::metrics::metrics;
+
+/// The readiness component the database reports as.
+pub const HEALTH_COMPONENT: &str = "database";
+
+/// Where the framework records its own migrations (applications keep `_sqlx_migrations`).
+pub const MIGRATIONS_TABLE: &str = "_jetflow_migrations";
+
+/// Which engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (a file, or memory).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// Why the database could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The URL is not `sqlite:` or `postgres:`.
+    #[error("DATABASE_URL {0:?} is neither sqlite:// nor postgres://")]
+    UnsupportedUrl(String),
+    /// The settings contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+    /// The SQLite file's directory could not be created.
+    #[error("cannot create the directory of {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        /// The URL, password hidden.
+        url: String,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
+    /// A migration failed.
+    #[error("database migration failed: {0}{hint}", hint = migrate_hint(.0))]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A query failed.
+    #[error("database error: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+fn migrate_hint(e: &sqlx::migrate::MigrateError) -> &'static str {
+    match e {
+        sqlx::migrate::MigrateError::VersionMismatch(_)
+        | sqlx::migrate::MigrateError::VersionMissing(_) => {
+            " (the database was made by another jetflow version: point DATABASE_URL at a fresh database, or remove ./data for the laptop default)"
+        }
+        _ => "",
+    }
+}
+
+/// How to reach the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbConfig {
+    /// `sqlite://path`, `sqlite::memory:` or `postgres://user@host/db?sslmode=...`.
+    pub url: String,
+    /// Most connections in the pool (default: 8 for SQLite, 16 for PostgreSQL; an in-memory
+    /// SQLite database always has exactly one, since every connection would get its own).
+    pub max_connections: Option<u32>,
+    /// How long a query waits for a free connection.
+    pub acquire_timeout: Duration,
+}
+
+impl DbConfig {
+    /// The defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: None,
+            acquire_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// The engine the URL names.
+    pub fn backend(&self) -> Result<Backend, DbError> {
+        backend_of(&self.url)
+    }
+
+    /// Checks the settings without connecting.
+    pub fn validate(&self) -> Result<(), DbError> {
+        let backend = self.backend()?;
+        if self.max_connections == Some(0) {
+            return Err(DbError::Invalid(
+                "the database pool needs at least one connection".into(),
+            ));
+        }
+        if backend == Backend::Sqlite
+            && is_sqlite_memory(&self.url)
+            && self.max_connections.is_some_and(|n| n > 1)
+        {
+            return Err(DbError::Invalid(
+                "an in-memory SQLite database can have only one connection (each connection would open its own empty database); drop the pool size or use a file".into(),
+            ));
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(DbError::Invalid(
+                "the database acquire timeout must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn backend_of(url: &str) -> Result<Backend, DbError> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(DbError::UnsupportedUrl(redact_url(url)))
+    }
+}
+
+/// Whether a SQLite URL names an in-memory database.
+pub fn is_sqlite_memory(url: &str) -> bool {
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    path == ":memory:" || path.is_empty() || query.split('&').any(|kv| kv == "mode=memory")
+}
+
+/// A pool and the engine behind it.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+}
+
+/// Hides the password of a URL (`postgres://u:***@h/db`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}
+
+/// The framework's migrations (inbox and outbox).
+pub fn runtime_migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator
+}
+
+impl Database {
+    /// Connects (creating a SQLite file and its directory if needed) and runs the framework's
+    /// migrations.
+    pub async fn connect(config: &DbConfig) -> Result<Self, DbError> {
+        config.validate()?;
+        sqlx::any::install_default_drivers();
+        let backend = config.backend()?;
+        let memory = backend == Backend::Sqlite && is_sqlite_memory(&config.url);
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite_url(&config.url)?,
+            Backend::Postgres => config.url.clone(),
+        };
+        let redacted = redact_url(&url);
+        let options: AnyConnectOptions = url.parse().map_err(|source| DbError::Connect {
+            url: redacted.clone(),
+            source,
+        })?;
+        let max = match (backend, memory) {
+            (Backend::Sqlite, true) => 1,
+            (Backend::Sqlite, false) => config.max_connections.unwrap_or(8),
+            (Backend::Postgres, _) => config.max_connections.unwrap_or(16),
+        };
+        let mut pool_options = AnyPoolOptions::new()
+            .acquire_timeout(config.acquire_timeout)
+            .max_connections(max);
+        if memory {
+            // The database lives as long as its one connection: never let it go.
+            pool_options = pool_options
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        }
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .map_err(|source| DbError::Connect {
+                url: redacted.clone(),
+                source,
+            })?;
+        if backend == Backend::Sqlite && !memory {
+            // WAL lets readers run beside the writer; it is a property of the file.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await?;
+        }
+        let db = Self {
+            pool,
+            backend,
+            url: redacted,
+        };
+        db.migrate(&runtime_migrator()).await?;
+        tracing::info!(url = %db.url, max_connections = max, "database ready");
+        Ok(db)
+    }
+
+    /// Connects to `url` with the default settings.
+    pub async fn connect_url(url: &str) -> Result<Self, DbError> {
+        Self::connect(&DbConfig::new(url)).await
+    }
+
+    /// Runs an application's migrations (each migrator keeps its own table, so the
+    /// framework's and the application's never collide).
+    pub async fn migrate(&self, migrator: &Migrator) -> Result<(), DbError> {
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// The engine.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The URL with its password hidden.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Starts a write transaction.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Commits a write transaction and counts it in `jetflow_db_commits_total`.
+    pub async fn commit(tx: Transaction<'static, Any>) -> Result<(), sqlx::Error> {
+        tx.commit().await?;
+        metrics().db_commits.inc();
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Pings every `every` and reports the result as the `database` readiness component,
+    /// until `stop` is cancelled.
+    pub fn spawn_health_probe(
+        &self,
+        health: Health,
+        every: Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let db = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(3), db.ping()).await {
+                    Ok(Ok(())) => health.set_ready(HEALTH_COMPONENT, db.url.clone()),
+                    Ok(Err(e)) => health.set_not_ready(HEALTH_COMPONENT, e.to_string()),
+                    Err(_) => health.set_not_ready(HEALTH_COMPONENT, "no answer within 3s"),
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+
+    /// Closes every connection (waits for the ones in use).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Makes sure a SQLite URL creates its file, and that the file's directory exists.
+fn prepare_sqlite_url(url: &str) -> Result<String, DbError> {
+    if is_sqlite_memory(url) {
+        return Ok(url.to_string());
+    }
+    let rest = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path != ":memory:" && !path.is_empty() {
+        if let Some(dir) = Path::new(path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+    }
+    let query = match query {
+        Some(q) if q.contains("mode=") => q.to_string(),
+        Some(q) => format!("{q}&mode=rwc"),
+        None => "mode=rwc".to_string(),
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// Milliseconds since the Unix epoch, the time format of every table.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A duration in milliseconds, as stored.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `$from, $from+1, …` for `n` values: placeholders for a generated `IN (…)` or `VALUES` list.
+pub fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/jetflow"),
+            "postgres://app:***@db:5432/jetflow"
+        );
+        assert_eq!(redact_url("sqlite://./data/x.db"), "sqlite://./data/x.db");
+        assert_eq!(
+            redact_url("postgres://app@db/jetflow"),
+            "postgres://app@db/jetflow"
+        );
+    }
+
+    #[test]
+    fn sqlite_urls_create_their_file() {
+        assert_eq!(
+            prepare_sqlite_url("sqlite::memory:").unwrap(),
+            "sqlite::memory:"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/j.db");
+        let url = prepare_sqlite_url(&format!("sqlite://{}", path.display())).unwrap();
+        assert!(url.ends_with("j.db?mode=rwc"));
+        assert!(path.parent().unwrap().exists());
+    }
+
+    #[test]
+    fn an_in_memory_database_with_a_larger_pool_is_refused() {
+        let mut c = DbConfig::new("sqlite::memory:");
+        assert!(c.validate().is_ok());
+        c.max_connections = Some(8);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("in-memory"), "{e}");
+        assert!(is_sqlite_memory("sqlite://x.db?mode=memory&cache=shared"));
+        assert!(!is_sqlite_memory("sqlite://./data/x.db"));
+        assert!(DbConfig::new("mysql://x").validate().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_keeps_its_tables_across_queries() {
+        let db = Database::connect_url("sqlite::memory:").await.unwrap();
+        for _ in 0..5 {
+            // Every query sees the framework's tables: one connection, one database.
+            sqlx::query("SELECT COUNT(*) FROM outbox")
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn migrations_run_on_sqlite_and_bad_urls_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::connect_url(&format!("sqlite://{}/j.db", dir.path().display()))
+            .await
+            .unwrap();
+        db.ping().await.unwrap();
+        // Running them again changes nothing.
+        db.migrate(&runtime_migrator()).await.unwrap();
+        let err = Database::connect_url("mysql://x")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("neither sqlite"), "{err}");
+    }
+}

@@ -1,0 +1,203 @@
+//! Group commit: small writes from many concurrent callers (HTTP requests, say) share one
+//! transaction and one commit.
+//!
+//! A caller submits a [`Job`] and awaits its answer. One worker takes the first job waiting
+//! and every other job already queued (up to a maximum), runs them in one transaction, in the
+//! order they came, commits, and answers each caller. While it commits, new jobs queue up and
+//! form the next group, so under load a commit serves many callers, and a lone caller is
+//! served at once: grouping never adds a wait of its own. A job that fails is answered with
+//! its error and the others run again without it, so one bad write never fails its
+//! neighbours.
+
+use futures::future::BoxFuture;
+use sqlx::AnyConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::Database;
+
+/// One write to commit with others.
+pub trait Job: Send + Sync + 'static {
+    /// What the caller gets back.
+    type Output: Send + 'static;
+
+    /// Runs the write in the shared transaction. It may run again (in a later transaction)
+    /// if a neighbour failed, so it must not have effects outside the database.
+    fn run<'c>(
+        &'c self,
+        conn: &'c mut AnyConnection,
+    ) -> BoxFuture<'c, Result<Self::Output, sqlx::Error>>;
+}
+
+/// Why a submitted job has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupCommitError {
+    /// The write, or its transaction, failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The worker is gone (the process is stopping).
+    #[error("the database writer has stopped")]
+    Stopped,
+}
+
+type Pending<J> = (
+    J,
+    oneshot::Sender<Result<<J as Job>::Output, GroupCommitError>>,
+);
+
+/// The handle callers submit jobs through (cheap to clone).
+pub struct GroupCommit<J: Job> {
+    queue: mpsc::Sender<Pending<J>>,
+}
+
+impl<J: Job> Clone for GroupCommit<J> {
+    fn clone(&self) -> Self {
+        Self {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl<J: Job> std::fmt::Debug for GroupCommit<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupCommit").finish()
+    }
+}
+
+impl<J: Job> GroupCommit<J> {
+    /// Starts the worker on `db`, committing at most `max_group` jobs together. It stops
+    /// when every handle is dropped.
+    pub fn start(db: Database, max_group: usize) -> Self {
+        let max_group = max_group.max(1);
+        let (queue, rx) = mpsc::channel(max_group * 4);
+        tokio::spawn(work(db, rx, max_group));
+        Self { queue }
+    }
+
+    /// Runs `job` in the next group's transaction and returns its output once committed.
+    pub async fn submit(&self, job: J) -> Result<J::Output, GroupCommitError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .send((job, tx))
+            .await
+            .map_err(|_| GroupCommitError::Stopped)?;
+        rx.await.map_err(|_| GroupCommitError::Stopped)?
+    }
+}
+
+async fn work<J: Job>(db: Database, mut rx: mpsc::Receiver<Pending<J>>, max_group: usize) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < max_group {
+            match rx.try_recv() {
+                Ok(p) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        commit_group(&db, group).await;
+    }
+}
+
+/// Commits a group; a failing job is answered alone and the rest tried again.
+async fn commit_group<J: Job>(db: &Database, mut group: Vec<Pending<J>>) {
+    while !group.is_empty() {
+        match run_group(db, &group).await {
+            Ok(outputs) => {
+                for ((_, reply), output) in group.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(output));
+                }
+                return;
+            }
+            Err(Failure::Job(i, e)) => {
+                let (_, reply) = group.remove(i);
+                let _ = reply.send(Err(GroupCommitError::Database(e)));
+            }
+            Err(Failure::Transaction(e)) => {
+                let text = e.to_string();
+                for (_, reply) in group {
+                    let _ = reply.send(Err(GroupCommitError::Database(sqlx::Error::Protocol(
+                        text.clone(),
+                    ))));
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum Failure {
+    Job(usize, sqlx::Error),
+    Transaction(sqlx::Error),
+}
+
+async fn run_group<J: Job>(db: &Database, group: &[Pending<J>]) -> Result<Vec<J::Output>, Failure> {
+    let mut tx = db.begin().await.map_err(Failure::Transaction)?;
+    let mut outputs = Vec::with_capacity(group.len());
+    for (i, (job, _)) in group.iter().enumerate() {
+        match job.run(&mut tx).await {
+            Ok(o) => outputs.push(o),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(Failure::Job(i, e));
+            }
+        }
+    }
+    Database::commit(tx).await.map_err(Failure::Transaction)?;
+    Ok(outputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Insert(i64);
+
+    impl Job for Insert {
+        type Output = i64;
+
+        fn run<'c>(
+            &'c self,
+            conn: &'c mut AnyConnection,
+        ) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                    .bind(self.0)
+                    .execute(conn)
+                    .await?;
+                Ok(self.0 * 10)
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn many_callers_share_commits_and_a_bad_write_fails_alone() {
+        let db = Database::connect_url("sqlite::memory:").await.unwrap();
+        sqlx::query("CREATE TABLE t (n BIGINT PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let commits = crate::metrics::metrics().db_commits.get();
+        let gc = GroupCommit::start(db.clone(), 64);
+        // 200 writes, one of them a duplicate key that must fail on its own.
+        let jobs = (0..200).map(|i| {
+            let gc = gc.clone();
+            async move { gc.submit(Insert(if i == 150 { 3 } else { i })).await }
+        });
+        let results = futures::future::join_all(jobs).await;
+        let failed: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_err())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0] == 3 || failed[0] == 150, "{failed:?}");
+        assert_eq!(results[10].as_ref().ok(), Some(&100));
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 199);
+        let used = crate::metrics::metrics().db_commits.get() - commits;
+        assert!(used < 100, "200 writes took {used} commits");
+    }
+}

@@ -1,0 +1,101 @@
+//! The inbox: which input messages a consumer has already applied.
+//!
+//! Claiming a message inserts its key in the same transaction as the state change it causes.
+//! A redelivered message finds its key and changes nothing; if the transaction rolls back,
+//! the claim goes with it, so a message is applied exactly when its effects are. A batch
+//! claims all its keys in one statement. Keys are kept for a retention period (longer than
+//! the stream's duplicate window plus the longest redelivery horizon) and then pruned.
+
+use std::collections::HashSet;
+
+use sqlx::{AnyConnection, Row};
+
+use crate::db::{Database, now_ms, placeholders};
+
+/// Most keys claimed by one statement (three parameters each stay far below every engine's
+/// limit).
+const CHUNK: usize = 500;
+
+/// Claims `key` for `consumer`. `false`: it was applied before, do nothing.
+pub async fn claim(
+    conn: &mut AnyConnection,
+    consumer: &str,
+    key: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(claim_all(conn, consumer, &[key]).await?.contains(key))
+}
+
+/// Claims every key for `consumer` in as few statements as possible; returns the keys that
+/// were new (the others were applied before). Duplicates within `keys` are claimed once.
+pub async fn claim_all(
+    conn: &mut AnyConnection,
+    consumer: &str,
+    keys: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut unique: Vec<&str> = Vec::with_capacity(keys.len());
+    let mut seen = HashSet::with_capacity(keys.len());
+    for k in keys {
+        if seen.insert(*k) {
+            unique.push(k);
+        }
+    }
+    let now = now_ms();
+    let mut claimed = HashSet::with_capacity(unique.len());
+    for chunk in unique.chunks(CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO inbox (consumer, message_key, processed_at) VALUES {} \
+             ON CONFLICT (consumer, message_key) DO NOTHING RETURNING message_key",
+            values.join(", ")
+        );
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for key in chunk {
+            q = q.bind(consumer).bind(*key).bind(now);
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            claimed.insert(row.try_get::<String, _>("message_key")?);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Forgets keys processed before `before_ms`; returns how many.
+pub async fn prune(db: &Database, before_ms: i64) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
+        .bind(before_ms)
+        .execute(db.pool())
+        .await?
+        .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_key_is_claimed_once_per_consumer() {
+        let db = Database::connect_url("sqlite::memory:").await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        let claimed = claim_all(&mut tx, "c1", &["a", "b", "a"]).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(!claim(&mut tx, "c1", "a").await.unwrap());
+        assert!(claim(&mut tx, "c2", "a").await.unwrap(), "another consumer");
+        let again = claim_all(&mut tx, "c1", &["a", "c"]).await.unwrap();
+        assert_eq!(again, HashSet::from(["c".to_string()]));
+        Database::commit(tx).await.unwrap();
+        assert_eq!(prune(&db, now_ms() + 1).await.unwrap(), 4);
+    }
+
+    #[tokio::test]
+    async fn a_rolled_back_claim_is_forgotten() {
+        let db = Database::connect_url("sqlite::memory:").await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        assert!(claim(&mut tx, "c", "k").await.unwrap());
+        tx.rollback().await.unwrap();
+        let mut tx = db.begin().await.unwrap();
+        assert!(claim(&mut tx, "c", "k").await.unwrap());
+    }
+}

@@ -1,0 +1,570 @@
+//! Transactional routes: effectively-once handling, in batches.
+//!
+//! A [`TxRoute`] reads a durable consumer and gives its [`TxHandler`] what is waiting (up to
+//! a maximum, lingering a moment only while the consumer is busy), in **one** transaction:
+//! the runtime claims every delivery in the inbox, the handler changes state and emits
+//! messages through the [`UnitOfWork`], the runtime writes them to the outbox, commits once,
+//! then acks the whole batch and hands the messages to the relay, which publishes them at
+//! once. A delivery the inbox knows already is acked without being handled again.
+//!
+//! A delivery that fails (an error, a panic) never takes its neighbours down: the
+//! transaction is rolled back, that delivery gets its own outcome (retry later, or dead
+//! letter), and the others are handled again without it in a new transaction. A failure
+//! that belongs to no delivery (the database unreachable, the commit refused) retries the
+//! whole batch. Deliveries of a batch are handled in stream order, one batch at a time, so
+//! a route keeps the order of what it consumes.
+//!
+//! Work that must not run inside a transaction (a call to another service) goes in
+//! [`PreparedTxHandler::prepare`], which runs for every delivery of the batch concurrently
+//! before the transaction opens.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use tracing::Instrument;
+
+use crate::codec::Decode;
+use crate::db::Database;
+use crate::delivery::{Delivery, DeliveryMeta};
+use crate::headers;
+use crate::inbox;
+use crate::metrics::metrics;
+use crate::middleware::{Inbound, Retry};
+use crate::outcome::Outcome;
+use crate::relay::OutboxHandle;
+use crate::route::{BatchConfig, BatchHandlerFn, Route};
+use crate::span;
+use crate::supervisor::panic_message;
+use crate::topology::ConsumerSpec;
+use crate::unit_of_work::UnitOfWork;
+
+/// Why a handler could not apply a delivery. Whatever it did in the transaction is rolled
+/// back.
+#[derive(Debug, thiserror::Error)]
+pub enum TxError {
+    /// It may work later: redeliver (after `delay`, or the route's backoff).
+    #[error("{reason}")]
+    Retry {
+        /// How long to wait, if the handler knows.
+        delay: Option<Duration>,
+        /// Why.
+        reason: String,
+    },
+    /// It can never work: dead-letter it.
+    #[error("{0}")]
+    Reject(String),
+    /// The database failed: redeliver later.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl TxError {
+    /// Retry later, after the route's backoff.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        TxError::Retry {
+            delay: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// Retry after `delay`.
+    pub fn retry_after(delay: Duration, reason: impl Into<String>) -> Self {
+        TxError::Retry {
+            delay: Some(delay),
+            reason: reason.into(),
+        }
+    }
+
+    /// Dead-letter: this message can never be applied.
+    pub fn reject(reason: impl Into<String>) -> Self {
+        TxError::Reject(reason.into())
+    }
+
+    /// The outcome of the delivery that failed with this error.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            TxError::Retry { delay, reason } => Outcome::Retry {
+                delay: *delay,
+                reason: reason.clone(),
+            },
+            TxError::Reject(reason) => Outcome::reject(reason.clone()),
+            TxError::Database(e) => Outcome::retry(format!("database: {e}")),
+        }
+    }
+}
+
+/// The inbox key of a delivery unless the handler says otherwise: the original
+/// `Nats-Msg-Id` (kept when a dead letter is replayed), else the `Nats-Msg-Id`, else the
+/// stream and sequence.
+pub fn default_key(meta: &DeliveryMeta) -> String {
+    meta.header(headers::ORIGINAL_MSG_ID)
+        .or_else(|| meta.msg_id())
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}:{}", meta.stream, meta.stream_sequence))
+}
+
+/// Applies one delivery inside the batch's transaction.
+///
+/// ```
+/// use jetflow_runtime::prelude::*;
+///
+/// /// Counts greetings per name and answers each with `greeted.<name>`.
+/// struct Greeter;
+///
+/// impl TxHandler for Greeter {
+///     type Message = Json<String>;
+///
+///     async fn handle(&self, uow: &mut UnitOfWork, d: &Delivery<Json<String>>) -> Result<(), TxError> {
+///         let name = &d.message.0;
+///         sqlx::query("UPDATE greetings SET n = n + 1 WHERE name = $1")
+///             .bind(name)
+///             .execute(uow.conn())
+///             .await?;
+///         uow.emit(OutgoingMessage::new(format!("greeted.{name}"), format!("greeted-{name}-{}", d.meta.stream_sequence), "{}"));
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait TxHandler: Send + Sync + 'static {
+    /// What the route decodes each delivery into.
+    type Message: Decode + Sync;
+
+    /// Changes state through `uow.conn()` and emits messages with `uow.emit`; an error rolls
+    /// back what this delivery did and decides its fate.
+    fn handle(
+        &self,
+        uow: &mut UnitOfWork,
+        delivery: &Delivery<Self::Message>,
+    ) -> impl Future<Output = Result<(), TxError>> + Send;
+
+    /// The inbox key: two deliveries with the same key are applied once.
+    fn key(&self, delivery: &Delivery<Self::Message>) -> String {
+        default_key(&delivery.meta)
+    }
+
+    /// The span the delivery is handled in (add fields of your own by returning a span with
+    /// them; the runtime's fields come from [`span::delivery_span`]).
+    fn span(&self, target: &str, delivery: &Delivery<Self::Message>) -> tracing::Span {
+        span::delivery_span(target, &delivery.meta)
+    }
+}
+
+/// A [`TxHandler`] with a step before the transaction: [`prepare`](Self::prepare) runs for
+/// every delivery of the batch at once, outside any transaction (calls to other services
+/// belong here), and its result is handed to [`handle`](Self::handle).
+pub trait PreparedTxHandler: Send + Sync + 'static {
+    /// What the route decodes each delivery into.
+    type Message: Decode + Sync;
+    /// What `prepare` hands to `handle` (cloned if the batch must be applied again).
+    type Prepared: Clone + Send + Sync + 'static;
+
+    /// Work outside the transaction; an error decides the delivery's fate at once.
+    fn prepare(
+        &self,
+        delivery: &Delivery<Self::Message>,
+    ) -> impl Future<Output = Result<Self::Prepared, TxError>> + Send;
+
+    /// As [`TxHandler::handle`], with what `prepare` found.
+    fn handle(
+        &self,
+        uow: &mut UnitOfWork,
+        delivery: &Delivery<Self::Message>,
+        prepared: Self::Prepared,
+    ) -> impl Future<Output = Result<(), TxError>> + Send;
+
+    /// As [`TxHandler::key`].
+    fn key(&self, delivery: &Delivery<Self::Message>) -> String {
+        default_key(&delivery.meta)
+    }
+
+    /// As [`TxHandler::span`].
+    fn span(&self, target: &str, delivery: &Delivery<Self::Message>) -> tracing::Span {
+        span::delivery_span(target, &delivery.meta)
+    }
+}
+
+impl<H: TxHandler> PreparedTxHandler for H {
+    type Message = H::Message;
+    type Prepared = ();
+
+    fn prepare(
+        &self,
+        _: &Delivery<Self::Message>,
+    ) -> impl Future<Output = Result<(), TxError>> + Send {
+        std::future::ready(Ok(()))
+    }
+
+    fn handle(
+        &self,
+        uow: &mut UnitOfWork,
+        delivery: &Delivery<Self::Message>,
+        _: (),
+    ) -> impl Future<Output = Result<(), TxError>> + Send {
+        TxHandler::handle(self, uow, delivery)
+    }
+
+    fn key(&self, delivery: &Delivery<Self::Message>) -> String {
+        TxHandler::key(self, delivery)
+    }
+
+    fn span(&self, target: &str, delivery: &Delivery<Self::Message>) -> tracing::Span {
+        TxHandler::span(self, target, delivery)
+    }
+}
+
+/// A route whose handler applies deliveries effectively once, in batches.
+pub struct TxRoute<H> {
+    consumer: ConsumerSpec,
+    handler: H,
+    outbox: OutboxHandle,
+    name: Option<String>,
+    inbox: Option<String>,
+    batch: BatchConfig,
+    retry: Retry,
+    double_ack: bool,
+}
+
+impl<H: PreparedTxHandler> TxRoute<H> {
+    /// A route from `consumer` to `handler`, committing to the database of `outbox`.
+    pub fn new(consumer: ConsumerSpec, handler: H, outbox: &OutboxHandle) -> Self {
+        Self {
+            consumer,
+            handler,
+            outbox: outbox.clone(),
+            name: None,
+            inbox: None,
+            batch: BatchConfig::default(),
+            retry: Retry::default(),
+            double_ack: false,
+        }
+    }
+
+    /// The handler's name in metrics and logs (default: the consumer's durable name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The inbox the deliveries are claimed in (default: the consumer's durable name).
+    /// Routes that share an inbox apply a message once between them.
+    pub fn inbox(mut self, inbox: impl Into<String>) -> Self {
+        self.inbox = Some(inbox.into());
+        self
+    }
+
+    /// How batches are gathered.
+    pub fn batch(mut self, batch: BatchConfig) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// The backoff of retries that name no delay.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Waits for JetStream to confirm every ack (see [`Route::double_ack`]).
+    pub fn double_ack(mut self, on: bool) -> Self {
+        self.double_ack = on;
+        self
+    }
+
+    /// The batch handler alone (what the bridge runs; the test kit feeds it by hand).
+    pub fn batch_handler(self) -> BatchHandlerFn {
+        self.split().1
+    }
+
+    fn split(self) -> (Route, BatchHandlerFn) {
+        let name = self.name.unwrap_or_else(|| self.consumer.durable.clone());
+        let inner = Arc::new(Inner {
+            handler: self.handler,
+            db: self.outbox.database().clone(),
+            outbox: self.outbox,
+            inbox: self.inbox.unwrap_or_else(|| self.consumer.durable.clone()),
+            name: name.clone(),
+            retry: self.retry,
+        });
+        init_series(&name, &inner.inbox);
+        let handler: BatchHandlerFn = Arc::new(move |batch| {
+            let inner = Arc::clone(&inner);
+            Box::pin(async move { process(&inner, batch).await })
+        });
+        let route = Route::batched(self.consumer, &name, handler.clone(), self.batch)
+            .double_ack(self.double_ack);
+        (route, handler)
+    }
+}
+
+impl<H: PreparedTxHandler> From<TxRoute<H>> for Route {
+    fn from(route: TxRoute<H>) -> Route {
+        route.split().0
+    }
+}
+
+/// Every series of a handler exists from its start, at 0.
+fn init_series(name: &str, inbox: &str) {
+    let m = metrics();
+    for outcome in ["ack", "retry", "dead_letter"] {
+        m.actor_messages.with_label_values(&[name, outcome]);
+    }
+    m.actor_mailbox_depth.with_label_values(&[name]);
+    m.actor_handle_seconds.with_label_values(&[name]);
+    m.actor_restarts.with_label_values(&[name]);
+    m.actor_panics.with_label_values(&[name]);
+    m.actor_failed.with_label_values(&[name]);
+    m.batch_size.with_label_values(&[name]);
+    m.inbox_duplicates.with_label_values(&[inbox]);
+}
+
+struct Inner<H> {
+    handler: H,
+    db: Database,
+    outbox: OutboxHandle,
+    inbox: String,
+    name: String,
+    retry: Retry,
+}
+
+/// One decoded delivery of a batch.
+struct Item<M, P> {
+    index: usize,
+    delivery: Delivery<M>,
+    key: String,
+    span: tracing::Span,
+    prepared: Option<P>,
+}
+
+/// What one attempt at the batch's transaction came to.
+enum Attempt {
+    /// Committed: these items were applied, those were duplicates.
+    Committed {
+        applied: Vec<usize>,
+        duplicates: Vec<usize>,
+    },
+    /// The handler failed on this item; everything was rolled back.
+    ItemFailed { item: usize, outcome: Outcome },
+    /// The transaction itself failed; everything was rolled back.
+    Failed(String),
+}
+
+async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) -> Vec<Outcome> {
+    let m = metrics();
+    let n = batch.len();
+    m.batch_size
+        .with_label_values(&[inner.name.as_str()])
+        .observe(n as f64);
+    let depth = m
+        .actor_mailbox_depth
+        .with_label_values(&[inner.name.as_str()]);
+    depth.add(n as i64);
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+    let mut metas: Vec<DeliveryMeta> = Vec::with_capacity(n);
+
+    // 1. Decode: what does not decode is poison, decided at once.
+    let mut items: Vec<Item<H::Message, H::Prepared>> = Vec::with_capacity(n);
+    for (index, inbound) in batch.into_iter().enumerate() {
+        let Inbound { payload, meta } = inbound;
+        metas.push(meta.clone());
+        match <H::Message as Decode>::decode(&meta.subject, &meta.headers, &payload) {
+            Ok(message) => {
+                let delivery = Delivery { message, meta };
+                let key = inner.handler.key(&delivery);
+                let span = inner.handler.span(&inner.name, &delivery);
+                items.push(Item {
+                    index,
+                    delivery,
+                    key,
+                    span,
+                    prepared: None,
+                });
+            }
+            Err(e) => outcomes[index] = Some(Outcome::poison(e.to_string())),
+        }
+    }
+
+    // 2. Prepare, every delivery at once, outside the transaction.
+    let prepared = futures::future::join_all(items.iter().map(|it| {
+        AssertUnwindSafe(inner.handler.prepare(&it.delivery))
+            .catch_unwind()
+            .instrument(it.span.clone())
+    }))
+    .await;
+    let mut pending = Vec::with_capacity(items.len());
+    for (i, (item, result)) in items.iter_mut().zip(prepared).enumerate() {
+        match result {
+            Ok(Ok(p)) => {
+                item.prepared = Some(p);
+                pending.push(i);
+            }
+            Ok(Err(e)) => outcomes[item.index] = Some(e.outcome()),
+            Err(panic) => {
+                outcomes[item.index] = Some(Outcome::retry(format!(
+                    "prepare panicked: {}",
+                    panic_message(panic.as_ref())
+                )))
+            }
+        }
+    }
+
+    // 3. One transaction for everything prepared; a failing delivery is taken out and the
+    //    rest applied again without it.
+    while !pending.is_empty() {
+        match attempt(inner, &items, &pending).await {
+            Attempt::Committed {
+                applied,
+                duplicates,
+            } => {
+                if !duplicates.is_empty() {
+                    m.inbox_duplicates
+                        .with_label_values(&[inner.inbox.as_str()])
+                        .inc_by(duplicates.len() as u64);
+                }
+                for i in applied.into_iter().chain(duplicates) {
+                    outcomes[items[i].index] = Some(Outcome::Ack);
+                }
+                break;
+            }
+            Attempt::ItemFailed { item, outcome } => {
+                outcomes[items[item].index] = Some(outcome);
+                pending.retain(|&p| p != item);
+            }
+            Attempt::Failed(reason) => {
+                for &p in &pending {
+                    outcomes[items[p].index] = Some(Outcome::retry(reason.clone()));
+                }
+                break;
+            }
+        }
+    }
+
+    // 4. Decide, log and count each delivery.
+    let outcomes: Vec<Outcome> = outcomes
+        .into_iter()
+        .zip(&metas)
+        .map(|(o, meta)| {
+            let o = o.unwrap_or_else(|| Outcome::retry("not handled"));
+            inner.retry.apply(o, meta.delivered)
+        })
+        .collect();
+    for (index, outcome) in outcomes.iter().enumerate() {
+        let span = items
+            .iter()
+            .find(|it| it.index == index)
+            .map(|it| it.span.clone())
+            .unwrap_or_else(|| span::delivery_span(&inner.name, &metas[index]));
+        span.in_scope(|| span::log_outcome(outcome));
+        m.actor_messages
+            .with_label_values(&[inner.name.as_str(), outcome.label()])
+            .inc();
+    }
+    depth.sub(n as i64);
+    outcomes
+}
+
+async fn attempt<H: PreparedTxHandler>(
+    inner: &Inner<H>,
+    items: &[Item<H::Message, H::Prepared>],
+    pending: &[usize],
+) -> Attempt {
+    let mut uow = match UnitOfWork::begin(&inner.db).await {
+        Ok(uow) => uow,
+        Err(e) => return Attempt::Failed(format!("database: {e}")),
+    };
+    let keys: Vec<&str> = pending.iter().map(|&p| items[p].key.as_str()).collect();
+    let claimed = match inbox::claim_all(uow.conn(), &inner.inbox, &keys).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = uow.rollback().await;
+            return Attempt::Failed(format!("database: {e}"));
+        }
+    };
+    let mut seen = HashSet::with_capacity(pending.len());
+    let mut applied = Vec::with_capacity(pending.len());
+    let mut duplicates = Vec::new();
+    let handle_seconds = metrics()
+        .actor_handle_seconds
+        .with_label_values(&[inner.name.as_str()]);
+    for &p in pending {
+        let item = &items[p];
+        if !claimed.contains(&item.key) || !seen.insert(item.key.as_str()) {
+            duplicates.push(p);
+            continue;
+        }
+        let Some(prepared) = item.prepared.clone() else {
+            duplicates.push(p);
+            continue;
+        };
+        uow.caused_by(Some(&item.delivery.meta));
+        let started = Instant::now();
+        let result = AssertUnwindSafe(inner.handler.handle(&mut uow, &item.delivery, prepared))
+            .catch_unwind()
+            .instrument(item.span.clone())
+            .await;
+        handle_seconds.observe(started.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(Ok(())) => {
+                applied.push(p);
+                continue;
+            }
+            Ok(Err(e)) => e.outcome(),
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                metrics()
+                    .actor_panics
+                    .with_label_values(&[inner.name.as_str()])
+                    .inc();
+                item.span
+                    .in_scope(|| tracing::error!(panic = %message, "handler panicked"));
+                Outcome::retry(format!("handler panicked: {message}"))
+            }
+        };
+        let _ = uow.rollback().await;
+        return Attempt::ItemFailed { item: p, outcome };
+    }
+    uow.caused_by(None);
+    match uow.commit(&inner.outbox).await {
+        Ok(()) => Attempt::Committed {
+            applied,
+            duplicates,
+        },
+        Err(e) => Attempt::Failed(format!("commit failed: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_key_survives_a_replay() {
+        let meta = DeliveryMeta::new("s").with_header(headers::MSG_ID, "evt-1");
+        assert_eq!(default_key(&meta), "evt-1");
+        let replayed = DeliveryMeta::new("s")
+            .with_header(headers::MSG_ID, "replay:DLQ:7")
+            .with_header(headers::ORIGINAL_MSG_ID, "evt-1");
+        assert_eq!(default_key(&replayed), "evt-1");
+        let bare = DeliveryMeta::new("s").with_sequence("S", 9);
+        assert_eq!(default_key(&bare), "S:9");
+    }
+
+    #[test]
+    fn errors_become_outcomes() {
+        assert!(matches!(
+            TxError::retry("x").outcome(),
+            Outcome::Retry { delay: None, .. }
+        ));
+        assert!(matches!(
+            TxError::reject("x").outcome(),
+            Outcome::DeadLetter(_)
+        ));
+        assert!(matches!(
+            TxError::Database(sqlx::Error::PoolTimedOut).outcome(),
+            Outcome::Retry { .. }
+        ));
+    }
+}

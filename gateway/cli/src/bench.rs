@@ -1,0 +1,784 @@
+//! `jetflow bench`: measured load, always against a baseline measured in the same run.
+//!
+//! * `jetflow bench bridge` compares the framework with raw async-nats on the same broker
+//!   (publishing with PubAck, consuming with ack). With no `NATS_URL` it starts its own
+//!   nats-server twice, with the default flush policy and with `sync_interval: always`.
+//! * `jetflow bench orders` measures the whole pipeline. With no `--gateway` it starts
+//!   everything itself: a local nats-server (`--sync-always` for fsync on every write), a fresh
+//!   database (SQLite, or a fresh PostgreSQL database on the `--postgres` server, dropped
+//!   afterwards) and a `jetflow all` process. It measures one order at a time unloaded, then
+//!   `--clients` clients posting orders as fast as they are answered for `--duration`, waits
+//!   until every accepted order finished, counts the database commits per finished order and
+//!   the commits of the idle process, and finally runs the raw async-nats 4-event saga on the
+//!   same broker as the ratio's baseline. `--gateway` drives a system that runs elsewhere.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use jetflow_bench::bridge::{self as bridge_bench, BridgeBench};
+use jetflow_bench::report::{Measurement, Percentiles};
+use jetflow_bench::saga;
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::Connection as _;
+
+use crate::cli::{NatsArgs, parse_duration, positive_duration};
+use crate::local_nats::LocalNats;
+
+/// Options of `jetflow bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[command(subcommand)]
+    pub mode: BenchMode,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchMode {
+    /// The bridge against raw async-nats: publish and consume throughput and latency.
+    Bridge(BridgeArgs),
+    /// Orders end to end, against the raw async-nats saga on the same broker.
+    Orders(OrdersArgs),
+}
+
+/// Options of `jetflow bench bridge`.
+#[derive(Debug, Clone, Args)]
+pub struct BridgeArgs {
+    /// The NATS (unset: start local servers) settings.
+    #[command(flatten, next_help_heading = "NATS (unset: start local servers)")]
+    pub nats: NatsArgs,
+    /// Messages per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pub messages: usize,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 256)]
+    pub payload: usize,
+    /// Publishes (and deliveries) in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// Skip the second local broker with `sync_interval: always`.
+    #[arg(long)]
+    pub no_sync_compare: bool,
+}
+
+/// Options of `jetflow bench orders`.
+#[derive(Debug, Clone, Args)]
+pub struct OrdersArgs {
+    /// Drive the gateway at this URL instead of starting a system.
+    #[arg(long, env = "JETFLOW_GATEWAY_URL")]
+    pub gateway: Option<String>,
+    /// With --gateway: the system's NATS URL, for the raw saga baseline on the same broker.
+    #[arg(long, requires = "gateway")]
+    pub nats_url: Option<String>,
+    /// PostgreSQL: without --gateway, the admin URL of a server to create a fresh database
+    /// on (SQLite otherwise); with --gateway, the system's database (its commits are
+    /// counted).
+    #[arg(long)]
+    pub postgres: Option<String>,
+    /// Start the local nats-server with `sync_interval: always` (fsync every write).
+    #[arg(long, conflicts_with = "gateway")]
+    pub sync_always: bool,
+    /// Clients posting orders at once.
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long the clients post (ignored with --orders).
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    pub duration: Duration,
+    /// Post exactly this many orders instead of posting for --duration.
+    #[arg(long)]
+    pub orders: Option<usize>,
+    /// Orders placed one at a time first, each waited for, to measure unloaded latency.
+    #[arg(long, default_value_t = 50)]
+    pub unloaded: usize,
+    /// Distinct products ordered (bench-0 … bench-N, stocked at start).
+    #[arg(long, default_value_t = 20)]
+    pub products: usize,
+    /// Share of express orders, 0 to 1.
+    #[arg(long, default_value_t = 0.1)]
+    pub express: f64,
+    /// How long to wait for every accepted order to finish.
+    #[arg(long, default_value = "180s", value_parser = positive_duration)]
+    pub timeout: Duration,
+    /// How long the idle process is watched for commits.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub idle: Duration,
+    /// Orders the raw saga baseline takes through (0: skip it).
+    #[arg(long, default_value_t = 20_000)]
+    pub baseline_orders: usize,
+    /// Batch size of the started system's consumers (JETFLOW_BATCH_MAX).
+    #[arg(long)]
+    pub batch_max: Option<u32>,
+    /// Batch linger of the started system's consumers (JETFLOW_BATCH_LINGER).
+    #[arg(long)]
+    pub batch_linger: Option<String>,
+}
+
+/// Runs a benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.mode {
+        BenchMode::Bridge(b) => bridge(b, args.json).await,
+        BenchMode::Orders(o) => orders(o, args.json).await,
+    }
+}
+
+// ---------------------------------------------------------------- bridge vs raw async-nats
+
+async fn bridge(b: BridgeArgs, json: bool) -> anyhow::Result<()> {
+    let config = BridgeBench {
+        messages: b.messages,
+        payload: b.payload,
+        in_flight: b.in_flight.max(1),
+    };
+    let mut reports = Vec::new();
+    match &b.nats.nats_url {
+        Some(url) => {
+            reports.push(bridge_bench::run(url, &format!("NATS_URL {url}"), &config).await?)
+        }
+        None => {
+            let modes: &[bool] = if b.no_sync_compare {
+                &[false]
+            } else {
+                &[false, true]
+            };
+            for &sync in modes {
+                let dir = tempfile::Builder::new()
+                    .prefix("jetflow-bench-")
+                    .tempdir()?;
+                let server = LocalNats::start(dir.path(), 0, sync)?;
+                let label = if sync {
+                    "local nats-server, sync_interval: always"
+                } else {
+                    "local nats-server, default flush"
+                };
+                reports.push(bridge_bench::run(server.url(), label, &config).await?);
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    println!(
+        "jetflow bench bridge: {} messages of {} bytes, {} in flight",
+        b.messages, b.payload, config.in_flight
+    );
+    for r in &reports {
+        println!("\n{}", r.broker);
+        println!("{}", r.publish_raw.line());
+        println!("{}", r.publish_bridge.line());
+        println!("  bridge/raw publish throughput: {:.2}", r.publish_ratio);
+        println!("{}", r.consume_raw.line());
+        println!("{}", r.consume_bridge.line());
+        println!("  bridge/raw consume throughput: {:.2}", r.consume_ratio);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- orders end to end
+
+/// What `bench orders` measured.
+#[derive(Debug, Serialize)]
+pub struct OrdersReport {
+    /// Which database.
+    pub database: String,
+    /// Whether the broker fsyncs every write.
+    pub sync_always: bool,
+    /// Clients posting at once.
+    pub clients: usize,
+    /// POST → confirmed, one order at a time.
+    pub unloaded_confirm: Percentiles,
+    /// Orders posted under load.
+    pub posted: usize,
+    /// Answered 202.
+    pub accepted: usize,
+    /// Answered anything else.
+    pub refused: usize,
+    /// POSTs per second and their latency.
+    pub accept: Measurement,
+    /// Finished (confirmed or cancelled) orders per second, from the first POST to the last
+    /// order finishing.
+    pub finished_per_second: f64,
+    /// Accepted → finished, from the orders' histories (a sample).
+    pub end_to_end: Percentiles,
+    /// Confirmed orders.
+    pub confirmed: usize,
+    /// Cancelled orders.
+    pub cancelled: usize,
+    /// Write transactions jetflow committed per finished order (`jetflow_db_commits_total`).
+    pub commits_per_order: f64,
+    /// Every transaction PostgreSQL committed per finished order (`pg_stat_database`).
+    pub pg_commits_per_order: Option<f64>,
+    /// Write transactions per second of the idle process.
+    pub idle_commits_per_second: f64,
+    /// Every PostgreSQL transaction per second of the idle process (polling included).
+    pub idle_pg_commits_per_second: Option<f64>,
+    /// The raw async-nats saga on the same broker.
+    pub baseline: Option<saga::SagaReport>,
+    /// finished per second ÷ the baseline's.
+    pub ratio: Option<f64>,
+}
+
+/// A system `bench orders` started, removed on drop.
+struct System {
+    child: Option<Child>,
+    nats: Option<LocalNats>,
+    _dir: tempfile::TempDir,
+    pg: Option<(String, String)>,
+    gateway: String,
+    nats_url: String,
+    database_url: String,
+    log: PathBuf,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn with_database(admin: &str, name: &str) -> String {
+    match admin.rsplit_once('/') {
+        Some((base, rest)) if base.contains("://") && !base.ends_with('/') => {
+            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
+            format!("{base}/{name}{query}")
+        }
+        _ => format!("{}/{name}", admin.trim_end_matches('/')),
+    }
+}
+
+impl System {
+    async fn start(o: &OrdersArgs) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("jetflow-bench-")
+            .tempdir()?;
+        let nats = LocalNats::start(&dir.path().join("nats"), 0, o.sync_always)?;
+        let (database_url, pg) = match &o.postgres {
+            None => (
+                format!("sqlite://{}/jetflow.db", dir.path().display()),
+                None,
+            ),
+            Some(admin) => {
+                let name = format!(
+                    "jetflow_bench_{}",
+                    &uuid::Uuid::new_v4().simple().to_string()[..12]
+                );
+                let mut conn = sqlx::postgres::PgConnection::connect(admin)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot reach PostgreSQL at {}",
+                            jetflow_runtime::db::redact_url(admin)
+                        )
+                    })?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&mut conn)
+                    .await?;
+                (with_database(admin, &name), Some((admin.clone(), name)))
+            }
+        };
+        let port = free_port()?;
+        let log = dir.path().join("jetflow.log");
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.arg("all")
+            .env("NATS_URL", nats.url())
+            .env("DATABASE_URL", &database_url)
+            .env("JETFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "JETFLOW_PROVIDER_ADDR",
+                format!("127.0.0.1:{}", free_port()?),
+            )
+            .env("JETFLOW_RATE_LIMIT", "0")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        if let Some(n) = o.batch_max {
+            cmd.env("JETFLOW_BATCH_MAX", n.to_string());
+        }
+        if let Some(l) = &o.batch_linger {
+            cmd.env("JETFLOW_BATCH_LINGER", l);
+        }
+        crate::local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
+        let child = cmd.spawn().context("cannot start jetflow all")?;
+        let system = Self {
+            child: Some(child),
+            nats_url: nats.url().to_string(),
+            nats: Some(nats),
+            _dir: dir,
+            pg,
+            gateway: format!("http://127.0.0.1:{port}"),
+            database_url,
+            log,
+        };
+        Ok(system)
+    }
+
+    /// Stops the process (SIGTERM, waiting for its clean stop) and the broker, drops the
+    /// database.
+    async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            crate::local_nats::terminate(&mut child, Duration::from_secs(20));
+        }
+        self.nats.take();
+        if let Some((admin, name)) = self.pg.take() {
+            let mut conn = sqlx::postgres::PgConnection::connect(&admin).await?;
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for System {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A metric's sum over every series matching `labels`, from a Prometheus text page.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
+async fn pg_commits(url: &str) -> anyhow::Result<i64> {
+    let mut conn = sqlx::postgres::PgConnection::connect(url).await?;
+    let n: i64 = sqlx::query_scalar(
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    )
+    .fetch_one(&mut conn)
+    .await?;
+    let _ = conn.close().await;
+    Ok(n)
+}
+
+/// Polls `f` until it answers `Some`, every 20 ms, at most `deadline`.
+async fn until<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(t) = f().await {
+            return Ok(t);
+        }
+        if Instant::now() > end {
+            bail!("{what} did not happen within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn order_body(n: usize, products: usize, express: f64) -> Value {
+    let priority = if (n as f64 * express).fract() + express >= 1.0 {
+        "express"
+    } else {
+        "standard"
+    };
+    json!({
+        "customer_id": format!("bench-{}", n % 1000),
+        "items": [{"product_id": format!("bench-{}", n % products), "quantity": 1}],
+        "priority": priority,
+    })
+}
+
+async fn post(http: &reqwest::Client, base: &str, body: &Value) -> Result<String, String> {
+    let r = http
+        .post(format!("{base}/orders"))
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status().as_u16() != 202 {
+        return Err(r.status().to_string());
+    }
+    let v: Value = r.json().await.map_err(|e| e.to_string())?;
+    v["order_id"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| "no order_id".to_string())
+}
+
+async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
+    let v: Value = http
+        .get(format!("{base}/orders/{id}"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    matches!(v["status"].as_str(), Some("confirmed" | "cancelled")).then_some(v)
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+async fn orders(o: OrdersArgs, json_out: bool) -> anyhow::Result<()> {
+    let system = match &o.gateway {
+        Some(_) => None,
+        None => Some(System::start(&o).await?),
+    };
+    let result = measure(&o, system.as_ref()).await;
+    if let Some(system) = system {
+        if result.is_err() {
+            eprintln!(
+                "jetflow bench: the last lines of the system's log:\n{}",
+                tail(&system.log)
+            );
+        }
+        system.stop().await?;
+    }
+    let report = result?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<OrdersReport> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(o.clients.max(1))
+        .build()?;
+    let base = system
+        .map(|s| s.gateway.clone())
+        .or_else(|| o.gateway.clone())
+        .ok_or_else(|| anyhow!("no gateway"))?
+        .trim_end_matches('/')
+        .to_string();
+    let nats_url = system
+        .map(|s| s.nats_url.clone())
+        .or_else(|| o.nats_url.clone());
+    let pg_url = match system {
+        Some(s) if o.postgres.is_some() => Some(s.database_url.clone()),
+        Some(_) => None,
+        None => o.postgres.clone(),
+    };
+    let database = match (&pg_url, system) {
+        (Some(_), _) => "PostgreSQL".to_string(),
+        (None, Some(_)) => "SQLite".to_string(),
+        (None, None) => "the gateway's".to_string(),
+    };
+    let bar = spinner("waiting for the system to be ready");
+    until(
+        "the system to be ready",
+        Duration::from_secs(60),
+        || async {
+            let r = http.get(format!("{base}/ready")).send().await.ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        },
+    )
+    .await?;
+    let products = o.products.max(1);
+    for i in 0..products {
+        let r = http
+            .put(format!("{base}/inventory/bench-{i}"))
+            .json(&json!({"available": 100_000_000, "price_cents": 1000}))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the gateway at {base}"))?;
+        if !r.status().is_success() {
+            bail!("PUT /inventory answered {}", r.status());
+        }
+    }
+
+    // 1. Unloaded: one order at a time, POST → confirmed.
+    bar.set_message(format!("{} orders one at a time", o.unloaded));
+    let mut unloaded = Vec::with_capacity(o.unloaded);
+    for n in 0..o.unloaded {
+        let t0 = Instant::now();
+        let id = post(&http, &base, &order_body(n, products, 0.0))
+            .await
+            .map_err(|e| anyhow!("POST /orders: {e}"))?;
+        until(
+            "an unloaded order to finish",
+            Duration::from_secs(30),
+            || status(&http, &base, &id),
+        )
+        .await?;
+        unloaded.push(t0.elapsed());
+    }
+    let unloaded_confirm = Percentiles::of(&mut unloaded);
+
+    // 2. Load.
+    let before = metrics(&http, &base).await?;
+    let pg_before = match &pg_url {
+        Some(url) => Some(pg_commits(url).await?),
+        None => None,
+    };
+    let finished_before = metric_sum(&before, "jetflow_orders_total", &[("status", "confirmed")])
+        + metric_sum(&before, "jetflow_orders_total", &[("status", "cancelled")]);
+    bar.set_message(format!("{} clients posting orders", o.clients));
+    let started = Instant::now();
+    let stop_at = started + o.duration;
+    let budget = Arc::new(AtomicUsize::new(o.orders.unwrap_or(usize::MAX)));
+    let counter = Arc::new(AtomicUsize::new(o.unloaded));
+    let clients = (0..o.clients.max(1)).map(|_| {
+        let (http, base, budget, counter) =
+            (http.clone(), base.clone(), budget.clone(), counter.clone());
+        let (limited, express) = (o.orders.is_some(), o.express);
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                if limited {
+                    if budget
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                        .is_err()
+                    {
+                        break;
+                    }
+                } else if Instant::now() >= stop_at {
+                    break;
+                }
+                let n = counter.fetch_add(1, Ordering::Relaxed);
+                let t0 = Instant::now();
+                let r = post(&http, &base, &order_body(n, products, express)).await;
+                out.push((r.ok(), t0.elapsed()));
+            }
+            out
+        })
+    });
+    let mut results = Vec::new();
+    for c in futures::future::join_all(clients).await {
+        results.extend(c?);
+    }
+    let posting = started.elapsed();
+    let accepted: Vec<String> = results.iter().filter_map(|(id, _)| id.clone()).collect();
+    let accept = Measurement::new(
+        "POST /orders (202 after PubAck)",
+        results.len(),
+        posting,
+        results.iter().map(|(_, l)| *l).collect(),
+    );
+
+    // 3. Drain: until every accepted order finished.
+    bar.set_message(format!("waiting for {} orders to finish", accepted.len()));
+    let target = finished_before + accepted.len() as f64;
+    let after = until("every accepted order to finish", o.timeout, || async {
+        let text = metrics(&http, &base).await.ok()?;
+        let done = metric_sum(&text, "jetflow_orders_total", &[("status", "confirmed")])
+            + metric_sum(&text, "jetflow_orders_total", &[("status", "cancelled")]);
+        (done >= target).then_some(text)
+    })
+    .await?;
+    let elapsed = started.elapsed();
+    let pg_after = match &pg_url {
+        Some(url) => Some(pg_commits(url).await?),
+        None => None,
+    };
+    let finished = accepted.len();
+    let confirmed = (metric_sum(&after, "jetflow_orders_total", &[("status", "confirmed")])
+        - metric_sum(&before, "jetflow_orders_total", &[("status", "confirmed")]))
+        as usize;
+    let commits = metric_sum(&after, "jetflow_db_commits_total", &[])
+        - metric_sum(&before, "jetflow_db_commits_total", &[]);
+    let mut e2e = Vec::new();
+    let sample: Vec<&String> = accepted
+        .iter()
+        .step_by((accepted.len() / 500).max(1))
+        .collect();
+    for id in sample {
+        if let Some(v) = status(&http, &base, id).await {
+            let times: Vec<chrono::DateTime<chrono::FixedOffset>> = v["history"]
+                .as_array()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|e| {
+                            chrono::DateTime::parse_from_rfc3339(e["at"].as_str()?).ok()
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let (Some(first), Some(last)) = (times.iter().min(), times.iter().max()) {
+                e2e.push((*last - *first).to_std().unwrap_or_default());
+            }
+        }
+    }
+
+    // 4. Idle.
+    bar.set_message("watching the idle process");
+    let idle_before = metric_sum(
+        &metrics(&http, &base).await?,
+        "jetflow_db_commits_total",
+        &[],
+    );
+    let pg_idle_before = match &pg_url {
+        Some(url) => Some(pg_commits(url).await?),
+        None => None,
+    };
+    tokio::time::sleep(o.idle).await;
+    let idle_after = metric_sum(
+        &metrics(&http, &base).await?,
+        "jetflow_db_commits_total",
+        &[],
+    );
+    let pg_idle_after = match &pg_url {
+        Some(url) => Some(pg_commits(url).await?),
+        None => None,
+    };
+    let idle_secs = o.idle.as_secs_f64().max(1e-9);
+
+    // 5. The baseline on the same broker.
+    let baseline = match (&nats_url, o.baseline_orders) {
+        (Some(url), n) if n > 0 => {
+            bar.set_message(format!("raw async-nats saga: {n} orders"));
+            Some(saga::run(url, n, 256).await?)
+        }
+        _ => None,
+    };
+    bar.finish_and_clear();
+    let finished_per_second = finished as f64 / elapsed.as_secs_f64().max(1e-9);
+    let per_order = |n: f64| n / finished.max(1) as f64;
+    Ok(OrdersReport {
+        database,
+        sync_always: o.sync_always,
+        clients: o.clients,
+        unloaded_confirm,
+        posted: results.len(),
+        accepted: accepted.len(),
+        refused: results.len() - accepted.len(),
+        accept,
+        finished_per_second,
+        end_to_end: Percentiles::of(&mut e2e),
+        confirmed,
+        cancelled: finished.saturating_sub(confirmed),
+        commits_per_order: per_order(commits),
+        pg_commits_per_order: pg_before
+            .zip(pg_after)
+            .map(|(b, a)| per_order((a - b) as f64)),
+        idle_commits_per_second: (idle_after - idle_before) / idle_secs,
+        idle_pg_commits_per_second: pg_idle_before
+            .zip(pg_idle_after)
+            .map(|(b, a)| (a - b) as f64 / idle_secs),
+        ratio: baseline
+            .as_ref()
+            .map(|b| finished_per_second / b.per_second),
+        baseline,
+    })
+}
+
+fn print_report(r: &OrdersReport) {
+    println!(
+        "jetflow bench orders: {} database, {} clients{}",
+        r.database,
+        r.clients,
+        if r.sync_always {
+            ", sync_interval: always"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  unloaded POST → confirmed              p50 {:>7.2} ms   p99 {:>7.2} ms",
+        r.unloaded_confirm.p50_ms, r.unloaded_confirm.p99_ms
+    );
+    println!("{}", r.accept.line());
+    println!(
+        "  finished {:.0} orders/s ({} accepted: {} confirmed, {} cancelled; {} refused)",
+        r.finished_per_second, r.accepted, r.confirmed, r.cancelled, r.refused
+    );
+    println!(
+        "  accepted → finished                    p50 {:>7.2} ms   p99 {:>7.2} ms",
+        r.end_to_end.p50_ms, r.end_to_end.p99_ms
+    );
+    print!(
+        "  commits per finished order: {:.2} (jetflow)",
+        r.commits_per_order
+    );
+    match r.pg_commits_per_order {
+        Some(pg) => println!(", {pg:.2} (PostgreSQL, every transaction)"),
+        None => println!(),
+    }
+    print!(
+        "  idle commits/s: {:.2} (jetflow)",
+        r.idle_commits_per_second
+    );
+    match r.idle_pg_commits_per_second {
+        Some(pg) => println!(", {pg:.2} (PostgreSQL, polling included)"),
+        None => println!(),
+    }
+    if let (Some(b), Some(ratio)) = (&r.baseline, r.ratio) {
+        println!(
+            "  raw async-nats saga on the same broker: {:.0} orders/s; jetflow/raw = {:.3}",
+            b.per_second, ratio
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sums_match_names_exactly() {
+        let text = "# HELP x\njetflow_orders_total{status=\"confirmed\"} 3\njetflow_orders_total{status=\"cancelled\"} 2\njetflow_orders_total_other 9\njetflow_db_commits_total 7\n";
+        assert_eq!(
+            metric_sum(text, "jetflow_orders_total", &[("status", "confirmed")]),
+            3.0
+        );
+        assert_eq!(metric_sum(text, "jetflow_orders_total", &[]), 5.0);
+        assert_eq!(metric_sum(text, "jetflow_db_commits_total", &[]), 7.0);
+    }
+
+    #[test]
+    fn admin_urls_point_at_the_new_database() {
+        assert_eq!(
+            with_database("postgres://u@h:5432/postgres", "db1"),
+            "postgres://u@h:5432/db1"
+        );
+        assert_eq!(
+            with_database("postgres://u@h/postgres?sslmode=require", "db1"),
+            "postgres://u@h/db1?sslmode=require"
+        );
+    }
+}

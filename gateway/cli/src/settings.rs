@@ -1,0 +1,516 @@
+//! The settings of a process, nested by concern, with one source of defaults
+//! ([`Settings::default`], which tests start from too), built from the command line and
+//! checked before anything starts: a setting that cannot work stops the command with exit
+//! code 2 and one line that names it ([`ConfigError`]).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use jetflow_domain::SagaConfig;
+use jetflow_runtime::{
+    BatchConfig, DbConfig, Discard, NatsAuth, NatsConfig, NatsTls, RelayConfig, Retention, Secret,
+};
+
+use crate::cli::{
+    AllArgs, ApiArgs, ConsumerArgs, DatabaseArgs, DiscardArg, GatewayArgs, HttpArgs, InventoryArgs,
+    NatsArgs, OrderArgs, OrdersArgs, PaymentArgs, PaymentsArgs, ProviderArgs, StreamArgs,
+};
+
+/// The laptop default database.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://./data/jetflow.db";
+/// Where a role serves HTTP by default.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// Where `jetflow all` serves its simulated provider by default.
+pub const DEFAULT_PROVIDER_ADDR: &str = "127.0.0.1:8081";
+
+/// A setting that cannot work: which one, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (and flag) that holds it.
+    pub setting: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            setting,
+            message: message.into(),
+        }
+    }
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsSettings {
+    /// Comma-separated seeds (`None`: `jetflow all` starts a local server).
+    pub url: Option<String>,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// TLS trust and client certificate.
+    pub tls: NatsTls,
+    /// How long a publish waits for its PubAck.
+    pub publish_timeout: Duration,
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            auth: NatsAuth::None,
+            tls: NatsTls::default(),
+            publish_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl NatsSettings {
+    /// The connection settings under connection name `name`.
+    pub fn connection(&self, name: &str) -> NatsConfig {
+        NatsConfig::new(self.url.as_deref().unwrap_or_default())
+            .auth(self.auth.clone())
+            .tls(self.tls.clone())
+            .name(name)
+    }
+}
+
+/// How this process serves HTTP and stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// The main address.
+    pub addr: SocketAddr,
+    /// Where the probes and metrics go, if not on the main address.
+    pub admin_addr: Option<SocketAddr>,
+    /// Worker threads (default: one per core).
+    pub workers: Option<usize>,
+    /// Requests per second per client (0: off).
+    pub rate_limit: u32,
+    /// Burst per client.
+    pub rate_burst: u32,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// How long a stop may take.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_addr: None,
+            workers: None,
+            rate_limit: 500,
+            rate_burst: 1000,
+            trusted_proxies: Vec::new(),
+            shutdown_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// How the payments role reaches its provider, and where `jetflow all` serves the simulated
+/// one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSettings {
+    /// The provider's base URL (`None`: the simulated one at `addr`).
+    pub url: Option<String>,
+    /// Extra CAs to trust for an `https://` provider.
+    pub ca: Option<PathBuf>,
+    /// Timeout of one call.
+    pub timeout: Duration,
+    /// Consecutive failures that open the breaker.
+    pub breaker_threshold: u32,
+    /// How long it stays open.
+    pub breaker_open: Duration,
+    /// Where the simulated provider listens.
+    pub addr: SocketAddr,
+}
+
+impl Default for ProviderSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            ca: None,
+            timeout: Duration::from_secs(2),
+            breaker_threshold: 5,
+            breaker_open: Duration::from_secs(10),
+            addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+        }
+    }
+}
+
+impl ProviderSettings {
+    /// The URL payments calls.
+    pub fn url(&self) -> String {
+        self.url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.addr))
+    }
+}
+
+/// Everything a process needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The role's name (the NATS connection name and logs).
+    pub role_name: String,
+    /// NATS.
+    pub nats: NatsSettings,
+    /// The database.
+    pub database: DbConfig,
+    /// HTTP and lifecycle.
+    pub http: HttpSettings,
+    /// The saga: streams, consumers, orders, payments.
+    pub saga: SagaConfig,
+    /// The payment provider.
+    pub provider: ProviderSettings,
+    /// How long processed events are remembered.
+    pub retention: Retention,
+    /// The outbox relay.
+    pub relay: RelayConfig,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            role_name: "jetflow".to_string(),
+            nats: NatsSettings::default(),
+            database: DbConfig::new(DEFAULT_DATABASE_URL),
+            http: HttpSettings::default(),
+            saga: SagaConfig::default(),
+            provider: ProviderSettings::default(),
+            retention: Retention::default(),
+            relay: RelayConfig::default(),
+        }
+    }
+}
+
+fn readable(setting: &'static str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| ConfigError::new(setting, format!("cannot read {}: {e}", path.display())))
+}
+
+impl Settings {
+    fn apply_nats(&mut self, a: &NatsArgs) -> Result<(), ConfigError> {
+        self.nats.url = a.nats_url.clone();
+        self.nats.auth = match (&a.nats_creds, &a.nats_user, &a.nats_password) {
+            (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
+                return Err(ConfigError::new(
+                    "NATS_CREDS",
+                    "give a creds file or a user and password, not both",
+                ));
+            }
+            (Some(creds), None, None) => NatsAuth::CredsFile(creds.clone()),
+            (None, Some(user), Some(password)) => NatsAuth::UserPassword {
+                user: user.clone(),
+                password: Secret::new(password.clone()),
+            },
+            (None, Some(_), None) => {
+                return Err(ConfigError::new(
+                    "NATS_PASSWORD",
+                    "NATS_USER needs NATS_PASSWORD",
+                ));
+            }
+            (None, None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "NATS_USER",
+                    "NATS_PASSWORD needs NATS_USER",
+                ));
+            }
+            (None, None, None) => NatsAuth::None,
+        };
+        self.nats.tls = NatsTls {
+            ca: a.nats_tls_ca.clone(),
+            cert: a.nats_tls_cert.clone(),
+            key: a.nats_tls_key.clone(),
+        };
+        Ok(())
+    }
+
+    fn apply_database(&mut self, a: &DatabaseArgs) {
+        self.database = DbConfig {
+            url: a.database_url.clone(),
+            max_connections: a.db_pool,
+            ..DbConfig::new(a.database_url.clone())
+        };
+    }
+
+    fn apply_http(&mut self, a: &HttpArgs) {
+        self.http.addr = a.http_addr;
+        self.http.admin_addr = a.admin_addr;
+        self.http.workers = a.http_workers.map(|n| n as usize);
+        self.http.shutdown_timeout = a.shutdown_timeout;
+    }
+
+    fn apply_streams(&mut self, a: &StreamArgs) {
+        self.saga.stream_replicas = usize::from(a.stream_replicas);
+        self.saga.stream_max_age = a.stream_max_age;
+        self.saga.stream_max_bytes =
+            (a.stream_max_bytes > 0).then(|| i64::try_from(a.stream_max_bytes).unwrap_or(i64::MAX));
+        self.saga.stream_discard = match a.stream_discard {
+            DiscardArg::Old => Discard::Old,
+            DiscardArg::New => Discard::New,
+        };
+    }
+
+    fn apply_consumers(&mut self, a: &ConsumerArgs) {
+        self.saga.ack_wait = a.ack_wait;
+        self.saga.max_deliver = a.max_deliver;
+        self.saga.batch = BatchConfig {
+            max: a.batch_max as usize,
+            linger: a.batch_linger,
+        };
+        self.saga.double_ack = a.double_ack;
+        self.retention.inbox = a.inbox_retention;
+        self.relay.max_attempts = a.outbox_max_attempts;
+    }
+
+    fn apply_api(&mut self, a: &ApiArgs) -> Result<(), ConfigError> {
+        self.http.rate_limit = a.rate_limit;
+        self.http.rate_burst = a.rate_burst;
+        self.http.trusted_proxies = jetflow_gateway::rate_limit::parse_proxies(&a.trusted_proxies)
+            .map_err(|e| ConfigError::new("JETFLOW_TRUSTED_PROXIES", e))?;
+        self.saga.created_versions = SagaConfig::parse_versions(&a.orders_created_versions)
+            .map_err(|e| ConfigError::new("JETFLOW_ORDERS_CREATED_VERSIONS", e))?;
+        self.saga.idempotency_retention = a.idempotency_retention;
+        Ok(())
+    }
+
+    fn apply_orders(&mut self, a: &OrderArgs) {
+        self.saga.order_timeout = a.order_timeout;
+        self.saga.order_sweep_interval = a.order_sweep_interval;
+    }
+
+    fn apply_payments(&mut self, a: &PaymentArgs) {
+        self.provider.url = a.payment_provider_url.clone();
+        self.provider.ca = a.payment_provider_ca.clone();
+        self.provider.timeout = a.payment_timeout;
+        self.provider.breaker_threshold = a.breaker_threshold;
+        self.provider.breaker_open = a.breaker_open;
+        self.saga.payment_max_deliver = a.payment_max_deliver;
+        self.saga.payment_retry_base = a.payment_retry;
+        self.saga.payment_retry_max = Duration::from_secs(30).max(a.payment_retry);
+        self.saga.void_scan_interval = a.void_scan_interval;
+    }
+
+    fn named(role: &str) -> Self {
+        Self {
+            role_name: role.to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The settings of `jetflow all` (the NATS URL may be missing: a local server is
+    /// started).
+    pub fn for_all(a: &AllArgs) -> Result<Self, ConfigError> {
+        let mut s = Self::named("all");
+        s.apply_nats(&a.nats)?;
+        s.apply_database(&a.database);
+        s.apply_http(&a.http);
+        s.apply_streams(&a.streams);
+        s.apply_consumers(&a.consumers);
+        s.apply_api(&a.api)?;
+        s.apply_orders(&a.orders);
+        s.apply_payments(&a.payments);
+        s.provider.addr = a.provider_addr;
+        Ok(s)
+    }
+
+    /// The settings of `jetflow gateway`.
+    pub fn for_gateway(a: &GatewayArgs) -> Result<Self, ConfigError> {
+        let mut s = Self::named("gateway");
+        s.apply_nats(&a.nats)?;
+        s.apply_database(&a.database);
+        s.apply_http(&a.http);
+        s.apply_streams(&a.streams);
+        s.apply_api(&a.api)?;
+        Ok(s)
+    }
+
+    /// The settings of `jetflow orders`.
+    pub fn for_orders(a: &OrdersArgs) -> Result<Self, ConfigError> {
+        let mut s = Self::named("orders");
+        s.apply_nats(&a.nats)?;
+        s.apply_database(&a.database);
+        s.apply_http(&a.http);
+        s.apply_streams(&a.streams);
+        s.apply_consumers(&a.consumers);
+        s.apply_orders(&a.orders);
+        Ok(s)
+    }
+
+    /// The settings of `jetflow inventory`.
+    pub fn for_inventory(a: &InventoryArgs) -> Result<Self, ConfigError> {
+        let mut s = Self::named("inventory");
+        s.apply_nats(&a.nats)?;
+        s.apply_database(&a.database);
+        s.apply_http(&a.http);
+        s.apply_streams(&a.streams);
+        s.apply_consumers(&a.consumers);
+        Ok(s)
+    }
+
+    /// The settings of `jetflow payments`.
+    pub fn for_payments(a: &PaymentsArgs) -> Result<Self, ConfigError> {
+        let mut s = Self::named("payments");
+        s.apply_nats(&a.nats)?;
+        s.apply_database(&a.database);
+        s.apply_http(&a.http);
+        s.apply_streams(&a.streams);
+        s.apply_consumers(&a.consumers);
+        s.apply_payments(&a.payments);
+        Ok(s)
+    }
+
+    /// The settings of `jetflow payment-provider`.
+    pub fn for_provider(a: &ProviderArgs) -> Self {
+        let mut s = Self::named("payment-provider");
+        s.apply_http(&a.http);
+        s
+    }
+
+    /// The settings of the `dlq` tools.
+    pub fn for_tool(nats: &NatsArgs) -> Result<Self, ConfigError> {
+        let mut s = Self::named("dlq");
+        s.apply_nats(nats)?;
+        Ok(s)
+    }
+
+    /// Checks what can be checked before connecting to anything. `uses` says which parts
+    /// the command uses.
+    pub fn validate(&self, uses: Uses) -> Result<(), ConfigError> {
+        if uses.nats {
+            self.validate_nats()?;
+        }
+        if uses.database {
+            self.database
+                .validate()
+                .map_err(|e| ConfigError::new("DATABASE_URL", e.to_string()))?;
+        }
+        if uses.consumers {
+            let horizon = self.saga.redelivery_horizon();
+            self.retention
+                .check(horizon)
+                .map_err(|e| ConfigError::new("JETFLOW_INBOX_RETENTION", e))?;
+        }
+        if uses.payments {
+            match &self.provider.url {
+                Some(url) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(ConfigError::new(
+                        "PAYMENT_PROVIDER_URL",
+                        format!("{url:?} must start with http:// or https://"),
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(ca) = &self.provider.ca {
+                readable("PAYMENT_PROVIDER_CA", ca)?;
+            }
+        }
+        if let (Some(admin), true) = (self.http.admin_addr, uses.http) {
+            if admin == self.http.addr {
+                return Err(ConfigError::new(
+                    "JETFLOW_ADMIN_ADDR",
+                    "must differ from JETFLOW_HTTP_ADDR",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_nats(&self) -> Result<(), ConfigError> {
+        if self.nats.url.is_none() {
+            return Err(ConfigError::new(
+                "NATS_URL",
+                "is not set (for example nats://127.0.0.1:4222; comma-separate the nodes of a cluster)",
+            ));
+        }
+        self.nats.connection("check").validate().map_err(|e| {
+            use jetflow_runtime::connection::ConnectError as E;
+            match e {
+                E::Unreadable {
+                    setting,
+                    path,
+                    source,
+                } => ConfigError::new(setting, format!("cannot read {}: {source}", path.display())),
+                E::Invalid(m) if m.contains("NATS_TLS") => ConfigError::new("NATS_TLS_CERT", m),
+                other => ConfigError::new("NATS_URL", other.to_string()),
+            }
+        })
+    }
+
+    /// The saga settings, shared.
+    pub fn saga(&self) -> Arc<SagaConfig> {
+        Arc::new(self.saga.clone())
+    }
+}
+
+/// Which parts of the settings a command uses (only those are checked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Uses {
+    /// NATS.
+    pub nats: bool,
+    /// The database.
+    pub database: bool,
+    /// Consumers (inbox retention against redeliveries).
+    pub consumers: bool,
+    /// The payment provider client.
+    pub payments: bool,
+    /// HTTP servers.
+    pub http: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn uses_all() -> Uses {
+        Uses {
+            nats: true,
+            database: true,
+            consumers: true,
+            payments: true,
+            http: true,
+        }
+    }
+
+    #[test]
+    fn defaults_pass_except_the_missing_nats_url() {
+        let mut s = Settings::default();
+        let e = s.validate(uses_all()).unwrap_err();
+        assert_eq!(e.setting, "NATS_URL");
+        s.nats.url = Some("nats://127.0.0.1:4222".into());
+        s.validate(uses_all()).unwrap();
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let mut s = Settings::default();
+        s.nats.url = Some("nats://127.0.0.1:4222".into());
+        s.database = DbConfig {
+            max_connections: Some(8),
+            ..DbConfig::new("sqlite::memory:")
+        };
+        assert_eq!(s.validate(uses_all()).unwrap_err().setting, "DATABASE_URL");
+        s.database = DbConfig::new("sqlite::memory:");
+        s.retention.inbox = Duration::from_secs(60);
+        assert_eq!(
+            s.validate(uses_all()).unwrap_err().setting,
+            "JETFLOW_INBOX_RETENTION"
+        );
+        s.retention = Retention::default();
+        s.provider.url = Some("ftp://x".into());
+        assert_eq!(
+            s.validate(uses_all()).unwrap_err().setting,
+            "PAYMENT_PROVIDER_URL"
+        );
+        s.provider.url = None;
+        s.nats.auth = NatsAuth::CredsFile("/nonexistent.creds".into());
+        let e = s.validate(uses_all()).unwrap_err();
+        assert_eq!(e.setting, "NATS_CREDS", "{e}");
+    }
+}

@@ -1,0 +1,496 @@
+//! The composition root: builds what a set of roles needs, serves HTTP, and stops it all in
+//! order.
+//!
+//! [`Application::build`] checks the settings, connects (database, NATS), starts each role's
+//! routes and actors and binds the HTTP servers, returning before serving so a caller (the
+//! binary, or a test) learns the bound ports. [`Application::run`] serves until its shutdown
+//! future resolves (a signal, or a test's stop), then stops in the order the design gives:
+//!
+//! 1. `/ready` answers 503 (load balancers take the process out);
+//! 2. every HTTP server stops accepting and finishes its requests (all at once);
+//! 3. the consumers stop pulling, and what they pulled is handled and acknowledged;
+//! 4. the outbox is flushed (what was committed is published);
+//! 5. NATS and the database connections close;
+//!
+//! all within `JETFLOW_SHUTDOWN_TIMEOUT`. The caller then stops a child nats-server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::{ErrorHandlers, from_fn};
+use actix_web::{App, HttpServer, web};
+use backon::Retryable;
+use jetflow_domain::service::{self, PaymentSettings, RoleActors};
+use jetflow_domain::{Deps, topology};
+use jetflow_gateway::rate_limit::RateLimiter;
+use jetflow_gateway::routes;
+use jetflow_gateway::{GatewayState, access_log, correlation, error, http_metrics};
+use jetflow_provider::ProviderState;
+use jetflow_runtime::{
+    Backoff, Bridge, BridgeConfig, Database, DbError, Health, Housekeeping, NatsBridge,
+    OutboxHandle, OutboxRelay, Publisher,
+};
+use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
+
+use crate::settings::{ConfigError, Settings, Uses};
+
+/// The readiness component that turns 503 when the process is stopping.
+pub const LIFECYCLE: &str = "lifecycle";
+
+/// Which roles a process runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Roles {
+    /// The REST gateway.
+    pub gateway: bool,
+    /// The order handler and sweeper.
+    pub orders: bool,
+    /// The stock handler.
+    pub inventory: bool,
+    /// The payment handler and voider.
+    pub payments: bool,
+    /// The simulated payment provider.
+    pub provider: bool,
+}
+
+impl Roles {
+    /// Everything (`jetflow all`).
+    pub fn all() -> Self {
+        Self {
+            gateway: true,
+            orders: true,
+            inventory: true,
+            payments: true,
+            provider: true,
+        }
+    }
+
+    fn consumes(&self) -> bool {
+        self.orders || self.inventory || self.payments
+    }
+
+    fn needs_nats(&self) -> bool {
+        self.gateway || self.consumes()
+    }
+
+    /// What of the settings these roles use.
+    pub fn uses(&self) -> Uses {
+        Uses {
+            nats: self.needs_nats(),
+            database: self.gateway || self.consumes(),
+            consumers: self.consumes(),
+            payments: self.payments,
+            http: true,
+        }
+    }
+}
+
+/// Why the application could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// A setting that cannot work (exit code 2).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The database.
+    #[error(transparent)]
+    Database(DbError),
+    /// An HTTP address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<DbError> for StartupError {
+    fn from(e: DbError) -> Self {
+        match &e {
+            DbError::UnsupportedUrl(_) | DbError::Invalid(_) => StartupError::Config(ConfigError {
+                setting: "DATABASE_URL",
+                message: e.to_string(),
+            }),
+            DbError::Connect {
+                source: sqlx::Error::Configuration(why),
+                ..
+            } => StartupError::Config(ConfigError {
+                setting: "DATABASE_URL",
+                message: why.to_string(),
+            }),
+            _ => StartupError::Database(e),
+        }
+    }
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// Whether every step finished within the shutdown timeout.
+    pub clean: bool,
+    /// How long it took.
+    pub took: Duration,
+    /// Outbox rows left for the next start (-1 if unknown).
+    pub outbox_left: i64,
+}
+
+/// A built application, not serving yet.
+pub struct Application {
+    settings: Settings,
+    health: Health,
+    servers: Vec<Server>,
+    http_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    provider_addr: Option<SocketAddr>,
+    bridge: Option<Bridge>,
+    db: Option<Database>,
+    outbox: Option<OutboxHandle>,
+    actors: Vec<RoleActors>,
+    background: CancellationToken,
+}
+
+/// Connects to the database, retrying for up to `patience` (a database that starts a little
+/// after us is normal in compose or Kubernetes), and runs the migrations.
+async fn connect_database(settings: &Settings, patience: Duration) -> Result<Database, DbError> {
+    let started = Instant::now();
+    let db = (|| Database::connect(&settings.database))
+        .retry(
+            Backoff::exponential(Duration::from_millis(200), Duration::from_secs(3))
+                .builder(),
+        )
+        .when(|e| matches!(e, DbError::Connect { .. }) && started.elapsed() < patience)
+        .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "database not reachable yet"))
+        .await?;
+    db.migrate(&jetflow_domain::MIGRATOR).await?;
+    Ok(db)
+}
+
+impl Application {
+    /// Checks the settings, connects, starts the roles and binds the HTTP servers.
+    pub async fn build(settings: Settings, roles: Roles) -> Result<Self, StartupError> {
+        settings.validate(roles.uses())?;
+        crate::telemetry::register_metrics();
+        let health = Health::new();
+        let background = CancellationToken::new();
+        let saga = settings.saga();
+
+        let db = if roles.uses().database {
+            let db = connect_database(&settings, Duration::from_secs(30)).await?;
+            db.spawn_health_probe(health.clone(), Duration::from_secs(5), background.clone());
+            Some(db)
+        } else {
+            None
+        };
+        let bridge = roles.needs_nats().then(|| {
+            let name = format!("jetflow-{}", settings.role_name);
+            let mut config =
+                BridgeConfig::new(settings.nats.connection(&name), topology::topology(&saga));
+            config.publish_timeout = settings.nats.publish_timeout;
+            NatsBridge::start(config, health.clone())
+        });
+
+        let mut outbox = None;
+        let mut actors = Vec::new();
+        if let (Some(db), Some(bridge)) = (&db, &bridge) {
+            let mut housekeeping = Housekeeping::new(db.clone(), settings.retention);
+            if roles.consumes() {
+                let publisher: Arc<dyn Publisher> = Arc::new(bridge.clone());
+                let relay = OutboxRelay::start(db.clone(), publisher, settings.relay.clone());
+                let deps = Deps {
+                    db: db.clone(),
+                    outbox: relay.clone(),
+                    config: saga.clone(),
+                };
+                if roles.orders {
+                    actors.push(service::start_orders(&deps, bridge, &health).await);
+                }
+                if roles.inventory {
+                    actors.push(service::start_inventory(&deps, bridge).await);
+                }
+                if roles.payments {
+                    let payment = PaymentSettings {
+                        provider_url: settings.provider.url(),
+                        provider_ca: settings.provider.ca.clone(),
+                        call_timeout: settings.provider.timeout,
+                        breaker_threshold: settings.provider.breaker_threshold,
+                        breaker_open: settings.provider.breaker_open,
+                    };
+                    let started = service::start_payments(&deps, bridge, &health, &payment)
+                        .await
+                        .map_err(|e| {
+                            StartupError::Config(ConfigError {
+                                setting: "PAYMENT_PROVIDER_URL",
+                                message: e.to_string(),
+                            })
+                        })?;
+                    actors.push(started);
+                }
+                outbox = Some(relay);
+            }
+            if roles.gateway {
+                let retention = saga.idempotency_retention;
+                housekeeping = housekeeping.also(
+                    "idempotency_keys",
+                    Arc::new(move |db: Database| {
+                        Box::pin(async move {
+                            jetflow_domain::idempotency_store::purge_expired(&db, retention).await
+                        })
+                    }),
+                );
+            }
+            housekeeping.spawn(background.clone());
+        }
+
+        let gateway = match (&db, &bridge) {
+            (Some(db), Some(bridge)) if roles.gateway => Some(GatewayState::new(
+                db.clone(),
+                Arc::new(bridge.clone()),
+                saga.clone(),
+            )),
+            _ => None,
+        };
+        let limiter = RateLimiter::new(
+            settings.http.rate_limit,
+            settings.http.rate_burst,
+            settings.http.trusted_proxies.clone(),
+        );
+        limiter.spawn_pruning(background.clone());
+
+        let provider_only = roles.provider && !roles.needs_nats();
+        let provider_state = ProviderState::default();
+        let probes_on_main = settings.http.admin_addr.is_none();
+        let h = health.clone();
+        let main_provider = provider_only.then(|| provider_state.clone());
+        let server = HttpServer::new(move || {
+            let app = App::new()
+                .wrap(ErrorHandlers::new().default_handler(error::json_errors))
+                .wrap(from_fn(jetflow_gateway::rate_limit::middleware))
+                .wrap(from_fn(correlation::middleware))
+                .wrap(from_fn(access_log::middleware))
+                .wrap(from_fn(http_metrics::middleware))
+                .wrap(TracingLogger::<jetflow_gateway::access_log::RequestSpan>::new())
+                .app_data(web::Data::new(h.clone()))
+                .app_data(web::Data::new(limiter.clone()))
+                .default_service(web::to(not_found));
+            let app = if probes_on_main {
+                app.configure(routes::health::configure)
+            } else {
+                app
+            };
+            let app = match &gateway {
+                Some(state) => app
+                    .app_data(web::Data::new(state.clone()))
+                    .configure(routes::orders::configure)
+                    .configure(routes::inventory::configure)
+                    .configure(routes::openapi::configure),
+                None => app,
+            };
+            match &main_provider {
+                Some(state) => app.configure(jetflow_provider::configure(state.clone())),
+                None => app,
+            }
+        });
+        let mut servers = Vec::new();
+        let (server, http_addr) = listen(server, &settings, settings.http.addr, None)?;
+        servers.push(server);
+
+        let mut admin_addr = None;
+        if let Some(addr) = settings.http.admin_addr {
+            let h = health.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .wrap(ErrorHandlers::new().default_handler(error::json_errors))
+                    .wrap(from_fn(http_metrics::middleware))
+                    .app_data(web::Data::new(h.clone()))
+                    .configure(routes::health::configure)
+                    .default_service(web::to(not_found))
+            });
+            let (server, bound) = listen(server, &settings, addr, Some(1))?;
+            servers.push(server);
+            admin_addr = Some(bound);
+        }
+
+        let mut provider_addr = None;
+        if roles.provider && !provider_only {
+            let h = health.clone();
+            let state = provider_state.clone();
+            let server = HttpServer::new(move || {
+                App::new()
+                    .wrap(ErrorHandlers::new().default_handler(error::json_errors))
+                    .wrap(from_fn(http_metrics::middleware))
+                    .app_data(web::Data::new(h.clone()))
+                    .configure(routes::health::configure)
+                    .configure(jetflow_provider::configure(state.clone()))
+                    .default_service(web::to(not_found))
+            });
+            let (server, bound) = listen(server, &settings, settings.provider.addr, Some(1))?;
+            servers.push(server);
+            provider_addr = Some(bound);
+        }
+        tracing::info!(%http_addr, ?admin_addr, ?provider_addr, ?roles, "jetflow started");
+        Ok(Self {
+            settings,
+            health,
+            servers,
+            http_addr,
+            admin_addr,
+            provider_addr,
+            bridge,
+            db,
+            outbox,
+            actors,
+            background,
+        })
+    }
+
+    /// Where the main HTTP server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Where the probes and metrics are served, when not on the main address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Where the simulated payment provider listens, when it has its own server.
+    pub fn provider_addr(&self) -> Option<SocketAddr> {
+        self.provider_addr
+    }
+
+    /// The health registry.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The bridge, when the roles use NATS.
+    pub fn bridge(&self) -> Option<&Bridge> {
+        self.bridge.as_ref()
+    }
+
+    /// The database, when the roles use one.
+    pub fn database(&self) -> Option<&Database> {
+        self.db.as_ref()
+    }
+
+    /// The outbox relay, when the roles have one.
+    pub fn outbox(&self) -> Option<&OutboxHandle> {
+        self.outbox.as_ref()
+    }
+
+    /// Serves until `shutdown` resolves, then stops in order (see the module docs).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> StopReport {
+        let handles: Vec<ServerHandle> = self.servers.iter().map(Server::handle).collect();
+        for server in self.servers.drain(..) {
+            actix_rt::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            });
+        }
+        shutdown.await;
+        self.stop(handles).await
+    }
+
+    async fn stop(self, handles: Vec<ServerHandle>) -> StopReport {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.settings.http.shutdown_timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        let mut clean = true;
+        tracing::info!(timeout = ?self.settings.http.shutdown_timeout, "stopping");
+        // 1. Not ready any more.
+        self.health.set_not_ready(LIFECYCLE, "shutting down");
+        // 2. Every HTTP server stops accepting and finishes its requests, together.
+        let stops = futures::future::join_all(handles.iter().map(|h| h.stop(true)));
+        if tokio::time::timeout(left(), stops).await.is_err() {
+            tracing::warn!("HTTP servers did not finish their requests in time");
+            clean = false;
+        }
+        // 3. Consumers stop pulling; what they pulled is handled and acknowledged.
+        if let Some(bridge) = &self.bridge
+            && !bridge.drain(left()).await
+        {
+            tracing::warn!("consumers did not finish in time; the rest is redelivered");
+            clean = false;
+        }
+        for actors in &self.actors {
+            actors.stop();
+        }
+        // 4. What was committed is published.
+        let mut outbox_left = 0;
+        if let Some(outbox) = &self.outbox {
+            let report = outbox.flush(left()).await;
+            outbox_left = report.left;
+            if report.left != 0 {
+                tracing::warn!(
+                    left = report.left,
+                    "outbox not empty at stop; published at the next start"
+                );
+                clean = false;
+            }
+        }
+        // 5. Connections close.
+        self.background.cancel();
+        if let Some(bridge) = &self.bridge
+            && tokio::time::timeout(left().max(Duration::from_millis(500)), bridge.close())
+                .await
+                .is_err()
+        {
+            clean = false;
+        }
+        if let Some(db) = &self.db
+            && tokio::time::timeout(left().max(Duration::from_millis(500)), db.close())
+                .await
+                .is_err()
+        {
+            clean = false;
+        }
+        let took = started.elapsed();
+        tracing::info!(took_ms = took.as_millis() as u64, clean, "stopped");
+        StopReport {
+            clean,
+            took,
+            outbox_left,
+        }
+    }
+}
+
+/// Binds a server (no signal handling of its own: the application stops it).
+fn listen<F, I, S, B>(
+    server: HttpServer<F, I, S, B>,
+    settings: &Settings,
+    addr: SocketAddr,
+    workers: Option<usize>,
+) -> Result<(Server, SocketAddr), StartupError>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: actix_service::IntoServiceFactory<S, actix_http::Request>,
+    S: actix_service::ServiceFactory<actix_http::Request, Config = actix_web::dev::AppConfig>
+        + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<actix_http::Response<B>> + 'static,
+    <S::Service as actix_service::Service<actix_http::Request>>::Future: 'static,
+    S::Service: 'static,
+    B: actix_web::body::MessageBody + 'static,
+{
+    let timeout = settings.http.shutdown_timeout.as_secs().max(1);
+    let server = server.disable_signals().shutdown_timeout(timeout);
+    let server = match workers.or(settings.http.workers) {
+        Some(n) => server.workers(n.max(1)),
+        None => server,
+    };
+    let server = server
+        .bind(addr)
+        .map_err(|source| StartupError::Bind { addr, source })?;
+    let bound = server.addrs().first().copied().unwrap_or(addr);
+    Ok((server.run(), bound))
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, error::ApiError> {
+    Err(error::ApiError::not_found("not_found", "no such route"))
+}

@@ -1,0 +1,75 @@
+//! Logging and metrics set-up.
+//!
+//! Logging: `tracing` to stderr (stdout stays clean for command output such as
+//! `jetflow dlq list --json`; containers collect both), JSON or human-readable, filtered by
+//! `RUST_LOG`.
+//!
+//! JSON lines carry the fields of every enclosing span (a delivery's correlation id, an HTTP
+//! request's id), so one `jq` over the logs follows one order through every role. Panics
+//! are logged through tracing too, so they reach the same place as everything else.
+
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::FmtSpan;
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (for machines).
+    Json,
+    /// Colourless human-readable lines.
+    Pretty,
+}
+
+/// Installs the global subscriber (once; later calls are ignored) and the panic hook.
+pub fn init(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let result = match format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_span_events(FmtSpan::NONE)
+            .with_writer(std::io::stderr)
+            .try_init(),
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .try_init(),
+    };
+    if result.is_ok() {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(panic = %jetflow_runtime::supervisor::panic_message(info.payload()), %location, "panic");
+            if std::env::var_os("JETFLOW_PANIC_BACKTRACE").is_some() {
+                default_hook(info);
+            }
+        }));
+    }
+}
+
+/// Registers every metric family at start, each known series at 0 (so the first dead letter
+/// or publish error shows as an increase), and the process collector (`process_*`: CPU,
+/// memory, open files). Idempotent.
+pub fn register_metrics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        jetflow_gateway::http_metrics::init();
+        jetflow_domain::metrics::init();
+        jetflow_runtime::metrics::init_subjects(&jetflow_domain::topology::subjects());
+        let _ = jetflow_runtime::metrics::render();
+        #[cfg(target_os = "linux")]
+        {
+            let collector = prometheus::process_collector::ProcessCollector::for_self();
+            if let Err(e) = prometheus::register(Box::new(collector)) {
+                tracing::debug!(error = %e, "process collector not registered");
+            }
+        }
+    });
+}

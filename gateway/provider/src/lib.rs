@@ -1,0 +1,368 @@
+//! # The simulated payment provider (`jetflow payment-provider`)
+//!
+//! A stand-in for a real card processor, with the behaviours the saga must survive:
+//! `POST /charges` succeeds, or declines (402) customers whose id starts with `declined-`;
+//! `PUT /_control` makes it fail every call with 503, answer slowly, or charge and then
+//! answer 502 (a proxy hiding a success), to exercise the circuit breaker and the handling of
+//! uncertain answers. Like a real processor it honours `Idempotency-Key`: a repeated key gets
+//! the first answer and charges nothing more; without a key every call is a new charge.
+//!
+//! It counts what it is asked: `GET /charges/{order_id}` answers the order's status and how
+//! many charge and void calls reached it, and how many charges it actually made, so a test
+//! proves "charged at most once" by counting calls rather than reading a ledger keyed by the
+//! very order it counts.
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use jetflow_gateway::error::ApiError;
+use serde::{Deserialize, Serialize};
+
+/// The fault switches of `PUT /_control`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    /// Answer every charge and void with 503 (nothing is charged).
+    #[serde(default)]
+    pub fail: bool,
+    /// Wait this long before answering a charge.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// Charge, then answer 502 as a proxy in front of a failing gateway would.
+    #[serde(default)]
+    pub fail_after_charge: bool,
+}
+
+/// The body of `POST /charges`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ChargeRequest {
+    /// The order.
+    pub order_id: String,
+    /// The customer; `declined-*` is declined.
+    pub customer_id: String,
+    /// The amount.
+    pub amount_cents: i64,
+}
+
+/// What became of an order's charge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChargeStatus {
+    /// Charged.
+    Succeeded,
+    /// Declined.
+    Declined,
+    /// Charged and given back, or refused because a void came first.
+    Voided,
+}
+
+/// One order's account at the provider, as `GET /charges/{order_id}` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Account {
+    /// The order.
+    pub order_id: String,
+    /// The customer of the first charge.
+    pub customer_id: String,
+    /// The amount of the first charge.
+    pub amount_cents: i64,
+    /// Where the charge stands; absent while only failed calls were seen.
+    pub status: Option<ChargeStatus>,
+    /// The provider's reference of the charge.
+    pub payment_id: Option<String>,
+    /// Charge calls received for the order (replays of a key included).
+    pub charge_calls: u64,
+    /// Void calls received for the order.
+    pub void_calls: u64,
+    /// Charges actually made (more than one is a double charge).
+    pub charges_made: u64,
+}
+
+#[derive(Default)]
+struct Ledger {
+    control: Control,
+    accounts: HashMap<String, Account>,
+    /// Which order an `Idempotency-Key` was first used for.
+    keys: HashMap<String, String>,
+}
+
+/// The provider's state, shared by its workers.
+#[derive(Clone, Default)]
+pub struct ProviderState {
+    inner: Arc<Mutex<Ledger>>,
+}
+
+impl ProviderState {
+    fn with<T>(&self, f: impl FnOnce(&mut Ledger) -> T) -> T {
+        let mut guard = match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut guard)
+    }
+
+    /// Every account, for tests and tools.
+    pub fn accounts(&self) -> Vec<Account> {
+        self.with(|l| l.accounts.values().cloned().collect())
+    }
+}
+
+fn account<'l>(ledger: &'l mut Ledger, body: &ChargeRequest) -> &'l mut Account {
+    ledger
+        .accounts
+        .entry(body.order_id.clone())
+        .or_insert_with(|| Account {
+            order_id: body.order_id.clone(),
+            customer_id: body.customer_id.clone(),
+            amount_cents: body.amount_cents,
+            status: None,
+            payment_id: None,
+            charge_calls: 0,
+            void_calls: 0,
+            charges_made: 0,
+        })
+}
+
+async fn charge(
+    state: web::Data<ProviderState>,
+    req: HttpRequest,
+    body: web::Json<ChargeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    if body.amount_cents < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "amount_cents must not be negative",
+        ));
+    }
+    // The call counts when it arrives, whatever becomes of it.
+    let control = state.with(|l| {
+        account(l, &body).charge_calls += 1;
+        l.control
+    });
+    if control.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
+    }
+    let key = req
+        .headers()
+        .get("Idempotency-Key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let outcome = state.with(|l| {
+        if control.fail {
+            return None;
+        }
+        let replay = key.as_ref().and_then(|k| l.keys.get(k)).is_some();
+        if let Some(k) = &key {
+            l.keys
+                .entry(k.clone())
+                .or_insert_with(|| body.order_id.clone());
+        }
+        let acct = account(l, &body);
+        match acct.status {
+            // A repeated key gets the first answer; a void that came first refuses it.
+            Some(status) if replay || status == ChargeStatus::Voided => {}
+            _ => {
+                let declined = body.customer_id.starts_with("declined-");
+                acct.status = Some(if declined {
+                    ChargeStatus::Declined
+                } else {
+                    ChargeStatus::Succeeded
+                });
+                if !declined {
+                    acct.charges_made += 1;
+                    acct.payment_id = Some(format!("pay_{}", uuid::Uuid::new_v4().simple()));
+                }
+            }
+        }
+        Some(acct.clone())
+    });
+    let Some(acct) = outcome else {
+        return Ok(HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({"status": "unavailable", "reason": "provider outage (simulated)"}),
+        ));
+    };
+    if control.fail_after_charge {
+        return Ok(HttpResponse::BadGateway()
+            .json(serde_json::json!({"status": "unavailable", "reason": "bad gateway (simulated, after charging)"})));
+    }
+    Ok(match acct.status {
+        Some(ChargeStatus::Voided) => HttpResponse::PaymentRequired()
+            .json(serde_json::json!({"status": "declined", "reason": "the charge was voided"})),
+        Some(ChargeStatus::Declined) => HttpResponse::PaymentRequired()
+            .json(serde_json::json!({"status": "declined", "reason": "card declined (simulated)"})),
+        _ => HttpResponse::Ok()
+            .json(serde_json::json!({"status": "succeeded", "payment_id": acct.payment_id})),
+    })
+}
+
+/// `POST /charges/{order_id}/void`: voids the charge made for this order (status `voided`:
+/// the money goes back), or, if none was made yet, records a void so that a charge arriving
+/// later is refused. Idempotent.
+async fn void_charge(state: web::Data<ProviderState>, order_id: web::Path<String>) -> HttpResponse {
+    let order_id = order_id.into_inner();
+    let control = state.with(|l| l.control);
+    let acct = state.with(|l| {
+        let acct = l
+            .accounts
+            .entry(order_id.clone())
+            .or_insert_with(|| Account {
+                order_id: order_id.clone(),
+                customer_id: String::new(),
+                amount_cents: 0,
+                status: None,
+                payment_id: None,
+                charge_calls: 0,
+                void_calls: 0,
+                charges_made: 0,
+            });
+        acct.void_calls += 1;
+        if !control.fail && acct.status != Some(ChargeStatus::Declined) {
+            acct.status = Some(ChargeStatus::Voided);
+        }
+        acct.clone()
+    });
+    if control.fail {
+        return HttpResponse::ServiceUnavailable().json(
+            serde_json::json!({"status": "unavailable", "reason": "provider outage (simulated)"}),
+        );
+    }
+    tracing::info!(%order_id, status = ?acct.status, "void requested");
+    HttpResponse::Ok().json(serde_json::json!({"status": acct.status}))
+}
+
+async fn get_account(
+    state: web::Data<ProviderState>,
+    order_id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = order_id.into_inner();
+    state
+        .with(|l| l.accounts.get(&order_id).cloned())
+        .map(|a| HttpResponse::Ok().json(a))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "charge_not_found",
+                format!("no charge was ever asked for order {order_id:?}"),
+            )
+        })
+}
+
+async fn list_accounts(state: web::Data<ProviderState>) -> HttpResponse {
+    let mut accounts = state.accounts();
+    accounts.sort_by(|a, b| a.order_id.cmp(&b.order_id));
+    HttpResponse::Ok().json(accounts)
+}
+
+async fn put_control(state: web::Data<ProviderState>, body: web::Json<Control>) -> HttpResponse {
+    let control = body.into_inner();
+    state.with(|l| l.control = control);
+    tracing::warn!(
+        fail = control.fail,
+        latency_ms = control.latency_ms,
+        fail_after_charge = control.fail_after_charge,
+        "payment provider control changed"
+    );
+    HttpResponse::Ok().json(control)
+}
+
+async fn get_control(state: web::Data<ProviderState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.with(|l| l.control))
+}
+
+fn allow(
+    methods: &'static [&'static str],
+) -> impl Fn() -> std::future::Ready<Result<HttpResponse, ApiError>> + Clone {
+    jetflow_gateway::routes::allow(methods)
+}
+
+/// Mounts the provider's routes.
+pub fn configure(state: ProviderState) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg: &mut web::ServiceConfig| {
+        cfg.app_data(web::Data::new(state))
+            .service(
+                web::resource("/charges")
+                    .route(web::post().to(charge))
+                    .route(web::get().to(list_accounts))
+                    .default_service(web::to(allow(&["GET", "POST"]))),
+            )
+            .service(
+                web::resource("/charges/{order_id}")
+                    .route(web::get().to(get_account))
+                    .route(web::head().to(get_account))
+                    .default_service(web::to(allow(&["GET", "HEAD"]))),
+            )
+            .service(
+                web::resource("/charges/{order_id}/void")
+                    .route(web::post().to(void_charge))
+                    .default_service(web::to(allow(&["POST"]))),
+            )
+            .service(
+                web::resource("/_control")
+                    .route(web::put().to(put_control))
+                    .route(web::get().to(get_control))
+                    .default_service(web::to(allow(&["GET", "PUT"]))),
+            );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{App, test};
+
+    async fn post(
+        app: &impl actix_web::dev::Service<
+            actix_http::Request,
+            Response = actix_web::dev::ServiceResponse,
+            Error = actix_web::Error,
+        >,
+        key: Option<&str>,
+        customer: &str,
+    ) -> u16 {
+        let mut req = test::TestRequest::post().uri("/charges").set_json(
+            serde_json::json!({"order_id": "o-1", "customer_id": customer, "amount_cents": 100}),
+        );
+        if let Some(k) = key {
+            req = req.insert_header(("Idempotency-Key", k));
+        }
+        test::call_service(app, req.to_request())
+            .await
+            .status()
+            .as_u16()
+    }
+
+    #[actix_web::test]
+    async fn calls_and_charges_are_counted_apart() {
+        let state = ProviderState::default();
+        let app = test::init_service(App::new().configure(configure(state.clone()))).await;
+        assert_eq!(post(&app, Some("o-1"), "c").await, 200);
+        assert_eq!(post(&app, Some("o-1"), "c").await, 200, "a replay");
+        let a = &state.accounts()[0];
+        assert_eq!((a.charge_calls, a.charges_made), (2, 1));
+        // Without a key, a call is a new charge: a double charge shows.
+        assert_eq!(post(&app, None, "c").await, 200);
+        assert_eq!(state.accounts()[0].charges_made, 2);
+        let void = test::TestRequest::post()
+            .uri("/charges/o-1/void")
+            .to_request();
+        assert_eq!(test::call_service(&app, void).await.status().as_u16(), 200);
+        let a = &state.accounts()[0];
+        assert_eq!((a.status, a.void_calls), (Some(ChargeStatus::Voided), 1));
+        let get = test::TestRequest::get().uri("/charges/nope").to_request();
+        assert_eq!(test::call_service(&app, get).await.status().as_u16(), 404);
+    }
+
+    #[actix_web::test]
+    async fn a_void_first_refuses_the_charge() {
+        let state = ProviderState::default();
+        let app = test::init_service(App::new().configure(configure(state.clone()))).await;
+        let void = test::TestRequest::post()
+            .uri("/charges/o-1/void")
+            .to_request();
+        assert_eq!(test::call_service(&app, void).await.status().as_u16(), 200);
+        assert_eq!(post(&app, Some("o-1"), "c").await, 402);
+        let a = &state.accounts()[0];
+        assert_eq!((a.charges_made, a.charge_calls, a.void_calls), (0, 1, 1));
+    }
+}

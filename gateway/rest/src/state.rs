@@ -1,0 +1,34 @@
+//! What the gateway's handlers share.
+
+use std::sync::Arc;
+
+use jetflow_domain::SagaConfig;
+use jetflow_runtime::{Database, GroupCommit, Publisher};
+
+use crate::accept_writes::AcceptWrite;
+
+/// The gateway's dependencies.
+#[derive(Clone)]
+pub struct GatewayState {
+    /// The database (read model, stock, idempotency keys), for reads and rare writes.
+    pub db: Database,
+    /// The writes of the accept path, committed in groups.
+    pub writes: GroupCommit<AcceptWrite>,
+    /// Publishes `orders.created` and waits for the PubAck.
+    pub publisher: Arc<dyn Publisher>,
+    /// The saga's settings (which `orders.created` versions to publish).
+    pub saga: Arc<SagaConfig>,
+}
+
+impl GatewayState {
+    /// The state over `db` and `publisher`, with its group-commit writer (committing up to
+    /// 256 requests' writes together).
+    pub fn new(db: Database, publisher: Arc<dyn Publisher>, saga: Arc<SagaConfig>) -> Self {
+        Self {
+            writes: GroupCommit::start(db.clone(), 256),
+            db,
+            publisher,
+            saga,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The bridge's conformance suite, after Watermill's `pubsub/tests/test_pubsub.go`: one set of
+//! scenarios with exact counts, against a real nats-server. Messages are consumed by a
+//! transactional route whose handler records every application in the database, so "nothing
+//! lost" and "nothing applied twice" are counted, not assumed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jetflow_integration::{NatsServer, eventually};
+use jetflow_runtime::prelude::*;
+use serde::Deserialize;
+use sqlx::Row;
+
+const STREAM: &str = "CONFORMANCE";
+
+#[derive(Debug, Deserialize)]
+struct Msg {
+    key: String,
+    /// Fail this many deliveries before applying.
+    #[serde(default)]
+    fail: u32,
+    /// Reject (dead-letter) instead of applying.
+    #[serde(default)]
+    reject: bool,
+}
+
+/// Records every application of a message in `applied` (one row each, no key: a second
+/// application would show as a second row).
+#[derive(Clone)]
+struct Recorder(String);
+
+impl TxHandler for Recorder {
+    type Message = Json<Msg>;
+
+    async fn handle(&self, uow: &mut UnitOfWork, d: &Delivery<Json<Msg>>) -> Result<(), TxError> {
+        let m = &d.message.0;
+        if m.reject {
+            return Err(TxError::reject(format!("{} refused", m.key)));
+        }
+        if d.meta.delivered <= m.fail {
+            return Err(TxError::retry_after(
+                Duration::from_millis(50),
+                format!("{} fails delivery {}", m.key, d.meta.delivered),
+            ));
+        }
+        sqlx::query("INSERT INTO applied (message_key, consumer, delivered) VALUES ($1, $2, $3)")
+            .bind(&m.key)
+            .bind(&self.0)
+            .bind(i64::from(d.meta.delivered))
+            .execute(uow.conn())
+            .await?;
+        Ok(())
+    }
+}
+
+struct Setup {
+    nats: NatsServer,
+    db: Database,
+    _dir: tempfile::TempDir,
+}
+
+impl Setup {
+    async fn new(nats: NatsServer) -> Self {
+        let dir = tempfile::Builder::new().prefix("jetflow-db-").tempdir().expect("dir");
+        let db = Database::connect(&DbConfig::new(format!("sqlite://{}/c.db", dir.path().display())))
+            .await
+            .expect("db");
+        sqlx::query("CREATE TABLE applied (message_key TEXT NOT NULL, consumer TEXT NOT NULL, delivered BIGINT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .expect("table");
+        Self { nats, db, _dir: dir }
+    }
+
+    fn consumer(&self) -> ConsumerSpec {
+        ConsumerSpec::new(STREAM, "conformance", &["conformance.>"])
+            .ack_wait(Duration::from_secs(2))
+            .max_deliver(5)
+    }
+
+    async fn bridge(&self) -> Bridge {
+        let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
+        let bridge = NatsBridge::start(
+            BridgeConfig::new(NatsConfig::new(&self.nats.url()), topology),
+            Health::new(),
+        );
+        eventually("the bridge to connect", Duration::from_secs(15), || async {
+            bridge.jetstream().map(|_| ()).ok_or("not yet".to_string())
+        })
+        .await;
+        bridge
+    }
+
+    /// A bridge with a transactional route of the recorder (called `worker`) on the shared
+    /// durable consumer.
+    async fn subscriber_named(&self, worker: &str) -> (Bridge, OutboxHandle) {
+        let bridge = self.bridge().await;
+        let outbox = OutboxRelay::start(self.db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
+        bridge
+            .subscribe(
+                TxRoute::new(self.consumer(), Recorder(worker.to_string()), &outbox)
+                    .inbox("conformance"),
+            )
+            .await
+            .expect("subscribe");
+        (bridge, outbox)
+    }
+
+    async fn subscriber(&self) -> (Bridge, OutboxHandle) {
+        self.subscriber_named("w").await
+    }
+
+    /// Applications per message key.
+    async fn applied(&self) -> HashMap<String, i64> {
+        sqlx::query("SELECT message_key, COUNT(*) AS n FROM applied GROUP BY message_key")
+            .fetch_all(self.db.pool())
+            .await
+            .expect("count")
+            .iter()
+            .map(|r| (r.get::<String, _>("message_key"), r.get::<i64, _>("n")))
+            .collect()
+    }
+
+    async fn wait_applied(&self, n: usize, deadline: Duration) -> HashMap<String, i64> {
+        eventually(&format!("{n} messages applied"), deadline, || async {
+            let a = self.applied().await;
+            if a.len() >= n { Ok(a) } else { Err(format!("{} applied", a.len())) }
+        })
+        .await
+    }
+}
+
+/// Publishes until JetStream stores it (the same id each time: a retry never duplicates).
+async fn publish_until_stored(bridge: &Bridge, subject: &str, id: &str, body: &str) {
+    let started = std::time::Instant::now();
+    loop {
+        match bridge.publish(OutgoingMessage::new(subject, id, body.to_string())).await {
+            Ok(_) => return,
+            Err(e) if started.elapsed() < Duration::from_secs(60) => {
+                tracing::debug!(error = %e, "publish failed; retrying");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{id} never stored: {e}"),
+        }
+    }
+}
+
+fn assert_once(applied: &HashMap<String, i64>, n: usize) {
+    assert_eq!(applied.len(), n, "messages lost");
+    let twice: Vec<_> = applied.iter().filter(|(_, c)| **c != 1).collect();
+    assert!(twice.is_empty(), "applied more than once: {twice:?}");
+}
+
+#[test]
+fn reconnect_10000_messages_from_many_publishers_through_two_broker_restarts() {
+    jetflow_integration::run(async {
+        let mut setup = Setup::new(NatsServer::builder().sync_always(true).start()).await;
+        let (subscriber, _outbox) = setup.subscriber().await;
+        let publisher = setup.bridge().await;
+        let total = 10_000usize;
+        let publishers = 20usize;
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..publishers)
+            .map(|p| {
+                let (bridge, sent) = (publisher.clone(), sent.clone());
+                tokio::spawn(async move {
+                    for i in 0..total / publishers {
+                        let key = format!("p{p}-{i}");
+                        let body = format!(r#"{{"key":"{key}"}}"#);
+                        publish_until_stored(&bridge, &format!("conformance.{p}"), &key, &body).await;
+                        sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for at in [total / 3, total / 2] {
+            let sent = sent.clone();
+            eventually("publishing to reach the restart point", Duration::from_secs(120), || async {
+                let n = sent.load(std::sync::atomic::Ordering::SeqCst);
+                if n >= at { Ok(()) } else { Err(format!("{n} sent")) }
+            })
+            .await;
+            setup.nats.restart();
+        }
+        for t in tasks {
+            t.await.expect("publisher");
+        }
+        let applied = setup.wait_applied(total, Duration::from_secs(180)).await;
+        assert_once(&applied, total);
+        subscriber.drain(Duration::from_secs(5)).await;
+        subscriber.close().await;
+        publisher.close().await;
+    })
+}
+
+#[test]
+fn a_failing_handler_gets_the_message_again_until_it_is_applied_once() {
+    jetflow_integration::run(async {
+        let setup = Setup::new(NatsServer::start()).await;
+        let (subscriber, _outbox) = setup.subscriber().await;
+        for i in 0..50 {
+            let fail = i % 3; // 0, 1 or 2 failed deliveries first
+            let body = format!(r#"{{"key":"k{i}","fail":{fail}}}"#);
+            publish_until_stored(&subscriber, "conformance.a", &format!("k{i}"), &body).await;
+        }
+        let applied = setup.wait_applied(50, Duration::from_secs(30)).await;
+        assert_once(&applied, 50);
+        let deliveries: Vec<(String, i64)> = sqlx::query("SELECT message_key, delivered FROM applied")
+            .fetch_all(setup.db.pool())
+            .await
+            .expect("rows")
+            .iter()
+            .map(|r| (r.get("message_key"), r.get("delivered")))
+            .collect();
+        for (key, delivered) in deliveries {
+            let i: i64 = key.trim_start_matches('k').parse().expect("index");
+            assert_eq!(delivered, i % 3 + 1, "{key} applied on the delivery after its failures");
+        }
+        subscriber.close().await;
+    })
+}
+
+#[test]
+fn an_unacked_message_is_delivered_again_after_the_ack_wait() {
+    jetflow_integration::run(async {
+        let setup = Setup::new(NatsServer::start()).await;
+        let bridge = setup.bridge().await;
+        publish_until_stored(&bridge, "conformance.a", "lonely", r#"{"key":"lonely"}"#).await;
+        // A consumer that takes the message and dies without acking it.
+        let js = bridge.jetstream().expect("connected");
+        let consumer = jetflow_runtime::topology::ensure_consumer(&js, &setup.consumer())
+            .await
+            .expect("consumer");
+        let mut batch = consumer.fetch().max_messages(1).messages().await.expect("fetch");
+        let taken = batch.next().await.expect("a message").expect("ok");
+        assert_eq!(taken.info().expect("info").delivered, 1);
+        drop(batch);
+        drop(taken);
+        let outbox = OutboxRelay::start(setup.db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
+        bridge
+            .subscribe(TxRoute::new(setup.consumer(), Recorder("w".into()), &outbox).inbox("conformance"))
+            .await
+            .expect("subscribe");
+        let applied = setup.wait_applied(1, Duration::from_secs(15)).await;
+        assert_once(&applied, 1);
+        let delivered: i64 = sqlx::query_scalar("SELECT delivered FROM applied")
+            .fetch_one(setup.db.pool())
+            .await
+            .expect("row");
+        assert_eq!(delivered, 2, "it came back after the ack wait");
+        bridge.close().await;
+    })
+}
+
+#[test]
+fn the_consumer_keeps_going_after_errors() {
+    jetflow_integration::run(async {
+        let setup = Setup::new(NatsServer::start()).await;
+        let (subscriber, _outbox) = setup.subscriber().await;
+        for i in 0..100 {
+            let body = if i % 10 == 0 {
+                format!(r#"{{"key":"k{i}","reject":true}}"#)
+            } else if i % 10 == 5 {
+                "not json at all".to_string()
+            } else {
+                format!(r#"{{"key":"k{i}"}}"#)
+            };
+            publish_until_stored(&subscriber, "conformance.a", &format!("k{i}"), &body).await;
+        }
+        let applied = setup.wait_applied(80, Duration::from_secs(30)).await;
+        assert_once(&applied, 80);
+        let js = subscriber.jetstream().expect("connected");
+        let letters = eventually("20 dead letters", Duration::from_secs(15), || async {
+            let l = jetflow_runtime::dead_letter::list(&js).await.map_err(|e| e.to_string())?;
+            if l.len() == 20 { Ok(l) } else { Err(format!("{}", l.len())) }
+        })
+        .await;
+        assert_eq!(letters.iter().filter(|l| l.reason == "rejected").count(), 10);
+        assert_eq!(letters.iter().filter(|l| l.reason == "poison").count(), 10);
+        subscriber.close().await;
+    })
+}
+
+#[test]
+fn several_subscribers_on_one_durable_consumer_share_the_work_and_apply_each_message_once() {
+    jetflow_integration::run(async {
+        let setup = Setup::new(NatsServer::start()).await;
+        let mut subscribers = Vec::new();
+        for w in ["w1", "w2", "w3"] {
+            subscribers.push(setup.subscriber_named(w).await);
+        }
+        let publisher = setup.bridge().await;
+        let total = 3000;
+        let publishes = (0..total).map(|i| {
+            let publisher = publisher.clone();
+            async move {
+                let body = format!(r#"{{"key":"k{i}"}}"#);
+                publish_until_stored(&publisher, "conformance.a", &format!("k{i}"), &body).await;
+            }
+        });
+        futures::stream::iter(publishes).buffer_unordered(64).collect::<Vec<()>>().await;
+        let applied = setup.wait_applied(total, Duration::from_secs(60)).await;
+        assert_once(&applied, total);
+        let per_worker: Vec<(String, i64)> =
+            sqlx::query("SELECT consumer, COUNT(*) AS n FROM applied GROUP BY consumer ORDER BY consumer")
+                .fetch_all(setup.db.pool())
+                .await
+                .expect("rows")
+                .iter()
+                .map(|r| (r.get("consumer"), r.get("n")))
+                .collect();
+        assert_eq!(per_worker.len(), 3, "every subscriber did some of the work: {per_worker:?}");
+        for (bridge, _) in &subscribers {
+            bridge.close().await;
+        }
+        publisher.close().await;
+    })
+}

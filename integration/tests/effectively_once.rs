@@ -1,0 +1,155 @@
+//! The framework's effectively-once pieces against a real nats-server: the outbox relay with
+//! messages JetStream refuses for good, and the inbox absorbing a re-publish that comes after
+//! the stream's duplicate window.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use jetflow_integration::{NatsServer, eventually};
+use jetflow_runtime::backoff::Backoff;
+use jetflow_runtime::prelude::*;
+use jetflow_runtime::{outbox, metrics::metrics};
+
+async fn bridge_on(nats: &NatsServer, streams: Vec<StreamSpec>) -> Bridge {
+    let mut topology = Topology::new();
+    for s in streams {
+        topology = topology.stream(s);
+    }
+    let bridge = NatsBridge::start(
+        BridgeConfig::new(NatsConfig::new(&nats.url()), topology),
+        Health::new(),
+    );
+    eventually("the bridge to connect", Duration::from_secs(15), || async {
+        bridge.jetstream().map(|_| ()).ok_or("not yet".to_string())
+    })
+    .await;
+    bridge
+}
+
+/// 500 rows nobody can store (no stream has their subject) neither block the rows that can
+/// be stored nor stay forever: their attempts and errors are recorded, and after the bound
+/// they go to the dead-letter stream with their reason.
+#[test]
+fn messages_jetstream_refuses_are_counted_and_dead_lettered_without_blocking_the_rest() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let bridge = bridge_on(&nats, vec![StreamSpec::new("GOOD", &["good.>"])]).await;
+        let db = Database::connect(&DbConfig::new("sqlite::memory:"))
+            .await
+            .expect("db");
+        let config = RelayConfig {
+            sweep_every: Duration::from_millis(100),
+            min_age: Duration::ZERO,
+            max_attempts: 3,
+            retry: Backoff::exponential(Duration::from_millis(50), Duration::from_millis(200)),
+            ..RelayConfig::default()
+        };
+        let dead_before = metrics().outbox_dead_letters.get();
+        let relay = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), config);
+        // The bad rows first (the oldest), then the good ones: the good ones must not wait.
+        let mut uow = UnitOfWork::begin(&db).await.expect("tx");
+        for i in 0..500 {
+            uow.emit(OutgoingMessage::new("nowhere.x", format!("bad-{i}"), "{}"));
+        }
+        uow.commit(&relay).await.expect("commit");
+        let mut uow = UnitOfWork::begin(&db).await.expect("tx");
+        for i in 0..5 {
+            uow.emit(OutgoingMessage::new(format!("good.{i}"), format!("good-{i}"), "{}"));
+        }
+        // Committed without the fast path: only the sweep can publish these.
+        uow.commit(&relay).await.expect("commit");
+        let js = bridge.jetstream().expect("connected");
+        eventually("the good rows to be stored", Duration::from_secs(10), || async {
+            let n = js.get_stream("GOOD").await.map_err(|e| e.to_string())?
+                .info().await.map_err(|e| e.to_string())?.state.messages;
+            if n == 5 { Ok(()) } else { Err(format!("{n} stored")) }
+        })
+        .await;
+        eventually("the bad rows to be dead-lettered", Duration::from_secs(30), || async {
+            let left = outbox::pending(&db).await.map_err(|e| e.to_string())?;
+            if left == 0 { Ok(()) } else { Err(format!("{left} left")) }
+        })
+        .await;
+        let letters = jetflow_runtime::dead_letter::list(&js).await.expect("DLQ");
+        assert_eq!(letters.len(), 500);
+        assert!(letters.iter().all(|l| l.reason == "unpublishable" && l.subject == "nowhere.x"));
+        // Each letter says how often it was refused, and JetStream's last word.
+        assert!(
+            letters[0].error.contains("refused the outbox message 3 times")
+                && letters[0].error.contains("no stream"),
+            "{:?}",
+            letters[0]
+        );
+        assert_eq!(metrics().outbox_dead_letters.get() - dead_before, 500);
+        bridge.close().await;
+    })
+}
+
+/// A handler that counts what it applied.
+struct Count(Arc<AtomicUsize>);
+
+impl TxHandler for Count {
+    type Message = Json<serde_json::Value>;
+
+    async fn handle(&self, _: &mut UnitOfWork, _: &Delivery<Self::Message>) -> Result<(), TxError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// JetStream drops a re-publish only within its duplicate window; one that comes later (an
+/// outbox row published again after a long outage) is stored and delivered again, and the
+/// consumer's inbox is what makes it change nothing.
+#[test]
+fn a_re_publish_after_the_duplicate_window_is_absorbed_by_the_inbox() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let mut stream = StreamSpec::new("SHORT", &["short.>"]);
+        stream.duplicate_window = Duration::from_secs(1);
+        let bridge = bridge_on(&nats, vec![stream]).await;
+        let db = Database::connect(&DbConfig::new("sqlite::memory:")).await.expect("db");
+        let relay = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
+        let applied = Arc::new(AtomicUsize::new(0));
+        let route = TxRoute::new(
+            ConsumerSpec::new("SHORT", "counter", &["short.>"]),
+            Count(applied.clone()),
+            &relay,
+        );
+        bridge.subscribe(route).await.expect("subscribe");
+        let js = bridge.jetstream().expect("connected");
+        let publish = || async {
+            bridge
+                .publish(OutgoingMessage::new("short.a", "evt-1", r#"{"n":1}"#))
+                .await
+                .expect("stored")
+        };
+        assert!(!publish().await.duplicate);
+        assert!(publish().await.duplicate, "within the window JetStream drops it");
+        eventually("the message to be applied", Duration::from_secs(10), || async {
+            match applied.load(Ordering::SeqCst) { 1 => Ok(()), n => Err(format!("{n}")) }
+        })
+        .await;
+        // After the window the same message is stored again and delivered again ...
+        eventually("the duplicate window to pass", Duration::from_secs(10), || async {
+            if publish().await.duplicate { Err("still a duplicate".to_string()) } else { Ok(()) }
+        })
+        .await;
+        let stored = js.get_stream("SHORT").await.expect("stream").info().await.expect("info").state.messages;
+        assert_eq!(stored, 2, "JetStream kept the late copy");
+        // ... and the inbox absorbs it: acked, never applied twice.
+        eventually("the copy to be acked", Duration::from_secs(10), || async {
+            let info = js.get_stream("SHORT").await.map_err(|e| e.to_string())?
+                .consumer_info("counter").await.map_err(|e| e.to_string())?;
+            if info.ack_floor.stream_sequence == 2 { Ok(()) } else { Err(format!("{info:?}")) }
+        })
+        .await;
+        assert_eq!(applied.load(Ordering::SeqCst), 1);
+        assert!(
+            metrics().inbox_duplicates.with_label_values(&["counter"]).get() >= 1,
+            "the duplicate was counted"
+        );
+        bridge.drain(Duration::from_secs(5)).await;
+        bridge.close().await;
+    })
+}
