@@ -76,3 +76,34 @@ pub fn jetflow_bin() -> PathBuf {
     );
     bin
 }
+
+/// An example of the runtime (`actors/runtime/examples/<name>.rs`), built from this workspace
+/// on first use.
+pub fn runtime_example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps")
+        .to_path_buf();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        "jetflow-runtime",
+        "--example",
+        name,
+    ]);
+    if profile_dir.file_name().is_some_and(|n| n == "release") {
+        cmd.arg("--release");
+    }
+    match cmd.status() {
+        Ok(s) if s.success() => {}
+        other => panic!("building the example {name} failed: {other:?}"),
+    }
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.is_file(), "{} does not exist", bin.display());
+    bin
+}

@@ -63,15 +63,25 @@ struct Setup {
 
 impl Setup {
     async fn new(nats: NatsServer) -> Self {
-        let dir = tempfile::Builder::new().prefix("jetflow-db-").tempdir().expect("dir");
-        let db = Database::connect(&DbConfig::new(format!("sqlite://{}/c.db", dir.path().display())))
-            .await
-            .expect("db");
+        let dir = tempfile::Builder::new()
+            .prefix("jetflow-db-")
+            .tempdir()
+            .expect("dir");
+        let db = Database::connect(&DbConfig::new(format!(
+            "sqlite://{}/c.db",
+            dir.path().display()
+        )))
+        .await
+        .expect("db");
         sqlx::query("CREATE TABLE applied (message_key TEXT NOT NULL, consumer TEXT NOT NULL, delivered BIGINT NOT NULL)")
             .execute(db.pool())
             .await
             .expect("table");
-        Self { nats, db, _dir: dir }
+        Self {
+            nats,
+            db,
+            _dir: dir,
+        }
     }
 
     fn consumer(&self) -> ConsumerSpec {
@@ -97,7 +107,11 @@ impl Setup {
     /// durable consumer.
     async fn subscriber_named(&self, worker: &str) -> (Bridge, OutboxHandle) {
         let bridge = self.bridge().await;
-        let outbox = OutboxRelay::start(self.db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
+        let outbox = OutboxRelay::start(
+            self.db.clone(),
+            Arc::new(bridge.clone()),
+            RelayConfig::default(),
+        );
         bridge
             .subscribe(
                 TxRoute::new(self.consumer(), Recorder(worker.to_string()), &outbox)
@@ -126,7 +140,11 @@ impl Setup {
     async fn wait_applied(&self, n: usize, deadline: Duration) -> HashMap<String, i64> {
         eventually(&format!("{n} messages applied"), deadline, || async {
             let a = self.applied().await;
-            if a.len() >= n { Ok(a) } else { Err(format!("{} applied", a.len())) }
+            if a.len() >= n {
+                Ok(a)
+            } else {
+                Err(format!("{} applied", a.len()))
+            }
         })
         .await
     }
@@ -136,7 +154,10 @@ impl Setup {
 async fn publish_until_stored(bridge: &Bridge, subject: &str, id: &str, body: &str) {
     let started = std::time::Instant::now();
     loop {
-        match bridge.publish(OutgoingMessage::new(subject, id, body.to_string())).await {
+        match bridge
+            .publish(OutgoingMessage::new(subject, id, body.to_string()))
+            .await
+        {
             Ok(_) => return,
             Err(e) if started.elapsed() < Duration::from_secs(60) => {
                 tracing::debug!(error = %e, "publish failed; retrying");
@@ -169,7 +190,8 @@ fn reconnect_10000_messages_from_many_publishers_through_two_broker_restarts() {
                     for i in 0..total / publishers {
                         let key = format!("p{p}-{i}");
                         let body = format!(r#"{{"key":"{key}"}}"#);
-                        publish_until_stored(&bridge, &format!("conformance.{p}"), &key, &body).await;
+                        publish_until_stored(&bridge, &format!("conformance.{p}"), &key, &body)
+                            .await;
                         sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                 })
@@ -177,10 +199,18 @@ fn reconnect_10000_messages_from_many_publishers_through_two_broker_restarts() {
             .collect();
         for at in [total / 3, total / 2] {
             let sent = sent.clone();
-            eventually("publishing to reach the restart point", Duration::from_secs(120), || async {
-                let n = sent.load(std::sync::atomic::Ordering::SeqCst);
-                if n >= at { Ok(()) } else { Err(format!("{n} sent")) }
-            })
+            eventually(
+                "publishing to reach the restart point",
+                Duration::from_secs(120),
+                || async {
+                    let n = sent.load(std::sync::atomic::Ordering::SeqCst);
+                    if n >= at {
+                        Ok(())
+                    } else {
+                        Err(format!("{n} sent"))
+                    }
+                },
+            )
             .await;
             setup.nats.restart();
         }
@@ -207,16 +237,21 @@ fn a_failing_handler_gets_the_message_again_until_it_is_applied_once() {
         }
         let applied = setup.wait_applied(50, Duration::from_secs(30)).await;
         assert_once(&applied, 50);
-        let deliveries: Vec<(String, i64)> = sqlx::query("SELECT message_key, delivered FROM applied")
-            .fetch_all(setup.db.pool())
-            .await
-            .expect("rows")
-            .iter()
-            .map(|r| (r.get("message_key"), r.get("delivered")))
-            .collect();
+        let deliveries: Vec<(String, i64)> =
+            sqlx::query("SELECT message_key, delivered FROM applied")
+                .fetch_all(setup.db.pool())
+                .await
+                .expect("rows")
+                .iter()
+                .map(|r| (r.get("message_key"), r.get("delivered")))
+                .collect();
         for (key, delivered) in deliveries {
             let i: i64 = key.trim_start_matches('k').parse().expect("index");
-            assert_eq!(delivered, i % 3 + 1, "{key} applied on the delivery after its failures");
+            assert_eq!(
+                delivered,
+                i % 3 + 1,
+                "{key} applied on the delivery after its failures"
+            );
         }
         subscriber.close().await;
     })
@@ -233,14 +268,25 @@ fn an_unacked_message_is_delivered_again_after_the_ack_wait() {
         let consumer = jetflow_runtime::topology::ensure_consumer(&js, &setup.consumer())
             .await
             .expect("consumer");
-        let mut batch = consumer.fetch().max_messages(1).messages().await.expect("fetch");
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1)
+            .messages()
+            .await
+            .expect("fetch");
         let taken = batch.next().await.expect("a message").expect("ok");
         assert_eq!(taken.info().expect("info").delivered, 1);
         drop(batch);
         drop(taken);
-        let outbox = OutboxRelay::start(setup.db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
+        let outbox = OutboxRelay::start(
+            setup.db.clone(),
+            Arc::new(bridge.clone()),
+            RelayConfig::default(),
+        );
         bridge
-            .subscribe(TxRoute::new(setup.consumer(), Recorder("w".into()), &outbox).inbox("conformance"))
+            .subscribe(
+                TxRoute::new(setup.consumer(), Recorder("w".into()), &outbox).inbox("conformance"),
+            )
             .await
             .expect("subscribe");
         let applied = setup.wait_applied(1, Duration::from_secs(15)).await;
@@ -273,11 +319,20 @@ fn the_consumer_keeps_going_after_errors() {
         assert_once(&applied, 80);
         let js = subscriber.jetstream().expect("connected");
         let letters = eventually("20 dead letters", Duration::from_secs(15), || async {
-            let l = jetflow_runtime::dead_letter::list(&js).await.map_err(|e| e.to_string())?;
-            if l.len() == 20 { Ok(l) } else { Err(format!("{}", l.len())) }
+            let l = jetflow_runtime::dead_letter::list(&js)
+                .await
+                .map_err(|e| e.to_string())?;
+            if l.len() == 20 {
+                Ok(l)
+            } else {
+                Err(format!("{}", l.len()))
+            }
         })
         .await;
-        assert_eq!(letters.iter().filter(|l| l.reason == "rejected").count(), 10);
+        assert_eq!(
+            letters.iter().filter(|l| l.reason == "rejected").count(),
+            10
+        );
         assert_eq!(letters.iter().filter(|l| l.reason == "poison").count(), 10);
         subscriber.close().await;
     })
@@ -300,18 +355,26 @@ fn several_subscribers_on_one_durable_consumer_share_the_work_and_apply_each_mes
                 publish_until_stored(&publisher, "conformance.a", &format!("k{i}"), &body).await;
             }
         });
-        futures::stream::iter(publishes).buffer_unordered(64).collect::<Vec<()>>().await;
+        futures::stream::iter(publishes)
+            .buffer_unordered(64)
+            .collect::<Vec<()>>()
+            .await;
         let applied = setup.wait_applied(total, Duration::from_secs(60)).await;
         assert_once(&applied, total);
-        let per_worker: Vec<(String, i64)> =
-            sqlx::query("SELECT consumer, COUNT(*) AS n FROM applied GROUP BY consumer ORDER BY consumer")
-                .fetch_all(setup.db.pool())
-                .await
-                .expect("rows")
-                .iter()
-                .map(|r| (r.get("consumer"), r.get("n")))
-                .collect();
-        assert_eq!(per_worker.len(), 3, "every subscriber did some of the work: {per_worker:?}");
+        let per_worker: Vec<(String, i64)> = sqlx::query(
+            "SELECT consumer, COUNT(*) AS n FROM applied GROUP BY consumer ORDER BY consumer",
+        )
+        .fetch_all(setup.db.pool())
+        .await
+        .expect("rows")
+        .iter()
+        .map(|r| (r.get("consumer"), r.get("n")))
+        .collect();
+        assert_eq!(
+            per_worker.len(),
+            3,
+            "every subscriber did some of the work: {per_worker:?}"
+        );
         for (bridge, _) in &subscribers {
             bridge.close().await;
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use jetflow_integration::{NatsServer, eventually};
 use jetflow_runtime::backoff::Backoff;
 use jetflow_runtime::prelude::*;
-use jetflow_runtime::{outbox, metrics::metrics};
+use jetflow_runtime::{metrics::metrics, outbox};
 
 async fn bridge_on(nats: &NatsServer, streams: Vec<StreamSpec>) -> Bridge {
     let mut topology = Topology::new();
@@ -55,28 +55,61 @@ fn messages_jetstream_refuses_are_counted_and_dead_lettered_without_blocking_the
         uow.commit(&relay).await.expect("commit");
         let mut uow = UnitOfWork::begin(&db).await.expect("tx");
         for i in 0..5 {
-            uow.emit(OutgoingMessage::new(format!("good.{i}"), format!("good-{i}"), "{}"));
+            uow.emit(OutgoingMessage::new(
+                format!("good.{i}"),
+                format!("good-{i}"),
+                "{}",
+            ));
         }
         // Committed without the fast path: only the sweep can publish these.
         uow.commit(&relay).await.expect("commit");
         let js = bridge.jetstream().expect("connected");
-        eventually("the good rows to be stored", Duration::from_secs(10), || async {
-            let n = js.get_stream("GOOD").await.map_err(|e| e.to_string())?
-                .info().await.map_err(|e| e.to_string())?.state.messages;
-            if n == 5 { Ok(()) } else { Err(format!("{n} stored")) }
-        })
+        eventually(
+            "the good rows to be stored",
+            Duration::from_secs(10),
+            || async {
+                let n = js
+                    .get_stream("GOOD")
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .info()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .state
+                    .messages;
+                if n == 5 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} stored"))
+                }
+            },
+        )
         .await;
-        eventually("the bad rows to be dead-lettered", Duration::from_secs(30), || async {
-            let left = outbox::pending(&db).await.map_err(|e| e.to_string())?;
-            if left == 0 { Ok(()) } else { Err(format!("{left} left")) }
-        })
+        eventually(
+            "the bad rows to be dead-lettered",
+            Duration::from_secs(30),
+            || async {
+                let left = outbox::pending(&db).await.map_err(|e| e.to_string())?;
+                if left == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{left} left"))
+                }
+            },
+        )
         .await;
         let letters = jetflow_runtime::dead_letter::list(&js).await.expect("DLQ");
         assert_eq!(letters.len(), 500);
-        assert!(letters.iter().all(|l| l.reason == "unpublishable" && l.subject == "nowhere.x"));
+        assert!(
+            letters
+                .iter()
+                .all(|l| l.reason == "unpublishable" && l.subject == "nowhere.x")
+        );
         // Each letter says how often it was refused, and JetStream's last word.
         assert!(
-            letters[0].error.contains("refused the outbox message 3 times")
+            letters[0]
+                .error
+                .contains("refused the outbox message 3 times")
                 && letters[0].error.contains("no stream"),
             "{:?}",
             letters[0]
@@ -108,8 +141,11 @@ fn a_re_publish_after_the_duplicate_window_is_absorbed_by_the_inbox() {
         let mut stream = StreamSpec::new("SHORT", &["short.>"]);
         stream.duplicate_window = Duration::from_secs(1);
         let bridge = bridge_on(&nats, vec![stream]).await;
-        let db = Database::connect(&DbConfig::new("sqlite::memory:")).await.expect("db");
-        let relay = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
+        let db = Database::connect(&DbConfig::new("sqlite::memory:"))
+            .await
+            .expect("db");
+        let relay =
+            OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
         let applied = Arc::new(AtomicUsize::new(0));
         let route = TxRoute::new(
             ConsumerSpec::new("SHORT", "counter", &["short.>"]),
@@ -125,28 +161,67 @@ fn a_re_publish_after_the_duplicate_window_is_absorbed_by_the_inbox() {
                 .expect("stored")
         };
         assert!(!publish().await.duplicate);
-        assert!(publish().await.duplicate, "within the window JetStream drops it");
-        eventually("the message to be applied", Duration::from_secs(10), || async {
-            match applied.load(Ordering::SeqCst) { 1 => Ok(()), n => Err(format!("{n}")) }
-        })
+        assert!(
+            publish().await.duplicate,
+            "within the window JetStream drops it"
+        );
+        eventually(
+            "the message to be applied",
+            Duration::from_secs(10),
+            || async {
+                match applied.load(Ordering::SeqCst) {
+                    1 => Ok(()),
+                    n => Err(format!("{n}")),
+                }
+            },
+        )
         .await;
         // After the window the same message is stored again and delivered again ...
-        eventually("the duplicate window to pass", Duration::from_secs(10), || async {
-            if publish().await.duplicate { Err("still a duplicate".to_string()) } else { Ok(()) }
-        })
+        eventually(
+            "the duplicate window to pass",
+            Duration::from_secs(10),
+            || async {
+                if publish().await.duplicate {
+                    Err("still a duplicate".to_string())
+                } else {
+                    Ok(())
+                }
+            },
+        )
         .await;
-        let stored = js.get_stream("SHORT").await.expect("stream").info().await.expect("info").state.messages;
+        let stored = js
+            .get_stream("SHORT")
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages;
         assert_eq!(stored, 2, "JetStream kept the late copy");
         // ... and the inbox absorbs it: acked, never applied twice.
         eventually("the copy to be acked", Duration::from_secs(10), || async {
-            let info = js.get_stream("SHORT").await.map_err(|e| e.to_string())?
-                .consumer_info("counter").await.map_err(|e| e.to_string())?;
-            if info.ack_floor.stream_sequence == 2 { Ok(()) } else { Err(format!("{info:?}")) }
+            let info = js
+                .get_stream("SHORT")
+                .await
+                .map_err(|e| e.to_string())?
+                .consumer_info("counter")
+                .await
+                .map_err(|e| e.to_string())?;
+            if info.ack_floor.stream_sequence == 2 {
+                Ok(())
+            } else {
+                Err(format!("{info:?}"))
+            }
         })
         .await;
         assert_eq!(applied.load(Ordering::SeqCst), 1);
         assert!(
-            metrics().inbox_duplicates.with_label_values(&["counter"]).get() >= 1,
+            metrics()
+                .inbox_duplicates
+                .with_label_values(&["counter"])
+                .get()
+                >= 1,
             "the duplicate was counted"
         );
         bridge.drain(Duration::from_secs(5)).await;

@@ -113,7 +113,10 @@ fn a_cancellation_racing_a_reservation_never_leaks_stock() {
                 a.deliver_batch(vec![again]).await[0].assert_ack();
             }
             if c.iter().any(|d| d.decision != Decision::Ack) {
-                let again = event(id, json!({"version": 1, "reason": "timed_out", "detail": "race"}));
+                let again = event(
+                    id,
+                    json!({"version": 1, "reason": "timed_out", "detail": "race"}),
+                );
                 a.deliver_batch(vec![again]).await[0].assert_ack();
             }
         }

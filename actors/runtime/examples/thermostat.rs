@@ -28,13 +28,18 @@ struct Thermostat;
 impl TxHandler for Thermostat {
     type Message = Json<Reading>;
 
-    async fn handle(&self, uow: &mut UnitOfWork, d: &Delivery<Json<Reading>>) -> Result<(), TxError> {
+    async fn handle(
+        &self,
+        uow: &mut UnitOfWork,
+        d: &Delivery<Json<Reading>>,
+    ) -> Result<(), TxError> {
         let sensor = d.meta.subject.trim_start_matches("readings.").to_string();
         let now = d.message.0.celsius;
-        let before: Option<f64> = sqlx::query_scalar("SELECT celsius FROM sensors WHERE sensor = $1")
-            .bind(&sensor)
-            .fetch_optional(uow.conn())
-            .await?;
+        let before: Option<f64> =
+            sqlx::query_scalar("SELECT celsius FROM sensors WHERE sensor = $1")
+                .bind(&sensor)
+                .fetch_optional(uow.conn())
+                .await?;
         sqlx::query(
             "INSERT INTO sensors (sensor, celsius) VALUES ($1, $2) \
              ON CONFLICT (sensor) DO UPDATE SET celsius = excluded.celsius",
@@ -66,10 +71,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let topology = Topology::new()
         .stream(StreamSpec::new("READINGS", &["readings.>"]))
         .stream(StreamSpec::new("ALERTS", &["alerts.>"]));
-    let bridge = NatsBridge::start(BridgeConfig::new(NatsConfig::new(&nats), topology), Health::new());
-    let outbox = OutboxRelay::start(db.clone(), std::sync::Arc::new(bridge.clone()), RelayConfig::default());
+    let bridge = NatsBridge::start(
+        BridgeConfig::new(NatsConfig::new(&nats), topology),
+        Health::new(),
+    );
+    let outbox = OutboxRelay::start(
+        db.clone(),
+        std::sync::Arc::new(bridge.clone()),
+        RelayConfig::default(),
+    );
     let consumer = ConsumerSpec::new("READINGS", "thermostat", &["readings.>"]);
-    bridge.subscribe(TxRoute::new(consumer, Thermostat, &outbox)).await?;
+    bridge
+        .subscribe(TxRoute::new(consumer, Thermostat, &outbox))
+        .await?;
     println!("thermostat running; Ctrl-C to stop");
 
     tokio::signal::ctrl_c().await?;

@@ -267,12 +267,14 @@ impl OutboxRelay {
             let m = metrics();
             let mut failed = Vec::new();
             for (row, result) in rows.into_iter().zip(results) {
-                act.in_flight.remove(&row.message.msg_id);
                 match result {
                     Ok(_) => {
                         m.outbox_published.inc();
+                        act.in_flight.remove(&row.message.msg_id);
                         act.acked.push(row.message.msg_id);
                     }
+                    // Stays in flight until its failure is recorded, so that no sweep picks
+                    // it up meanwhile.
                     Err(e) => {
                         m.outbox_publish_errors.inc();
                         failed.push((row, e));
@@ -288,13 +290,20 @@ impl OutboxRelay {
         }));
     }
 
-    /// Counts refusals, schedules retries, and dead-letters rows over their budget. Rows
-    /// that failed from the fast path (never swept yet) are only left to the sweep.
+    /// Counts refusals, schedules retries, and dead-letters rows over their budget; rows that
+    /// failed because NATS was unreachable are only left to the sweep. The rows leave
+    /// `in_flight` once this is done.
     fn after_failures(&mut self, failed: Vec<(OutboxRow, PublishError)>, ctx: &mut Context<Self>) {
         let db = self.db.clone();
         let publisher = self.publisher.clone();
         let config = self.config.clone();
+        let ids: Vec<String> = failed
+            .iter()
+            .map(|(r, _)| r.message.msg_id.clone())
+            .collect();
         let fut = async move {
+            let (mut refused, mut dead) = (0usize, 0usize);
+            let mut example = None;
             for (row, error) in failed {
                 if !counts_as_refusal(&error) {
                     tracing::debug!(msg_id = %row.message.msg_id, %error, "outbox publish failed; the sweep retries it");
@@ -302,19 +311,36 @@ impl OutboxRelay {
                 }
                 let attempts = row.attempts.saturating_add(1);
                 if attempts >= config.max_attempts {
-                    dead_letter_row(&db, publisher.as_ref(), &row, attempts, &error).await;
+                    if dead_letter_row(&db, publisher.as_ref(), &row, attempts, &error).await {
+                        dead += 1;
+                    }
                     continue;
                 }
+                refused += 1;
                 let wait = config.retry.delay_for(attempts);
-                tracing::warn!(msg_id = %row.message.msg_id, subject = %row.message.subject, attempts, retry_in_ms = millis(wait), %error, "JetStream refused an outbox message; retrying later");
+                tracing::debug!(msg_id = %row.message.msg_id, attempts, retry_in_ms = millis(wait), %error, "JetStream refused an outbox message");
                 if let Err(e) =
                     outbox::record_failure(&db, &row.message.msg_id, &error.to_string(), wait).await
                 {
                     tracing::warn!(error = %e, "recording an outbox failure failed");
                 }
+                example.get_or_insert((row.message.subject, error));
+            }
+            if let Some((subject, error)) = example {
+                tracing::warn!(refused, %subject, %error, "JetStream refused outbox messages; retrying them later");
+            }
+            if dead > 0 {
+                tracing::error!(
+                    dead,
+                    "outbox messages JetStream kept refusing were dead-lettered"
+                );
             }
         };
-        ctx.spawn(fut.into_actor(self));
+        ctx.spawn(fut.into_actor(self).map(move |(), act, _| {
+            for id in ids {
+                act.in_flight.remove(&id);
+            }
+        }));
     }
 
     fn delete_acked(&mut self, ctx: &mut Context<Self>) {
@@ -382,13 +408,14 @@ fn counts_as_refusal(error: &PublishError) -> bool {
     matches!(error, PublishError::Rejected(_) | PublishError::Failed(_))
 }
 
+/// Moves a row to the dead-letter stream; true once it is there and gone from the outbox.
 async fn dead_letter_row(
     db: &Database,
     publisher: &dyn Publisher,
     row: &OutboxRow,
     attempts: u32,
     error: &PublishError,
-) {
+) -> bool {
     let reason = DeadLetterReason::Unpublishable {
         attempts,
         last_error: error.to_string(),
@@ -398,7 +425,7 @@ async fn dead_letter_row(
         Ok(receipt) => {
             if let Err(e) = outbox::delete(db, std::slice::from_ref(&row.message.msg_id)).await {
                 tracing::warn!(error = %e, "deleting a dead-lettered outbox row failed");
-                return;
+                return false;
             }
             if !receipt.duplicate {
                 metrics().outbox_dead_letters.inc();
@@ -407,10 +434,12 @@ async fn dead_letter_row(
                     .with_label_values(&[row.message.subject.as_str()])
                     .inc();
             }
-            tracing::error!(msg_id = %row.message.msg_id, subject = %row.message.subject, attempts, %error, "outbox message dead-lettered: JetStream kept refusing it");
+            tracing::debug!(msg_id = %row.message.msg_id, subject = %row.message.subject, attempts, %error, "outbox message dead-lettered");
+            true
         }
         Err(e) => {
             tracing::warn!(msg_id = %row.message.msg_id, error = %e, "dead-lettering an outbox row failed; retrying later");
+            false
         }
     }
 }
