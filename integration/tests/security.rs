@@ -223,3 +223,56 @@ fn a_creds_file_works_against_an_operator_mode_server_and_its_seed_is_not_logged
         );
     })
 }
+
+/// Behind a trusted proxy every client keeps a bucket of its own (keyed on
+/// `X-Forwarded-For`); a peer that is not a trusted proxy cannot pick a bucket by sending the
+/// header.
+#[test]
+fn the_rate_limit_keys_on_the_real_client_behind_a_trusted_proxy_only() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let limited = |trusted: &str| {
+            let trusted = jetflow_gateway::rate_limit::parse_proxies(trusted).expect("CIDRs");
+            jetflow_integration::TestAppBuilder::new(&nats.url()).with(move |s| {
+                s.http.rate_limit = 1;
+                s.http.rate_burst = 2;
+                s.http.trusted_proxies = trusted;
+            })
+        };
+        let get = |app: &jetflow_integration::TestApp, client_ip: &'static str| {
+            let req = app
+                .client
+                .get(format!("{}/inventory/none", app.address))
+                .header("X-Forwarded-For", format!("198.51.100.9, {client_ip}"));
+            async move { req.send().await.expect("answer").status().as_u16() }
+        };
+        // The test talks from 127.0.0.1: here that is a trusted proxy.
+        let behind_proxy = limited("127.0.0.1/32").start().await;
+        behind_proxy.wait_ready().await;
+        let a: Vec<u16> = [
+            get(&behind_proxy, "203.0.113.1").await,
+            get(&behind_proxy, "203.0.113.1").await,
+            get(&behind_proxy, "203.0.113.1").await,
+        ]
+        .into();
+        assert_eq!(a[..2], [404, 404], "{a:?}");
+        assert_eq!(a[2], 429, "client A used its burst: {a:?}");
+        assert_eq!(
+            get(&behind_proxy, "203.0.113.2").await,
+            404,
+            "client B has its own bucket"
+        );
+        behind_proxy.stop().await;
+
+        // No trusted proxy: the header is ignored, everyone from 127.0.0.1 shares a bucket.
+        let direct = limited("").start().await;
+        direct.wait_ready().await;
+        let seen = [
+            get(&direct, "203.0.113.1").await,
+            get(&direct, "203.0.113.2").await,
+            get(&direct, "203.0.113.3").await,
+        ];
+        assert_eq!(seen, [404, 404, 429], "the header picked no bucket");
+        direct.stop().await;
+    })
+}

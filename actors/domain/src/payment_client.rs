@@ -179,9 +179,26 @@ impl PaymentClient {
 /// A request that failed before the provider could see it (connect error) certainly did not
 /// charge; any other failure (a timeout, a reset after sending) may have.
 fn send_error(e: reqwest::Error) -> ProviderError {
+    let text = chain(&e);
     if e.is_connect() {
-        ProviderError::Unavailable(e.to_string())
+        ProviderError::Unavailable(text)
     } else {
-        ProviderError::Uncertain(e.to_string())
+        ProviderError::Uncertain(text)
     }
+}
+
+/// An error with its causes (`error sending request: … : invalid peer certificate: …`), so
+/// that the reason reaches the log line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }

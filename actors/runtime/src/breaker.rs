@@ -120,6 +120,11 @@ impl<T: 'static, E: 'static> Message for Call<T, E> {
 #[rtype(result = "BreakerState")]
 pub struct GetBreakerState;
 
+/// Asks how long until an open circuit lets a probe through (zero when it would now).
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Duration")]
+pub struct GetRetryIn;
+
 /// The circuit breaker actor.
 pub struct BreakerActor {
     config: BreakerConfig,
@@ -275,6 +280,20 @@ impl Handler<GetBreakerState> for BreakerActor {
     }
 }
 
+impl Handler<GetRetryIn> for BreakerActor {
+    type Result = MessageResult<GetRetryIn>;
+
+    fn handle(&mut self, _: GetRetryIn, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match self.state {
+            BreakerState::Open => self
+                .config
+                .open_timeout
+                .saturating_sub(self.opened_at.elapsed()),
+            _ => Duration::ZERO,
+        })
+    }
+}
+
 impl ActorRef<BreakerActor> {
     /// Runs `fut` through the breaker.
     pub async fn call<T, E, F>(&self, fut: F) -> Result<T, BreakerError<E>>
@@ -353,7 +372,10 @@ mod tests {
         let b = BreakerActor::start(config(1, 50, 1000));
         fail(&b).await.unwrap_err();
         assert_eq!(b.state().await.unwrap(), BreakerState::Open);
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Refused at once while open: the downstream is not called.
+        assert!(matches!(succeed(&b).await, Err(BreakerError::Open { .. })));
+        let retry_in = b.send(GetRetryIn).await.unwrap();
+        tokio::time::sleep(retry_in + Duration::from_millis(1)).await;
         succeed(&b).await.unwrap();
         assert_eq!(b.state().await.unwrap(), BreakerState::Closed);
     }
@@ -362,22 +384,28 @@ mod tests {
     async fn half_open_probe_failure_reopens_and_only_one_probe_goes() {
         let b = BreakerActor::start(config(1, 50, 1000));
         fail(&b).await.unwrap_err();
-        tokio::time::sleep(Duration::from_millis(80)).await;
-        // A slow probe (well inside the 1 s call timeout) is in flight; a second call
+        let retry_in = b.send(GetRetryIn).await.unwrap();
+        tokio::time::sleep(retry_in + Duration::from_millis(1)).await;
+        // A probe that waits for the test to let it finish is in flight; a second call
         // meanwhile is refused.
+        let (release, gate) = tokio::sync::oneshot::channel::<()>();
         let probe = {
             let b = b.clone();
             actix_rt::spawn(async move {
                 b.call(async {
-                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let _ = gate.await;
                     Err::<(), _>("still down")
                 })
                 .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        assert_eq!(b.state().await.unwrap(), BreakerState::HalfOpen);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while b.state().await.unwrap() != BreakerState::HalfOpen {
+            assert!(Instant::now() < deadline, "the probe never started");
+            tokio::task::yield_now().await;
+        }
         assert!(matches!(succeed(&b).await, Err(BreakerError::Open { .. })));
+        let _ = release.send(());
         assert_eq!(
             probe.await.unwrap(),
             Err(BreakerError::Failed("still down"))

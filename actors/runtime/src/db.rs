@@ -192,10 +192,9 @@ impl Database {
             Backend::Postgres => config.url.clone(),
         };
         let redacted = redact_url(&url);
-        let options: AnyConnectOptions = url.parse().map_err(|source| DbError::Connect {
-            url: redacted.clone(),
-            source,
-        })?;
+        let options: AnyConnectOptions = url
+            .parse()
+            .map_err(|e| DbError::Invalid(format!("{redacted} cannot be used: {e}")))?;
         let max = match (backend, memory) {
             (Backend::Sqlite, true) => 1,
             (Backend::Sqlite, false) => config.max_connections.unwrap_or(8),

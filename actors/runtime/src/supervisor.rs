@@ -448,21 +448,130 @@ mod tests {
         );
     }
 
+    /// Panics as it starts, every time.
+    struct Doomed;
+    impl Actor for Doomed {
+        type Context = Context<Self>;
+        fn started(&mut self, _: &mut Context<Self>) {
+            panic!("cannot start");
+        }
+    }
+    impl Supervised for Doomed {}
+
+    #[actix::test]
+    async fn a_crash_loop_backs_off_instead_of_spinning() {
+        let name = format!("doomed-{}", uuid::Uuid::new_v4());
+        let policy = RestartPolicy {
+            max_restarts: u32::MAX,
+            within: Duration::from_secs(60),
+            backoff: Backoff::exponential(Duration::from_millis(50), Duration::from_secs(5))
+                .without_jitter(),
+        };
+        let _a = Supervisor::new(&name).policy(policy).start(|_| Doomed);
+        let started = Instant::now();
+        let restarts = || {
+            metrics()
+                .actor_restarts
+                .with_label_values(&[name.as_str()])
+                .get()
+        };
+        // Waits of 50, 100, 200, 400, 800 ms: five restarts take 1.55 s, where a loop that
+        // never waits would restart many thousands of times.
+        while restarts() < 5 {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "it restarts at all"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500),
+            "five restarts took only {took:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(restarts(), 5, "the sixth waits 1.6 s");
+    }
+
+    #[actix::test]
+    async fn a_bridge_that_cannot_connect_retries_with_backoff() {
+        // No URL at all: every start fails at once; the supervisor must not spin on it.
+        let health = Health::new();
+        let config = crate::bridge::BridgeConfig::new(
+            crate::connection::NatsConfig::new(""),
+            crate::topology::Topology::new(),
+        );
+        let before = metrics()
+            .actor_restarts
+            .with_label_values(&["nats-bridge"])
+            .get();
+        let bridge = crate::bridge::NatsBridge::start(config, health.clone());
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let restarts = metrics()
+            .actor_restarts
+            .with_label_values(&["nats-bridge"])
+            .get()
+            - before;
+        assert!((1..=6).contains(&restarts), "{restarts} restarts in 1.5 s");
+        assert!(!health.is_ready(), "and it says it is not ready");
+        bridge.actor().retire();
+    }
+
+    /// Blocks its thread on each message until the test lets it go.
+    struct Blocked {
+        gate: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
+        handled: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    }
+    impl Actor for Blocked {
+        type Context = Context<Self>;
+    }
+    impl Supervised for Blocked {}
+    impl Handler<Tick> for Blocked {
+        type Result = u32;
+        fn handle(&mut self, _: Tick, _: &mut Context<Self>) -> u32 {
+            if let Ok(gate) = self.gate.lock() {
+                let _ = gate.recv();
+            }
+            self.handled
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
     #[actix::test]
     async fn mailbox_is_bounded() {
         let name = format!("bounded-{}", uuid::Uuid::new_v4());
-        let started = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (open, gate) = std::sync::mpsc::channel();
+        let handled = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let h = handled.clone();
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(gate));
+        let arbiter = actix::Arbiter::new();
         let a = Supervisor::new(&name)
             .mailbox_capacity(4)
-            .start(move |_| Counter { seen: 0, started });
-        // try_send past capacity is refused; send waits for room instead of growing the queue.
-        let mut refused = false;
+            .start_in_arbiter(&arbiter.handle(), move |_| Blocked { gate, handled: h });
+        // The actor is stuck on its first message: the mailbox takes `capacity` more (actix
+        // counts one in hand besides), and then refuses instead of growing.
+        let mut accepted = 0;
         for _ in 0..64 {
-            if a.addr().try_send(Tick).is_err() {
-                refused = true;
-                break;
+            if a.addr().try_send(Tick).is_ok() {
+                accepted += 1;
             }
         }
-        assert!(refused, "a bounded mailbox refuses try_send when full");
+        assert!(
+            (4..=6).contains(&accepted),
+            "{accepted} accepted by a mailbox of 4"
+        );
+        for _ in 0..accepted {
+            open.send(()).expect("gate");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while handled.load(std::sync::atomic::Ordering::SeqCst) < accepted {
+            assert!(
+                Instant::now() < deadline,
+                "every accepted message is handled"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(open);
+        arbiter.stop();
     }
 }

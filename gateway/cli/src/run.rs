@@ -111,6 +111,11 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 provider: settings.provider.url.is_none(),
                 ..Roles::all()
             };
+            // Check everything but the NATS URL before starting a local server for it.
+            settings.validate(Uses {
+                nats: settings.nats.url.is_some(),
+                ..roles.uses()
+            })?;
             let local = match &settings.nats.url {
                 Some(_) => None,
                 None => {

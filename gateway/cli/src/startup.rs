@@ -143,6 +143,8 @@ pub struct Application {
     settings: Settings,
     health: Health,
     servers: Vec<Server>,
+    /// The embedded simulated provider: a dependency of payments, stopped after the drain.
+    provider_server: Option<Server>,
     http_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     provider_addr: Option<SocketAddr>,
@@ -315,6 +317,7 @@ impl Application {
         }
 
         let mut provider_addr = None;
+        let mut provider_server = None;
         if roles.provider && !provider_only {
             let h = health.clone();
             let state = provider_state.clone();
@@ -328,7 +331,7 @@ impl Application {
                     .default_service(web::to(not_found))
             });
             let (server, bound) = listen(server, &settings, settings.provider.addr, Some(1))?;
-            servers.push(server);
+            provider_server = Some(server);
             provider_addr = Some(bound);
         }
         tracing::info!(%http_addr, ?admin_addr, ?provider_addr, ?roles, "jetflow started");
@@ -336,6 +339,7 @@ impl Application {
             settings,
             health,
             servers,
+            provider_server,
             http_addr,
             admin_addr,
             provider_addr,
@@ -385,7 +389,8 @@ impl Application {
     /// Serves until `shutdown` resolves, then stops in order (see the module docs).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> StopReport {
         let handles: Vec<ServerHandle> = self.servers.iter().map(Server::handle).collect();
-        for server in self.servers.drain(..) {
+        let provider = self.provider_server.as_ref().map(Server::handle);
+        for server in self.servers.drain(..).chain(self.provider_server.take()) {
             actix_rt::spawn(async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "HTTP server failed");
@@ -393,10 +398,10 @@ impl Application {
             });
         }
         shutdown.await;
-        self.stop(handles).await
+        self.stop(handles, provider).await
     }
 
-    async fn stop(self, handles: Vec<ServerHandle>) -> StopReport {
+    async fn stop(self, handles: Vec<ServerHandle>, provider: Option<ServerHandle>) -> StopReport {
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.settings.http.shutdown_timeout;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -419,6 +424,10 @@ impl Application {
         }
         for actors in &self.actors {
             actors.stop();
+        }
+        // The simulated provider (in `jetflow all`) outlives the payments it answers.
+        if let Some(p) = provider {
+            let _ = tokio::time::timeout(left(), p.stop(true)).await;
         }
         // 4. What was committed is published.
         let mut outbox_left = 0;
