@@ -118,6 +118,10 @@ pub fn validate(kind: EventKind, version: u8, value: &Value) -> Result<(), Schem
             reason: format!("no schema {name}"),
         });
     };
+    // The fast check first; the errors are collected only for what is invalid.
+    if validator.is_valid(value) {
+        return Ok(());
+    }
     let errors: Vec<FieldError> = validator
         .iter_errors(value)
         .map(|e| FieldError {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use jetflow_runtime::{Database, DeliveryMeta, OutboxHandle, TxError, span};
+use jetflow_runtime::{Database, DeliveryMeta, OutboxHandle, TxError, UnitOfWork, span};
 use jetflow_schemas::{AnyEvent, EventMeta, OrderItem, Priority, SchemaError, ShippingAddress};
 
 use crate::config::SagaConfig;
@@ -90,4 +90,10 @@ pub fn span(target: &str, input: &InboundEvent, meta: &DeliveryMeta) -> tracing:
     let parent = span::delivery_span(target, meta);
     let order_id = input.event.meta().order_id;
     tracing::info_span!(parent: &parent, "event", %order_id, kind = %input.subject.kind)
+}
+
+/// Adds one to `counter` once the transaction of `uow` committed: a batch that is rolled
+/// back and applied again counts each change once.
+pub fn count_on_commit(uow: &mut UnitOfWork, counter: prometheus::IntCounter) {
+    uow.after_commit(move || counter.inc());
 }

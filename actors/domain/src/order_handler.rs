@@ -7,7 +7,10 @@
 //! | `payments.succeeded` | paid, then confirmed                        | `orders.confirmed`  |
 //! | `payments.failed`    | cancelled (payment_declined / _unavailable) | `orders.cancelled` (the stock handler releases the stock) |
 //! | `orders.cancelled`   | cancelled with the stock handler's reason   | —                   |
-//! | `orders.confirmed`   | confirmed (its own echo: nothing to do)     | —                   |
+//! | `orders.confirmed`   | nothing (its own echo)                      | —                   |
+//!
+//! Counts and log lines about what changed are emitted once the transaction committed, so a
+//! batch that is rolled back and applied again counts each change once.
 //!
 //! The [`OrderSweeper`](crate::order_sweeper::OrderSweeper) cancels orders that did not
 //! finish in time with the same [`cancel`] step.
@@ -51,19 +54,27 @@ impl TxHandler for OrderHandler {
     }
 }
 
-fn counted(status: OrderStatus) {
-    domain_metrics()
-        .orders
-        .with_label_values(&[status.as_str()])
-        .inc();
+/// Counts an order reaching `status`, once the transaction committed.
+fn counted(uow: &mut UnitOfWork, status: OrderStatus) {
+    uow.after_commit(move || {
+        domain_metrics()
+            .orders
+            .with_label_values(&[status.as_str()])
+            .inc();
+    });
 }
 
-fn anomaly(kind: &str, order_id: &str, detail: &str) {
-    domain_metrics()
-        .saga_anomalies
-        .with_label_values(&[kind])
-        .inc();
-    tracing::error!(%order_id, kind, detail, "saga anomaly");
+/// Counts and logs something the saga should never see, once the transaction committed.
+fn anomaly(uow: &mut UnitOfWork, kind: &'static str, order_id: &str, detail: &str) {
+    let (order_id, detail) = (order_id.to_string(), detail.to_string());
+    let span = tracing::Span::current();
+    uow.after_commit(move || {
+        domain_metrics()
+            .saga_anomalies
+            .with_label_values(&[kind])
+            .inc();
+        span.in_scope(|| tracing::error!(%order_id, kind, %detail, "saga anomaly"));
+    });
 }
 
 async fn handle(uow: &mut UnitOfWork, input: &InboundEvent) -> Result<(), DomainError> {
@@ -84,7 +95,7 @@ async fn handle(uow: &mut UnitOfWork, input: &InboundEvent) -> Result<(), Domain
             if order_store::advance(uow.conn(), &order_id, OrderStatus::Reserved, &change).await?
                 == Advance::Applied
             {
-                counted(OrderStatus::Reserved);
+                counted(uow, OrderStatus::Reserved);
             }
         }
         AnyEvent::PaymentSucceeded(e) => on_paid(uow, e, lane).await?,
@@ -100,26 +111,18 @@ async fn handle(uow: &mut UnitOfWork, input: &InboundEvent) -> Result<(), Domain
             match order_store::advance(uow.conn(), &order_id, OrderStatus::Cancelled, &change)
                 .await?
             {
-                Advance::Applied => counted(OrderStatus::Cancelled),
-                Advance::Stale(OrderStatus::Confirmed) => {
-                    anomaly("cancelled_after_confirmed", &order_id, e.reason.as_str())
-                }
+                Advance::Applied => counted(uow, OrderStatus::Cancelled),
+                Advance::Stale(OrderStatus::Confirmed) => anomaly(
+                    uow,
+                    "cancelled_after_confirmed",
+                    &order_id,
+                    e.reason.as_str(),
+                ),
                 Advance::Stale(_) => {}
             }
         }
-        AnyEvent::OrderConfirmed(e) => {
-            let order_id = e.meta.order_id.to_string();
-            let change = Change {
-                amount_cents: i64::try_from(e.amount_cents).ok(),
-                correlation_id: Some(&e.meta.correlation_id),
-                ..Change::default()
-            };
-            if order_store::advance(uow.conn(), &order_id, OrderStatus::Confirmed, &change).await?
-                == Advance::Applied
-            {
-                counted(OrderStatus::Confirmed);
-            }
-        }
+        // Its own echo: the order was confirmed in the transaction that emitted it.
+        AnyEvent::OrderConfirmed(_) => {}
         AnyEvent::InventoryReleased(_) => {}
     }
     Ok(())
@@ -137,8 +140,8 @@ async fn on_created(uow: &mut UnitOfWork, c: Created<'_>) -> Result<(), DomainEr
         correlation_id: c.meta.correlation_id.clone(),
         at: c.meta.occurred_at.timestamp_millis(),
     };
-    if order_store::upsert_created(uow.conn(), &new).await? {
-        counted(OrderStatus::Pending);
+    if order_store::record_created(uow.conn(), &new).await? {
+        counted(uow, OrderStatus::Pending);
     }
     Ok(())
 }
@@ -154,10 +157,24 @@ async fn on_paid(
         correlation_id: Some(&e.meta.correlation_id),
         ..Change::default()
     };
-    match order_store::advance(uow.conn(), &order_id, OrderStatus::Paid, &change).await? {
-        Advance::Applied => counted(OrderStatus::Paid),
+    // Paid orders are confirmed at once (one step, both in the history); the event tells the
+    // stock handler to mark the stock sold.
+    let step = order_store::advance_via(
+        uow.conn(),
+        &order_id,
+        Some(OrderStatus::Paid),
+        OrderStatus::Confirmed,
+        &change,
+    )
+    .await?;
+    match step {
+        Advance::Applied => {
+            counted(uow, OrderStatus::Paid);
+            counted(uow, OrderStatus::Confirmed);
+        }
         Advance::Stale(OrderStatus::Cancelled) => {
             anomaly(
+                uow,
                 "paid_after_cancelled",
                 &order_id,
                 "payment succeeded for a cancelled order; it needs a refund",
@@ -166,11 +183,11 @@ async fn on_paid(
         }
         Advance::Stale(_) => return Ok(()),
     }
-    // Paid orders are confirmed at once; the event tells the stock actor to mark the stock
-    // sold.
-    order_store::advance(uow.conn(), &order_id, OrderStatus::Confirmed, &change).await?;
-    counted(OrderStatus::Confirmed);
-    tracing::info!(%order_id, amount_cents = e.amount_cents, "order confirmed");
+    let (amount_cents, span) = (e.amount_cents, tracing::Span::current());
+    let logged_id = order_id.clone();
+    uow.after_commit(move || {
+        span.in_scope(|| tracing::info!(order_id = %logged_id, amount_cents, "order confirmed"));
+    });
     let confirmed = OrderConfirmed {
         meta: EventMeta::caused_by(&e.meta),
         version: Version,
@@ -211,14 +228,20 @@ pub async fn cancel(
         ..Change::default()
     };
     match order_store::advance(uow.conn(), &order_id, OrderStatus::Cancelled, &change).await? {
-        Advance::Applied => counted(OrderStatus::Cancelled),
+        Advance::Applied => counted(uow, OrderStatus::Cancelled),
         Advance::Stale(OrderStatus::Confirmed) => {
-            anomaly("cancel_after_confirmed", &order_id, reason.as_str());
+            anomaly(uow, "cancel_after_confirmed", &order_id, reason.as_str());
             return Ok(false);
         }
         Advance::Stale(_) => return Ok(false),
     }
-    tracing::info!(%order_id, reason = reason.as_str(), "order cancelled");
+    let span = tracing::Span::current();
+    let logged_id = order_id.clone();
+    uow.after_commit(move || {
+        span.in_scope(
+            || tracing::info!(order_id = %logged_id, reason = reason.as_str(), "order cancelled"),
+        );
+    });
     let event = OrderCancelled {
         meta: EventMeta::caused_by(cause),
         version: Version,

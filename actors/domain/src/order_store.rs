@@ -138,27 +138,16 @@ pub struct NewOrder {
     pub at: i64,
 }
 
-/// Records an order as pending, or fills in the fields an earlier event did not bring.
-/// Returns true if the order was new.
-pub async fn upsert_created(
+/// Records a new order as pending, unless it is known already. Returns true if it was new.
+/// The gateway calls this before it publishes the order's `orders.created`, so the order
+/// handler finds the row there and has nothing to write.
+pub async fn insert_pending(
     conn: &mut AnyConnection,
     order: &NewOrder,
 ) -> Result<bool, sqlx::Error> {
-    let now = now_ms();
-    let exists = sqlx::query("SELECT 1 AS one FROM orders WHERE order_id = $1")
-        .bind(order.order_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?
-        .is_some();
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO orders (order_id, customer_id, items, priority, shipping_address, status, correlation_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8) \
-         ON CONFLICT (order_id) DO UPDATE SET \
-           customer_id = COALESCE(orders.customer_id, excluded.customer_id), \
-           items = COALESCE(orders.items, excluded.items), \
-           priority = excluded.priority, \
-           shipping_address = COALESCE(orders.shipping_address, excluded.shipping_address), \
-           correlation_id = COALESCE(orders.correlation_id, excluded.correlation_id)",
+         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order.order_id.as_str())
     .bind(order.customer_id.as_str())
@@ -167,27 +156,95 @@ pub async fn upsert_created(
     .bind(order.shipping_address.as_ref().map(|v| v.to_string()))
     .bind(order.correlation_id.as_str())
     .bind(order.at)
-    .bind(now)
     .execute(&mut *conn)
-    .await?;
-    add_history(conn, &order.order_id, OrderStatus::Pending, order.at).await?;
-    Ok(!exists)
+    .await?
+    .rows_affected()
+        == 1;
+    // Its `pending` entry is its creation time: no history row needed.
+    Ok(inserted)
 }
 
+/// Records an order from its `orders.created` event: nothing to do if the gateway recorded
+/// it; a new pending order otherwise; or, if a later event created a bare record first, the
+/// fields only `orders.created` brings. Returns true if the order was new.
+pub async fn record_created(
+    conn: &mut AnyConnection,
+    order: &NewOrder,
+) -> Result<bool, sqlx::Error> {
+    let existing = sqlx::query("SELECT customer_id FROM orders WHERE order_id = $1")
+        .bind(order.order_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    match existing {
+        Some(row) if row.try_get::<Option<String>, _>("customer_id")?.is_some() => Ok(false),
+        Some(_) => {
+            sqlx::query(
+                "UPDATE orders SET customer_id = COALESCE(customer_id, $2), items = COALESCE(items, $3), \
+                 priority = $4, shipping_address = COALESCE(shipping_address, $5), \
+                 correlation_id = COALESCE(correlation_id, $6) WHERE order_id = $1",
+            )
+            .bind(order.order_id.as_str())
+            .bind(order.customer_id.as_str())
+            .bind(order.items.to_string())
+            .bind(order.priority.as_str())
+            .bind(order.shipping_address.as_ref().map(|v| v.to_string()))
+            .bind(order.correlation_id.as_str())
+            .execute(&mut *conn)
+            .await?;
+            Ok(false)
+        }
+        None => {
+            if insert_pending(conn, order).await? {
+                Ok(true)
+            } else {
+                // Created between the two statements: fill in what is missing.
+                Box::pin(record_created(conn, order)).await
+            }
+        }
+    }
+}
+
+/// Removes an order that was recorded but never accepted (its `orders.created` could not be
+/// stored), as long as nothing happened to it since. Returns true if it was removed.
+pub async fn withdraw(conn: &mut AnyConnection, order_id: &str) -> Result<bool, sqlx::Error> {
+    let removed = sqlx::query("DELETE FROM orders WHERE order_id = $1 AND status = 'pending'")
+        .bind(order_id)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        == 1;
+    if removed {
+        // Nothing but `pending` happened to it, so it has no history rows; old databases
+        // kept one.
+        sqlx::query("DELETE FROM order_history WHERE order_id = $1")
+            .bind(order_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(removed)
+}
+
+/// Adds history entries (one statement, whatever their number).
 async fn add_history(
     conn: &mut AnyConnection,
-    order_id: &str,
-    status: OrderStatus,
-    at: i64,
+    entries: &[(&str, OrderStatus, i64)],
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO order_history (order_id, status, at) VALUES ($1, $2, $3) ON CONFLICT (order_id, status) DO NOTHING",
-    )
-    .bind(order_id)
-    .bind(status.as_str())
-    .bind(at)
-    .execute(conn)
-    .await?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let values: Vec<String> = (0..entries.len())
+        .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
+        .collect();
+    // Only generated placeholders are interpolated: no input reaches the SQL text.
+    let sql = format!(
+        "INSERT INTO order_history (order_id, status, at) VALUES {} ON CONFLICT (order_id, status) DO NOTHING",
+        values.join(", ")
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for (order_id, status, at) in entries {
+        q = q.bind(*order_id).bind(status.as_str()).bind(*at);
+    }
+    q.execute(conn).await?;
     Ok(())
 }
 
@@ -221,7 +278,24 @@ pub async fn advance(
     to: OrderStatus,
     change: &Change<'_>,
 ) -> Result<Advance, sqlx::Error> {
+    advance_via(conn, order_id, None, to, change).await
+}
+
+/// Moves an order forward to `to` through `via` in one step (both enter the history), if it
+/// is behind `via`; an order already at `via` moves on to `to`.
+pub async fn advance_via(
+    conn: &mut AnyConnection,
+    order_id: &str,
+    via: Option<OrderStatus>,
+    to: OrderStatus,
+    change: &Change<'_>,
+) -> Result<Advance, sqlx::Error> {
     let now = now_ms();
+    let steps: Vec<(&str, OrderStatus, i64)> = via
+        .into_iter()
+        .chain([to])
+        .map(|s| (order_id, s, now))
+        .collect();
     let from = to.predecessors();
     if !from.is_empty() {
         let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 7)).collect();
@@ -242,7 +316,7 @@ pub async fn advance(
             q = q.bind(*s);
         }
         if q.execute(&mut *conn).await?.rows_affected() == 1 {
-            add_history(conn, order_id, to, now).await?;
+            add_history(conn, &steps).await?;
             return Ok(Advance::Applied);
         }
     }
@@ -273,11 +347,11 @@ pub async fn advance(
     .rows_affected()
         == 1;
     if inserted {
-        add_history(conn, order_id, to, now).await?;
+        add_history(conn, &steps).await?;
         Ok(Advance::Applied)
     } else {
         // Someone created it between our two statements: try once more.
-        Box::pin(advance(conn, order_id, to, change)).await
+        Box::pin(advance_via(conn, order_id, via, to, change)).await
     }
 }
 
@@ -314,6 +388,16 @@ where
         Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
     };
     let mut history = history;
+    // Every order starts pending when it is created; that entry has no row of its own.
+    if !history
+        .iter()
+        .any(|h| h.status == OrderStatus::Pending.as_str())
+    {
+        history.push(HistoryEntry {
+            status: OrderStatus::Pending.as_str().to_string(),
+            at: row.try_get("created_at")?,
+        });
+    }
     history.sort_by_key(|h| {
         (
             h.at,

@@ -30,7 +30,7 @@ use jetflow_schemas::{
 };
 
 use crate::events::outgoing;
-use crate::handling::{Deps, DomainError, span};
+use crate::handling::{Deps, DomainError, count_on_commit, span};
 use crate::input::InboundEvent;
 use crate::metrics::domain_metrics;
 use crate::payment_client::{ChargeResult, PaymentClient, ProviderError};
@@ -338,7 +338,7 @@ impl PaymentHandler {
             PaymentStatus::VoidPending => "unavailable",
             other => other.as_str(),
         };
-        domain_metrics().payments.with_label_values(&[result]).inc();
+        count_on_commit(uow, domain_metrics().payments.with_label_values(&[result]));
         tracing::info!(%order_id, result, amount_cents = amount, "payment decided");
         Ok(())
     }

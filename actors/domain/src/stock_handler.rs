@@ -14,14 +14,16 @@
 //! order's reservation row, so a reservation and a cancellation racing on two replicas are
 //! serialised by the database (see [`stock_store`]).
 
-use jetflow_runtime::{Delivery, TxError, TxHandler, UnitOfWork};
+use std::collections::BTreeSet;
+
+use jetflow_runtime::{Backend, Delivery, TxError, TxHandler, UnitOfWork};
 use jetflow_schemas::{
     AnyEvent, CancelReason, EventMeta, InventoryReleased, InventoryReserved, OrderCancelled,
     OrderItem, Priority, ReservedItem, Version,
 };
 
 use crate::events::outgoing;
-use crate::handling::{Created, DomainError, created, span};
+use crate::handling::{Created, DomainError, count_on_commit, created, span};
 use crate::input::InboundEvent;
 use crate::metrics::domain_metrics;
 use crate::stock_store::{self, Reservation};
@@ -54,6 +56,36 @@ impl TxHandler for StockHandler {
             // Other events share the consumer's subjects; they are not the stock handler's.
             _ => {}
         }
+        Ok(())
+    }
+
+    /// Locks every product the batch will move, in product order: the products of new
+    /// orders, and those held by orders that are cancelled or confirmed.
+    async fn begin_batch(
+        &self,
+        uow: &mut UnitOfWork,
+        deliveries: &[&Delivery<InboundEvent>],
+    ) -> Result<(), TxError> {
+        if uow.backend() != Backend::Postgres {
+            return Ok(());
+        }
+        let mut products = BTreeSet::new();
+        let mut finishing = Vec::new();
+        for d in deliveries {
+            match &d.message.event {
+                AnyEvent::OrderCancelled(e) => finishing.push(e.meta.order_id.to_string()),
+                AnyEvent::OrderConfirmed(e) => finishing.push(e.meta.order_id.to_string()),
+                event => {
+                    if let Some(c) = created(event) {
+                        products.extend(c.items.iter().map(|i| i.product_id.clone()));
+                    }
+                }
+            }
+        }
+        let finishing: Vec<&str> = finishing.iter().map(String::as_str).collect();
+        products.extend(stock_store::products_of_orders(uow.conn(), &finishing).await?);
+        let backend = uow.backend();
+        stock_store::lock_products(uow.conn(), backend, &products).await?;
         Ok(())
     }
 
@@ -90,7 +122,7 @@ async fn on_created(
             items,
             amount_cents,
         } => {
-            m.stock_reservations.with_label_values(&["reserved"]).inc();
+            count_on_commit(uow, m.stock_reservations.with_label_values(&["reserved"]));
             tracing::info!(%order_id, amount_cents, "stock reserved");
             let event = InventoryReserved {
                 meta: EventMeta::caused_by(order.meta),
@@ -113,9 +145,11 @@ async fn on_created(
             requested,
             available,
         } => {
-            m.stock_reservations
-                .with_label_values(&["insufficient_stock"])
-                .inc();
+            count_on_commit(
+                uow,
+                m.stock_reservations
+                    .with_label_values(&["insufficient_stock"]),
+            );
             let detail = format!("{product_id}: {requested} requested, {available} available");
             tracing::info!(%order_id, %detail, "not enough stock");
             uow.emit(cancel(
@@ -126,9 +160,10 @@ async fn on_created(
             )?);
         }
         Reservation::UnknownProduct { product_id } => {
-            m.stock_reservations
-                .with_label_values(&["unknown_product"])
-                .inc();
+            count_on_commit(
+                uow,
+                m.stock_reservations.with_label_values(&["unknown_product"]),
+            );
             let detail = format!("unknown product {product_id}");
             tracing::info!(%order_id, %detail, "unknown product");
             uow.emit(cancel(
@@ -193,10 +228,12 @@ async fn on_confirmed(uow: &mut UnitOfWork, meta: &EventMeta) -> Result<(), Doma
     if stock_store::sell(uow.conn(), &order_id).await?.is_none() {
         let status = stock_store::reservation_status(uow.conn(), &order_id).await?;
         if status.as_deref() != Some("sold") {
-            domain_metrics()
-                .saga_anomalies
-                .with_label_values(&["confirmed_without_reservation"])
-                .inc();
+            count_on_commit(
+                uow,
+                domain_metrics()
+                    .saga_anomalies
+                    .with_label_values(&["confirmed_without_reservation"]),
+            );
             tracing::error!(%order_id, ?status, "order confirmed but its stock is not reserved");
         }
     }

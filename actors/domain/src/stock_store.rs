@@ -1,9 +1,10 @@
 //! Stock and reservations in the database.
 //!
 //! A reservation takes every item of an order or none: each item is a conditional update
-//! (`available >= quantity`) inside one transaction, items in product order (so two orders
-//! never wait on each other's rows in opposite order), and a failed item undoes the ones
-//! before it in the same transaction. Neither concurrency nor replicas can oversell: the
+//! (`available >= quantity`) inside one transaction, items in product order, and a failed
+//! item undoes the ones before it in the same transaction. A batch of deliveries first locks
+//! every product it will touch, in product order ([`lock_products`]), so two batches never
+//! wait on each other's rows in opposite order. Neither concurrency nor replicas can oversell: the
 //! database checks the condition under the row's write lock. Every move keeps
 //! `available + reserved + sold` constant.
 //!
@@ -14,7 +15,9 @@
 //! and a reserved one is always released. Later moves are conditional updates on the row's
 //! status.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+use jetflow_runtime::Backend;
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -198,68 +201,113 @@ pub async fn reserve(
     order_id: &str,
     items: &BTreeMap<String, i64>,
 ) -> Result<Reservation, sqlx::Error> {
-    // Pass 1: every product must exist; read prices.
-    let mut priced = Vec::with_capacity(items.len());
+    // Take stock item by item (one statement each, reading the price as it goes); on the
+    // first item that cannot be taken, undo the ones before it and say why.
+    let mut priced: Vec<(String, i64, i64)> = Vec::with_capacity(items.len());
     for (product_id, quantity) in items {
-        match get(&mut *conn, product_id).await? {
-            Some(p) => priced.push((product_id.clone(), *quantity, p.price_cents)),
-            None => {
-                set_status(conn, order_id, "rejected", None).await?;
-                return Ok(Reservation::UnknownProduct {
-                    product_id: product_id.clone(),
-                });
-            }
-        }
-    }
-    // Pass 2: take stock item by item; undo on the first shortage.
-    for (i, (product_id, quantity, _)) in priced.iter().enumerate() {
-        let taken = sqlx::query(
+        let price: Option<i64> = sqlx::query_scalar(
             "UPDATE products SET available = available - $1, reserved = reserved + $1, updated_at = $3 \
-             WHERE product_id = $2 AND available >= $1",
+             WHERE product_id = $2 AND available >= $1 RETURNING price_cents",
         )
         .bind(*quantity)
         .bind(product_id)
         .bind(now_ms())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected()
-            == 1;
-        if !taken {
-            for (undo_id, undo_qty, _) in &priced[..i] {
-                move_stock(conn, undo_id, *undo_qty, Move::Release).await?;
-            }
-            let available = get(&mut *conn, product_id)
-                .await?
-                .map(|p| p.available)
-                .unwrap_or(0);
-            set_status(conn, order_id, "rejected", None).await?;
-            return Ok(Reservation::Insufficient {
-                product_id: product_id.clone(),
-                requested: *quantity,
-                available,
-            });
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(price) = price {
+            priced.push((product_id.clone(), *quantity, price));
+            continue;
         }
+        for (undo_id, undo_qty, _) in &priced {
+            move_stock(conn, undo_id, *undo_qty, Move::Release).await?;
+        }
+        set_status(conn, order_id, "rejected", None).await?;
+        // An unknown product is the reason even if an earlier item was short.
+        for unknown in items.keys() {
+            if get(&mut *conn, unknown).await?.is_none() {
+                return Ok(Reservation::UnknownProduct {
+                    product_id: unknown.clone(),
+                });
+            }
+        }
+        let available = get(&mut *conn, product_id)
+            .await?
+            .map(|p| p.available)
+            .unwrap_or(0);
+        return Ok(Reservation::Insufficient {
+            product_id: product_id.clone(),
+            requested: *quantity,
+            available,
+        });
     }
     let amount_cents = priced
         .iter()
         .map(|(_, q, p)| q.saturating_mul(*p))
         .fold(0i64, i64::saturating_add);
     set_status(conn, order_id, "reserved", Some(amount_cents)).await?;
-    for (product_id, quantity, price) in &priced {
-        sqlx::query(
-            "INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(order_id)
-        .bind(product_id)
-        .bind(*quantity)
-        .bind(*price)
-        .execute(&mut *conn)
-        .await?;
+    if !priced.is_empty() {
+        let values: Vec<String> = (0..priced.len())
+            .map(|i| format!("($1, ${}, ${}, ${})", i * 3 + 2, i * 3 + 3, i * 3 + 4))
+            .collect();
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let sql = format!(
+            "INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(order_id);
+        for (product_id, quantity, price) in &priced {
+            q = q.bind(product_id.as_str()).bind(*quantity).bind(*price);
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(Reservation::Reserved {
         items: priced,
         amount_cents,
     })
+}
+
+/// The products held by these orders' reservations.
+pub async fn products_of_orders(
+    conn: &mut AnyConnection,
+    order_ids: &[&str],
+) -> Result<BTreeSet<String>, sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    // Only generated placeholders are interpolated: no input reaches the SQL text.
+    let sql = format!(
+        "SELECT DISTINCT product_id FROM reservation_items WHERE order_id IN ({})",
+        jetflow_runtime::db::placeholders(1, order_ids.len())
+    );
+    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    for id in order_ids {
+        q = q.bind(*id);
+    }
+    Ok(q.fetch_all(conn).await?.into_iter().collect())
+}
+
+/// Locks these products' rows, in product order, until the transaction ends (PostgreSQL;
+/// SQLite's write transaction holds the whole database already). Transactions that lock
+/// what they will update this way first wait for each other instead of deadlocking.
+pub async fn lock_products(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    products: &BTreeSet<String>,
+) -> Result<(), sqlx::Error> {
+    if backend != Backend::Postgres || products.is_empty() {
+        return Ok(());
+    }
+    // Only generated placeholders are interpolated: no input reaches the SQL text.
+    let sql = format!(
+        "SELECT product_id FROM products WHERE product_id IN ({}) ORDER BY product_id FOR UPDATE",
+        jetflow_runtime::db::placeholders(1, products.len())
+    );
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for p in products {
+        q = q.bind(p.as_str());
+    }
+    q.fetch_all(conn).await?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -6,7 +6,7 @@
 //! `orders.created` v2 adds a `.v2` token (`orders.created.v2`, `orders.created.v2.express`).
 
 use jetflow_runtime::{ConsumerSpec, StreamSpec, Topology};
-use jetflow_schemas::Priority;
+use jetflow_schemas::{EventKind, Priority, Subject};
 
 use crate::config::SagaConfig;
 
@@ -75,10 +75,32 @@ pub fn topology(config: &SagaConfig) -> Topology {
     }
 }
 
+/// The subjects of every version of these kinds, in one lane.
+fn subjects_of(kinds: &[EventKind], lane: Priority) -> Vec<String> {
+    kinds
+        .iter()
+        .flat_map(|&kind| {
+            kind.versions().iter().map(move |&version| {
+                Subject {
+                    kind,
+                    version,
+                    lane,
+                }
+                .to_string()
+            })
+        })
+        .collect()
+}
+
 fn filters(stream: &str, role: Role, lane: Priority) -> Vec<String> {
     let express = lane == Priority::Express;
     let lane_suffix = if express { ".express" } else { "" };
     match (stream, role) {
+        // The order handler needs neither its own orders.confirmed nor inventory.released.
+        (ORDERS, Role::Orders) => {
+            subjects_of(&[EventKind::OrderCreated, EventKind::OrderCancelled], lane)
+        }
+        (INVENTORY, Role::Orders) => subjects_of(&[EventKind::InventoryReserved], lane),
         (ORDERS, Role::Payments) => vec![format!("orders.cancelled{lane_suffix}")],
         (ORDERS, _) => vec![
             if express {
@@ -184,5 +206,12 @@ mod tests {
         let pay = consumer(&c, Role::Payments, INVENTORY, Priority::Express);
         assert_eq!(pay.filter_subjects, vec!["inventory.reserved.express"]);
         assert_eq!(consumers(&c, Role::Orders).len(), 6);
+        let orders = consumer(&c, Role::Orders, ORDERS, Priority::Standard);
+        assert_eq!(
+            orders.filter_subjects,
+            vec!["orders.created", "orders.created.v2", "orders.cancelled"]
+        );
+        let orders = consumer(&c, Role::Orders, INVENTORY, Priority::Express);
+        assert_eq!(orders.filter_subjects, vec!["inventory.reserved.express"]);
     }
 }

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Transaction};
+use std::sync::Arc;
+
+use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::health::Health;
 use crate::metrics::metrics;
@@ -156,6 +159,38 @@ pub struct Database {
     pool: AnyPool,
     backend: Backend,
     url: String,
+    /// SQLite has one writer at a time: write transactions of this process queue here, in
+    /// the order they asked, instead of polling the file's lock.
+    writer: Option<Arc<Semaphore>>,
+}
+
+/// A write transaction (it derefs to the connection for queries). On SQLite it holds the
+/// process's turn to write until it commits or is dropped.
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _turn: Option<OwnedSemaphorePermit>,
+}
+
+impl WriteTx {
+    /// Abandons every change.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
 }
 
 /// Hides the password of a URL (`postgres://u:***@h/db`).
@@ -200,8 +235,11 @@ impl Database {
             (Backend::Sqlite, false) => config.max_connections.unwrap_or(8),
             (Backend::Postgres, _) => config.max_connections.unwrap_or(16),
         };
+        // No ping before each use (a round trip per transaction): a broken connection fails
+        // its statement, the transaction is retried, and the pool replaces the connection.
         let mut pool_options = AnyPoolOptions::new()
             .acquire_timeout(config.acquire_timeout)
+            .test_before_acquire(false)
             .max_connections(max);
         if memory {
             // The database lives as long as its one connection: never let it go.
@@ -227,6 +265,7 @@ impl Database {
             pool,
             backend,
             url: redacted,
+            writer: (backend == Backend::Sqlite).then(|| Arc::new(Semaphore::new(1))),
         };
         db.migrate(&runtime_migrator()).await?;
         tracing::info!(url = %db.url, max_connections = max, "database ready");
@@ -260,17 +299,27 @@ impl Database {
         &self.url
     }
 
-    /// Starts a write transaction.
-    pub async fn begin(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+    /// Starts a write transaction (on SQLite, once it is this caller's turn to write).
+    pub async fn begin(&self) -> Result<WriteTx, sqlx::Error> {
+        let turn = match &self.writer {
+            Some(writer) => Some(
+                Arc::clone(writer)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| sqlx::Error::PoolClosed)?,
+            ),
+            None => None,
+        };
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Commits a write transaction and counts it in `jetflow_db_commits_total`.
-    pub async fn commit(tx: Transaction<'static, Any>) -> Result<(), sqlx::Error> {
-        tx.commit().await?;
+    pub async fn commit(tx: WriteTx) -> Result<(), sqlx::Error> {
+        tx.tx.commit().await?;
         metrics().db_commits.inc();
         Ok(())
     }
@@ -325,16 +374,16 @@ fn prepare_sqlite_url(url: &str) -> Result<String, DbError> {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
     };
-    if path != ":memory:" && !path.is_empty() {
-        if let Some(dir) = Path::new(path)
+    if path != ":memory:"
+        && !path.is_empty()
+        && let Some(dir) = Path::new(path)
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
-                path: dir.display().to_string(),
-                source,
-            })?;
-        }
+    {
+        std::fs::create_dir_all(dir).map_err(|source| DbError::CreateDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
     }
     let query = match query {
         Some(q) if q.contains("mode=") => q.to_string(),
@@ -342,6 +391,22 @@ fn prepare_sqlite_url(url: &str) -> Result<String, DbError> {
         None => "mode=rwc".to_string(),
     };
     Ok(format!("sqlite://{path}?{query}"))
+}
+
+/// Whether the database refused `e` because of another transaction (a deadlock, a
+/// serialization failure, a lock it could not wait for), so the same work can simply be
+/// tried again.
+pub fn is_conflict(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    matches!(
+        db.code().as_deref(),
+        // PostgreSQL: serialization_failure, deadlock_detected, lock_not_available.
+        Some("40001" | "40P01" | "55P03")
+        // SQLite: SQLITE_BUSY, SQLITE_LOCKED and their extended codes.
+            | Some("5" | "6" | "261" | "262" | "517" | "773")
+    )
 }
 
 /// Milliseconds since the Unix epoch, the time format of every table.

@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::db::Database;
+use crate::db::{self, Database};
 
 /// One write to commit with others.
 pub trait Job: Send + Sync + 'static {
@@ -97,10 +97,21 @@ async fn work<J: Job>(db: Database, mut rx: mpsc::Receiver<Pending<J>>, max_grou
     }
 }
 
+/// How many times in a row a group is run again at once after losing a conflict with
+/// another transaction (a deadlock, a busy lock).
+const CONFLICT_RETRIES: u32 = 3;
+
 /// Commits a group; a failing job is answered alone and the rest tried again.
 async fn commit_group<J: Job>(db: &Database, mut group: Vec<Pending<J>>) {
+    let mut conflicts = 0;
     while !group.is_empty() {
         match run_group(db, &group).await {
+            Err(Failure::Job(_, e) | Failure::Transaction(e))
+                if db::is_conflict(&e) && conflicts < CONFLICT_RETRIES =>
+            {
+                conflicts += 1;
+                tracing::debug!(error = %e, conflicts, "group commit lost a conflict; running it again");
+            }
             Ok(outputs) => {
                 for ((_, reply), output) in group.into_iter().zip(outputs) {
                     let _ = reply.send(Ok(output));

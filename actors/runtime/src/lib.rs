@@ -24,7 +24,7 @@
 //! * **Tests**: [`testkit`] drives actors and transactional handlers the way the bridge
 //!   does, without NATS.
 //!
-//! Start with the [`prelude`] and `examples/relay.rs` (a complete effectively-once service).
+//! Start with the [`prelude`] and `examples/thermostat.rs` (a complete effectively-once service).
 
 #![warn(missing_docs)]
 
@@ -66,7 +66,7 @@ pub use breaker::{BreakerActor, BreakerConfig, BreakerError, BreakerState};
 pub use bridge::{Bridge, BridgeConfig, BridgeStatus, NatsBridge, Publish};
 pub use codec::{Decode, DecodeError, Json};
 pub use connection::{NatsAuth, NatsConfig, NatsTls, Secret};
-pub use db::{Backend, Database, DbConfig, DbError};
+pub use db::{Backend, Database, DbConfig, DbError, WriteTx};
 pub use delivery::{Delivery, DeliveryMeta};
 pub use group_commit::{GroupCommit, GroupCommitError, Job};
 pub use health::Health;

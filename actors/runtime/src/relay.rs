@@ -45,7 +45,7 @@ pub struct RelayConfig {
     pub retry: Backoff,
     /// How long acknowledged rows wait to be deleted together.
     pub delete_every: Duration,
-    /// How often `outbox_pending` is refreshed.
+    /// How often `outbox_pending` is refreshed while it is 0 (every sweep otherwise).
     pub count_every: Duration,
 }
 
@@ -367,9 +367,12 @@ impl OutboxRelay {
         self.sweeping = true;
         let db = self.db.clone();
         let batch = self.config.batch;
-        let count = self
-            .last_count
-            .is_none_or(|t| t.elapsed() >= self.config.count_every);
+        // Counted at every sweep while rows were left (so the gauge falls back to 0 as soon
+        // as they are gone), else every `count_every`.
+        let count = metrics().outbox_pending.get() != 0
+            || self
+                .last_count
+                .is_none_or(|t| t.elapsed() >= self.config.count_every);
         if count {
             self.last_count = Some(Instant::now());
         }

@@ -28,7 +28,7 @@ use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::codec::Decode;
-use crate::db::Database;
+use crate::db::{self, Database};
 use crate::delivery::{Delivery, DeliveryMeta};
 use crate::headers;
 use crate::inbox;
@@ -141,6 +141,19 @@ pub trait TxHandler: Send + Sync + 'static {
         delivery: &Delivery<Self::Message>,
     ) -> impl Future<Output = Result<(), TxError>> + Send;
 
+    /// Runs once in each transaction, after the inbox claims and before the first delivery is
+    /// handled, with the deliveries it is about to handle: the place to lock, in one fixed
+    /// order, the rows the batch will update, so that routes or replicas that share hot rows
+    /// wait for each other instead of deadlocking. By default it does nothing.
+    fn begin_batch(
+        &self,
+        uow: &mut UnitOfWork,
+        deliveries: &[&Delivery<Self::Message>],
+    ) -> impl Future<Output = Result<(), TxError>> + Send {
+        let _ = (uow, deliveries);
+        std::future::ready(Ok(()))
+    }
+
     /// The inbox key: two deliveries with the same key are applied once.
     fn key(&self, delivery: &Delivery<Self::Message>) -> String {
         default_key(&delivery.meta)
@@ -176,6 +189,16 @@ pub trait PreparedTxHandler: Send + Sync + 'static {
         prepared: Self::Prepared,
     ) -> impl Future<Output = Result<(), TxError>> + Send;
 
+    /// As [`TxHandler::begin_batch`].
+    fn begin_batch(
+        &self,
+        uow: &mut UnitOfWork,
+        deliveries: &[&Delivery<Self::Message>],
+    ) -> impl Future<Output = Result<(), TxError>> + Send {
+        let _ = (uow, deliveries);
+        std::future::ready(Ok(()))
+    }
+
     /// As [`TxHandler::key`].
     fn key(&self, delivery: &Delivery<Self::Message>) -> String {
         default_key(&delivery.meta)
@@ -205,6 +228,14 @@ impl<H: TxHandler> PreparedTxHandler for H {
         _: (),
     ) -> impl Future<Output = Result<(), TxError>> + Send {
         TxHandler::handle(self, uow, delivery)
+    }
+
+    fn begin_batch(
+        &self,
+        uow: &mut UnitOfWork,
+        deliveries: &[&Delivery<Self::Message>],
+    ) -> impl Future<Output = Result<(), TxError>> + Send {
+        TxHandler::begin_batch(self, uow, deliveries)
     }
 
     fn key(&self, delivery: &Delivery<Self::Message>) -> String {
@@ -350,7 +381,15 @@ enum Attempt {
     ItemFailed { item: usize, outcome: Outcome },
     /// The transaction itself failed; everything was rolled back.
     Failed(String),
+    /// The database chose this transaction as the victim of a conflict with another one
+    /// (a deadlock, a serialization failure, a busy lock); everything was rolled back, and
+    /// the attempt can be made again at once.
+    Conflict(String),
 }
+
+/// How many times in a row a batch is applied again at once after losing a conflict,
+/// before its deliveries are left to the route's backoff.
+const CONFLICT_RETRIES: u32 = 3;
 
 async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) -> Vec<Outcome> {
     let m = metrics();
@@ -413,6 +452,7 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
 
     // 3. One transaction for everything prepared; a failing delivery is taken out and the
     //    rest applied again without it.
+    let mut conflicts = 0;
     while !pending.is_empty() {
         match attempt(inner, &items, &pending).await {
             Attempt::Committed {
@@ -433,7 +473,11 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
                 outcomes[items[item].index] = Some(outcome);
                 pending.retain(|&p| p != item);
             }
-            Attempt::Failed(reason) => {
+            Attempt::Conflict(reason) if conflicts < CONFLICT_RETRIES => {
+                conflicts += 1;
+                tracing::debug!(route = %inner.name, %reason, conflicts, "transaction lost a conflict; applying the batch again");
+            }
+            Attempt::Failed(reason) | Attempt::Conflict(reason) => {
                 for &p in &pending {
                     outcomes[items[p].index] = Some(Outcome::retry(reason.clone()));
                 }
@@ -473,30 +517,57 @@ async fn attempt<H: PreparedTxHandler>(
 ) -> Attempt {
     let mut uow = match UnitOfWork::begin(&inner.db).await {
         Ok(uow) => uow,
-        Err(e) => return Attempt::Failed(format!("database: {e}")),
+        Err(e) => return failed(&e),
     };
     let keys: Vec<&str> = pending.iter().map(|&p| items[p].key.as_str()).collect();
     let claimed = match inbox::claim_all(uow.conn(), &inner.inbox, &keys).await {
         Ok(c) => c,
         Err(e) => {
             let _ = uow.rollback().await;
-            return Attempt::Failed(format!("database: {e}"));
+            return failed(&e);
         }
     };
+    // Which deliveries are new: the first of each claimed key.
     let mut seen = HashSet::with_capacity(pending.len());
-    let mut applied = Vec::with_capacity(pending.len());
+    let mut todo = Vec::with_capacity(pending.len());
     let mut duplicates = Vec::new();
+    for &p in pending {
+        let item = &items[p];
+        if claimed.contains(&item.key) && seen.insert(item.key.as_str()) && item.prepared.is_some()
+        {
+            todo.push(p);
+        } else {
+            duplicates.push(p);
+        }
+    }
+    let deliveries: Vec<&Delivery<H::Message>> = todo.iter().map(|&p| &items[p].delivery).collect();
+    match AssertUnwindSafe(inner.handler.begin_batch(&mut uow, &deliveries))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = uow.rollback().await;
+            return match e {
+                TxError::Database(e) => failed(&e),
+                other => Attempt::Failed(format!("begin_batch: {other}")),
+            };
+        }
+        Err(panic) => {
+            let _ = uow.rollback().await;
+            return Attempt::Failed(format!(
+                "begin_batch panicked: {}",
+                panic_message(panic.as_ref())
+            ));
+        }
+    }
+    let mut applied = Vec::with_capacity(todo.len());
     let handle_seconds = metrics()
         .actor_handle_seconds
         .with_label_values(&[inner.name.as_str()]);
-    for &p in pending {
+    for &p in &todo {
         let item = &items[p];
-        if !claimed.contains(&item.key) || !seen.insert(item.key.as_str()) {
-            duplicates.push(p);
-            continue;
-        }
         let Some(prepared) = item.prepared.clone() else {
-            duplicates.push(p);
             continue;
         };
         uow.caused_by(Some(&item.delivery.meta));
@@ -510,6 +581,10 @@ async fn attempt<H: PreparedTxHandler>(
             Ok(Ok(())) => {
                 applied.push(p);
                 continue;
+            }
+            Ok(Err(TxError::Database(e))) if db::is_conflict(&e) => {
+                let _ = uow.rollback().await;
+                return Attempt::Conflict(format!("database: {e}"));
             }
             Ok(Err(e)) => e.outcome(),
             Err(panic) => {
@@ -532,7 +607,17 @@ async fn attempt<H: PreparedTxHandler>(
             applied,
             duplicates,
         },
+        Err(e) if db::is_conflict(&e) => Attempt::Conflict(format!("commit failed: {e}")),
         Err(e) => Attempt::Failed(format!("commit failed: {e}")),
+    }
+}
+
+/// A database error that failed the whole attempt.
+fn failed(e: &sqlx::Error) -> Attempt {
+    if db::is_conflict(e) {
+        Attempt::Conflict(format!("database: {e}"))
+    } else {
+        Attempt::Failed(format!("database: {e}"))
     }
 }
 

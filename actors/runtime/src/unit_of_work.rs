@@ -7,9 +7,9 @@
 //! through [`UnitOfWork::emit`]; [`UnitOfWork::commit`] writes the messages to the outbox in
 //! the same transaction, commits, and hands them to the relay, which publishes them at once.
 
-use sqlx::{Any, AnyConnection, Transaction};
+use sqlx::AnyConnection;
 
-use crate::db::{Backend, Database};
+use crate::db::{Backend, Database, WriteTx};
 use crate::delivery::DeliveryMeta;
 use crate::headers;
 use crate::outbox;
@@ -22,7 +22,7 @@ type AfterCommit = Box<dyn FnOnce() + Send>;
 
 /// An open unit of work.
 pub struct UnitOfWork {
-    tx: Transaction<'static, Any>,
+    tx: WriteTx,
     backend: Backend,
     emitted: Vec<OutgoingMessage>,
     cause: Option<Cause>,
