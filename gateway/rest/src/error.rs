@@ -16,6 +16,7 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// A stable machine-readable code, e.g. `invalid_field`.
+    #[schema(pattern = "^[a-z_]+$", example = "invalid_field")]
     pub error: String,
     /// What is wrong, for a person; names the field when a field is wrong.
     pub message: String,

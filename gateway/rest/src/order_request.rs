@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::routes::orders::PriorityView;
 
 /// Most items an order may have.
 pub const MAX_ITEMS: usize = 100;
@@ -21,8 +22,13 @@ pub const MAX_ID_CHARS: usize = 64;
 /// One item of an order request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderItemRequest {
-    /// The product, 1 to 64 characters.
-    #[schema(min_length = 1, max_length = 64, example = "sku-1")]
+    /// The product, 1 to 64 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,64}$",
+        example = "sku-1"
+    )]
     pub product_id: String,
     /// How many, 1 to 1000.
     #[schema(minimum = 1, maximum = 1000, example = 2)]
@@ -32,40 +38,68 @@ pub struct OrderItemRequest {
 /// Where to ship an order (carried by `orders.created` v2).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShippingAddressRequest {
-    /// Who receives it, 1 to 128 characters.
-    #[schema(min_length = 1, max_length = 128)]
+    /// Who receives it, 1 to 128 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,128}$",
+        example = "Erika Mustermann"
+    )]
     pub recipient: String,
-    /// First address line, 1 to 128 characters.
-    #[schema(min_length = 1, max_length = 128)]
+    /// First address line, 1 to 128 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,128}$",
+        example = "Heidestraße 17"
+    )]
     pub line1: String,
-    /// Second address line, up to 128 characters.
-    #[schema(max_length = 128)]
+    /// Second address line, up to 128 characters, no control characters; may be null or absent.
+    #[schema(max_length = 128, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{0,128}$")]
     pub line2: Option<String>,
-    /// City, 1 to 64 characters.
-    #[schema(min_length = 1, max_length = 64)]
+    /// City, 1 to 64 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,64}$",
+        example = "Köln"
+    )]
     pub city: String,
-    /// Postal code, 1 to 16 characters.
-    #[schema(min_length = 1, max_length = 16)]
+    /// Postal code, 1 to 16 characters, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 16,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,16}$",
+        example = "51147"
+    )]
     pub postal_code: String,
     /// ISO 3166-1 alpha-2 country code, e.g. `DE`.
     #[schema(pattern = "^[A-Z]{2}$", example = "DE")]
     pub country: String,
 }
 
+// Like every request object here, it is closed: `parse` refuses unknown fields, and the
+// OpenAPI document says so (`routes::openapi::CLOSED_OBJECTS`: `additionalProperties: false`).
 /// The body of `POST /orders`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CreateOrderRequest {
-    /// The customer, 1 to 64 characters. Customers whose id starts with `declined-` are
-    /// declined by the simulated payment provider.
-    #[schema(min_length = 1, max_length = 64, example = "c-42")]
+    /// The customer, 1 to 64 characters, no control characters. Customers whose id starts
+    /// with `declined-` are declined by the simulated payment provider.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,64}$",
+        example = "c-42"
+    )]
     pub customer_id: String,
     /// 1 to 100 items.
     #[schema(min_items = 1, max_items = 100)]
     pub items: Vec<OrderItemRequest>,
-    /// `standard` (default) or `express` (its own lane: never queued behind standard orders).
-    #[schema(example = "standard")]
+    /// `standard` when absent, or `express` (its own lane: never queued behind standard
+    /// orders). Not nullable: `null` is refused.
+    #[schema(value_type = Option<PriorityView>, nullable = false)]
     pub priority: Option<String>,
-    /// Optional shipping address.
+    /// Optional shipping address (`null` is the same as absent).
     pub shipping_address: Option<ShippingAddressRequest>,
 }
 
@@ -93,6 +127,19 @@ impl ValidOrder {
         })
         .to_string()
     }
+}
+
+/// The value of a JSON number that is an integer, as JSON Schema's `integer` takes it: `2`,
+/// `2.0` and `2e0` alike (JSON does not tell them apart); `None` for `2.5` or a value outside
+/// `i64`.
+pub fn json_integer(n: &serde_json::Number) -> Option<i64> {
+    // 2^63: the first float past i64::MAX.
+    const LIMIT: f64 = 9_223_372_036_854_775_808.0;
+    n.as_i64().or_else(|| {
+        n.as_f64()
+            .filter(|f| f.fract() == 0.0 && (-LIMIT..LIMIT).contains(f))
+            .map(|f| f as i64)
+    })
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -177,8 +224,8 @@ fn parse_item(index: usize, value: &Value) -> Result<OrderItem, ApiError> {
         string_field(obj, "product_id", &path, 1, MAX_ID_CHARS, true)?.unwrap_or_default();
     let quantity = match obj.get("quantity") {
         None => return Err(invalid(format!("{path}.quantity is required"))),
-        Some(Value::Number(n)) => match n.as_u64() {
-            Some(q) if (1..=MAX_QUANTITY).contains(&q) => q as u32,
+        Some(Value::Number(n)) => match json_integer(n) {
+            Some(q) if (1..=MAX_QUANTITY as i64).contains(&q) => q as u32,
             _ => {
                 return Err(invalid(format!(
                     "{path}.quantity must be an integer from 1 to {MAX_QUANTITY}, got {n}"
@@ -356,6 +403,32 @@ mod tests {
         );
         let long = "x".repeat(65);
         assert!(err(&format!(r#"{{"customer_id":"{long}","items":[]}}"#)).contains("customer_id"));
+    }
+
+    #[test]
+    fn integral_numbers_are_integers() {
+        let o = parse(br#"{"customer_id":"c","items":[{"product_id":"p","quantity":2.0},{"product_id":"q","quantity":1e3}]}"#)
+            .unwrap();
+        assert_eq!(o.items[0].quantity, 2);
+        assert_eq!(o.items[1].quantity, 1000);
+        let plain = parse(br#"{"customer_id":"c","items":[{"product_id":"p","quantity":2},{"product_id":"q","quantity":1000}]}"#)
+            .unwrap();
+        assert_eq!(o.canonical(), plain.canonical());
+        assert!(
+            err(r#"{"customer_id":"c","items":[{"product_id":"p","quantity":1000.5}]}"#)
+                .contains("items[0].quantity")
+        );
+        assert!(
+            err(r#"{"customer_id":"c","items":[{"product_id":"p","quantity":1001.0}]}"#)
+                .contains("items[0].quantity")
+        );
+        let n = |text: &str| json_integer(&serde_json::from_str(text).unwrap());
+        assert_eq!(n("-3"), Some(-3));
+        assert_eq!(n("-3.0"), Some(-3));
+        assert_eq!(n("1e12"), Some(1_000_000_000_000));
+        assert_eq!(n("0.5"), None);
+        assert_eq!(n("1e19"), None);
+        assert_eq!(n("18446744073709551615"), None);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::order_request::json_integer;
 use crate::routes::{MAX_BODY_BYTES, allow, read_body, require_json};
 use crate::state::GatewayState;
 
@@ -22,7 +23,7 @@ pub struct SetStock {
     #[schema(minimum = 0, maximum = 1_000_000_000, example = 100)]
     pub available: i64,
     /// Unit price in cents (0 to 10^12).
-    #[schema(minimum = 0, example = 1299)]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64, example = 1299)]
     pub price_cents: i64,
 }
 
@@ -30,14 +31,24 @@ pub struct SetStock {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StockView {
     /// The product.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,64}$",
+        example = "sku-1"
+    )]
     pub product_id: String,
     /// Units that can be reserved.
+    #[schema(minimum = 0)]
     pub available: i64,
     /// Units held by orders in progress.
+    #[schema(minimum = 0)]
     pub reserved: i64,
     /// Units of confirmed orders.
+    #[schema(minimum = 0)]
     pub sold: i64,
     /// Unit price in cents.
+    #[schema(minimum = 0)]
     pub price_cents: i64,
 }
 
@@ -68,7 +79,7 @@ fn bounded(obj: &serde_json::Map<String, Value>, name: &str, max: i64) -> Result
             "invalid_field",
             format!("{name} is required"),
         )),
-        Some(Value::Number(n)) => match n.as_i64() {
+        Some(Value::Number(n)) => match json_integer(n) {
             Some(v) if (0..=max).contains(&v) => Ok(v),
             _ => Err(ApiError::bad_request(
                 "invalid_field",
@@ -84,14 +95,18 @@ fn bounded(obj: &serde_json::Map<String, Value>, name: &str, max: i64) -> Result
 
 /// `PUT /inventory/{product_id}`: set a product's available stock and price.
 #[utoipa::path(put, path = "/inventory/{product_id}", tag = "inventory",
-    params(("product_id" = String, Path, description = "1 to 64 characters")),
+    params(("product_id" = String, Path, description = "The product: 1 to 64 characters, no control characters",
+        min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,64}$", example = "sku-1")),
     request_body = SetStock,
     responses(
-        (status = 200, description = "The product's stock now", body = StockView),
-        (status = 400, description = "A field out of bounds", body = ErrorBody),
+        (status = 200, description = "The product's stock now", body = StockView,
+            links(("GetStock" = (operation_id = "get_stock",
+                parameters(("product_id" = "$request.path.product_id")),
+                description = "The product just stocked")))),
+        (status = 400, description = "A bad product id, malformed JSON, a field missing, unknown or out of bounds", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
-        (status = 503, description = "The database is unreachable", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
+        (status = 503, description = "The database is unreachable: nothing changed", body = ErrorBody),
     ))]
 pub async fn put_stock(
     req: HttpRequest,
@@ -142,7 +157,8 @@ pub async fn put_stock(
 
 /// `GET /inventory/{product_id}`: a product's stock.
 #[utoipa::path(get, path = "/inventory/{product_id}", tag = "inventory",
-    params(("product_id" = String, Path, description = "1 to 64 characters")),
+    params(("product_id" = String, Path, description = "The product: 1 to 64 characters, no control characters",
+        min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,64}$", example = "sku-1")),
     responses(
         (status = 200, description = "The product's stock", body = StockView),
         (status = 400, description = "A bad product id", body = ErrorBody),

@@ -48,15 +48,14 @@ pub async fn read_body(
     mut payload: actix_web::web::Payload,
     limit: usize,
 ) -> Result<Bytes, ApiError> {
-    if let Some(len) = req
+    if req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len > limit)
     {
-        if len > limit {
-            return Err(ApiError::payload_too_large(limit));
-        }
+        return Err(ApiError::payload_too_large(limit));
     }
     let mut body = BytesMut::new();
     while let Some(chunk) = payload.next().await {

@@ -10,8 +10,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::{DateTime, Utc};
 use jetflow_domain::events::outgoing;
 use jetflow_domain::idempotency_store::{Claim, IdempotencyRecord, StoredMessage};
+use jetflow_domain::metrics::domain_metrics;
 use jetflow_domain::now_ms;
-use jetflow_domain::order_store::{self, NewOrder, OrderRecord};
+use jetflow_domain::order_store::{self, NewOrder, OrderRecord, OrderStatus};
 use jetflow_runtime::{OutgoingMessage, PublishError, headers, trace};
 use jetflow_schemas::{EventMeta, OrderCreatedV1, OrderCreatedV2, Priority, Version};
 use serde::Serialize;
@@ -32,8 +33,9 @@ pub struct OrderAccepted {
     pub order_id: Uuid,
     /// Always `pending`.
     pub status: OrderStatusView,
-    /// The correlation id carried by every event of the order.
-    #[schema(min_length = 1, max_length = 128)]
+    /// The correlation id carried by every event of the order: the request's
+    /// `X-Correlation-ID`, or a new UUID.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     pub correlation_id: String,
 }
 
@@ -110,24 +112,30 @@ pub struct OrderView {
     pub status: OrderStatusView,
     /// Why it was cancelled (only when cancelled).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub reason: Option<CancelReasonView>,
-    /// More about the reason (e.g. which product).
+    /// More about the reason (e.g. which product; only when cancelled).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub detail: Option<String>,
-    /// The customer (unknown only for an order first seen through a later event).
+    /// The customer (null only for an order first seen through a later event).
+    #[schema(required = true)]
     pub customer_id: Option<String>,
-    /// The items.
+    /// The items (null only for an order first seen through a later event).
+    #[schema(required = true)]
     pub items: Option<Vec<OrderItemView>>,
     /// The lane.
     pub priority: PriorityView,
     /// The shipping address, if given.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub shipping_address: Option<ShippingAddressRequest>,
     /// The amount, once stock is reserved.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, nullable = false)]
     pub amount_cents: Option<i64>,
-    /// The correlation id.
+    /// The correlation id (null only for an order first seen through a later event).
+    #[schema(required = true)]
     pub correlation_id: Option<String>,
     /// When it was accepted.
     #[schema(value_type = String, format = DateTime)]
@@ -249,68 +257,17 @@ async fn publish(state: &GatewayState, messages: Vec<OutgoingMessage>) -> Result
 }
 
 fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
-    tracing::warn!(error = %e, "idempotency store unavailable");
+    tracing::warn!(error = %e, "order store unavailable");
     ApiError::unavailable(
         "database_unavailable",
-        "the idempotency store is unreachable; the order was not accepted. Retrying with the same Idempotency-Key is safe",
+        "the order store is unreachable; the order was not accepted. Retrying with the same Idempotency-Key is safe",
     )
 }
 
-/// Claims the key for this draft (or finds what it stands for) and publishes what it stands
-/// for, unless that was acknowledged before. Returns the order id and correlation id given out.
-#[tracing::instrument(level = "debug", skip_all)]
-async fn publish_idempotent(
-    state: &GatewayState,
-    key: &str,
-    order: &ValidOrder,
-    draft: Draft,
-) -> Result<(Uuid, String), ApiError> {
-    let record = IdempotencyRecord {
-        request: order.canonical(),
+/// The read-model row of a drafted order.
+fn new_order(order: &ValidOrder, draft: &Draft) -> NewOrder {
+    NewOrder {
         order_id: draft.order_id.to_string(),
-        correlation_id: draft.correlation_id.clone(),
-        messages: draft.messages.iter().map(StoredMessage::from).collect(),
-        published: false,
-    };
-    let claim = state
-        .writes
-        .submit(AcceptWrite::Claim {
-            key: key.to_string(),
-            record: record.clone(),
-        })
-        .await
-        .map_err(store_unavailable)?;
-    let record = match claim {
-        AcceptOutput::Claim(Claim::New) => record,
-        AcceptOutput::Claim(Claim::Existing(existing)) if existing.request != record.request => {
-            return Err(ApiError::idempotency_conflict());
-        }
-        AcceptOutput::Claim(Claim::Existing(existing)) => existing,
-        AcceptOutput::Recorded => return Err(store_unavailable("unexpected answer")),
-    };
-    if !record.published {
-        publish(
-            state,
-            record.messages.iter().cloned().map(Into::into).collect(),
-        )
-        .await?;
-    }
-    let order_id = Uuid::try_parse(&record.order_id).map_err(store_unavailable)?;
-    Ok((order_id, record.correlation_id))
-}
-
-/// Puts the accepted order in the read model (so a GET right after the 202 finds it) and
-/// marks its key published. Best effort: the order handler records the order too.
-#[tracing::instrument(level = "debug", skip_all)]
-async fn record_accepted(
-    state: &GatewayState,
-    order: &ValidOrder,
-    order_id: Uuid,
-    correlation_id: &str,
-    key: Option<String>,
-) {
-    let new = NewOrder {
-        order_id: order_id.to_string(),
         customer_id: order.customer_id.clone(),
         items: serde_json::to_value(&order.items).unwrap_or_default(),
         priority: order.priority,
@@ -318,34 +275,107 @@ async fn record_accepted(
             .shipping_address
             .as_ref()
             .and_then(|a| serde_json::to_value(a).ok()),
-        correlation_id: correlation_id.to_string(),
+        correlation_id: draft.correlation_id.clone(),
         at: now_ms(),
-    };
-    if let Err(e) = state
-        .writes
-        .submit(AcceptWrite::Accepted { order: new, key })
-        .await
-    {
-        tracing::debug!(error = %e, %order_id, "read model insert skipped (the order handler records it)");
     }
+}
+
+/// Records the order (claiming its key, if any), publishes its events unless the key's were
+/// stored before, and withdraws the record if they could not be stored. Returns the order id
+/// and correlation id given out.
+#[tracing::instrument(level = "debug", skip_all)]
+async fn accept(
+    state: &GatewayState,
+    key: Option<String>,
+    order: &ValidOrder,
+    draft: Draft,
+) -> Result<(Uuid, String), ApiError> {
+    let claim = key.as_ref().map(|key| {
+        (
+            key.clone(),
+            IdempotencyRecord {
+                request: order.canonical(),
+                order_id: draft.order_id.to_string(),
+                correlation_id: draft.correlation_id.clone(),
+                messages: draft.messages.iter().map(StoredMessage::from).collect(),
+                published: false,
+            },
+        )
+    });
+    let request = claim.as_ref().map(|(_, r)| r.request.clone());
+    let recorded = state
+        .writes
+        .submit(AcceptWrite::Record {
+            order: Box::new(new_order(order, &draft)),
+            claim: claim.map(Box::new),
+        })
+        .await
+        .map_err(store_unavailable)?;
+    let AcceptOutput::Recorded { claim, inserted } = recorded else {
+        return Err(store_unavailable("unexpected answer"));
+    };
+    let (order_id, correlation_id, messages, published) = match claim {
+        Claim::New => (draft.order_id, draft.correlation_id, draft.messages, false),
+        Claim::Existing(existing) if Some(&existing.request) != request.as_ref() => {
+            return Err(ApiError::idempotency_conflict());
+        }
+        Claim::Existing(existing) => (
+            Uuid::try_parse(&existing.order_id).map_err(store_unavailable)?,
+            existing.correlation_id,
+            existing.messages.into_iter().map(Into::into).collect(),
+            existing.published,
+        ),
+    };
+    if !published {
+        if let Err(refused) = publish(state, messages).await {
+            if inserted {
+                let withdraw = AcceptWrite::Withdraw {
+                    order_id: order_id.to_string(),
+                };
+                if let Err(e) = state.writes.submit(withdraw).await {
+                    // The order sweeper cancels it once it timed out.
+                    tracing::warn!(error = %e, %order_id, "cannot withdraw the order that was not accepted");
+                }
+            }
+            return Err(refused);
+        }
+        if let Some(key) = key
+            && let Err(e) = state.writes.submit(AcceptWrite::Published { key }).await
+        {
+            // A retry with the key publishes the same events again, which JetStream and the
+            // consumers' inboxes drop.
+            tracing::debug!(error = %e, %order_id, "key not marked published");
+        }
+    }
+    if inserted {
+        domain_metrics()
+            .orders
+            .with_label_values(&[OrderStatus::Pending.as_str()])
+            .inc();
+    }
+    Ok((order_id, correlation_id))
 }
 
 /// `POST /orders`: accept an order.
 #[utoipa::path(post, path = "/orders", tag = "orders",
     request_body = CreateOrderRequest,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key, same order: 1 to 255 visible ASCII characters"),
-        ("X-Correlation-ID" = Option<String>, Header, description = "Carried on every event of the order; generated when absent; 1 to 128 visible ASCII characters"),
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
+            description = "Same key, same order: a retry with the same key and body answers the same order \
+                and creates nothing new. 1 to 255 visible ASCII characters"),
     ),
     responses(
-        (status = 202, description = "Stored in JetStream; the saga runs", body = OrderAccepted,
-            headers(("Location" = String, description = "/orders/{order_id}"), ("X-Correlation-ID" = String))),
-        (status = 400, description = "Malformed JSON, a field out of bounds, a bad header", body = ErrorBody),
+        (status = 202, description = "Stored in JetStream; the saga runs (the X-Correlation-ID of the request, or a new one, is on every event of the order)",
+            body = OrderAccepted,
+            headers(("Location" = String, description = "`/orders/{order_id}`")),
+            links(("GetOrder" = (operation_id = "get_order",
+                parameters(("id" = "$response.body#/order_id")),
+                description = "The order just accepted (found at once: it is recorded before the 202)")))),
+        (status = 400, description = "Malformed JSON, a field missing, unknown or out of bounds, or a malformed Idempotency-Key", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
-        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 429, description = "Rate limit of this client exceeded", body = ErrorBody),
-        (status = 503, description = "The event could not be stored: nothing was accepted", body = ErrorBody),
+        (status = 503, description = "The event or the order could not be stored: nothing was accepted; retrying with the same Idempotency-Key is safe", body = ErrorBody),
     ))]
 pub async fn create_order(
     req: HttpRequest,
@@ -365,15 +395,7 @@ pub async fn create_order(
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok());
     let draft = draft(&state, &order, correlation_id, parent)?;
-    let (order_id, correlation_id) = match &key {
-        None => {
-            let (id, corr) = (draft.order_id, draft.correlation_id.clone());
-            publish(&state, draft.messages).await?;
-            (id, corr)
-        }
-        Some(key) => publish_idempotent(&state, key, &order, draft).await?,
-    };
-    record_accepted(&state, &order, order_id, &correlation_id, key).await;
+    let (order_id, correlation_id) = accept(&state, key, &order, draft).await?;
     tracing::info!(%order_id, %correlation_id, items = order.items.len(), priority = %order.priority, "order accepted");
     Ok(HttpResponse::Accepted()
         .insert_header((header::LOCATION, format!("/orders/{order_id}")))
@@ -388,7 +410,7 @@ fn internal(what: &str) -> ApiError {
     ApiError::internal(format!("the stored order has {what}"))
 }
 
-fn status_view(s: &str) -> Result<OrderStatusView, ApiError> {
+pub(crate) fn status_view(s: &str) -> Result<OrderStatusView, ApiError> {
     Ok(match s {
         "pending" => OrderStatusView::Pending,
         "reserved" => OrderStatusView::Reserved,
@@ -399,7 +421,7 @@ fn status_view(s: &str) -> Result<OrderStatusView, ApiError> {
     })
 }
 
-fn reason_view(s: &str) -> Result<CancelReasonView, ApiError> {
+pub(crate) fn reason_view(s: &str) -> Result<CancelReasonView, ApiError> {
     Ok(match s {
         "insufficient_stock" => CancelReasonView::InsufficientStock,
         "unknown_product" => CancelReasonView::UnknownProduct,
@@ -462,7 +484,8 @@ fn view(record: OrderRecord) -> Result<OrderView, ApiError> {
 
 /// `GET /orders/{id}`: an order's status and history.
 #[utoipa::path(get, path = "/orders/{id}", tag = "orders",
-    params(("id" = String, Path, description = "The order id (a UUID)")),
+    params(("id" = String, Path, format = Uuid, description = "The order id (a UUID)",
+        example = "7b3e2c1a-9f04-4d6e-8a51-2f0c9d3b6e17")),
     responses(
         (status = 200, description = "The order", body = OrderView),
         (status = 400, description = "The id is not a UUID", body = ErrorBody),
