@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Makes sure a PostgreSQL server answers on $PGHOST:$PGPORT (default 127.0.0.1:5432) with a
-# `postgres` superuser reachable without a password from loopback, installing and starting
-# Debian's package if nothing answers. Idempotent, no prompts. The PostgreSQL tests need it and
-# fail loudly without it: they never skip.
+# `postgres` superuser reachable without a password from loopback and `ssl = on` with Debian's
+# snakeoil certificate (the TLS tests verify it), installing and starting Debian's package if
+# nothing answers. Idempotent, no prompts. The PostgreSQL tests need it and fail loudly without
+# it: they never skip.
 set -euo pipefail
 
 HOST="${PGHOST:-127.0.0.1}"
@@ -16,15 +17,48 @@ ready() {
   fi
 }
 
-if ready; then
-  echo "PostgreSQL answers on $HOST:$PORT"
-  exit 0
-fi
-
 if [ "$(id -u)" != 0 ]; then
   SUDO="sudo -n"
 else
   SUDO=""
+fi
+
+SNAKEOIL=/etc/ssl/certs/ssl-cert-snakeoil.pem
+# Turns TLS on (Debian's snakeoil certificate, made by the ssl-cert package) on a running server
+# that has it off, through SQL, so it works whoever installed the server.
+ensure_ssl() {
+  local on
+  if ! command -v psql >/dev/null 2>&1; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql-client >/dev/null
+  fi
+  on="$(psql -h "$HOST" -p "$PORT" -U postgres -d postgres -tAc "SHOW ssl")"
+  if [ "$on" = on ]; then
+    return 0
+  fi
+  echo "turning on TLS in PostgreSQL (snakeoil certificate)"
+  if [ ! -f "$SNAKEOIL" ]; then
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ssl-cert >/dev/null
+  fi
+  psql -h "$HOST" -p "$PORT" -U postgres -d postgres -q \
+    -c "ALTER SYSTEM SET ssl_cert_file = '$SNAKEOIL'" \
+    -c "ALTER SYSTEM SET ssl_key_file = '/etc/ssl/private/ssl-cert-snakeoil.key'" \
+    -c "ALTER SYSTEM SET ssl = on" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+  for _ in $(seq 1 20); do
+    on="$(psql -h "$HOST" -p "$PORT" -U postgres -d postgres -tAc "SHOW ssl")"
+    [ "$on" = on ] && return 0
+    sleep 0.5
+  done
+  echo "PostgreSQL on $HOST:$PORT did not turn TLS on (is its key readable by the server?)" >&2
+  return 1
+}
+
+if ready; then
+  echo "PostgreSQL answers on $HOST:$PORT"
+  ensure_ssl
+  exit 0
 fi
 
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
@@ -51,6 +85,7 @@ $SUDO pg_ctlcluster "$CV" "$CN" restart || $SUDO pg_ctlcluster "$CV" "$CN" start
 for _ in $(seq 1 60); do
   if ready; then
     echo "PostgreSQL $CV started on $HOST:$PORT"
+    ensure_ssl
     psql -h "$HOST" -p "$PORT" -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" | grep -q 1 \
       || psql -h "$HOST" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE test" >/dev/null
     exit 0

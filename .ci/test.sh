@@ -17,5 +17,23 @@ if [ "${JETFLOW_SKIP_LINT:-0}" != 1 ]; then
   cargo fmt --all -- --check
   cargo clippy --workspace --all-targets --locked -- -D warnings
 fi
-cargo build --workspace --bins --locked
-cargo test --workspace --locked --no-fail-fast "$@"
+cargo build --workspace --bins --examples --locked
+
+# Tests must leave nothing behind: no process started from this checkout (a `jetflow`, a
+# nats-server from .tools) and no /tmp/jetflow-* directory that was not there before.
+leftovers() {
+  { pgrep -af "^($ROOT/target/[a-z]+/(jetflow|examples/[a-z_]+)|$ROOT/.tools/bin/nats-server)( |$)" || true; } | sed 's/^/process /'
+  find /tmp -maxdepth 1 -name 'jetflow-*' 2>/dev/null | sort | sed 's/^/directory /'
+}
+before="$(leftovers)"
+status=0
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+bash .ci/check-api.sh || status=$?
+after="$(leftovers)"
+new="$(comm -13 <(echo "$before" | sort) <(echo "$after" | sort) | sed '/^$/d' || true)"
+if [ -n "$new" ]; then
+  echo "the tests left these behind:" >&2
+  echo "$new" >&2
+  status=1
+fi
+exit "$status"

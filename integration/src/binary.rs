@@ -10,36 +10,13 @@ fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A nats-server of version 2.10 or newer: `NATS_SERVER_BIN`, `.tools/bin/nats-server`, or
-/// `PATH`. Panics with what to do otherwise.
+/// A nats-server of version 2.10 or newer: `NATS_SERVER_BIN`, the workspace's
+/// `.tools/bin/nats-server`, or `PATH` (the binary's own lookup,
+/// [`jetflow_app::local_nats::find_binary_with`]). Panics with what to do otherwise.
 pub fn nats_server_bin() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
-        candidates.push(PathBuf::from(p));
-    }
-    candidates.push(workspace_root().join(".tools/bin/nats-server"));
-    if let Some(paths) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&paths).map(|d| d.join("nats-server")));
-    }
-    for c in candidates.iter().filter(|c| c.is_file()) {
-        let out = Command::new(c).arg("--version").output();
-        let Ok(out) = out else { continue };
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let v = text
-            .split_whitespace()
-            .last()
-            .unwrap_or("")
-            .trim_start_matches('v')
-            .to_string();
-        let mut parts = v.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
-        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-        if (major, minor) >= (2, 10) {
-            return c.clone();
-        }
-    }
-    panic!(
-        "no nats-server 2.10+ found (tried {candidates:?}); run .ci/install-nats-server.sh (Debian's 2.9.10 is too old: it lacks sync_interval)"
-    );
+    let tools = workspace_root().join(".tools/bin/nats-server");
+    jetflow_app::local_nats::find_binary_with(&[tools])
+        .unwrap_or_else(|e| panic!("{e} (Debian's 2.9.10 is too old: it lacks sync_interval)"))
 }
 
 /// The `jetflow` binary built from this workspace (`JETFLOW_BIN` overrides). The first call

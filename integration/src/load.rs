@@ -106,7 +106,7 @@ pub async fn run(config: LoadConfig) -> LoadReport {
         } else {
             format!("c-{i}")
         };
-        let priority = if config.express_every > 0 && i % config.express_every == 0 {
+        let priority = if config.express_every > 0 && i.is_multiple_of(config.express_every) {
             "express"
         } else {
             "standard"

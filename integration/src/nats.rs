@@ -4,8 +4,6 @@
 //! the same port with the same store, to prove what survives. Readiness is the monitoring
 //! endpoint's `/healthz`, polled with a deadline.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,29 +11,14 @@ use std::time::{Duration, Instant};
 use crate::binary::nats_server_bin;
 use crate::ports::free_port;
 
-/// A blocking `GET` against a local HTTP server: (status, body).
+/// A blocking `GET` against a local HTTP server: (status, body) (the binary's own
+/// [`jetflow_app::probe::get`]).
 pub fn http_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    let mut stream =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-            .map_err(|e| e.to_string())?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(2)))
-        .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| e.to_string())?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("not an HTTP response: {response:?}"))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    jetflow_app::probe::get(
+        &format!("http://127.0.0.1:{port}{path}"),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// How a server is configured.

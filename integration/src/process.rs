@@ -163,10 +163,10 @@ impl JetflowProcess {
     fn wait_status(&mut self, path: &str, want: u16, deadline: Duration) {
         let until = Instant::now() + deadline;
         loop {
-            if let Ok((status, _)) = http_get(self.port, path) {
-                if status == want {
-                    return;
-                }
+            if let Ok((status, _)) = http_get(self.port, path)
+                && status == want
+            {
+                return;
             }
             if Instant::now() > until || !self.is_running() {
                 panic!(

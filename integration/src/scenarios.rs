@@ -580,19 +580,9 @@ pub async fn poison_and_replay(backend: Backend) {
     invariants::check_dead_letters(&env.nats.url(), 3).await;
 }
 
-/// Reads a counter's value for `labels` out of a Prometheus text page (sum over matching lines).
-pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+/// Reads a counter's value for `labels` out of a Prometheus text page (sum over matching
+/// lines): the same reading as `jetflow bench`'s.
+pub use jetflow_app::bench::metric_sum;
 
 /// Two inventory replicas (this app and a `jetflow inventory` process) share the inventory
 /// role's durable consumers: both do work, nothing is done twice, nothing is oversold.

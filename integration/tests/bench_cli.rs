@@ -52,3 +52,62 @@ fn bench_bridge_reports_both_paths_and_their_ratios() {
         );
     }
 }
+
+#[test]
+fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warning() {
+    let dir = tempfile::Builder::new()
+        .prefix("jetflow-bench-test-")
+        .tempdir()
+        .expect("temp dir");
+    let out = Command::new(jetflow_bin())
+        .args([
+            "bench",
+            "orders",
+            "--orders",
+            "25",
+            "--unloaded",
+            "3",
+            "--clients",
+            "4",
+            "--baseline-orders",
+            "200",
+            "--idle",
+            "1s",
+            "--json",
+        ])
+        .env_clear()
+        .env("NATS_SERVER_BIN", nats_server_bin())
+        .current_dir(dir.path())
+        .output()
+        .expect("jetflow bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let r: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("a JSON report ({e}): {stdout}"));
+    // Counted by the client and by the system itself: 25 asked, 25 placed, 25 finished.
+    assert_eq!(r["posted"], 25, "{r}");
+    assert_eq!(r["accepted"], 25, "{r}");
+    assert_eq!(
+        r["created"], 25,
+        "the system recorded exactly the orders asked for: {r}"
+    );
+    assert_eq!(r["confirmed"], 25, "{r}");
+    assert_eq!(r["cancelled"], 0, "{r}");
+    assert!(r["ratio"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    for level in [" WARN ", " ERROR "] {
+        assert!(
+            !stderr.contains(level),
+            "a successful run logged{level}lines:\n{stderr}"
+        );
+    }
+    // Nothing of the system it started is left: no process, no directory.
+    let listing = std::fs::read_dir(dir.path())
+        .expect("the working directory")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect::<Vec<_>>();
+    assert!(
+        listing.is_empty(),
+        "left in the working directory: {listing:?}"
+    );
+}

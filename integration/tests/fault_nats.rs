@@ -79,6 +79,7 @@ fn nats_killed_and_restarted_on_its_store_loses_nothing() {
         })
         .await;
         assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
+        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
         invariants::check_dead_letters(&nats.url(), 0).await;
         app.stop().await;
     })
@@ -125,6 +126,8 @@ fn a_three_node_cluster_survives_a_node_loss_and_a_restart() {
         })
         .await;
         assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
+        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
+        invariants::check_dead_letters(&cluster.node(2).url(), 0).await;
         app.stop().await;
     })
 }

@@ -74,6 +74,17 @@ fn poison_lands_in_the_dlq_with_a_reason_and_the_consumers_keep_going() {
             metrics.contains("jetflow_dlq_messages_total{subject=\"orders.created.v2\"}"),
             "dead letters are counted per subject"
         );
+        // Once per letter, however many consumers saw the poison message.
+        assert_eq!(
+            jetflow_integration::scenarios::metric_sum(&metrics, "jetflow_dlq_messages_total", &[]),
+            4.0,
+            "{}",
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("jetflow_dlq_messages_total"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
     })
 }
 

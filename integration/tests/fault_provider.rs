@@ -71,20 +71,28 @@ fn provider_down_slow_and_back_trips_and_heals_the_breaker() {
         .await;
         report.assert_clean(Duration::from_secs(5));
         accepted.extend(report.accepted);
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let m = app.metrics().await;
-        assert!(
-            metric_sum(
-                &m,
-                "jetflow_breaker_calls_total",
-                &[BREAKER, ("result", "timeout")]
-            ) > 0.0,
-            "slow calls time out:\n{}",
-            m.lines()
-                .filter(|l| l.contains("breaker"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+        eventually(
+            "slow calls to time out",
+            Duration::from_secs(10),
+            || async {
+                let m = app.metrics().await;
+                let timeouts = metric_sum(
+                    &m,
+                    "jetflow_breaker_calls_total",
+                    &[BREAKER, ("result", "timeout")],
+                );
+                if timeouts > 0.0 {
+                    Ok(())
+                } else {
+                    Err(m
+                        .lines()
+                        .filter(|l| l.contains("breaker"))
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                }
+            },
+        )
+        .await;
 
         // Back: the breaker half-opens, a probe succeeds, it closes; new orders are confirmed.
         app.provider_control(false, 0).await;
@@ -137,6 +145,60 @@ fn provider_down_slow_and_back_trips_and_heals_the_breaker() {
             "{:?}",
             result.outcomes
         );
+        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
+        invariants::check_dead_letters(&nats.url(), 0).await;
+        app.stop().await;
+    })
+}
+
+#[test]
+fn an_order_that_times_out_while_its_charge_is_in_flight_is_cancelled_and_the_charge_voided() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let app = TestAppBuilder::new(&nats.url())
+            .with(|s| {
+                // The call waits for the slow provider; the order does not.
+                s.provider.timeout = Duration::from_secs(10);
+                s.saga.order_timeout = Duration::from_millis(800);
+                s.saga.order_sweep_interval = Duration::from_millis(100);
+            })
+            .start()
+            .await;
+        app.wait_ready().await;
+        app.put_stock("sku-t1", 10, 700).await;
+        // Every answer takes 3 s: the order times out while its charge is in flight, and the
+        // charge lands after the cancellation.
+        app.provider_control(false, 3000).await;
+        let id = app.order("c-slow", "sku-t1", 2).await;
+
+        let result = invariants::check(&Expectations {
+            api: app.address.clone(),
+            provider: app.provider.clone().expect("provider"),
+            initial_stock: BTreeMap::from([("sku-t1".to_string(), 10)]),
+            accepted: vec![id.clone()],
+            deadline: Duration::from_secs(30),
+        })
+        .await;
+        assert_eq!(
+            result.count("cancelled:timed_out"),
+            1,
+            "{:?}",
+            result.outcomes
+        );
+        // The scenario happened as intended: the provider did charge, once, and the charge
+        // was given back (the invariants waited for the answer in flight, then the void).
+        let account = app.charge(&id).await.expect("the provider saw the order");
+        assert_eq!(account["in_flight"], 0, "{account}");
+        assert_eq!(account["charges_made"], 1, "{account}");
+        assert_eq!(account["status"], "voided", "{account}");
+        assert!(account["void_calls"].as_u64() >= Some(1), "{account}");
+        let m = app.metrics().await;
+        assert!(
+            metric_sum(&m, "jetflow_orders_total", &[("status", "cancelled")]) >= 1.0,
+            "the timeout is counted"
+        );
+        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
+        invariants::check_dead_letters(&nats.url(), 0).await;
         app.stop().await;
     })
 }

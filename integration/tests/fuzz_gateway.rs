@@ -215,10 +215,10 @@ fn send(t: &Target, req: &Request) -> Result<(u16, String), String> {
         ("X-Correlation-ID", &req.correlation),
         ("traceparent", &req.traceparent),
     ] {
-        if let Some(v) = value {
-            if let Ok(v) = reqwest::header::HeaderValue::from_str(v) {
-                b = b.header(name, v);
-            }
+        if let Some(v) = value
+            && let Ok(v) = reqwest::header::HeaderValue::from_str(v)
+        {
+            b = b.header(name, v);
         }
     }
     b = match &req.body {

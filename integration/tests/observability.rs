@@ -107,6 +107,75 @@ fn start_app(nats: &NatsServer, extra: &[(&str, &str)]) -> (JetflowProcess, temp
 }
 
 #[test]
+fn a_fresh_process_exports_every_alerted_series_at_zero_and_bounds_its_labels() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let (mut app, _dir) = start_app(&nats, &[]);
+        let client = reqwest::Client::new();
+        let scrape = || async {
+            client
+                .get(format!("{}/metrics", app.url()))
+                .send()
+                .await
+                .expect("GET /metrics")
+                .text()
+                .await
+                .expect("the metrics page")
+        };
+        let text = scrape().await;
+        let value = |line_start: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.starts_with(line_start))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        };
+        // Counters the alerts take increase() of exist before their first event, at 0.
+        for series in [
+            "jetflow_dlq_messages_total{subject=\"orders.created.v2\"}",
+            "jetflow_nats_publish_errors_total{subject=\"payments.succeeded\"}",
+            "jetflow_outbox_dead_letters_total",
+            "jetflow_outbox_publish_errors_total",
+            "jetflow_saga_anomalies_total{kind=\"paid_after_cancelled\"}",
+            "jetflow_actor_panics_total{actor=\"order\"}",
+            "jetflow_actor_restarts_total{actor=\"stock\"}",
+            "jetflow_orders_total{status=\"cancelled\"}",
+        ] {
+            assert_eq!(
+                value(series),
+                Some(0.0),
+                "{series} is exported at 0 from the start"
+            );
+        }
+        // The process collector: CPU, memory, file descriptors.
+        for series in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_start_time_seconds",
+        ] {
+            assert!(value(series).is_some(), "{series} is exported");
+        }
+        // Invented methods share one `other` series instead of adding their own.
+        for method in ["BREW", "PROPFIND", "WHEN"] {
+            let m = reqwest::Method::from_bytes(method.as_bytes()).expect("a method");
+            client
+                .request(m, format!("{}/orders", app.url()))
+                .send()
+                .await
+                .expect("a request");
+        }
+        let text = scrape().await;
+        assert!(
+            text.contains("method=\"other\""),
+            "invented methods are counted as other"
+        );
+        for method in ["BREW", "PROPFIND", "WHEN"] {
+            assert!(!text.contains(method), "a series for {method}");
+        }
+        app.kill();
+    })
+}
+
+#[test]
 fn every_dashboard_panel_has_data_in_a_real_prometheus() {
     jetflow_integration::run(async {
         let nats = NatsServer::start();
@@ -220,7 +289,23 @@ fn json_logs_carry_correlation_and_order_ids() {
             }
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The confirmation's own line is written once its transaction committed.
+        eventually(
+            "the confirmation to be logged",
+            Duration::from_secs(10),
+            || async {
+                let log = app.log();
+                if log
+                    .lines()
+                    .any(|l| l.contains(&id) && l.contains("order confirmed"))
+                {
+                    Ok(())
+                } else {
+                    Err(app.log_tail())
+                }
+            },
+        )
+        .await;
         app.kill();
         let log = app.log();
         let lines: Vec<Value> = log

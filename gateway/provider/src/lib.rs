@@ -78,6 +78,27 @@ pub struct Account {
     pub void_calls: u64,
     /// Charges actually made (more than one is a double charge).
     pub charges_made: u64,
+    /// Charge calls that arrived and are not answered yet (a slow provider): what the
+    /// account says is final only once this is 0.
+    #[serde(default)]
+    pub in_flight: u64,
+}
+
+impl Account {
+    /// An account no call has reached yet.
+    fn new(order_id: &str, customer_id: &str, amount_cents: i64) -> Self {
+        Self {
+            order_id: order_id.to_string(),
+            customer_id: customer_id.to_string(),
+            amount_cents,
+            status: None,
+            payment_id: None,
+            charge_calls: 0,
+            void_calls: 0,
+            charges_made: 0,
+            in_flight: 0,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -113,16 +134,23 @@ fn account<'l>(ledger: &'l mut Ledger, body: &ChargeRequest) -> &'l mut Account 
     ledger
         .accounts
         .entry(body.order_id.clone())
-        .or_insert_with(|| Account {
-            order_id: body.order_id.clone(),
-            customer_id: body.customer_id.clone(),
-            amount_cents: body.amount_cents,
-            status: None,
-            payment_id: None,
-            charge_calls: 0,
-            void_calls: 0,
-            charges_made: 0,
-        })
+        .or_insert_with(|| Account::new(&body.order_id, &body.customer_id, body.amount_cents))
+}
+
+/// Counts a charge call in flight until it is answered, or dropped (the caller went away).
+struct InFlight {
+    state: web::Data<ProviderState>,
+    order_id: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.state.with(|l| {
+            if let Some(a) = l.accounts.get_mut(&self.order_id) {
+                a.in_flight = a.in_flight.saturating_sub(1);
+            }
+        });
+    }
 }
 
 async fn charge(
@@ -138,9 +166,15 @@ async fn charge(
     }
     // The call counts when it arrives, whatever becomes of it.
     let control = state.with(|l| {
-        account(l, &body).charge_calls += 1;
+        let acct = account(l, &body);
+        acct.charge_calls += 1;
+        acct.in_flight += 1;
         l.control
     });
+    let _in_flight = InFlight {
+        state: state.clone(),
+        order_id: body.order_id.clone(),
+    };
     if control.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(control.latency_ms)).await;
     }
@@ -207,16 +241,7 @@ async fn void_charge(state: web::Data<ProviderState>, order_id: web::Path<String
         let acct = l
             .accounts
             .entry(order_id.clone())
-            .or_insert_with(|| Account {
-                order_id: order_id.clone(),
-                customer_id: String::new(),
-                amount_cents: 0,
-                status: None,
-                payment_id: None,
-                charge_calls: 0,
-                void_calls: 0,
-                charges_made: 0,
-            });
+            .or_insert_with(|| Account::new(&order_id, "", 0));
         acct.void_calls += 1;
         if !control.fail && acct.status != Some(ChargeStatus::Declined) {
             acct.status = Some(ChargeStatus::Voided);
