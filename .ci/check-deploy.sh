@@ -16,7 +16,7 @@
 #  3. nats-server -t on deploy/nats/*.conf and on the config embedded in deploy/k8s/nats.yaml.
 #  4. Grafana: the dashboard is what generate.py writes; every panel and query uses the
 #     ${datasource} variable; __inputs/__requires are there; every panel query parses (promtool).
-#  5. hadolint on deploy/Dockerfile.
+#  5. hadolint on deploy/Dockerfile; both build contexts' ignore files exclude the secrets.
 #  6. Kubernetes: kustomize must fail without secrets.env (no placeholder secrets); rendered with
 #     a throwaway secrets.env, the output and the plain files pass kubernetes-validate --strict
 #     for K8S_MIN (1.30, the first with preStop's sleep action on by default) and K8S_MAX; every
@@ -209,6 +209,14 @@ echo "every dashboard query parses"
 # --- 5. Dockerfile --------------------------------------------------------------------------
 "$VENV/bin/hadolint" deploy/Dockerfile
 echo "hadolint: deploy/Dockerfile is clean"
+# Both build contexts keep secrets out of images: the root .dockerignore (compose builds from
+# the root) and deploy/Dockerfile.dockerignore (BuildKit prefers it for that Dockerfile).
+for ignore in .dockerignore deploy/Dockerfile.dockerignore; do
+  for secret in .env '**/.env' deploy/k8s/secrets.env .git target; do
+    grep -qxF -- "$secret" "$ignore" || { echo "$ignore does not exclude $secret" >&2; exit 1; }
+  done
+done
+echo "build contexts exclude .env, secrets.env, .git and target"
 
 # --- 6. Kubernetes --------------------------------------------------------------------------
 KUBECTL="$VENV/bin/kubectl"

@@ -12,7 +12,6 @@
 //!   the commits of the idle process, and finally runs the raw async-nats 4-event saga on the
 //!   same broker as the ratio's baseline. `--gateway` drives a system that runs elsewhere.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -202,6 +201,9 @@ pub struct OrdersReport {
     pub posted: usize,
     /// Answered 202.
     pub accepted: usize,
+    /// Orders the system itself counted as created during the load
+    /// (`jetflow_orders_total{status="pending"}` at the gateway).
+    pub created: usize,
     /// Answered anything else.
     pub refused: usize,
     /// POSTs per second and their latency.
@@ -239,10 +241,6 @@ struct System {
     nats_url: String,
     database_url: String,
     log: PathBuf,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn with_database(admin: &str, name: &str) -> String {
@@ -285,7 +283,7 @@ impl System {
                 (with_database(admin, &name), Some((admin.clone(), name)))
             }
         };
-        let port = free_port()?;
+        let port = crate::local_nats::free_port()?;
         let log = dir.path().join("jetflow.log");
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("all")
@@ -294,7 +292,7 @@ impl System {
             .env("JETFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env(
                 "JETFLOW_PROVIDER_ADDR",
-                format!("127.0.0.1:{}", free_port()?),
+                format!("127.0.0.1:{}", crate::local_nats::free_port()?),
             )
             .env("JETFLOW_RATE_LIMIT", "0")
             .env("RUST_LOG", "warn")
@@ -373,19 +371,51 @@ async fn metrics(http: &reqwest::Client, base: &str) -> anyhow::Result<String> {
         .await?)
 }
 
-async fn pg_commits(url: &str) -> anyhow::Result<i64> {
-    let mut conn = sqlx::postgres::PgConnection::connect(url).await?;
-    let n: i64 = sqlx::query_scalar(
-        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
-    )
-    .fetch_one(&mut conn)
-    .await?;
-    let _ = conn.close().await;
-    Ok(n)
+/// Counts the transactions PostgreSQL committed in the system's database, through one
+/// connection kept open so that the count's own queries are known: each reading is one
+/// transaction of ours, which [`PgCounter::read`] leaves out.
+struct PgCounter {
+    conn: sqlx::postgres::PgConnection,
+    reads: i64,
+}
+
+impl PgCounter {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        Ok(Self {
+            conn: sqlx::postgres::PgConnection::connect(url).await?,
+            reads: 0,
+        })
+    }
+
+    /// The database's commits so far, less the readings before this one.
+    async fn read(&mut self) -> anyhow::Result<i64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        let ours = self.reads;
+        self.reads += 1;
+        Ok(n - ours)
+    }
 }
 
 /// Polls `f` until it answers `Some`, every 20 ms, at most `deadline`.
-async fn until<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> anyhow::Result<T>
+/// How often an order's status is polled when its latency is measured: often enough not to
+/// blur it.
+const POLL_LATENCY: Duration = Duration::from_millis(1);
+/// How long PostgreSQL may take to report a backend's transactions.
+const PG_STATS_SETTLE: Duration = Duration::from_secs(11);
+/// How often other conditions are checked.
+const POLL: Duration = Duration::from_millis(50);
+
+/// Calls `f` every `every` until it answers, for at most `deadline`.
+async fn until<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut f: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -398,7 +428,7 @@ where
         if Instant::now() > end {
             bail!("{what} did not happen within {deadline:?}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -513,6 +543,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     until(
         "the system to be ready",
         Duration::from_secs(60),
+        POLL,
         || async {
             let r = http.get(format!("{base}/ready")).send().await.ok()?;
             (r.status().as_u16() == 200).then_some(())
@@ -543,6 +574,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         until(
             "an unloaded order to finish",
             Duration::from_secs(30),
+            POLL_LATENCY,
             || status(&http, &base, &id),
         )
         .await?;
@@ -550,10 +582,14 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     }
     let unloaded_confirm = Percentiles::of(&mut unloaded);
 
+    let mut pg = match &pg_url {
+        Some(url) => Some(PgCounter::connect(url).await?),
+        None => None,
+    };
     // 2. Load.
     let before = metrics(&http, &base).await?;
-    let pg_before = match &pg_url {
-        Some(url) => Some(pg_commits(url).await?),
+    let pg_before = match pg.as_mut() {
+        Some(c) => Some(c.read().await?),
         None => None,
     };
     let finished_before = metric_sum(&before, "jetflow_orders_total", &[("status", "confirmed")])
@@ -604,19 +640,27 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     // 3. Drain: until every accepted order finished.
     bar.set_message(format!("waiting for {} orders to finish", accepted.len()));
     let target = finished_before + accepted.len() as f64;
-    let after = until("every accepted order to finish", o.timeout, || async {
-        let text = metrics(&http, &base).await.ok()?;
-        let done = metric_sum(&text, "jetflow_orders_total", &[("status", "confirmed")])
-            + metric_sum(&text, "jetflow_orders_total", &[("status", "cancelled")]);
-        (done >= target).then_some(text)
-    })
+    let after = until(
+        "every accepted order to finish",
+        o.timeout,
+        POLL,
+        || async {
+            let text = metrics(&http, &base).await.ok()?;
+            let done = metric_sum(&text, "jetflow_orders_total", &[("status", "confirmed")])
+                + metric_sum(&text, "jetflow_orders_total", &[("status", "cancelled")]);
+            (done >= target).then_some(text)
+        },
+    )
     .await?;
     let elapsed = started.elapsed();
-    let pg_after = match &pg_url {
-        Some(url) => Some(pg_commits(url).await?),
+    let pg_after = match pg.as_mut() {
+        Some(c) => Some(c.read().await?),
         None => None,
     };
     let finished = accepted.len();
+    let created = (metric_sum(&after, "jetflow_orders_total", &[("status", "pending")])
+        - metric_sum(&before, "jetflow_orders_total", &[("status", "pending")]))
+        as usize;
     let confirmed = (metric_sum(&after, "jetflow_orders_total", &[("status", "confirmed")])
         - metric_sum(&before, "jetflow_orders_total", &[("status", "confirmed")]))
         as usize;
@@ -646,14 +690,26 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     }
 
     // 4. Idle.
+    // The process is idle once its outbox is empty; PostgreSQL reports a backend's counts
+    // up to 10 s after the fact (PGSTAT_IDLE_INTERVAL), so the load must not leak into the
+    // idle window.
+    bar.set_message("waiting for the process to be idle");
+    until("the outbox to be empty", o.timeout, POLL, || async {
+        let text = metrics(&http, &base).await.ok()?;
+        (metric_sum(&text, "jetflow_outbox_pending", &[]) == 0.0).then_some(())
+    })
+    .await?;
+    if pg_url.is_some() {
+        tokio::time::sleep(PG_STATS_SETTLE).await;
+    }
     bar.set_message("watching the idle process");
     let idle_before = metric_sum(
         &metrics(&http, &base).await?,
         "jetflow_db_commits_total",
         &[],
     );
-    let pg_idle_before = match &pg_url {
-        Some(url) => Some(pg_commits(url).await?),
+    let pg_idle_before = match pg.as_mut() {
+        Some(c) => Some(c.read().await?),
         None => None,
     };
     tokio::time::sleep(o.idle).await;
@@ -662,8 +718,8 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         "jetflow_db_commits_total",
         &[],
     );
-    let pg_idle_after = match &pg_url {
-        Some(url) => Some(pg_commits(url).await?),
+    let pg_idle_after = match pg.as_mut() {
+        Some(c) => Some(c.read().await?),
         None => None,
     };
     let idle_secs = o.idle.as_secs_f64().max(1e-9);
@@ -686,6 +742,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         unloaded_confirm,
         posted: results.len(),
         accepted: accepted.len(),
+        created,
         refused: results.len() - accepted.len(),
         accept,
         finished_per_second,

@@ -20,6 +20,9 @@ pub enum LocalNatsError {
         "nats-server not found (looked at $NATS_SERVER_BIN, .tools/bin/nats-server and PATH); run .ci/install-nats-server.sh or set NATS_URL"
     )]
     NotFound,
+    /// No free loopback port.
+    #[error("no free loopback port for the local nats-server: {0}")]
+    Port(#[source] std::io::Error),
     /// The binary is too old.
     #[error(
         "{path} is nats-server {version}; jetflow needs 2.10 or newer (run .ci/install-nats-server.sh)"
@@ -81,10 +84,16 @@ fn version_of(path: &Path) -> Option<(u32, u32, String)> {
 
 /// Finds a nats-server binary of version 2.10 or newer.
 pub fn find_binary() -> Result<PathBuf, LocalNatsError> {
+    find_binary_with(&[])
+}
+
+/// As [`find_binary`], looking at `extra` (after `NATS_SERVER_BIN`) too.
+pub fn find_binary_with(extra: &[PathBuf]) -> Result<PathBuf, LocalNatsError> {
     let mut candidates = Vec::new();
     if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
         candidates.push(PathBuf::from(p));
     }
+    candidates.extend(extra.iter().cloned());
     candidates.push(PathBuf::from(".tools/bin/nats-server"));
     if let Ok(exe) = std::env::current_exe() {
         // target/{debug,release}/jetflow → <repo>/.tools/bin/nats-server
@@ -115,12 +124,20 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(4222)
+/// Ports [`free_port`] handed out, never handed out twice by one process.
+static GIVEN: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// A loopback port nothing listens on right now, and that this process did not hand out
+/// before (so two servers started one after the other never get the same one).
+pub fn free_port() -> std::io::Result<u16> {
+    loop {
+        let port = TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port();
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if given.insert(port) {
+            return Ok(port);
+        }
+    }
 }
 
 /// Makes the child get `signal` when the thread that started it dies (on Linux), so a child
@@ -179,7 +196,7 @@ impl LocalNats {
         let port = if port != 0 && port_free(port) {
             port
         } else {
-            let p = free_port();
+            let p = free_port().map_err(LocalNatsError::Port)?;
             if port != 0 {
                 tracing::warn!(
                     wanted = port,

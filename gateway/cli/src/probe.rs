@@ -31,6 +31,19 @@ pub enum ProbeError {
 
 /// GETs `url` with a 3 s timeout; `Ok` only for a 200.
 pub fn probe(url: &str) -> Result<(), ProbeError> {
+    let (status, _) = get(url, Duration::from_secs(3))?;
+    if status == 200 {
+        Ok(())
+    } else {
+        Err(ProbeError::Status {
+            url: url.to_string(),
+            status: status.to_string(),
+        })
+    }
+}
+
+/// A blocking HTTP/1.0 `GET` of an `http://host:port/path` URL: its status and body.
+pub fn get(url: &str, timeout: Duration) -> Result<(u16, String), ProbeError> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| ProbeError::Url(url.to_string()))?;
@@ -47,27 +60,27 @@ pub fn probe(url: &str) -> Result<(), ProbeError> {
         .map_err(io)?
         .next()
         .ok_or_else(|| ProbeError::Url(url.to_string()))?;
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).map_err(io)?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(3)))
-        .map_err(io)?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(io)?;
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
     write!(
         stream,
         "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
     )
     .map_err(io)?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).map_err(io)?;
-    let line = String::from_utf8_lossy(&head[..n]);
-    let status = line.lines().next().unwrap_or_default().to_string();
-    if status.split_whitespace().nth(1) == Some("200") {
-        Ok(())
-    } else {
-        Err(ProbeError::Status {
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(io)?;
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let status_line = head.lines().next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| ProbeError::Status {
             url: url.to_string(),
-            status,
-        })
-    }
+            status: format!("not an HTTP answer: {status_line:?}"),
+        })?;
+    Ok((status, body.to_string()))
 }
 
 #[cfg(test)]

@@ -411,13 +411,13 @@ impl Settings {
                 readable("PAYMENT_PROVIDER_CA", ca)?;
             }
         }
-        if let (Some(admin), true) = (self.http.admin_addr, uses.http) {
-            if admin == self.http.addr {
-                return Err(ConfigError::new(
-                    "JETFLOW_ADMIN_ADDR",
-                    "must differ from JETFLOW_HTTP_ADDR",
-                ));
-            }
+        if let (Some(admin), true) = (self.http.admin_addr, uses.http)
+            && admin == self.http.addr
+        {
+            return Err(ConfigError::new(
+                "JETFLOW_ADMIN_ADDR",
+                "must differ from JETFLOW_HTTP_ADDR",
+            ));
         }
         Ok(())
     }
