@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use jetflow_integration::invariants::{self, Expectations};
 use jetflow_integration::load::{self, LoadConfig};
-use jetflow_integration::{JetflowProcess, NatsServer, TestDatabase};
+use jetflow_integration::{JetflowProcess, NatsServer, TestDatabase, eventually};
 
 async fn put_stock(api: &str, products: &[&str], each: i64) -> BTreeMap<String, i64> {
     let client = reqwest::Client::new();
@@ -78,13 +78,20 @@ fn jetflow_killed_mid_flight_and_restarted_loses_nothing_and_does_nothing_twice(
         })
         .await;
         assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
-        // The outbox drained: everything committed was published.
+        // The outbox drains: everything committed is published, then deleted.
         let pool = sqlx::SqlitePool::connect(&db_url).await.expect("sqlite");
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
-            .fetch_one(&pool)
-            .await
-            .expect("count");
-        assert_eq!(left, 0, "outbox rows left behind");
+        eventually("the outbox to drain", Duration::from_secs(15), || async {
+            let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} outbox rows left"))
+            }
+        })
+        .await;
         invariants::check_dead_letters(&nats_url, 0).await;
     })
 }
