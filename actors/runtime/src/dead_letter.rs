@@ -431,8 +431,8 @@ mod tests {
 
     #[test]
     fn dead_letter_headers_say_where_and_why() {
-        let mut meta = DeliveryMeta::new("orders.created");
-        meta.stream = "ORDERS".into();
+        let mut meta = DeliveryMeta::new("readings.taken");
+        meta.stream = "READINGS".into();
         meta.stream_sequence = 42;
         meta.consumer = "inventory".into();
         meta.delivered = 5;
@@ -444,15 +444,15 @@ mod tests {
         };
         let h = headers_for(&meta, &reason);
         let get = |n: &str| h.get(n).map(|v| v.as_str().to_string()).unwrap_or_default();
-        assert_eq!(get(headers::MSG_ID), "dlq:ORDERS:42");
+        assert_eq!(get(headers::MSG_ID), "dlq:READINGS:42");
         assert_eq!(get(headers::DLQ_MSG_ID), "evt-1");
-        assert_eq!(get(headers::DLQ_SUBJECT), "orders.created");
+        assert_eq!(get(headers::DLQ_SUBJECT), "readings.taken");
         assert_eq!(get(headers::DLQ_SEQUENCE), "42");
         assert_eq!(get(headers::DLQ_DELIVERIES), "5");
         assert_eq!(get(headers::DLQ_REASON), "exhausted");
         assert_eq!(get(headers::CORRELATION_ID), "corr-9");
         assert!(!get(headers::DLQ_ERROR).contains('\n'));
-        assert_eq!(subject_for("orders.created"), "dlq.orders.created");
+        assert_eq!(subject_for("readings.taken"), "dlq.readings.taken");
     }
 
     #[test]

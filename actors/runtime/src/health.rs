@@ -156,7 +156,7 @@ mod tests {
     #[test]
     fn dead_component_fails_liveness() {
         let h = Health::new();
-        h.set_dead("actor:stock", "restart budget exhausted");
+        h.set_dead("actor:worker", "restart budget exhausted");
         assert!(!h.is_live());
         assert!(!h.is_ready());
     }

@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn msg_id_becomes_the_dedup_header() {
-        let m = OutgoingMessage::new("orders.created", "evt-1", "{}").correlation_id("c-1");
+        let m = OutgoingMessage::new("readings.taken", "evt-1", "{}").correlation_id("c-1");
         let h = m.header_map();
         assert_eq!(h.get(headers::MSG_ID).map(|v| v.as_str()), Some("evt-1"));
         assert_eq!(

@@ -2,7 +2,7 @@
 //!
 //! Every log line written while a delivery is handled carries its subject, stream sequence,
 //! delivery count, correlation id and trace id, whichever service writes it; a handler can add
-//! its own fields (an order id) by returning a span of its own that nests these.
+//! its own fields (a business id) by returning a span of its own that nests these.
 
 use crate::delivery::DeliveryMeta;
 use crate::outcome::Outcome;

@@ -33,9 +33,9 @@ pub enum Discard {
 /// A JetStream stream.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StreamSpec {
-    /// Stream name, e.g. `ORDERS`.
+    /// Stream name, e.g. `READINGS`.
     pub name: String,
-    /// Subjects it captures, e.g. `orders.>`.
+    /// Subjects it captures, e.g. `readings.>`.
     pub subjects: Vec<String>,
     /// Replicas (1 on a single server, 3 on a 3-node cluster).
     pub replicas: usize,
@@ -387,13 +387,13 @@ mod tests {
 
     #[test]
     fn consumer_defaults_follow_the_design() {
-        let c = ConsumerSpec::new("ORDERS", "inventory", &["orders.created"]);
+        let c = ConsumerSpec::new("READINGS", "thermostat", &["readings.taken"]);
         assert_eq!(c.max_deliver, 5);
         assert!(c.validate().is_ok());
         let cfg = c.to_config();
-        assert_eq!(cfg.filter_subject, "orders.created");
+        assert_eq!(cfg.filter_subject, "readings.taken");
         assert!(cfg.filter_subjects.is_empty());
-        let many = ConsumerSpec::new("ORDERS", "x", &["a.b", "a.c"]).to_config();
+        let many = ConsumerSpec::new("READINGS", "x", &["a.b", "a.c"]).to_config();
         assert_eq!(many.filter_subjects, vec!["a.b", "a.c"]);
     }
 

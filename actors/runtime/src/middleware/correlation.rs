@@ -59,7 +59,7 @@ mod tests {
             tracing::info!("handling");
             Outcome::Ack
         }));
-        let mut delivery = inbound("orders.created", 2, 5);
+        let mut delivery = inbound("readings.taken", 2, 5);
         delivery.meta = delivery
             .meta
             .with_header(headers::CORRELATION_ID, "corr-42")
@@ -77,7 +77,7 @@ mod tests {
         assert!(line.contains("corr-42"), "{text}");
         assert!(line.contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{text}");
         assert!(
-            line.contains("orders.created") && line.contains("delivered=2"),
+            line.contains("readings.taken") && line.contains("delivered=2"),
             "{text}"
         );
     }
