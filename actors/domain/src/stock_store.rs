@@ -13,7 +13,8 @@
 //! racing in two transactions (two replicas, at READ COMMITTED), the second waits for the
 //! first to commit and then sees its row, so a cancelled order is never left holding stock
 //! and a reserved one is always released. Later moves are conditional updates on the row's
-//! status.
+//! status. The row also keeps the items it holds (JSON), so a reservation is one write of its
+//! row and a sale or release reads its items back from the update that wins.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -171,17 +172,13 @@ async fn set_status(
     conn: &mut AnyConnection,
     order_id: &str,
     status: &str,
-    amount_cents: Option<i64>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE reservations SET status = $2, amount_cents = COALESCE($3, amount_cents), updated_at = $4 WHERE order_id = $1",
-    )
-    .bind(order_id)
-    .bind(status)
-    .bind(amount_cents)
-    .bind(now_ms())
-    .execute(conn)
-    .await?;
+    sqlx::query("UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1")
+        .bind(order_id)
+        .bind(status)
+        .bind(now_ms())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -221,7 +218,7 @@ pub async fn reserve(
         for (undo_id, undo_qty, _) in &priced {
             move_stock(conn, undo_id, *undo_qty, Move::Release).await?;
         }
-        set_status(conn, order_id, "rejected", None).await?;
+        set_status(conn, order_id, "rejected").await?;
         // An unknown product is the reason even if an earlier item was short.
         for unknown in items.keys() {
             if get(&mut *conn, unknown).await?.is_none() {
@@ -244,22 +241,18 @@ pub async fn reserve(
         .iter()
         .map(|(_, q, p)| q.saturating_mul(*p))
         .fold(0i64, i64::saturating_add);
-    set_status(conn, order_id, "reserved", Some(amount_cents)).await?;
-    if !priced.is_empty() {
-        let values: Vec<String> = (0..priced.len())
-            .map(|i| format!("($1, ${}, ${}, ${})", i * 3 + 2, i * 3 + 3, i * 3 + 4))
-            .collect();
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let sql = format!(
-            "INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES {}",
-            values.join(", ")
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(order_id);
-        for (product_id, quantity, price) in &priced {
-            q = q.bind(product_id.as_str()).bind(*quantity).bind(*price);
-        }
-        q.execute(&mut *conn).await?;
-    }
+    // The status, the amount and the items in one write of the row the caller claimed.
+    let held = serde_json::to_string(&priced).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "UPDATE reservations SET status = 'reserved', amount_cents = $2, items = $3, updated_at = $4 \
+         WHERE order_id = $1",
+    )
+    .bind(order_id)
+    .bind(amount_cents)
+    .bind(held)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
     Ok(Reservation::Reserved {
         items: priced,
         amount_cents,
@@ -271,19 +264,25 @@ pub async fn products_of_orders(
     conn: &mut AnyConnection,
     order_ids: &[&str],
 ) -> Result<BTreeSet<String>, sqlx::Error> {
+    let mut products = BTreeSet::new();
     if order_ids.is_empty() {
-        return Ok(BTreeSet::new());
+        return Ok(products);
     }
     // Only generated placeholders are interpolated: no input reaches the SQL text.
     let sql = format!(
-        "SELECT DISTINCT product_id FROM reservation_items WHERE order_id IN ({})",
+        "SELECT order_id, items FROM reservations WHERE status = 'reserved' AND order_id IN ({})",
         jetflow_runtime::db::placeholders(1, order_ids.len())
     );
-    let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
     for id in order_ids {
         q = q.bind(*id);
     }
-    Ok(q.fetch_all(conn).await?.into_iter().collect())
+    for row in q.fetch_all(&mut *conn).await? {
+        let order_id: String = row.try_get("order_id")?;
+        let items = held_items(conn, &order_id, row.try_get("items")?).await?;
+        products.extend(items.into_iter().map(|(product_id, _)| product_id));
+    }
+    Ok(products)
 }
 
 /// Locks these products' rows, in product order, until the transaction ends (PostgreSQL;
@@ -341,11 +340,19 @@ async fn move_stock(
     Ok(())
 }
 
-/// The items held for an order.
-pub async fn reserved_items(
+/// The items held for an order, in product order, from its reservation row's `items`
+/// (`None` for a reservation made before they were kept there: then from
+/// `reservation_items`).
+async fn held_items(
     conn: &mut AnyConnection,
     order_id: &str,
+    items: Option<String>,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    if let Some(items) = items {
+        let priced: Vec<(String, i64, i64)> =
+            serde_json::from_str(&items).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+        return Ok(priced.into_iter().map(|(p, q, _)| (p, q)).collect());
+    }
     let rows = sqlx::query(
         "SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY product_id",
     )
@@ -379,21 +386,21 @@ async fn finish(
     how: Move,
     to: &str,
 ) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
-    // The conditional status change is the lock: of two concurrent finishes one wins.
+    // The conditional status change is the lock: of two concurrent finishes one wins; it
+    // returns the items held.
     let won = sqlx::query(
-        "UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1 AND status = 'reserved'",
+        "UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1 AND status = 'reserved' \
+         RETURNING items",
     )
     .bind(order_id)
     .bind(to)
     .bind(now_ms())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !won {
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = won else {
         return Ok(None);
-    }
-    let items = reserved_items(conn, order_id).await?;
+    };
+    let items = held_items(conn, order_id, row.try_get("items")?).await?;
     for (product_id, quantity) in &items {
         move_stock(conn, product_id, *quantity, how).await?;
     }

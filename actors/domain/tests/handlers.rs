@@ -252,6 +252,63 @@ async fn stock_releases_on_cancel_and_sells_on_confirm() {
     assert_eq!(k.product("a").await.available, 7);
 }
 
+/// Reservations made before their items were kept on the reservation row (items NULL, the
+/// items in `reservation_items`) are still sold and released.
+#[actix_rt::test]
+async fn a_reservation_from_before_the_items_column_is_sold_and_released() {
+    let k = kit().await;
+    k.put("a", 10, 100).await;
+    let (keep, drop) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    {
+        let mut conn = k.deps.db.pool().acquire().await.expect("conn");
+        for id in [&keep, &drop] {
+            sqlx::query("UPDATE products SET available = available - 3, reserved = reserved + 3 WHERE product_id = 'a'")
+                .execute(&mut *conn)
+                .await
+                .expect("hold");
+            sqlx::query("INSERT INTO reservations (order_id, status, lane, amount_cents, updated_at) VALUES ($1, 'reserved', 'standard', 300, 0)")
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await
+                .expect("reservation");
+            sqlx::query("INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES ($1, 'a', 3, 100)")
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await
+                .expect("items");
+        }
+    }
+    let probe = k.probe("inventory", StockHandler);
+    let confirmed = bytes(with(
+        meta(&keep),
+        json!({"version": 1, "amount_cents": 300}),
+    ));
+    deliver(&probe, "orders.confirmed", &confirmed)
+        .await
+        .assert_ack();
+    deliver(
+        &probe,
+        "orders.cancelled",
+        &cancelled(&drop, "payment_declined"),
+    )
+    .await
+    .assert_ack();
+    let a = k.product("a").await;
+    assert_eq!((a.available, a.reserved, a.sold), (7, 0, 3));
+    k.subjects().await;
+    let released: Vec<Value> = k
+        .published
+        .on_subject("inventory.released")
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("JSON"))
+        .collect();
+    assert_eq!(released.len(), 1);
+    assert_eq!(
+        released[0]["items"],
+        json!([{"product_id": "a", "quantity": 3}])
+    );
+}
+
 #[actix_rt::test]
 async fn a_cancellation_before_the_order_leaves_a_tombstone_that_a_late_order_respects() {
     let k = kit().await;
