@@ -7,8 +7,8 @@
 //! | `orders.cancelled`   | asks for any charge to be voided       | —                                       |
 //!
 //! The charge is made in `prepare`, outside the transaction (with the order id as the
-//! provider's idempotency key, so a retry never charges twice); its answer is recorded in the
-//! transaction. A decline is an answer: `payments.failed` (declined). An unreachable, failing
+//! provider's idempotency key, so a retry never charges twice), after one read of the
+//! payments already recorded for the whole batch; its answer is recorded in the transaction. A decline is an answer: `payments.failed` (declined). An unreachable, failing
 //! or slow provider, or an open circuit, is not: the delivery is retried later with a growing
 //! delay, and on its last allowed delivery the order fails as `unavailable`, which cancels it.
 //!
@@ -18,23 +18,25 @@
 //! a charge that met (or may have met) a cancellation is marked `void_pending`, which the
 //! [`PaymentVoider`](crate::payment_voider::PaymentVoider) carries out at the provider.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use jetflow_runtime::{
-    ActorRef, BreakerActor, BreakerError, Delivery, DeliveryMeta, PreparedTxHandler, TxError,
-    UnitOfWork,
+    ActorRef, BreakerActor, BreakerError, Delivery, DeliveryMeta, PreparedTxHandler, Preparing,
+    TxError, UnitOfWork,
 };
 use jetflow_schemas::{
     AnyEvent, EventMeta, InventoryReserved, PaymentFailed, PaymentFailureReason, PaymentSucceeded,
     Version,
 };
+use tracing::Instrument;
 
 use crate::events::outgoing;
 use crate::handling::{Deps, DomainError, count_on_commit, span};
 use crate::input::InboundEvent;
 use crate::metrics::domain_metrics;
 use crate::payment_client::{ChargeResult, PaymentClient, ProviderError};
-use crate::payment_store::{self, NewPayment, PaymentStatus};
+use crate::payment_store::{self, NewPayment, PaymentRecord, PaymentStatus};
 use crate::payment_voider::{PaymentVoider, Wake};
 
 /// The inbox name of the payment handler (shared by both lanes and both streams).
@@ -104,17 +106,49 @@ impl PreparedTxHandler for PaymentHandler {
     type Prepared = Step;
 
     async fn prepare(&self, d: &Delivery<InboundEvent>) -> Result<Step, TxError> {
-        match &d.message.event {
-            AnyEvent::InventoryReserved(e) => self.charge(e, &d.meta).await.map_err(Into::into),
-            AnyEvent::OrderCancelled(e) => {
-                let order_id = e.meta.order_id.to_string();
-                let uncertain = payment_store::was_uncertain(self.deps.db.pool(), &order_id)
-                    .await
-                    .map_err(TxError::Database)?;
-                Ok(Step::Cancelled { uncertain })
+        let recorded = match &d.message.event {
+            AnyEvent::InventoryReserved(e) => {
+                payment_store::get(self.deps.db.pool(), &e.meta.order_id.to_string()).await?
             }
-            _ => Ok(Step::Nothing),
-        }
+            _ => None,
+        };
+        self.prepare_one(d, recorded).await
+    }
+
+    /// Reads the payments of every reserved order of the batch in one query, then charges
+    /// them at once, each in its span.
+    async fn prepare_batch(
+        &self,
+        batch: &[Preparing<'_, InboundEvent>],
+    ) -> Vec<Result<Step, TxError>> {
+        let reserved: Vec<String> = batch
+            .iter()
+            .filter_map(|p| match &p.delivery.message.event {
+                AnyEvent::InventoryReserved(e) => Some(e.meta.order_id.to_string()),
+                _ => None,
+            })
+            .collect();
+        let ids: Vec<&str> = reserved.iter().map(String::as_str).collect();
+        let mut recorded = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            match payment_store::get_many(self.deps.db.pool(), &ids).await {
+                Ok(found) => found,
+                Err(e) => {
+                    let reason = format!("database: {e}");
+                    return batch.iter().map(|_| Err(TxError::retry(&reason))).collect();
+                }
+            }
+        };
+        futures::future::join_all(batch.iter().map(|p| {
+            let known = match &p.delivery.message.event {
+                AnyEvent::InventoryReserved(e) => recorded.remove(&e.meta.order_id.to_string()),
+                _ => None,
+            };
+            self.prepare_one(p.delivery, known)
+                .instrument(p.span.clone())
+        }))
+        .await
     }
 
     async fn handle(
@@ -171,15 +205,39 @@ impl From<PrepareError> for TxError {
 }
 
 impl PaymentHandler {
-    /// Charges the order (outside any transaction), unless its payment was decided before.
+    /// What to do about one delivery, given the payment recorded for its order (if it is an
+    /// `inventory.reserved`).
+    async fn prepare_one(
+        &self,
+        d: &Delivery<InboundEvent>,
+        recorded: Option<PaymentRecord>,
+    ) -> Result<Step, TxError> {
+        match &d.message.event {
+            AnyEvent::InventoryReserved(e) => {
+                self.charge(e, &d.meta, recorded).await.map_err(Into::into)
+            }
+            AnyEvent::OrderCancelled(e) => {
+                let order_id = e.meta.order_id.to_string();
+                let uncertain = payment_store::was_uncertain(self.deps.db.pool(), &order_id)
+                    .await
+                    .map_err(TxError::Database)?;
+                Ok(Step::Cancelled { uncertain })
+            }
+            _ => Ok(Step::Nothing),
+        }
+    }
+
+    /// Charges the order (outside any transaction), unless its payment was decided before
+    /// (`recorded`).
     async fn charge(
         &self,
         reserved: &InventoryReserved,
         meta: &DeliveryMeta,
+        recorded: Option<PaymentRecord>,
     ) -> Result<Step, PrepareError> {
         let pool = self.deps.db.pool();
         let order_id = reserved.meta.order_id.to_string();
-        match payment_store::get(pool, &order_id).await? {
+        match recorded {
             Some(p) if p.status == PaymentStatus::Cancelled => {
                 // Cancelled before we recorded anything. If an earlier attempt may have
                 // charged (it timed out, or it charged and met the cancellation), void it.

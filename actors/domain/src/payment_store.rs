@@ -6,6 +6,8 @@
 //! an insert that does nothing on conflict, so whichever comes second sees the first and
 //! knows a charge must be voided.
 
+use std::collections::HashMap;
+
 use sqlx::{AnyConnection, Row};
 
 use crate::now_ms;
@@ -94,17 +96,44 @@ where
             .bind(order_id)
             .fetch_optional(executor)
             .await?;
-    row.map(|r| {
-        let status: String = r.try_get("status")?;
-        Ok(PaymentRecord {
-            status: PaymentStatus::parse(&status).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown payment status {status:?}").into())
-            })?,
-            amount_cents: r.try_get("amount_cents")?,
-            payment_id: r.try_get("payment_id")?,
-        })
+    row.as_ref().map(record_of).transpose()
+}
+
+fn record_of(r: &sqlx::any::AnyRow) -> Result<PaymentRecord, sqlx::Error> {
+    let status: String = r.try_get("status")?;
+    Ok(PaymentRecord {
+        status: PaymentStatus::parse(&status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown payment status {status:?}").into())
+        })?,
+        amount_cents: r.try_get("amount_cents")?,
+        payment_id: r.try_get("payment_id")?,
     })
-    .transpose()
+}
+
+/// The payments recorded for these orders, by order id (one statement per 500 orders).
+pub async fn get_many<'c, E>(
+    executor: E,
+    order_ids: &[&str],
+) -> Result<HashMap<String, PaymentRecord>, sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any> + Copy,
+{
+    let mut found = HashMap::with_capacity(order_ids.len());
+    for chunk in order_ids.chunks(500) {
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let sql = format!(
+            "SELECT order_id, status, amount_cents, payment_id FROM payments WHERE order_id IN ({})",
+            jetflow_runtime::db::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for row in q.fetch_all(executor).await? {
+            found.insert(row.try_get("order_id")?, record_of(&row)?);
+        }
+    }
+    Ok(found)
 }
 
 /// Records an order's payment outcome; false if one was recorded already (see [`get`]).

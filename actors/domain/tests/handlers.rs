@@ -537,6 +537,41 @@ async fn payments_charge_once_and_report_declines() {
     handle.stop(false).await;
 }
 
+/// A batch reads the payments it already knows in one query: another copy of a paid order's
+/// `inventory.reserved` (a new event id) does not call the provider, a new order in the same
+/// batch is charged.
+#[actix_rt::test]
+async fn a_batch_charges_only_the_orders_whose_payment_is_not_recorded() {
+    let k = kit().await;
+    let (url, state, handle) = provider().await;
+    let probe = k.probe("payments", payments(&k, &url));
+    let paid = Uuid::new_v4().to_string();
+    deliver(&probe, "inventory.reserved", &reserved_for(&paid, "c-1"))
+        .await
+        .assert_ack();
+    let new = Uuid::new_v4().to_string();
+    let batch = vec![
+        on("inventory.reserved", &reserved_for(&paid, "c-1")),
+        on("inventory.reserved", &reserved_for(&new, "c-2")),
+    ];
+    for d in probe.deliver_batch(batch).await {
+        d.assert_ack();
+    }
+    assert_eq!(
+        k.subjects().await,
+        ["payments.succeeded", "payments.succeeded"]
+    );
+    let a = account(&state, &paid).expect("charged");
+    assert_eq!(
+        (a.charge_calls, a.charges_made),
+        (1, 1),
+        "the copy did not call the provider"
+    );
+    let b = account(&state, &new).expect("charged");
+    assert_eq!((b.charge_calls, b.charges_made), (1, 1));
+    handle.stop(false).await;
+}
+
 #[actix_rt::test]
 async fn payments_retry_while_the_provider_is_down_and_give_up_on_the_last_delivery() {
     let k = kit().await;

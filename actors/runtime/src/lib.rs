@@ -77,7 +77,7 @@ pub use relay::{FlushReport, OutboxHandle, OutboxRelay, RelayConfig};
 pub use route::{BatchConfig, Route};
 pub use supervisor::{RestartPolicy, Supervisor};
 pub use topology::{ConsumerSpec, Discard, StreamSpec, Topology};
-pub use tx_route::{PreparedTxHandler, TxError, TxHandler, TxRoute};
+pub use tx_route::{PreparedTxHandler, Preparing, TxError, TxHandler, TxRoute};
 pub use unit_of_work::UnitOfWork;
 
 /// What a service built on jetflow usually needs, in one `use`.
@@ -85,9 +85,9 @@ pub mod prelude {
     pub use crate::{
         ActorRef, BatchConfig, Bridge, BridgeConfig, ConsumerSpec, Database, DbConfig, Decode,
         DecodeError, Delivery, DeliveryMeta, Health, Json, NatsBridge, NatsConfig, OutboxHandle,
-        OutboxRelay, Outcome, OutgoingMessage, PreparedTxHandler, Publisher, RelayConfig,
-        RestartPolicy, Route, StreamSpec, Supervisor, Topology, TxError, TxHandler, TxRoute,
-        UnitOfWork,
+        OutboxRelay, Outcome, OutgoingMessage, PreparedTxHandler, Preparing, Publisher,
+        RelayConfig, RestartPolicy, Route, StreamSpec, Supervisor, Topology, TxError, TxHandler,
+        TxRoute, UnitOfWork,
     };
 }
 

@@ -166,6 +166,15 @@ pub trait TxHandler: Send + Sync + 'static {
     }
 }
 
+/// A delivery about to be prepared, with the span it is handled in.
+#[derive(Debug)]
+pub struct Preparing<'a, M> {
+    /// The delivery.
+    pub delivery: &'a Delivery<M>,
+    /// Its span: instrument the delivery's own work with it.
+    pub span: &'a tracing::Span,
+}
+
 /// A [`TxHandler`] with a step before the transaction: [`prepare`](Self::prepare) runs for
 /// every delivery of the batch at once, outside any transaction (calls to other services
 /// belong here), and its result is handed to [`handle`](Self::handle).
@@ -180,6 +189,29 @@ pub trait PreparedTxHandler: Send + Sync + 'static {
         &self,
         delivery: &Delivery<Self::Message>,
     ) -> impl Future<Output = Result<Self::Prepared, TxError>> + Send;
+
+    /// Prepares the whole batch, one result per delivery in the batch's order. By default it
+    /// runs [`prepare`](Self::prepare) for every delivery at once, each in its span, and a
+    /// panic fails only its own delivery. Override it to read in one query what each
+    /// `prepare` would read on its own.
+    fn prepare_batch(
+        &self,
+        batch: &[Preparing<'_, Self::Message>],
+    ) -> impl Future<Output = Vec<Result<Self::Prepared, TxError>>> + Send {
+        futures::future::join_all(batch.iter().map(|p| {
+            AssertUnwindSafe(self.prepare(p.delivery))
+                .catch_unwind()
+                .instrument(p.span.clone())
+                .map(|result| {
+                    result.unwrap_or_else(|panic| {
+                        Err(TxError::retry(format!(
+                            "prepare panicked: {}",
+                            panic_message(panic.as_ref())
+                        )))
+                    })
+                })
+        }))
+    }
 
     /// As [`TxHandler::handle`], with what `prepare` found.
     fn handle(
@@ -427,26 +459,41 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
     }
 
     // 2. Prepare, every delivery at once, outside the transaction.
-    let prepared = futures::future::join_all(items.iter().map(|it| {
-        AssertUnwindSafe(inner.handler.prepare(&it.delivery))
-            .catch_unwind()
-            .instrument(it.span.clone())
-    }))
-    .await;
+    let preparing: Vec<Preparing<'_, H::Message>> = items
+        .iter()
+        .map(|it| Preparing {
+            delivery: &it.delivery,
+            span: &it.span,
+        })
+        .collect();
+    let prepared = match AssertUnwindSafe(inner.handler.prepare_batch(&preparing))
+        .catch_unwind()
+        .await
+    {
+        Ok(results) if results.len() == items.len() => results,
+        Ok(results) => {
+            let reason = format!(
+                "prepare_batch returned {} results for {} deliveries",
+                results.len(),
+                items.len()
+            );
+            tracing::error!(route = %inner.name, %reason);
+            items.iter().map(|_| Err(TxError::retry(&reason))).collect()
+        }
+        Err(panic) => {
+            let reason = format!("prepare panicked: {}", panic_message(panic.as_ref()));
+            items.iter().map(|_| Err(TxError::retry(&reason))).collect()
+        }
+    };
+    drop(preparing);
     let mut pending = Vec::with_capacity(items.len());
     for (i, (item, result)) in items.iter_mut().zip(prepared).enumerate() {
         match result {
-            Ok(Ok(p)) => {
+            Ok(p) => {
                 item.prepared = Some(p);
                 pending.push(i);
             }
-            Ok(Err(e)) => outcomes[item.index] = Some(e.outcome()),
-            Err(panic) => {
-                outcomes[item.index] = Some(Outcome::retry(format!(
-                    "prepare panicked: {}",
-                    panic_message(panic.as_ref())
-                )))
-            }
+            Err(e) => outcomes[item.index] = Some(e.outcome()),
         }
     }
 
@@ -495,12 +542,12 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
             inner.retry.apply(o, meta.delivered)
         })
         .collect();
-    for (index, outcome) in outcomes.iter().enumerate() {
-        let span = items
-            .iter()
-            .find(|it| it.index == index)
-            .map(|it| it.span.clone())
-            .unwrap_or_else(|| span::delivery_span(&inner.name, &metas[index]));
+    let mut spans: Vec<Option<tracing::Span>> = vec![None; n];
+    for item in items {
+        spans[item.index] = Some(item.span);
+    }
+    for ((outcome, span), meta) in outcomes.iter().zip(spans).zip(&metas) {
+        let span = span.unwrap_or_else(|| span::delivery_span(&inner.name, meta));
         span.in_scope(|| span::log_outcome(outcome));
         m.actor_messages
             .with_label_values(&[inner.name.as_str(), outcome.label()])
@@ -635,6 +682,141 @@ mod tests {
         assert_eq!(default_key(&replayed), "evt-1");
         let bare = DeliveryMeta::new("s").with_sequence("S", 9);
         assert_eq!(default_key(&bare), "S:9");
+    }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::codec::Json;
+    use crate::relay::{OutboxRelay, RelayConfig};
+    use crate::testkit::{RecordingPublisher, TestKit, TxProbe};
+
+    /// Doubles a number in `prepare` (panicking on 13, refusing 7) and records it.
+    struct Doubler;
+
+    impl PreparedTxHandler for Doubler {
+        type Message = Json<u32>;
+        type Prepared = u32;
+
+        async fn prepare(&self, d: &Delivery<Json<u32>>) -> Result<u32, TxError> {
+            match d.message.0 {
+                13 => panic!("unlucky"),
+                7 => Err(TxError::reject("seven")),
+                n => Ok(n * 2),
+            }
+        }
+
+        async fn handle(
+            &self,
+            uow: &mut UnitOfWork,
+            d: &Delivery<Json<u32>>,
+            doubled: u32,
+        ) -> Result<(), TxError> {
+            uow.emit(crate::OutgoingMessage::new(
+                "doubled",
+                format!("doubled-{}", d.message.0),
+                doubled.to_string(),
+            ));
+            Ok(())
+        }
+    }
+
+    /// Prepares a batch at once: counts its calls, and answers one result short when asked.
+    struct BatchDoubler {
+        calls: Arc<AtomicUsize>,
+    }
+
+    impl PreparedTxHandler for BatchDoubler {
+        type Message = Json<u32>;
+        type Prepared = u32;
+
+        async fn prepare(&self, _: &Delivery<Json<u32>>) -> Result<u32, TxError> {
+            unreachable!("the batch is prepared at once")
+        }
+
+        async fn prepare_batch(
+            &self,
+            batch: &[Preparing<'_, Json<u32>>],
+        ) -> Vec<Result<u32, TxError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let short = batch.iter().any(|p| p.delivery.message.0 == 0);
+            batch
+                .iter()
+                .skip(usize::from(short))
+                .map(|p| Ok(p.delivery.message.0 * 2))
+                .collect()
+        }
+
+        async fn handle(
+            &self,
+            uow: &mut UnitOfWork,
+            d: &Delivery<Json<u32>>,
+            doubled: u32,
+        ) -> Result<(), TxError> {
+            Doubler.handle(uow, d, doubled).await
+        }
+    }
+
+    async fn probe<H: PreparedTxHandler>(
+        handler: H,
+    ) -> (TxProbe, RecordingPublisher, OutboxHandle) {
+        let db = TestKit::database().await;
+        let published = RecordingPublisher::new();
+        let outbox = OutboxRelay::start(db, Arc::new(published.clone()), RelayConfig::default());
+        let route = TxRoute::new(ConsumerSpec::new("TEST", "doubler", &[]), handler, &outbox);
+        (TestKit::tx(route), published, outbox)
+    }
+
+    fn batch(numbers: &[u32]) -> Vec<(bytes::Bytes, DeliveryMeta)> {
+        numbers
+            .iter()
+            .map(|n| {
+                let meta = DeliveryMeta::new("n").with_header(headers::MSG_ID, &format!("n-{n}"));
+                (bytes::Bytes::from(n.to_string()), meta)
+            })
+            .collect()
+    }
+
+    #[actix::test]
+    async fn a_panicking_or_refusing_prepare_fails_only_its_own_delivery() {
+        let (probe, published, outbox) = probe(Doubler).await;
+        let out = probe.deliver_batch(batch(&[1, 13, 7, 2])).await;
+        out[0].assert_ack();
+        out[1].assert_retry();
+        assert!(matches!(
+            out[2].assert_dead_letter(),
+            crate::DeadLetterReason::Rejected(_)
+        ));
+        out[3].assert_ack();
+        assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
+        let payloads: Vec<String> = published
+            .on_subject("doubled")
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect();
+        assert_eq!(payloads, vec!["2", "4"]);
+    }
+
+    #[actix::test]
+    async fn an_overridden_prepare_batch_runs_once_per_batch_and_a_short_answer_retries_it() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (probe, published, outbox) = probe(BatchDoubler {
+            calls: calls.clone(),
+        })
+        .await;
+        for d in probe.deliver_batch(batch(&[1, 2, 3])).await {
+            d.assert_ack();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "one call for the batch");
+        for d in probe.deliver_batch(batch(&[0, 4])).await {
+            d.assert_retry();
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
+        assert_eq!(
+            published.on_subject("doubled").len(),
+            3,
+            "nothing of the short batch"
+        );
     }
 
     #[test]
