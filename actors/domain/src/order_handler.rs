@@ -92,7 +92,7 @@ async fn handle(uow: &mut UnitOfWork, input: &InboundEvent) -> Result<(), Domain
                 correlation_id: Some(&e.meta.correlation_id),
                 ..Change::default()
             };
-            if order_store::advance(uow.conn(), &order_id, OrderStatus::Reserved, &change).await?
+            if order_store::advance(uow, &order_id, OrderStatus::Reserved, &change).await?
                 == Advance::Applied
             {
                 counted(uow, OrderStatus::Reserved);
@@ -108,9 +108,7 @@ async fn handle(uow: &mut UnitOfWork, input: &InboundEvent) -> Result<(), Domain
                 correlation_id: Some(&e.meta.correlation_id),
                 ..Change::default()
             };
-            match order_store::advance(uow.conn(), &order_id, OrderStatus::Cancelled, &change)
-                .await?
-            {
+            match order_store::advance(uow, &order_id, OrderStatus::Cancelled, &change).await? {
                 Advance::Applied => counted(uow, OrderStatus::Cancelled),
                 Advance::Stale(OrderStatus::Confirmed) => anomaly(
                     uow,
@@ -160,7 +158,7 @@ async fn on_paid(
     // Paid orders are confirmed at once (one step, both in the history); the event tells the
     // stock handler to mark the stock sold.
     let step = order_store::advance_via(
-        uow.conn(),
+        uow,
         &order_id,
         Some(OrderStatus::Paid),
         OrderStatus::Confirmed,
@@ -227,7 +225,7 @@ pub async fn cancel(
         correlation_id: Some(&cause.correlation_id),
         ..Change::default()
     };
-    match order_store::advance(uow.conn(), &order_id, OrderStatus::Cancelled, &change).await? {
+    match order_store::advance(uow, &order_id, OrderStatus::Cancelled, &change).await? {
         Advance::Applied => counted(uow, OrderStatus::Cancelled),
         Advance::Stale(OrderStatus::Confirmed) => {
             anomaly(uow, "cancel_after_confirmed", &order_id, reason.as_str());

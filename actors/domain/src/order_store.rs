@@ -7,6 +7,8 @@
 //! cannot interleave a read and a write. Fields arrive with whichever event brings them
 //! first and are never overwritten with nothing.
 
+use futures::future::BoxFuture;
+use jetflow_runtime::{Deferred, UnitOfWork};
 use jetflow_schemas::Priority;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -224,28 +226,39 @@ pub async fn withdraw(conn: &mut AnyConnection, order_id: &str) -> Result<bool, 
     Ok(removed)
 }
 
-/// Adds history entries (one statement, whatever their number).
-async fn add_history(
-    conn: &mut AnyConnection,
-    entries: &[(&str, OrderStatus, i64)],
-) -> Result<(), sqlx::Error> {
-    if entries.is_empty() {
-        return Ok(());
+/// History entries gathered in a unit of work and inserted together when it commits (one
+/// statement per 500 entries, however many orders its batch moved).
+#[derive(Debug, Default)]
+pub struct History(Vec<(String, OrderStatus, i64)>);
+
+impl History {
+    fn add(&mut self, order_id: &str, status: OrderStatus, at: i64) {
+        self.0.push((order_id.to_string(), status, at));
     }
-    let values: Vec<String> = (0..entries.len())
-        .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
-        .collect();
-    // Only generated placeholders are interpolated: no input reaches the SQL text.
-    let sql = format!(
-        "INSERT INTO order_history (order_id, status, at) VALUES {} ON CONFLICT (order_id, status) DO NOTHING",
-        values.join(", ")
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for (order_id, status, at) in entries {
-        q = q.bind(*order_id).bind(status.as_str()).bind(*at);
+}
+
+impl Deferred for History {
+    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            for chunk in self.0.chunks(500) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
+                    .collect();
+                // Only generated placeholders are interpolated: no input reaches the SQL text.
+                let sql = format!(
+                    "INSERT INTO order_history (order_id, status, at) VALUES {} \
+                     ON CONFLICT (order_id, status) DO NOTHING",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (order_id, status, at) in chunk {
+                    q = q.bind(order_id.as_str()).bind(status.as_str()).bind(*at);
+                }
+                q.execute(&mut *conn).await?;
+            }
+            Ok(())
+        })
     }
-    q.execute(conn).await?;
-    Ok(())
 }
 
 /// What an attempted status change did.
@@ -273,29 +286,27 @@ pub struct Change<'a> {
 /// Moves an order forward to `to` if it is behind it (creating a minimal record if no event
 /// about the order was seen yet).
 pub async fn advance(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
     to: OrderStatus,
     change: &Change<'_>,
 ) -> Result<Advance, sqlx::Error> {
-    advance_via(conn, order_id, None, to, change).await
+    advance_via(uow, order_id, None, to, change).await
 }
 
 /// Moves an order forward to `to` through `via` in one step (both enter the history), if it
-/// is behind `via`; an order already at `via` moves on to `to`.
+/// is behind `via`; an order already at `via` moves on to `to`. The history entries are
+/// written when `uow` commits.
 pub async fn advance_via(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
     via: Option<OrderStatus>,
     to: OrderStatus,
     change: &Change<'_>,
 ) -> Result<Advance, sqlx::Error> {
     let now = now_ms();
-    let steps: Vec<(&str, OrderStatus, i64)> = via
-        .into_iter()
-        .chain([to])
-        .map(|s| (order_id, s, now))
-        .collect();
+    let steps: Vec<OrderStatus> = via.into_iter().chain([to]).collect();
+    let conn = uow.conn();
     let from = to.predecessors();
     if !from.is_empty() {
         let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 7)).collect();
@@ -316,13 +327,13 @@ pub async fn advance_via(
             q = q.bind(*s);
         }
         if q.execute(&mut *conn).await?.rows_affected() == 1 {
-            add_history(conn, &steps).await?;
+            record_history(uow, order_id, &steps, now);
             return Ok(Advance::Applied);
         }
     }
     let current = sqlx::query("SELECT status FROM orders WHERE order_id = $1")
         .bind(order_id)
-        .fetch_optional(&mut *conn)
+        .fetch_optional(uow.conn())
         .await?;
     if let Some(row) = current {
         let status: String = row.try_get("status")?;
@@ -342,16 +353,23 @@ pub async fn advance_via(
     .bind(change.amount_cents)
     .bind(change.correlation_id)
     .bind(now)
-    .execute(&mut *conn)
+    .execute(uow.conn())
     .await?
     .rows_affected()
         == 1;
     if inserted {
-        add_history(conn, &steps).await?;
+        record_history(uow, order_id, &steps, now);
         Ok(Advance::Applied)
     } else {
         // Someone created it between our two statements: try once more.
-        Box::pin(advance_via(conn, order_id, via, to, change)).await
+        Box::pin(advance_via(uow, order_id, via, to, change)).await
+    }
+}
+
+fn record_history(uow: &mut UnitOfWork, order_id: &str, steps: &[OrderStatus], at: i64) {
+    let history = uow.deferred::<History>();
+    for status in steps {
+        history.add(order_id, *status, at);
     }
 }
 

@@ -414,6 +414,8 @@ async fn orders_follow_the_saga_and_never_go_back() {
         (order.status.as_str(), order.amount_cents),
         ("confirmed", Some(300))
     );
+    let statuses: Vec<&str> = order.history.iter().map(|h| h.status.as_str()).collect();
+    assert_eq!(statuses, ["pending", "reserved", "paid", "confirmed"]);
     // A late, redelivered `inventory.reserved` does not move a confirmed order back.
     let (p, m) = on("inventory.reserved", &reserved);
     probe

@@ -3,10 +3,15 @@
 //!
 //! Handlers of a transactional route get one (the runtime opens it, claims the deliveries in
 //! the inbox, commits and then acks); commands such as an HTTP request or a timer open their
-//! own with [`UnitOfWork::begin`]. State changes go through [`UnitOfWork::conn`], messages
-//! through [`UnitOfWork::emit`]; [`UnitOfWork::commit`] writes the messages to the outbox in
+//! own with [`UnitOfWork::begin`]. State changes go through [`UnitOfWork::conn`] (or, for rows
+//! that many deliveries add to one table, [`UnitOfWork::deferred`]), messages through
+//! [`UnitOfWork::emit`]; [`UnitOfWork::commit`] writes the messages to the outbox in
 //! the same transaction, commits, and hands them to the relay, which publishes them at once.
 
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+
+use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 
 use crate::db::{Backend, Database, WriteTx};
@@ -20,6 +25,65 @@ use crate::trace;
 /// Work to do once the transaction committed.
 type AfterCommit = Box<dyn FnOnce() + Send>;
 
+/// Rows gathered while a unit of work runs and written together, in one statement or a
+/// few, just before it commits: what every delivery of a batch adds to the same table (a
+/// history, an audit log) costs one round trip per batch instead of one per delivery.
+///
+/// ```
+/// use futures::future::BoxFuture;
+/// use jetflow_runtime::Deferred;
+/// use sqlx::AnyConnection;
+///
+/// /// Audit lines, inserted in one statement at commit.
+/// #[derive(Default)]
+/// struct Audit(Vec<String>);
+///
+/// impl Deferred for Audit {
+///     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+///         Box::pin(async move {
+///             for chunk in self.0.chunks(500) {
+///                 let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
+///                 let sql = format!("INSERT INTO audit (line) VALUES {}", values.join(", "));
+///                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+///                 for line in chunk {
+///                     q = q.bind(line.as_str());
+///                 }
+///                 q.execute(&mut *conn).await?;
+///             }
+///             Ok(())
+///         })
+///     }
+/// }
+///
+/// // In a handler: uow.deferred::<Audit>().0.push("charged".into());
+/// ```
+pub trait Deferred: Default + Send + 'static {
+    /// Writes what was gathered, in the unit of work's transaction.
+    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+}
+
+/// A [`Deferred`] of any type.
+trait AnyDeferred: Send {
+    fn as_any(&mut self) -> &mut dyn Any;
+    fn write_boxed(
+        self: Box<Self>,
+        conn: &mut AnyConnection,
+    ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+}
+
+impl<T: Deferred> AnyDeferred for T {
+    fn as_any(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn write_boxed(
+        self: Box<Self>,
+        conn: &mut AnyConnection,
+    ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        (*self).write(conn)
+    }
+}
+
 /// An open unit of work.
 pub struct UnitOfWork {
     tx: WriteTx,
@@ -27,6 +91,8 @@ pub struct UnitOfWork {
     emitted: Vec<OutgoingMessage>,
     cause: Option<Cause>,
     after_commit: Vec<AfterCommit>,
+    deferred: HashMap<TypeId, Box<dyn AnyDeferred>>,
+    deferred_order: Vec<TypeId>,
 }
 
 impl std::fmt::Debug for UnitOfWork {
@@ -54,6 +120,8 @@ impl UnitOfWork {
             emitted: Vec::new(),
             cause: None,
             after_commit: Vec::new(),
+            deferred: HashMap::new(),
+            deferred_order: Vec::new(),
         })
     }
 
@@ -98,6 +166,21 @@ impl UnitOfWork {
         self.after_commit.push(Box::new(f));
     }
 
+    /// The rows of type `T` gathered so far in this unit of work (empty at first), written
+    /// by [`Deferred::write`] just before the commit, in the order the types were first
+    /// used. A rolled-back unit of work drops them with everything else.
+    pub fn deferred<T: Deferred>(&mut self) -> &mut T {
+        let id = TypeId::of::<T>();
+        let slot = self.deferred.entry(id).or_insert_with(|| {
+            self.deferred_order.push(id);
+            Box::new(T::default())
+        });
+        match slot.as_any().downcast_mut::<T>() {
+            Some(t) => t,
+            None => unreachable!("deferred rows are stored under their own type id"),
+        }
+    }
+
     /// Sets the delivery whose handling emits the next messages.
     pub(crate) fn caused_by(&mut self, meta: Option<&DeliveryMeta>) {
         self.cause = meta.map(|m| Cause {
@@ -109,6 +192,11 @@ impl UnitOfWork {
     /// Writes the outbox and commits; then hands the messages to the relay and runs the
     /// after-commit work.
     pub async fn commit(mut self, relay: &OutboxHandle) -> Result<(), sqlx::Error> {
+        for id in std::mem::take(&mut self.deferred_order) {
+            if let Some(rows) = self.deferred.remove(&id) {
+                rows.write_boxed(&mut self.tx).await?;
+            }
+        }
         outbox::enqueue(&mut self.tx, &self.emitted).await?;
         Database::commit(self.tx).await?;
         relay.committed(self.emitted);
@@ -121,5 +209,77 @@ impl UnitOfWork {
     /// Abandons every change.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
         self.tx.rollback().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sqlx::Row;
+
+    use super::*;
+    use crate::relay::{OutboxRelay, RelayConfig};
+    use crate::testkit::{RecordingPublisher, TestKit};
+
+    /// Lines inserted at commit, one statement for all of them.
+    #[derive(Default)]
+    struct Lines(Vec<String>);
+
+    impl Deferred for Lines {
+        fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+            Box::pin(async move {
+                let values: Vec<String> = (1..=self.0.len()).map(|i| format!("(${i})")).collect();
+                let sql = format!("INSERT INTO lines (line) VALUES {}", values.join(", "));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for line in &self.0 {
+                    q = q.bind(line.as_str());
+                }
+                q.execute(&mut *conn).await?;
+                Ok(())
+            })
+        }
+    }
+
+    async fn lines(db: &Database) -> Vec<String> {
+        sqlx::query("SELECT line FROM lines ORDER BY line")
+            .fetch_all(db.pool())
+            .await
+            .expect("select")
+            .iter()
+            .map(|r| r.get::<String, _>("line"))
+            .collect()
+    }
+
+    #[actix::test]
+    async fn deferred_rows_are_written_at_commit_and_dropped_on_rollback() {
+        let db = TestKit::database().await;
+        sqlx::query("CREATE TABLE lines (line TEXT NOT NULL)")
+            .execute(db.pool())
+            .await
+            .expect("table");
+        let relay = OutboxRelay::start(
+            db.clone(),
+            Arc::new(RecordingPublisher::new()),
+            RelayConfig::default(),
+        );
+        let mut uow = UnitOfWork::begin(&db).await.expect("begin");
+        uow.deferred::<Lines>().0.push("a".into());
+        uow.deferred::<Lines>().0.push("b".into());
+        uow.commit(&relay).await.expect("commit");
+        assert_eq!(lines(&db).await, ["a", "b"]);
+
+        let mut uow = UnitOfWork::begin(&db).await.expect("begin");
+        uow.deferred::<Lines>().0.push("c".into());
+        uow.rollback().await.expect("rollback");
+        let uow = UnitOfWork::begin(&db).await.expect("begin");
+        uow.commit(&relay).await.expect("an empty commit");
+        assert_eq!(
+            lines(&db).await,
+            ["a", "b"],
+            "nothing of the rolled-back one"
+        );
+        assert_eq!(relay.flush(Duration::from_secs(5)).await.left, 0);
     }
 }
