@@ -7,6 +7,8 @@
 //! cannot interleave a read and a write. Fields arrive with whichever event brings them
 //! first and are never overwritten with nothing.
 
+use std::collections::HashSet;
+
 use futures::future::BoxFuture;
 use jetflow_runtime::{Deferred, UnitOfWork};
 use jetflow_schemas::Priority;
@@ -164,6 +166,28 @@ pub async fn insert_pending(
         == 1;
     // Its `pending` entry is its creation time: no history row needed.
     Ok(inserted)
+}
+
+/// Which of these orders are recorded with everything `orders.created` brings (the gateway
+/// recorded them, or their event was applied before): one statement per 500 orders.
+pub async fn recorded_in_full(
+    conn: &mut AnyConnection,
+    order_ids: &[&str],
+) -> Result<HashSet<String>, sqlx::Error> {
+    let mut found = HashSet::with_capacity(order_ids.len());
+    for chunk in order_ids.chunks(500) {
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let sql = format!(
+            "SELECT order_id FROM orders WHERE customer_id IS NOT NULL AND order_id IN ({})",
+            jetflow_runtime::db::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        found.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(found)
 }
 
 /// Records an order from its `orders.created` event: nothing to do if the gateway recorded

@@ -93,6 +93,7 @@ pub struct UnitOfWork {
     after_commit: Vec<AfterCommit>,
     deferred: HashMap<TypeId, Box<dyn AnyDeferred>>,
     deferred_order: Vec<TypeId>,
+    state: HashMap<TypeId, Box<dyn Any + Send>>,
 }
 
 impl std::fmt::Debug for UnitOfWork {
@@ -122,6 +123,7 @@ impl UnitOfWork {
             after_commit: Vec::new(),
             deferred: HashMap::new(),
             deferred_order: Vec::new(),
+            state: HashMap::new(),
         })
     }
 
@@ -178,6 +180,21 @@ impl UnitOfWork {
         match slot.as_any().downcast_mut::<T>() {
             Some(t) => t,
             None => unreachable!("deferred rows are stored under their own type id"),
+        }
+    }
+
+    /// State of type `T` kept for as long as this unit of work (`T::default()` at first):
+    /// what [`TxHandler::begin_batch`](crate::TxHandler::begin_batch) read for the whole
+    /// batch, for instance, for each delivery's handler to consult. A batch applied again
+    /// after a failure starts from a new unit of work, and so from a fresh state.
+    pub fn state<T: Default + Send + 'static>(&mut self) -> &mut T {
+        let slot = self
+            .state
+            .entry(TypeId::of::<T>())
+            .or_insert_with(|| Box::new(T::default()));
+        match slot.downcast_mut::<T>() {
+            Some(t) => t,
+            None => unreachable!("state is stored under its own type id"),
         }
     }
 
@@ -250,6 +267,24 @@ mod tests {
             .iter()
             .map(|r| r.get::<String, _>("line"))
             .collect()
+    }
+
+    #[actix::test]
+    async fn state_lives_as_long_as_its_unit_of_work() {
+        let db = TestKit::database().await;
+        let mut uow = UnitOfWork::begin(&db).await.expect("begin");
+        assert!(uow.state::<Vec<u32>>().is_empty());
+        uow.state::<Vec<u32>>().push(7);
+        *uow.state::<String>() = "other type".into();
+        assert_eq!(uow.state::<Vec<u32>>(), &vec![7]);
+        assert_eq!(uow.state::<String>(), "other type");
+        uow.rollback().await.expect("rollback");
+        let mut uow = UnitOfWork::begin(&db).await.expect("begin");
+        assert!(
+            uow.state::<Vec<u32>>().is_empty(),
+            "a new unit of work starts afresh"
+        );
+        uow.rollback().await.expect("rollback");
     }
 
     #[actix::test]
