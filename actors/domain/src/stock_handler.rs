@@ -16,7 +16,7 @@
 
 use std::collections::BTreeSet;
 
-use jetflow_runtime::{Backend, Delivery, TxError, TxHandler, UnitOfWork};
+use jetflow_runtime::{Delivery, TxError, TxHandler, UnitOfWork};
 use jetflow_schemas::{
     AnyEvent, CancelReason, EventMeta, InventoryReleased, InventoryReserved, OrderCancelled,
     OrderItem, Priority, ReservedItem, Version,
@@ -59,16 +59,16 @@ impl TxHandler for StockHandler {
         Ok(())
     }
 
-    /// Locks every product the batch will move, in product order: the products of new
-    /// orders, and those held by orders that are cancelled or confirmed.
+    /// Reads every product the batch will move into the transaction's [`StockLedger`]
+    /// (locked on PostgreSQL, in product order): the products of new orders, and those held
+    /// by orders that are cancelled or confirmed.
+    ///
+    /// [`StockLedger`]: stock_store::StockLedger
     async fn begin_batch(
         &self,
         uow: &mut UnitOfWork,
         deliveries: &[&Delivery<InboundEvent>],
     ) -> Result<(), TxError> {
-        if uow.backend() != Backend::Postgres {
-            return Ok(());
-        }
         let mut products = BTreeSet::new();
         let mut finishing = Vec::new();
         for d in deliveries {
@@ -84,8 +84,7 @@ impl TxHandler for StockHandler {
         }
         let finishing: Vec<&str> = finishing.iter().map(String::as_str).collect();
         products.extend(stock_store::products_of_orders(uow.conn(), &finishing).await?);
-        let backend = uow.backend();
-        stock_store::lock_products(uow.conn(), backend, &products).await?;
+        stock_store::load(uow, &products).await?;
         Ok(())
     }
 
@@ -117,7 +116,7 @@ async fn on_created(
             .map(|i| (i.product_id.as_str(), i64::from(i.quantity))),
     );
     let m = domain_metrics();
-    match stock_store::reserve(uow.conn(), &order_id, &items).await? {
+    match stock_store::reserve(uow, &order_id, &items).await? {
         Reservation::Reserved {
             items,
             amount_cents,
@@ -204,7 +203,7 @@ async fn on_cancelled(
         tracing::debug!(%order_id, "order cancelled before any reservation");
         return Ok(());
     }
-    if let Some(items) = stock_store::release(uow.conn(), &order_id).await? {
+    if let Some(items) = stock_store::release(uow, &order_id).await? {
         tracing::info!(%order_id, reason = event.reason.as_str(), "stock released");
         let released = InventoryReleased {
             meta: EventMeta::caused_by(&event.meta),
@@ -225,7 +224,7 @@ async fn on_cancelled(
 
 async fn on_confirmed(uow: &mut UnitOfWork, meta: &EventMeta) -> Result<(), DomainError> {
     let order_id = meta.order_id.to_string();
-    if stock_store::sell(uow.conn(), &order_id).await?.is_none() {
+    if stock_store::sell(uow, &order_id).await?.is_none() {
         let status = stock_store::reservation_status(uow.conn(), &order_id).await?;
         if status.as_deref() != Some("sold") {
             count_on_commit(

@@ -1,12 +1,14 @@
 //! Stock and reservations in the database.
 //!
-//! A reservation takes every item of an order or none: each item is a conditional update
-//! (`available >= quantity`) inside one transaction, items in product order, and a failed
-//! item undoes the ones before it in the same transaction. A batch of deliveries first locks
-//! every product it will touch, in product order ([`lock_products`]), so two batches never
-//! wait on each other's rows in opposite order. Neither concurrency nor replicas can oversell: the
-//! database checks the condition under the row's write lock. Every move keeps
-//! `available + reserved + sold` constant.
+//! A batch's transaction first reads every product it will move into a [`StockLedger`]
+//! ([`load`]): on PostgreSQL with `FOR UPDATE`, in product order, so two batches (two lanes,
+//! two replicas) sharing products wait for each other instead of deadlocking, and no other
+//! transaction changes those rows until it commits; SQLite's write transaction holds the
+//! whole database. A reservation takes every item of an order or none, decided against the
+//! ledger (`available >= quantity` for every item), and every move changes the ledger; the
+//! ledger is written back when the transaction commits, one update per product moved,
+//! however many orders of the batch share it. Neither concurrency nor replicas can oversell,
+//! and every move keeps `available + reserved + sold` constant.
 //!
 //! Whatever happens to an order starts by claiming its reservation row with an insert that
 //! does nothing on conflict ([`claim`], [`tombstone`]): of a reservation and a cancellation
@@ -18,7 +20,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use jetflow_runtime::Backend;
+use futures::future::BoxFuture;
+use jetflow_runtime::{Backend, Deferred, UnitOfWork};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -192,50 +195,40 @@ pub fn merge_items<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> BTree
 }
 
 /// Reserves every item or none, and records the outcome on the order's row, which the
-/// caller has [`claim`]ed in this transaction. `items` must be merged.
+/// caller has [`claim`]ed in this transaction. `items` must be merged. The stock moves in the
+/// unit of work's [`StockLedger`] (read now if it does not hold a product yet).
 pub async fn reserve(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
     items: &BTreeMap<String, i64>,
 ) -> Result<Reservation, sqlx::Error> {
-    // Take stock item by item (one statement each, reading the price as it goes); on the
-    // first item that cannot be taken, undo the ones before it and say why.
-    let mut priced: Vec<(String, i64, i64)> = Vec::with_capacity(items.len());
-    for (product_id, quantity) in items {
-        let price: Option<i64> = sqlx::query_scalar(
-            "UPDATE products SET available = available - $1, reserved = reserved + $1, updated_at = $3 \
-             WHERE product_id = $2 AND available >= $1 RETURNING price_cents",
-        )
-        .bind(*quantity)
-        .bind(product_id)
-        .bind(now_ms())
-        .fetch_optional(&mut *conn)
-        .await?;
-        if let Some(price) = price {
-            priced.push((product_id.clone(), *quantity, price));
-            continue;
-        }
-        for (undo_id, undo_qty, _) in &priced {
-            move_stock(conn, undo_id, *undo_qty, Move::Release).await?;
-        }
-        set_status(conn, order_id, "rejected").await?;
-        // An unknown product is the reason even if an earlier item was short.
-        for unknown in items.keys() {
-            if get(&mut *conn, unknown).await?.is_none() {
-                return Ok(Reservation::UnknownProduct {
-                    product_id: unknown.clone(),
-                });
-            }
-        }
-        let available = get(&mut *conn, product_id)
-            .await?
-            .map(|p| p.available)
-            .unwrap_or(0);
-        return Ok(Reservation::Insufficient {
+    load(uow, items.keys()).await?;
+    let ledger = uow.deferred::<StockLedger>();
+    // An unknown product is the reason even if another item is short.
+    if let Some(unknown) = items.keys().find(|p| !ledger.products.contains_key(*p)) {
+        let product_id = unknown.clone();
+        set_status(uow.conn(), order_id, "rejected").await?;
+        return Ok(Reservation::UnknownProduct { product_id });
+    }
+    let short = items.iter().find_map(|(product_id, quantity)| {
+        let available = ledger.products.get(product_id).map_or(0, |s| s.available());
+        (available < *quantity).then(|| Reservation::Insufficient {
             product_id: product_id.clone(),
             requested: *quantity,
             available,
-        });
+        })
+    });
+    if let Some(short) = short {
+        set_status(uow.conn(), order_id, "rejected").await?;
+        return Ok(short);
+    }
+    let mut priced: Vec<(String, i64, i64)> = Vec::with_capacity(items.len());
+    for (product_id, quantity) in items {
+        if let Some(stock) = ledger.products.get_mut(product_id) {
+            stock.moved.available -= quantity;
+            stock.moved.reserved += quantity;
+            priced.push((product_id.clone(), *quantity, stock.price_cents));
+        }
     }
     let amount_cents = priced
         .iter()
@@ -251,7 +244,7 @@ pub async fn reserve(
     .bind(amount_cents)
     .bind(held)
     .bind(now_ms())
-    .execute(&mut *conn)
+    .execute(uow.conn())
     .await?;
     Ok(Reservation::Reserved {
         items: priced,
@@ -285,27 +278,117 @@ pub async fn products_of_orders(
     Ok(products)
 }
 
-/// Locks these products' rows, in product order, until the transaction ends (PostgreSQL;
-/// SQLite's write transaction holds the whole database already). Transactions that lock
-/// what they will update this way first wait for each other instead of deadlocking.
-pub async fn lock_products(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    products: &BTreeSet<String>,
+/// The stock of the products a batch moves: read once at the start of its transaction (and
+/// on PostgreSQL locked, in product order, so that transactions sharing products wait for
+/// each other instead of deadlocking; SQLite's write transaction holds the whole database),
+/// moved in memory by each delivery, and written back, one statement per product moved,
+/// when the transaction commits. However many orders of a batch share a product, its row is
+/// updated once.
+#[derive(Debug, Default)]
+pub struct StockLedger {
+    products: BTreeMap<String, Stock>,
+    /// Products looked for and not found.
+    absent: BTreeSet<String>,
+}
+
+/// One product in the ledger: as read, and how far it moved since.
+#[derive(Debug)]
+struct Stock {
+    available: i64,
+    price_cents: i64,
+    moved: Moved,
+}
+
+impl Stock {
+    fn available(&self) -> i64 {
+        self.available + self.moved.available
+    }
+}
+
+/// Units moved between a product's columns.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Moved {
+    available: i64,
+    reserved: i64,
+    sold: i64,
+}
+
+impl Deferred for StockLedger {
+    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let now = now_ms();
+            for (product_id, stock) in &self.products {
+                if stock.moved == Moved::default() {
+                    continue;
+                }
+                sqlx::query(
+                    "UPDATE products SET available = available + $1, reserved = reserved + $2, \
+                     sold = sold + $3, updated_at = $4 WHERE product_id = $5",
+                )
+                .bind(stock.moved.available)
+                .bind(stock.moved.reserved)
+                .bind(stock.moved.sold)
+                .bind(now)
+                .bind(product_id.as_str())
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Reads into the unit of work's [`StockLedger`] (locking them on PostgreSQL, in product
+/// order) the products it does not hold yet.
+pub async fn load<'a>(
+    uow: &mut UnitOfWork,
+    products: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), sqlx::Error> {
-    if backend != Backend::Postgres || products.is_empty() {
+    let ledger = uow.deferred::<StockLedger>();
+    let missing: BTreeSet<&str> = products
+        .into_iter()
+        .filter(|p| !ledger.products.contains_key(*p) && !ledger.absent.contains(*p))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    // Only generated placeholders are interpolated: no input reaches the SQL text.
-    let sql = format!(
-        "SELECT product_id FROM products WHERE product_id IN ({}) ORDER BY product_id FOR UPDATE",
-        jetflow_runtime::db::placeholders(1, products.len())
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for p in products {
-        q = q.bind(p.as_str());
+    let missing: Vec<&str> = missing.into_iter().collect();
+    let lock = if uow.backend() == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let mut found = Vec::with_capacity(missing.len());
+    for chunk in missing.chunks(500) {
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let sql = format!(
+            "SELECT product_id, available, price_cents FROM products WHERE product_id IN ({}) \
+             ORDER BY product_id{lock}",
+            jetflow_runtime::db::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for p in chunk {
+            q = q.bind(*p);
+        }
+        for row in q.fetch_all(uow.conn()).await? {
+            let product_id: String = row.try_get("product_id")?;
+            let stock = Stock {
+                available: row.try_get("available")?,
+                price_cents: row.try_get("price_cents")?,
+                moved: Moved::default(),
+            };
+            found.push((product_id, stock));
+        }
     }
-    q.fetch_all(conn).await?;
+    let ledger = uow.deferred::<StockLedger>();
+    ledger
+        .absent
+        .extend(missing.iter().map(|p| (*p).to_string()));
+    for (product_id, stock) in found {
+        ledger.absent.remove(&product_id);
+        ledger.products.insert(product_id, stock);
+    }
     Ok(())
 }
 
@@ -315,29 +398,6 @@ enum Move {
     Release,
     /// reserved → sold
     Sell,
-}
-
-async fn move_stock(
-    conn: &mut AnyConnection,
-    product_id: &str,
-    quantity: i64,
-    how: Move,
-) -> Result<(), sqlx::Error> {
-    let sql = match how {
-        Move::Release => {
-            "UPDATE products SET available = available + $1, reserved = reserved - $1, updated_at = $3 WHERE product_id = $2"
-        }
-        Move::Sell => {
-            "UPDATE products SET sold = sold + $1, reserved = reserved - $1, updated_at = $3 WHERE product_id = $2"
-        }
-    };
-    sqlx::query(sql)
-        .bind(quantity)
-        .bind(product_id)
-        .bind(now_ms())
-        .execute(conn)
-        .await?;
-    Ok(())
 }
 
 /// The items held for an order, in product order, from its reservation row's `items`
@@ -366,22 +426,22 @@ async fn held_items(
 
 /// Returns a reserved order's stock; `None` unless the order was `reserved`.
 pub async fn release(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
 ) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
-    finish(conn, order_id, Move::Release, "released").await
+    finish(uow, order_id, Move::Release, "released").await
 }
 
 /// Turns a reserved order's stock into sold stock; `None` unless the order was `reserved`.
 pub async fn sell(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
 ) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
-    finish(conn, order_id, Move::Sell, "sold").await
+    finish(uow, order_id, Move::Sell, "sold").await
 }
 
 async fn finish(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
     how: Move,
     to: &str,
@@ -395,14 +455,26 @@ async fn finish(
     .bind(order_id)
     .bind(to)
     .bind(now_ms())
-    .fetch_optional(&mut *conn)
+    .fetch_optional(uow.conn())
     .await?;
     let Some(row) = won else {
         return Ok(None);
     };
-    let items = held_items(conn, order_id, row.try_get("items")?).await?;
+    let items = held_items(uow.conn(), order_id, row.try_get("items")?).await?;
+    load(uow, items.iter().map(|(product_id, _)| product_id)).await?;
+    let ledger = uow.deferred::<StockLedger>();
     for (product_id, quantity) in &items {
-        move_stock(conn, product_id, *quantity, how).await?;
+        let Some(stock) = ledger.products.get_mut(product_id) else {
+            // A reservation holds only products that existed, and products are never
+            // deleted: retry, loudly.
+            tracing::error!(%order_id, %product_id, "a reserved product is missing");
+            return Err(sqlx::Error::RowNotFound);
+        };
+        stock.moved.reserved -= quantity;
+        match how {
+            Move::Release => stock.moved.available += quantity,
+            Move::Sell => stock.moved.sold += quantity,
+        }
     }
     Ok(Some(items))
 }

@@ -252,6 +252,79 @@ async fn stock_releases_on_cancel_and_sells_on_confirm() {
     assert_eq!(k.product("a").await.available, 7);
 }
 
+/// One batch of orders sharing a product: the stock is decided order by order against what
+/// the batch took before it (no oversell), and a sale and a release in a later batch move it
+/// on.
+#[actix_rt::test]
+async fn a_batch_of_orders_sharing_a_product_never_oversells() {
+    let k = kit().await;
+    k.put("a", 5, 100).await;
+    k.put("b", 1, 50).await;
+    let probe = k.probe("inventory", StockHandler);
+    let ids: Vec<String> = (0..4).map(|_| Uuid::new_v4().to_string()).collect();
+    let mut batch: Vec<(Bytes, DeliveryMeta)> = ids
+        .iter()
+        .map(|id| {
+            on(
+                "orders.created.v2",
+                &created(id, json!([{"product_id": "a", "quantity": 2}])),
+            )
+        })
+        .collect();
+    // An order of two products, one of them short: it takes neither.
+    let mixed = Uuid::new_v4().to_string();
+    batch.push(on(
+        "orders.created.v2",
+        &created(
+            &mixed,
+            json!([{"product_id": "a", "quantity": 1}, {"product_id": "b", "quantity": 2}]),
+        ),
+    ));
+    for d in probe.deliver_batch(batch).await {
+        d.assert_ack();
+    }
+    let subjects = k.subjects().await;
+    assert_eq!(
+        subjects
+            .iter()
+            .filter(|s| *s == "inventory.reserved")
+            .count(),
+        2,
+        "{subjects:?}"
+    );
+    assert_eq!(
+        subjects.iter().filter(|s| *s == "orders.cancelled").count(),
+        3,
+        "{subjects:?}"
+    );
+    let cancels = k.published.on_subject("orders.cancelled");
+    let detail: Value = serde_json::from_slice(&cancels[0].payload).expect("JSON");
+    assert_eq!(detail["detail"], "a: 2 requested, 1 available");
+    let a = k.product("a").await;
+    assert_eq!((a.available, a.reserved, a.sold), (1, 4, 0));
+    assert_eq!(
+        k.product("b").await.available,
+        1,
+        "the mixed order took nothing"
+    );
+    // Confirm the first, cancel the second, in one batch.
+    let batch = vec![
+        on(
+            "orders.confirmed",
+            &bytes(with(
+                meta(&ids[0]),
+                json!({"version": 1, "amount_cents": 200}),
+            )),
+        ),
+        on("orders.cancelled", &cancelled(&ids[1], "payment_declined")),
+    ];
+    for d in probe.deliver_batch(batch).await {
+        d.assert_ack();
+    }
+    let a = k.product("a").await;
+    assert_eq!((a.available, a.reserved, a.sold), (3, 0, 2));
+}
+
 /// Reservations made before their items were kept on the reservation row (items NULL, the
 /// items in `reservation_items`) are still sold and released.
 #[actix_rt::test]
