@@ -243,14 +243,17 @@ struct System {
     log: PathBuf,
 }
 
-fn with_database(admin: &str, name: &str) -> String {
-    match admin.rsplit_once('/') {
-        Some((base, rest)) if base.contains("://") && !base.ends_with('/') => {
-            let query = rest.find('?').map(|q| &rest[q..]).unwrap_or("");
-            format!("{base}/{name}{query}")
-        }
-        _ => format!("{}/{name}", admin.trim_end_matches('/')),
-    }
+/// The admin URL with its database replaced by `name` (host, port, credentials and query
+/// kept, a Unix socket directory in `?host=` included).
+fn with_database(admin: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = reqwest::Url::parse(admin).with_context(|| {
+        format!(
+            "--postgres {} is not a URL",
+            jetflow_runtime::db::redact_url(admin)
+        )
+    })?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.into())
 }
 
 impl System {
@@ -280,7 +283,7 @@ impl System {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                     .execute(&mut conn)
                     .await?;
-                (with_database(admin, &name), Some((admin.clone(), name)))
+                (with_database(admin, &name)?, Some((admin.clone(), name)))
             }
         };
         let port = crate::local_nats::free_port()?;
@@ -829,13 +832,21 @@ mod tests {
 
     #[test]
     fn admin_urls_point_at_the_new_database() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/postgres", "db1"),
-            "postgres://u@h:5432/db1"
-        );
-        assert_eq!(
-            with_database("postgres://u@h/postgres?sslmode=require", "db1"),
-            "postgres://u@h/db1?sslmode=require"
-        );
+        let cases = [
+            ("postgres://u@h:5432/postgres", "postgres://u@h:5432/db1"),
+            (
+                "postgres://u@h/postgres?sslmode=require",
+                "postgres://u@h/db1?sslmode=require",
+            ),
+            (
+                "postgres://u@localhost/postgres?host=/var/run/postgresql",
+                "postgres://u@localhost/db1?host=/var/run/postgresql",
+            ),
+            ("postgres://u@h", "postgres://u@h/db1"),
+        ];
+        for (admin, expected) in cases {
+            assert_eq!(with_database(admin, "db1").expect(admin), expected);
+        }
+        assert!(with_database("not a url", "db1").is_err());
     }
 }
