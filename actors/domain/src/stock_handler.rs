@@ -10,9 +10,9 @@
 //! Each delivery is applied once (the runtime's inbox, in the same transaction as the stock
 //! change). An order is reserved at most once, whichever copy of `orders.created` (v1, v2, a
 //! replay) comes first; an order cancelled before its stock was reserved leaves a tombstone,
-//! so a late `orders.created` does not reserve for a dead order. Both start by claiming the
-//! order's reservation row, so a reservation and a cancellation racing on two replicas are
-//! serialised by the database (see [`stock_store`]).
+//! so a late `orders.created` does not reserve for a dead order. Both write the order's
+//! reservation row (insert-or-nothing) before any stock moves, so a reservation and a
+//! cancellation racing on two replicas are serialised by the database (see [`stock_store`]).
 
 use std::collections::BTreeSet;
 
@@ -103,12 +103,6 @@ async fn on_created(
     lane: Priority,
 ) -> Result<(), DomainError> {
     let order_id = order.meta.order_id.to_string();
-    if !stock_store::claim(uow.conn(), &order_id, lane.as_str()).await? {
-        // Another copy of this order (the other schema version, a replay) got here first,
-        // or the order was cancelled before we saw it.
-        tracing::debug!(%order_id, "order already handled by the stock handler");
-        return Ok(());
-    }
     let items = stock_store::merge_items(
         order
             .items
@@ -116,7 +110,14 @@ async fn on_created(
             .map(|i| (i.product_id.as_str(), i64::from(i.quantity))),
     );
     let m = domain_metrics();
-    match stock_store::reserve(uow, &order_id, &items).await? {
+    let Some(reservation) = stock_store::reserve(uow, &order_id, lane.as_str(), &items).await?
+    else {
+        // Another copy of this order (the other schema version, a replay) got here first,
+        // or the order was cancelled before we saw it.
+        tracing::debug!(%order_id, "order already handled by the stock handler");
+        return Ok(());
+    };
+    match reservation {
         Reservation::Reserved {
             items,
             amount_cents,

@@ -10,8 +10,8 @@
 //! however many orders of the batch share it. Neither concurrency nor replicas can oversell,
 //! and every move keeps `available + reserved + sold` constant.
 //!
-//! Whatever happens to an order starts by claiming its reservation row with an insert that
-//! does nothing on conflict ([`claim`], [`tombstone`]): of a reservation and a cancellation
+//! Whatever happens to an order starts by writing its reservation row with an insert that
+//! does nothing on conflict ([`reserve`], [`tombstone`]): of a reservation and a cancellation
 //! racing in two transactions (two replicas, at READ COMMITTED), the second waits for the
 //! first to commit and then sees its row, so a cancelled order is never left holding stock
 //! and a reserved one is always released. Later moves are conditional updates on the row's
@@ -130,35 +130,30 @@ pub async fn reservation_status(
     row.map(|r| r.try_get("status")).transpose()
 }
 
-async fn insert_status(
+/// Writes the order's reservation row unless it has one: true if this transaction wrote it
+/// (and holds it until it commits), false if the order was handled before.
+async fn insert_row(
     conn: &mut AnyConnection,
     order_id: &str,
     lane: &str,
     status: &str,
+    held: Option<(i64, String)>,
 ) -> Result<bool, sqlx::Error> {
+    let (amount_cents, items) = held.unzip();
     Ok(sqlx::query(
-        "INSERT INTO reservations (order_id, status, lane, amount_cents, updated_at) VALUES ($1, $2, $3, NULL, $4) \
-         ON CONFLICT (order_id) DO NOTHING",
+        "INSERT INTO reservations (order_id, status, lane, amount_cents, items, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING",
     )
     .bind(order_id)
     .bind(status)
     .bind(lane)
+    .bind(amount_cents)
+    .bind(items)
     .bind(now_ms())
     .execute(conn)
     .await?
     .rows_affected()
         == 1)
-}
-
-/// Claims the order for a reservation: true if this transaction is the first to see the
-/// order (it now holds the row until it commits); false if the order was handled before
-/// (another copy of `orders.created`, or a cancellation that came first).
-pub async fn claim(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    lane: &str,
-) -> Result<bool, sqlx::Error> {
-    insert_status(conn, order_id, lane, "pending").await
 }
 
 /// Records that the order was cancelled before any reservation: true if it was (nothing is
@@ -168,21 +163,7 @@ pub async fn tombstone(
     order_id: &str,
     lane: &str,
 ) -> Result<bool, sqlx::Error> {
-    insert_status(conn, order_id, lane, "cancelled").await
-}
-
-async fn set_status(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    status: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1")
-        .bind(order_id)
-        .bind(status)
-        .bind(now_ms())
-        .execute(conn)
-        .await?;
-    Ok(())
+    insert_row(conn, order_id, lane, "cancelled", None).await
 }
 
 /// Sums quantities per product, in product order.
@@ -194,62 +175,74 @@ pub fn merge_items<'a>(items: impl IntoIterator<Item = (&'a str, i64)>) -> BTree
     merged
 }
 
-/// Reserves every item or none, and records the outcome on the order's row, which the
-/// caller has [`claim`]ed in this transaction. `items` must be merged. The stock moves in the
-/// unit of work's [`StockLedger`] (read now if it does not hold a product yet).
+/// Reserves every item of a new order or none, and records the outcome in the order's
+/// reservation row; `None` if the order was handled before (another copy of
+/// `orders.created`, or a cancellation that came first: its row exists). `items` must be
+/// merged. The decision is made against the unit of work's [`StockLedger`] (read now if it
+/// does not hold a product yet), which takes the stock only once the row is written.
 pub async fn reserve(
     uow: &mut UnitOfWork,
     order_id: &str,
+    lane: &str,
     items: &BTreeMap<String, i64>,
-) -> Result<Reservation, sqlx::Error> {
+) -> Result<Option<Reservation>, sqlx::Error> {
     load(uow, items.keys()).await?;
     let ledger = uow.deferred::<StockLedger>();
     // An unknown product is the reason even if another item is short.
-    if let Some(unknown) = items.keys().find(|p| !ledger.products.contains_key(*p)) {
-        let product_id = unknown.clone();
-        set_status(uow.conn(), order_id, "rejected").await?;
-        return Ok(Reservation::UnknownProduct { product_id });
-    }
-    let short = items.iter().find_map(|(product_id, quantity)| {
-        let available = ledger.products.get(product_id).map_or(0, |s| s.available());
-        (available < *quantity).then(|| Reservation::Insufficient {
-            product_id: product_id.clone(),
-            requested: *quantity,
-            available,
+    let refused = if let Some(unknown) = items.keys().find(|p| !ledger.products.contains_key(*p)) {
+        Some(Reservation::UnknownProduct {
+            product_id: unknown.clone(),
         })
-    });
-    if let Some(short) = short {
-        set_status(uow.conn(), order_id, "rejected").await?;
-        return Ok(short);
+    } else {
+        items.iter().find_map(|(product_id, quantity)| {
+            let available = ledger.products.get(product_id).map_or(0, |s| s.available());
+            (available < *quantity).then(|| Reservation::Insufficient {
+                product_id: product_id.clone(),
+                requested: *quantity,
+                available,
+            })
+        })
+    };
+    if let Some(refused) = refused {
+        let written = insert_row(uow.conn(), order_id, lane, "rejected", None).await?;
+        return Ok(written.then_some(refused));
     }
-    let mut priced: Vec<(String, i64, i64)> = Vec::with_capacity(items.len());
-    for (product_id, quantity) in items {
-        if let Some(stock) = ledger.products.get_mut(product_id) {
-            stock.moved.available -= quantity;
-            stock.moved.reserved += quantity;
-            priced.push((product_id.clone(), *quantity, stock.price_cents));
-        }
-    }
+    let priced: Vec<(String, i64, i64)> = items
+        .iter()
+        .map(|(product_id, quantity)| {
+            let price = ledger.products.get(product_id).map_or(0, |s| s.price_cents);
+            (product_id.clone(), *quantity, price)
+        })
+        .collect();
     let amount_cents = priced
         .iter()
         .map(|(_, q, p)| q.saturating_mul(*p))
         .fold(0i64, i64::saturating_add);
-    // The status, the amount and the items in one write of the row the caller claimed.
     let held = serde_json::to_string(&priced).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    sqlx::query(
-        "UPDATE reservations SET status = 'reserved', amount_cents = $2, items = $3, updated_at = $4 \
-         WHERE order_id = $1",
+    // The row is the claim: of two transactions reserving or cancelling the same order, the
+    // second waits here for the first to commit, then finds its row.
+    if !insert_row(
+        uow.conn(),
+        order_id,
+        lane,
+        "reserved",
+        Some((amount_cents, held)),
     )
-    .bind(order_id)
-    .bind(amount_cents)
-    .bind(held)
-    .bind(now_ms())
-    .execute(uow.conn())
-    .await?;
-    Ok(Reservation::Reserved {
+    .await?
+    {
+        return Ok(None);
+    }
+    let ledger = uow.deferred::<StockLedger>();
+    for (product_id, quantity) in items {
+        if let Some(stock) = ledger.products.get_mut(product_id) {
+            stock.moved.available -= quantity;
+            stock.moved.reserved += quantity;
+        }
+    }
+    Ok(Some(Reservation::Reserved {
         items: priced,
         amount_cents,
-    })
+    }))
 }
 
 /// The products held by these orders' reservations.
