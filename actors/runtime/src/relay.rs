@@ -3,9 +3,12 @@
 //! A committed transaction hands its messages to the relay at once
 //! ([`OutboxHandle::committed`]): they are published pipelined (all sent, then every PubAck
 //! awaited) with their id as `Nats-Msg-Id`, and the acknowledged rows are deleted together a
-//! few milliseconds later, in one statement for many transactions. The sweep, once a second,
-//! only picks up what a crash, a restart or a NATS outage left behind: rows older than
-//! `min_age` whose retry time has come. So an idle relay costs one small query a second.
+//! few milliseconds later, in one statement for many transactions. The sweep only picks up
+//! what a crash, a restart or a NATS outage left behind: rows older than `min_age` whose
+//! retry time has come. It runs every second while the relay knows of rows left behind (at
+//! start, after a failed publish, while a sweep finds rows), and every `idle_sweep_every`
+//! otherwise (for what another replica left when it crashed). So an idle relay costs one
+//! small query every few seconds.
 //!
 //! A row JetStream refuses (no stream for its subject, too large, …) counts an attempt,
 //! keeps the error and waits longer each time; after `max_attempts` it is moved to the
@@ -33,8 +36,10 @@ use crate::supervisor::Supervisor;
 /// How the relay works.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// How often the table is swept for what the fast path left behind.
+    /// How often the table is swept while rows are known to be left behind.
     pub sweep_every: Duration,
+    /// How often it is swept otherwise (what another replica's crash left behind).
+    pub idle_sweep_every: Duration,
     /// Rows younger than this are left to the fast path.
     pub min_age: Duration,
     /// Rows read per sweep.
@@ -53,6 +58,7 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             sweep_every: Duration::from_secs(1),
+            idle_sweep_every: Duration::from_secs(5),
             min_age: Duration::from_secs(2),
             batch: 500,
             max_attempts: 20,
@@ -100,6 +106,9 @@ pub struct OutboxRelay {
     deleting: bool,
     sweeping: bool,
     last_count: Option<Instant>,
+    /// Rows may be left behind: sweep every `sweep_every`.
+    dirty: bool,
+    last_sweep: Option<Instant>,
 }
 
 /// What a flush left behind.
@@ -245,6 +254,8 @@ impl OutboxRelay {
                 deleting: false,
                 sweeping: false,
                 last_count: None,
+                dirty: true,
+                last_sweep: None,
             });
         OutboxHandle {
             relay,
@@ -277,6 +288,7 @@ impl OutboxRelay {
                     // it up meanwhile.
                     Err(e) => {
                         m.outbox_publish_errors.inc();
+                        act.dirty = true;
                         failed.push((row, e));
                     }
                 }
@@ -365,11 +377,14 @@ impl OutboxRelay {
             return;
         }
         self.sweeping = true;
+        self.last_sweep = Some(Instant::now());
         let db = self.db.clone();
         let batch = self.config.batch;
-        // Counted at every sweep while rows were left (so the gauge falls back to 0 as soon
-        // as they are gone), else every `count_every`.
-        let count = metrics().outbox_pending.get() != 0
+        // Counted at every sweep while rows are or may be left (so the gauge falls back to 0
+        // as soon as they are gone, and the sweep knows when to slow down), else every
+        // `count_every`.
+        let count = self.dirty
+            || metrics().outbox_pending.get() != 0
             || self
                 .last_count
                 .is_none_or(|t| t.elapsed() >= self.config.count_every);
@@ -394,6 +409,9 @@ impl OutboxRelay {
                     if let Some(n) = pending {
                         metrics().outbox_pending.set(n);
                     }
+                    // Rows waiting for their retry time are in `pending`: keep sweeping often
+                    // until none is left.
+                    act.dirty = !rows.is_empty() || pending.is_some_and(|n| n > 0);
                     if !rows.is_empty() {
                         tracing::debug!(rows = rows.len(), "outbox sweep publishing");
                         act.publish(rows, ctx);
@@ -454,9 +472,17 @@ impl Actor for OutboxRelay {
         self.in_flight.clear();
         self.deleting = false;
         self.sweeping = false;
+        self.dirty = true;
+        self.last_sweep = None;
         ctx.run_interval(self.config.sweep_every, |act, ctx| {
-            let min_age = act.config.min_age;
-            act.sweep(min_age, ctx);
+            let due = act.dirty
+                || act
+                    .last_sweep
+                    .is_none_or(|t| t.elapsed() >= act.config.idle_sweep_every);
+            if due {
+                let min_age = act.config.min_age;
+                act.sweep(min_age, ctx);
+            }
         });
         ctx.run_interval(self.config.delete_every, |act, ctx| act.delete_acked(ctx));
     }
