@@ -391,6 +391,8 @@ impl OutboxRelay {
         if count {
             self.last_count = Some(Instant::now());
         }
+        // Cleared now, so that a publish failing while this sweep runs keeps it set.
+        self.dirty = false;
         let now = now_ms();
         let cutoff = now.saturating_sub(millis(min_age));
         let fut = async move {
@@ -411,13 +413,18 @@ impl OutboxRelay {
                     }
                     // Rows waiting for their retry time are in `pending`: keep sweeping often
                     // until none is left.
-                    act.dirty = !rows.is_empty() || pending.is_some_and(|n| n > 0);
+                    if !rows.is_empty() || pending.is_some_and(|n| n > 0) {
+                        act.dirty = true;
+                    }
                     if !rows.is_empty() {
                         tracing::debug!(rows = rows.len(), "outbox sweep publishing");
                         act.publish(rows, ctx);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "outbox sweep failed"),
+                Err(e) => {
+                    act.dirty = true;
+                    tracing::warn!(error = %e, "outbox sweep failed");
+                }
             }
         }));
     }
