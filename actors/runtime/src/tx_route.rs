@@ -10,9 +10,11 @@
 //! A delivery that fails (an error, a panic) never takes its neighbours down: the
 //! transaction is rolled back, that delivery gets its own outcome (retry later, or dead
 //! letter), and the others are handled again without it in a new transaction. A failure
-//! that belongs to no delivery (the database unreachable, the commit refused) retries the
-//! whole batch. Deliveries of a batch are handled in stream order, one batch at a time, so
-//! a route keeps the order of what it consumes.
+//! that cannot be pinned on one delivery but is not the connection's (a statement of
+//! `begin_batch` or of the commit refused, such as a deferred write) has the deliveries
+//! applied one at a time, each in its own transaction, so only the one to blame is retried;
+//! the database unreachable retries the whole batch. Deliveries of a batch are handled in
+//! stream order, one batch at a time, so a route keeps the order of what it consumes.
 //!
 //! Work that must not run inside a transaction (a call to another service) goes in
 //! [`PreparedTxHandler::prepare`], which runs for every delivery of the batch concurrently
@@ -411,8 +413,12 @@ enum Attempt {
     },
     /// The handler failed on this item; everything was rolled back.
     ItemFailed { item: usize, outcome: Outcome },
-    /// The transaction itself failed; everything was rolled back.
+    /// The transaction itself failed (the connection, the pool); everything was rolled back.
     Failed(String),
+    /// Something the whole batch does was refused (the database rejected a statement of
+    /// `begin_batch` or of the commit, such as a deferred write; `begin_batch` failed or
+    /// panicked): which delivery is to blame is unknown, so they are applied one at a time.
+    Rejected(String),
     /// The database chose this transaction as the victim of a conflict with another one
     /// (a deadlock, a serialization failure, a busy lock); everything was rolled back, and
     /// the attempt can be made again at once.
@@ -498,7 +504,7 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
     }
 
     // 3. One transaction for everything prepared; a failing delivery is taken out and the
-    //    rest applied again without it.
+    //    rest applied again without it; a batch refused as a whole is applied one by one.
     let mut conflicts = 0;
     while !pending.is_empty() {
         match attempt(inner, &items, &pending).await {
@@ -506,11 +512,7 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
                 applied,
                 duplicates,
             } => {
-                if !duplicates.is_empty() {
-                    m.inbox_duplicates
-                        .with_label_values(&[inner.inbox.as_str()])
-                        .inc_by(duplicates.len() as u64);
-                }
+                count_duplicates(inner, duplicates.len());
                 for i in applied.into_iter().chain(duplicates) {
                     outcomes[items[i].index] = Some(Outcome::Ack);
                 }
@@ -524,7 +526,13 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
                 conflicts += 1;
                 tracing::debug!(route = %inner.name, %reason, conflicts, "transaction lost a conflict; applying the batch again");
             }
-            Attempt::Failed(reason) | Attempt::Conflict(reason) => {
+            Attempt::Rejected(reason) if pending.len() > 1 => {
+                tracing::debug!(route = %inner.name, %reason, deliveries = pending.len(), "the batch was refused as a whole; applying its deliveries one at a time");
+                for p in std::mem::take(&mut pending) {
+                    outcomes[items[p].index] = Some(apply_alone(inner, &items, p).await);
+                }
+            }
+            Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
                 for &p in &pending {
                     outcomes[items[p].index] = Some(Outcome::retry(reason.clone()));
                 }
@@ -555,6 +563,37 @@ async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) ->
     }
     depth.sub(n as i64);
     outcomes
+}
+
+fn count_duplicates<H>(inner: &Inner<H>, n: usize) {
+    if n > 0 {
+        metrics()
+            .inbox_duplicates
+            .with_label_values(&[inner.inbox.as_str()])
+            .inc_by(n as u64);
+    }
+}
+
+/// Applies one delivery in a transaction of its own: its outcome.
+async fn apply_alone<H: PreparedTxHandler>(
+    inner: &Inner<H>,
+    items: &[Item<H::Message, H::Prepared>],
+    p: usize,
+) -> Outcome {
+    let mut conflicts = 0;
+    loop {
+        match attempt(inner, items, &[p]).await {
+            Attempt::Committed { duplicates, .. } => {
+                count_duplicates(inner, duplicates.len());
+                return Outcome::Ack;
+            }
+            Attempt::ItemFailed { outcome, .. } => return outcome,
+            Attempt::Conflict(_) if conflicts < CONFLICT_RETRIES => conflicts += 1,
+            Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
+                return Outcome::retry(reason);
+            }
+        }
+    }
 }
 
 async fn attempt<H: PreparedTxHandler>(
@@ -597,12 +636,12 @@ async fn attempt<H: PreparedTxHandler>(
             let _ = uow.rollback().await;
             return match e {
                 TxError::Database(e) => failed(&e),
-                other => Attempt::Failed(format!("begin_batch: {other}")),
+                other => Attempt::Rejected(format!("begin_batch: {other}")),
             };
         }
         Err(panic) => {
             let _ = uow.rollback().await;
-            return Attempt::Failed(format!(
+            return Attempt::Rejected(format!(
                 "begin_batch panicked: {}",
                 panic_message(panic.as_ref())
             ));
@@ -655,14 +694,18 @@ async fn attempt<H: PreparedTxHandler>(
             duplicates,
         },
         Err(e) if db::is_conflict(&e) => Attempt::Conflict(format!("commit failed: {e}")),
+        Err(e @ sqlx::Error::Database(_)) => Attempt::Rejected(format!("commit failed: {e}")),
         Err(e) => Attempt::Failed(format!("commit failed: {e}")),
     }
 }
 
-/// A database error that failed the whole attempt.
+/// A database error that failed the whole attempt: a conflict, a statement the database
+/// refused, or the connection.
 fn failed(e: &sqlx::Error) -> Attempt {
     if db::is_conflict(e) {
         Attempt::Conflict(format!("database: {e}"))
+    } else if matches!(e, sqlx::Error::Database(_)) {
+        Attempt::Rejected(format!("database: {e}"))
     } else {
         Attempt::Failed(format!("database: {e}"))
     }
@@ -774,6 +817,105 @@ mod tests {
                 (bytes::Bytes::from(n.to_string()), meta)
             })
             .collect()
+    }
+
+    /// Rows that cannot be written when one of them is 66.
+    #[derive(Default)]
+    struct Doomed(bool);
+
+    impl crate::Deferred for Doomed {
+        fn write(
+            self,
+            conn: &mut sqlx::AnyConnection,
+        ) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
+            Box::pin(async move {
+                if self.0 {
+                    sqlx::query("INSERT INTO no_such_table (n) VALUES (66)")
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    /// Whole-batch failures: `begin_batch` panics when the batch holds 13, and 66 makes the
+    /// deferred write fail at commit. Emits each number with its position in the transaction
+    /// (from the unit of work's state).
+    struct Picky;
+
+    impl TxHandler for Picky {
+        type Message = Json<u32>;
+
+        async fn begin_batch(
+            &self,
+            _: &mut UnitOfWork,
+            deliveries: &[&Delivery<Json<u32>>],
+        ) -> Result<(), TxError> {
+            if deliveries.iter().any(|d| d.message.0 == 13) {
+                panic!("13 in the batch");
+            }
+            Ok(())
+        }
+
+        async fn handle(
+            &self,
+            uow: &mut UnitOfWork,
+            d: &Delivery<Json<u32>>,
+        ) -> Result<(), TxError> {
+            let n = d.message.0;
+            if n == 7 {
+                return Err(TxError::retry("seven"));
+            }
+            if n == 66 {
+                uow.deferred::<Doomed>().0 = true;
+            }
+            let position = uow.state::<u32>();
+            *position += 1;
+            let position = *position;
+            uow.emit(crate::OutgoingMessage::new(
+                "seen",
+                format!("seen-{n}"),
+                format!("{n}@{position}"),
+            ));
+            Ok(())
+        }
+    }
+
+    fn payloads(published: &RecordingPublisher, subject: &str) -> Vec<String> {
+        published
+            .on_subject(subject)
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+            .collect()
+    }
+
+    #[actix::test]
+    async fn a_batch_refused_as_a_whole_is_applied_one_at_a_time() {
+        let (probe, published, outbox) = probe(Picky).await;
+        let out = probe.deliver_batch(batch(&[1, 66, 2, 13, 3])).await;
+        out[0].assert_ack();
+        out[1].assert_retry();
+        out[2].assert_ack();
+        out[3].assert_retry();
+        out[4].assert_ack();
+        assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
+        assert_eq!(payloads(&published, "seen"), ["1@1", "2@1", "3@1"]);
+    }
+
+    #[actix::test]
+    async fn a_batch_applied_again_starts_from_a_fresh_state() {
+        let (probe, published, outbox) = probe(Picky).await;
+        let out = probe.deliver_batch(batch(&[1, 7, 2])).await;
+        out[0].assert_ack();
+        out[1].assert_retry();
+        out[2].assert_ack();
+        assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
+        assert_eq!(
+            payloads(&published, "seen"),
+            ["1@1", "2@2"],
+            "the second transaction counts from 1 again"
+        );
     }
 
     #[actix::test]

@@ -206,8 +206,8 @@ impl UnitOfWork {
         });
     }
 
-    /// Writes the outbox and commits; then hands the messages to the relay and runs the
-    /// after-commit work.
+    /// Writes the [`deferred`](Self::deferred) rows and the outbox and commits; then hands the
+    /// messages to the relay and runs the after-commit work.
     pub async fn commit(mut self, relay: &OutboxHandle) -> Result<(), sqlx::Error> {
         for id in std::mem::take(&mut self.deferred_order) {
             if let Some(rows) = self.deferred.remove(&id) {
@@ -267,24 +267,6 @@ mod tests {
             .iter()
             .map(|r| r.get::<String, _>("line"))
             .collect()
-    }
-
-    #[actix::test]
-    async fn state_lives_as_long_as_its_unit_of_work() {
-        let db = TestKit::database().await;
-        let mut uow = UnitOfWork::begin(&db).await.expect("begin");
-        assert!(uow.state::<Vec<u32>>().is_empty());
-        uow.state::<Vec<u32>>().push(7);
-        *uow.state::<String>() = "other type".into();
-        assert_eq!(uow.state::<Vec<u32>>(), &vec![7]);
-        assert_eq!(uow.state::<String>(), "other type");
-        uow.rollback().await.expect("rollback");
-        let mut uow = UnitOfWork::begin(&db).await.expect("begin");
-        assert!(
-            uow.state::<Vec<u32>>().is_empty(),
-            "a new unit of work starts afresh"
-        );
-        uow.rollback().await.expect("rollback");
     }
 
     #[actix::test]
