@@ -8,9 +8,10 @@
 //!
 //! The charge is made in `prepare`, outside the transaction (with the order id as the
 //! provider's idempotency key, so a retry never charges twice), after one read of the
-//! payments already recorded for the whole batch; its answer is recorded in the transaction. A decline is an answer: `payments.failed` (declined). An unreachable, failing
-//! or slow provider, or an open circuit, is not: the delivery is retried later with a growing
-//! delay, and on its last allowed delivery the order fails as `unavailable`, which cancels it.
+//! payments already recorded for the whole batch; its answer is recorded in the transaction.
+//! A decline is an answer: `payments.failed` (declined). An unreachable, failing or slow
+//! provider, or an open circuit, is not: the delivery is retried later with a growing delay,
+//! and on its last allowed delivery the order fails as `unavailable`, which cancels it.
 //!
 //! A 5xx, a timeout or a broken connection does not prove that nothing was charged (a proxy's
 //! 502 can hide a real charge): such an attempt is remembered as uncertain. The payment row is
@@ -19,8 +20,12 @@
 //! [`PaymentVoider`](crate::payment_voider::PaymentVoider) carries out at the provider.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures::FutureExt;
+
+use jetflow_runtime::supervisor::panic_message;
 use jetflow_runtime::{
     ActorRef, BreakerActor, BreakerError, Delivery, DeliveryMeta, PreparedTxHandler, Preparing,
     TxError, UnitOfWork,
@@ -129,7 +134,7 @@ impl PreparedTxHandler for PaymentHandler {
             })
             .collect();
         let ids: Vec<&str> = reserved.iter().map(String::as_str).collect();
-        let mut recorded = if ids.is_empty() {
+        let recorded = if ids.is_empty() {
             HashMap::new()
         } else {
             match payment_store::get_many(self.deps.db.pool(), &ids).await {
@@ -140,13 +145,25 @@ impl PreparedTxHandler for PaymentHandler {
                 }
             }
         };
+        // Every copy of an order's event in the batch sees what was recorded for it.
         futures::future::join_all(batch.iter().map(|p| {
             let known = match &p.delivery.message.event {
-                AnyEvent::InventoryReserved(e) => recorded.remove(&e.meta.order_id.to_string()),
+                AnyEvent::InventoryReserved(e) => {
+                    recorded.get(&e.meta.order_id.to_string()).cloned()
+                }
                 _ => None,
             };
-            self.prepare_one(p.delivery, known)
-                .instrument(p.span.clone())
+            let prepared = AssertUnwindSafe(self.prepare_one(p.delivery, known)).catch_unwind();
+            async move {
+                match prepared.await {
+                    Ok(result) => result,
+                    Err(panic) => Err(TxError::retry(format!(
+                        "prepare panicked: {}",
+                        panic_message(panic.as_ref())
+                    ))),
+                }
+            }
+            .instrument(p.span.clone())
         }))
         .await
     }

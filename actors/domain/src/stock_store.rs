@@ -239,6 +239,11 @@ pub async fn reserve(
             stock.moved.reserved += quantity;
         }
     }
+    uow.deferred::<HeldItems>().0.extend(
+        priced
+            .iter()
+            .map(|(p, q, c)| (order_id.to_string(), p.clone(), *q, *c)),
+    );
     Ok(Some(Reservation::Reserved {
         items: priced,
         amount_cents,
@@ -325,6 +330,41 @@ impl Deferred for StockLedger {
                 .bind(product_id.as_str())
                 .execute(&mut *conn)
                 .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// The items of the reservations a batch made, also written to `reservation_items` (one
+/// statement per 500 items), where the version before the items were kept on the
+/// reservation row looks for them: replicas of both versions run side by side during a
+/// rolling upgrade, and either can sell or release what the other reserved.
+#[derive(Debug, Default)]
+struct HeldItems(Vec<(String, String, i64, i64)>);
+
+impl Deferred for HeldItems {
+    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            for chunk in self.0.chunks(500) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 4 + 1, 4)))
+                    .collect();
+                // Only generated placeholders are interpolated: no input reaches the SQL text.
+                let sql = format!(
+                    "INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) \
+                     VALUES {}",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (order_id, product_id, quantity, price) in chunk {
+                    q = q
+                        .bind(order_id.as_str())
+                        .bind(product_id.as_str())
+                        .bind(*quantity)
+                        .bind(*price);
+                }
+                q.execute(&mut *conn).await?;
             }
             Ok(())
         })

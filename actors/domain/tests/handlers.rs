@@ -307,6 +307,14 @@ async fn a_batch_of_orders_sharing_a_product_never_oversells() {
         1,
         "the mixed order took nothing"
     );
+    // The items are also where the previous version looks for them (a rolling upgrade).
+    let held: Vec<(String, i64)> =
+        sqlx::query_as("SELECT product_id, quantity FROM reservation_items WHERE order_id = $1")
+            .bind(ids[0].as_str())
+            .fetch_all(k.deps.db.pool())
+            .await
+            .expect("items");
+    assert_eq!(held, [("a".to_string(), 2)]);
     // Confirm the first, cancel the second, in one batch.
     let batch = vec![
         on(
@@ -612,9 +620,9 @@ async fn payments_charge_once_and_report_declines() {
     handle.stop(false).await;
 }
 
-/// A batch reads the payments it already knows in one query: another copy of a paid order's
-/// `inventory.reserved` (a new event id) does not call the provider, a new order in the same
-/// batch is charged.
+/// A batch reads the payments it already knows in one query: other copies of a paid order's
+/// `inventory.reserved` (new event ids, two in the same batch) do not call the provider, a new
+/// order in the same batch is charged.
 #[actix_rt::test]
 async fn a_batch_charges_only_the_orders_whose_payment_is_not_recorded() {
     let k = kit().await;
@@ -625,9 +633,11 @@ async fn a_batch_charges_only_the_orders_whose_payment_is_not_recorded() {
         .await
         .assert_ack();
     let new = Uuid::new_v4().to_string();
+    // Two more copies of the paid order's event (new event ids) in one batch with a new order.
     let batch = vec![
         on("inventory.reserved", &reserved_for(&paid, "c-1")),
         on("inventory.reserved", &reserved_for(&new, "c-2")),
+        on("inventory.reserved", &reserved_for(&paid, "c-1")),
     ];
     for d in probe.deliver_batch(batch).await {
         d.assert_ack();
@@ -640,7 +650,7 @@ async fn a_batch_charges_only_the_orders_whose_payment_is_not_recorded() {
     assert_eq!(
         (a.charge_calls, a.charges_made),
         (1, 1),
-        "the copy did not call the provider"
+        "the copies did not call the provider"
     );
     let b = account(&state, &new).expect("charged");
     assert_eq!((b.charge_calls, b.charges_made), (1, 1));
