@@ -202,19 +202,8 @@ impl TestApp {
 
     /// `PUT /inventory/{product}`.
     pub async fn put_stock(&self, product: &str, available: i64, price_cents: i64) {
-        let r = self
-            .client
-            .put(format!("{}/inventory/{product}", self.address))
-            .json(&json!({"available": available, "price_cents": price_cents}))
-            .send()
-            .await
-            .expect("PUT /inventory answers");
-        assert_eq!(
-            r.status().as_u16(),
-            200,
-            "{}",
-            r.text().await.unwrap_or_default()
-        );
+        crate::gateway::put_stock(&self.client, &self.address, product, available, price_cents)
+            .await;
     }
 
     /// `GET /inventory/{product}` as JSON.

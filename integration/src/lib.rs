@@ -10,6 +10,7 @@ pub mod app;
 pub mod binary;
 pub mod cluster;
 pub mod creds;
+pub mod gateway;
 pub mod invariants;
 pub mod load;
 pub mod nats;

@@ -131,6 +131,23 @@ impl JetflowProcess {
         self.port
     }
 
+    /// `PUT /inventory/{product}` on its gateway, asserting 200.
+    pub async fn put_stock(&self, product: &str, available: i64, price_cents: i64) {
+        let client = reqwest::Client::new();
+        crate::gateway::put_stock(&client, &self.url(), product, available, price_cents).await;
+    }
+
+    /// Waits up to `deadline` until its series `name` with `labels` reaches `at_least`.
+    pub async fn until_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        at_least: f64,
+        deadline: Duration,
+    ) {
+        crate::gateway::until_metric(&self.url(), name, labels, at_least, deadline).await;
+    }
+
     /// The process log so far (last 60 lines).
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();

@@ -14,13 +14,7 @@ async fn put_stock(api: &str, products: &[&str], each: i64) -> BTreeMap<String, 
     let client = reqwest::Client::new();
     let mut initial = BTreeMap::new();
     for p in products {
-        let r = client
-            .put(format!("{api}/inventory/{p}"))
-            .json(&serde_json::json!({"available": each, "price_cents": 350}))
-            .send()
-            .await
-            .expect("PUT /inventory");
-        assert_eq!(r.status().as_u16(), 200);
+        jetflow_integration::gateway::put_stock(&client, api, p, each, 350).await;
         initial.insert(p.to_string(), each);
     }
     initial

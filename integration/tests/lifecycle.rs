@@ -94,39 +94,21 @@ async fn stop_all_under_load(signal: i32) {
     app.until("/ready").await;
     let http_port = app.port();
     let api = app.url();
-    let client = reqwest::Client::new();
     for p in ["sku-l1", "sku-l2"] {
-        let r = client
-            .put(format!("{api}/inventory/{p}"))
-            .json(&serde_json::json!({"available": 10_000, "price_cents": 100}))
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success());
+        app.put_stock(p, 10_000, 100).await;
     }
     let load = tokio::spawn(load::run(LoadConfig::new(
         &api,
         &["sku-l1", "sku-l2"],
         Duration::from_secs(4),
     )));
-    eventually("orders under way", Duration::from_secs(20), || async {
-        let m = reqwest::get(format!("{api}/metrics"))
-            .await
-            .map_err(|e| e.to_string())?
-            .text()
-            .await
-            .map_err(|e| e.to_string())?;
-        let n = jetflow_integration::scenarios::metric_sum(
-            &m,
-            "jetflow_orders_total",
-            &[("status", "confirmed")],
-        );
-        if n >= 20.0 {
-            Ok(())
-        } else {
-            Err(format!("{n} confirmed"))
-        }
-    })
+    // Orders under way.
+    app.until_metric(
+        "jetflow_orders_total",
+        &[("status", "confirmed")],
+        20.0,
+        Duration::from_secs(20),
+    )
     .await;
     let started = Instant::now();
     let code = app.signal_and_wait(signal, Duration::from_secs(20));
@@ -237,38 +219,21 @@ fn each_role_as_its_own_process_stops_cleanly_under_load() {
             r.until("/ready").await;
         }
         let api = roles[0].url();
-        let client = reqwest::Client::new();
-        let r = client
-            .put(format!("{api}/inventory/sku-r"))
-            .json(&serde_json::json!({"available": 10_000, "price_cents": 100}))
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success());
+        roles[0].put_stock("sku-r", 10_000, 100).await;
         let load = tokio::spawn(load::run(LoadConfig::new(
             &api,
             &["sku-r"],
             Duration::from_secs(3),
         )));
-        eventually("orders accepted", Duration::from_secs(20), || async {
-            let m = reqwest::get(format!("{api}/metrics"))
-                .await
-                .map_err(|e| e.to_string())?
-                .text()
-                .await
-                .map_err(|e| e.to_string())?;
-            let n = jetflow_integration::scenarios::metric_sum(
-                &m,
+        // Orders accepted.
+        roles[0]
+            .until_metric(
                 "jetflow_http_requests_total",
                 &[("route", "/orders"), ("status", "202")],
-            );
-            if n >= 20.0 {
-                Ok(())
-            } else {
-                Err(format!("{n} accepted"))
-            }
-        })
-        .await;
+                20.0,
+                Duration::from_secs(20),
+            )
+            .await;
         // Each role stops on its own signal, the gateway first, then the consumers.
         for (i, role) in roles.iter_mut().enumerate() {
             let port = role.port();
@@ -328,13 +293,7 @@ fn a_second_signal_during_a_slow_drain_exits_at_once() {
             .await
             .expect("control");
         assert!(r.status().is_success());
-        let r = client
-            .put(format!("{}/inventory/sku-slow", all.url()))
-            .json(&serde_json::json!({"available": 5, "price_cents": 100}))
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success());
+        all.put_stock("sku-slow", 5, 100).await;
         let r = client
             .post(format!("{}/orders", all.url()))
             .json(&serde_json::json!({"customer_id": "c", "items": [{"product_id": "sku-slow", "quantity": 1}]}))

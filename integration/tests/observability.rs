@@ -183,12 +183,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus() {
         let prom = start_prometheus(app.port());
         let client = reqwest::Client::new();
         for p in ["sku-m1", "sku-m2"] {
-            client
-                .put(format!("{}/inventory/{p}", app.url()))
-                .json(&json!({"available": 1000, "price_cents": 500}))
-                .send()
-                .await
-                .expect("PUT");
+            app.put_stock(p, 1000, 500).await;
         }
         // Traffic of every kind: orders (some declined), a bad request, a poison event.
         let load = tokio::spawn(load::run(LoadConfig::new(
@@ -251,12 +246,7 @@ fn json_logs_carry_correlation_and_order_ids() {
             &[("JETFLOW_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
         );
         let client = reqwest::Client::new();
-        client
-            .put(format!("{}/inventory/sku-log", app.url()))
-            .json(&json!({"available": 10, "price_cents": 500}))
-            .send()
-            .await
-            .expect("PUT");
+        app.put_stock("sku-log", 10, 500).await;
         let r = client
         .post(format!("{}/orders", app.url()))
         .header("X-Correlation-ID", "corr-log-7")
