@@ -409,6 +409,22 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
     )
 }
 
+/// Whether `e` is the connection's failure (the database unreachable, the pool exhausted or
+/// closed), as opposed to the database refusing, or the code misreading, what was sent: the
+/// same work may succeed once the connection is back.
+pub fn is_connection(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Configuration(_)
+    )
+}
+
 /// Milliseconds since the Unix epoch, the time format of every table.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
@@ -430,6 +446,16 @@ pub fn placeholders(from: usize, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_failures_are_told_from_refusals() {
+        assert!(is_connection(&sqlx::Error::PoolTimedOut));
+        assert!(is_connection(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(!is_connection(&sqlx::Error::RowNotFound));
+        assert!(!is_connection(&sqlx::Error::Decode("bad JSON".into())));
+    }
 
     #[test]
     fn passwords_are_hidden() {

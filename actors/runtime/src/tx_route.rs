@@ -416,8 +416,9 @@ enum Attempt {
     /// The transaction itself failed (the connection, the pool); everything was rolled back.
     Failed(String),
     /// Something the whole batch does was refused (the database rejected a statement of
-    /// `begin_batch` or of the commit, such as a deferred write; `begin_batch` failed or
-    /// panicked): which delivery is to blame is unknown, so they are applied one at a time.
+    /// `begin_batch` or of the commit, such as a deferred write, or a row did not decode;
+    /// `begin_batch` failed or panicked): which delivery is to blame is unknown, so they are
+    /// applied one at a time.
     Rejected(String),
     /// The database chose this transaction as the victim of a conflict with another one
     /// (a deadlock, a serialization failure, a busy lock); everything was rolled back, and
@@ -694,20 +695,20 @@ async fn attempt<H: PreparedTxHandler>(
             duplicates,
         },
         Err(e) if db::is_conflict(&e) => Attempt::Conflict(format!("commit failed: {e}")),
-        Err(e @ sqlx::Error::Database(_)) => Attempt::Rejected(format!("commit failed: {e}")),
-        Err(e) => Attempt::Failed(format!("commit failed: {e}")),
+        Err(e) if db::is_connection(&e) => Attempt::Failed(format!("commit failed: {e}")),
+        Err(e) => Attempt::Rejected(format!("commit failed: {e}")),
     }
 }
 
-/// A database error that failed the whole attempt: a conflict, a statement the database
-/// refused, or the connection.
+/// A database error that failed the whole attempt: a conflict, the connection, or something
+/// the batch holds (a statement refused, a row that does not decode).
 fn failed(e: &sqlx::Error) -> Attempt {
     if db::is_conflict(e) {
         Attempt::Conflict(format!("database: {e}"))
-    } else if matches!(e, sqlx::Error::Database(_)) {
-        Attempt::Rejected(format!("database: {e}"))
-    } else {
+    } else if db::is_connection(e) {
         Attempt::Failed(format!("database: {e}"))
+    } else {
+        Attempt::Rejected(format!("database: {e}"))
     }
 }
 
