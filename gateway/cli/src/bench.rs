@@ -83,7 +83,7 @@ pub struct OrdersArgs {
     /// PostgreSQL: without --gateway, the admin URL of a server to create a fresh database
     /// on (SQLite otherwise); with --gateway, the system's database (its commits are
     /// counted).
-    #[arg(long)]
+    #[arg(long, value_parser = postgres_url)]
     pub postgres: Option<String>,
     /// Start the local nats-server with `sync_interval: always` (fsync every write).
     #[arg(long, conflicts_with = "gateway")]
@@ -241,6 +241,18 @@ struct System {
     nats_url: String,
     database_url: String,
     log: PathBuf,
+}
+
+/// A PostgreSQL URL (`postgres://` or `postgresql://`), checked when the flags are read.
+fn postgres_url(s: &str) -> Result<String, String> {
+    match reqwest::Url::parse(s) {
+        Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => Ok(s.to_string()),
+        Ok(url) => Err(format!(
+            "expected a postgres:// URL, not a {}:// one",
+            url.scheme()
+        )),
+        Err(e) => Err(format!("not a URL: {e}")),
+    }
 }
 
 /// The admin URL with its database replaced by `name` (host, port, credentials and query
@@ -848,5 +860,13 @@ mod tests {
             assert_eq!(with_database(admin, "db1").expect(admin), expected);
         }
         assert!(with_database("not a url", "db1").is_err());
+    }
+
+    #[test]
+    fn the_postgres_flag_takes_only_postgres_urls() {
+        assert!(postgres_url("postgres://u@h/postgres").is_ok());
+        assert!(postgres_url("postgresql://u@localhost/p?host=/var/run/postgresql").is_ok());
+        assert!(postgres_url("mysql://u@h/db").is_err());
+        assert!(postgres_url("127.0.0.1:5432").is_err());
     }
 }
