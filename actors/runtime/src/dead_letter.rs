@@ -434,7 +434,7 @@ mod tests {
         let mut meta = DeliveryMeta::new("readings.taken");
         meta.stream = "READINGS".into();
         meta.stream_sequence = 42;
-        meta.consumer = "inventory".into();
+        meta.consumer = "thermostat".into();
         meta.delivered = 5;
         meta.headers.insert(headers::MSG_ID, "evt-1");
         meta.headers.insert(headers::CORRELATION_ID, "corr-9");
