@@ -255,6 +255,14 @@ impl<H: TxHandler> PreparedTxHandler for H {
         std::future::ready(Ok(()))
     }
 
+    /// Nothing to prepare: no future per delivery.
+    fn prepare_batch(
+        &self,
+        batch: &[Preparing<'_, Self::Message>],
+    ) -> impl Future<Output = Vec<Result<(), TxError>>> + Send {
+        std::future::ready(batch.iter().map(|_| Ok(())).collect())
+    }
+
     fn handle(
         &self,
         uow: &mut UnitOfWork,
