@@ -2,10 +2,13 @@
 //! handlers of the same order running at once in two transactions, at READ COMMITTED, as two
 //! replicas of a role would.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use jetflow_domain::order_handler::OrderHandler;
+use jetflow_domain::order_store::{self, NewOrder};
 use jetflow_domain::stock_handler::StockHandler;
 use jetflow_domain::{MIGRATOR, stock_store};
 use jetflow_integration::TestDatabase;
@@ -14,6 +17,7 @@ use jetflow_runtime::{
     ConsumerSpec, Database, DbConfig, Decision, DeliveryMeta, OutboxRelay, RelayConfig, TxRoute,
     headers,
 };
+use jetflow_schemas::Priority;
 use serde_json::json;
 use uuid::Uuid;
 
@@ -140,4 +144,142 @@ fn a_cancellation_racing_a_reservation_never_leaks_stock() {
         assert_eq!(report.left, 0);
         db.close().await;
     })
+}
+
+/// 200 pending orders, each paid on one replica of the order handler and declined on another
+/// at the same moment, in batches of 20 that hold the orders in opposite orders: whichever
+/// wins, every order ends confirmed or cancelled, never both, and exactly one of
+/// `orders.confirmed` and `orders.cancelled` is emitted for it.
+#[test]
+fn a_payment_racing_a_decline_on_two_replicas_finishes_each_order_once() {
+    jetflow_integration::run(async {
+        let pg = TestDatabase::create().await;
+        let config = DbConfig {
+            max_connections: Some(32),
+            ..DbConfig::new(pg.url())
+        };
+        let db = Database::connect(&config).await.expect("PostgreSQL");
+        db.migrate(&MIGRATOR).await.expect("migrations");
+        let orders: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
+        {
+            let mut conn = db.pool().acquire().await.expect("conn");
+            for id in &orders {
+                let order = NewOrder {
+                    order_id: id.to_string(),
+                    customer_id: "c".to_string(),
+                    items: json!([{"product_id": "race", "quantity": 1}]),
+                    priority: Priority::Standard,
+                    shipping_address: None,
+                    correlation_id: "race".to_string(),
+                    at: 1,
+                };
+                assert!(
+                    order_store::insert_pending(&mut conn, &order)
+                        .await
+                        .expect("insert")
+                );
+            }
+        }
+        let published = RecordingPublisher::new();
+        let outbox = OutboxRelay::start(
+            db.clone(),
+            Arc::new(published.clone()),
+            RelayConfig::default(),
+        );
+        let replica = || {
+            TestKit::tx(
+                TxRoute::new(
+                    ConsumerSpec::new("PAYMENTS", "orders-payments", &[]),
+                    OrderHandler,
+                    &outbox,
+                )
+                .inbox("orders"),
+            )
+        };
+        let (a, b) = (replica(), replica());
+        let paid = |id: Uuid| {
+            payment_event(
+                id,
+                "payments.succeeded",
+                json!({"version": 1, "payment_id": "p", "amount_cents": 100}),
+            )
+        };
+        let declined = |id: Uuid| {
+            payment_event(
+                id,
+                "payments.failed",
+                json!({"version": 1, "reason": "declined", "amount_cents": 100}),
+            )
+        };
+        let forward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+            .chunks(20)
+            .map(|c| c.iter().map(|id| paid(*id)).collect())
+            .collect();
+        let backward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+            .rchunks(20)
+            .map(|c| c.iter().rev().map(|id| declined(*id)).collect())
+            .collect();
+        let (on_a, on_b) = futures::join!(
+            futures::future::join_all(forward.iter().map(|batch| a.deliver_batch(batch.clone()))),
+            futures::future::join_all(backward.iter().map(|batch| b.deliver_batch(batch.clone())))
+        );
+        // A transaction that lost a race (a deadlock victim, say) asks for a retry; none may be
+        // dead-lettered, and the retries are delivered again, as JetStream would.
+        for (batches, outcomes) in [(&forward, &on_a), (&backward, &on_b)] {
+            for (batch, delivered) in batches.iter().zip(outcomes) {
+                for (event, d) in batch.iter().zip(delivered) {
+                    assert!(
+                        !matches!(d.decision, Decision::DeadLetter(_)),
+                        "{:?}",
+                        d.outcome
+                    );
+                    if d.decision != Decision::Ack {
+                        a.deliver_batch(vec![event.clone()]).await[0].assert_ack();
+                    }
+                }
+            }
+        }
+        let report = outbox.flush(Duration::from_secs(10)).await;
+        assert_eq!(report.left, 0);
+        let mut finished: HashMap<String, Vec<String>> = HashMap::new();
+        for m in published.published() {
+            let body: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON");
+            let id = body["order_id"].as_str().expect("order_id").to_string();
+            finished.entry(id).or_default().push(m.subject.clone());
+        }
+        for id in &orders {
+            let record = order_store::get(db.pool(), &id.to_string())
+                .await
+                .expect("read")
+                .expect("order");
+            let emitted = finished.get(&id.to_string()).cloned().unwrap_or_default();
+            let expected = match record.status.as_str() {
+                "confirmed" => "orders.confirmed",
+                "cancelled" => "orders.cancelled",
+                other => panic!("order {id} ended {other}"),
+            };
+            assert_eq!(emitted, [expected], "order {id}");
+            let history: Vec<&str> = record.history.iter().map(|h| h.status.as_str()).collect();
+            assert!(
+                !(history.contains(&"confirmed") && history.contains(&"cancelled")),
+                "order {id}: {history:?}"
+            );
+        }
+        db.close().await;
+    })
+}
+
+fn payment_event(order_id: Uuid, subject: &str, extra: serde_json::Value) -> (Bytes, DeliveryMeta) {
+    let event_id = Uuid::now_v7();
+    let mut body = json!({
+        "event_id": event_id, "order_id": order_id, "correlation_id": "race",
+        "occurred_at": "2026-11-25T10:00:00Z"
+    });
+    for (k, v) in extra.as_object().expect("object") {
+        body[k] = v.clone();
+    }
+    (
+        Bytes::from(serde_json::to_vec(&body).expect("JSON")),
+        DeliveryMeta::new(subject).with_header(headers::MSG_ID, &event_id.to_string()),
+    )
 }

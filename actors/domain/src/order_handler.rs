@@ -15,8 +15,6 @@
 //! The [`OrderSweeper`](crate::order_sweeper::OrderSweeper) cancels orders that did not
 //! finish in time with the same [`cancel`] step.
 
-use std::collections::HashSet;
-
 use jetflow_runtime::{Delivery, TxError, TxHandler, UnitOfWork};
 use jetflow_schemas::{
     AnyEvent, CancelReason, EventMeta, OrderCancelled, OrderConfirmed, PaymentFailed,
@@ -47,23 +45,20 @@ impl TxHandler for OrderHandler {
         handle(uow, &d.message).await.map_err(TxError::from)
     }
 
-    /// Reads, in one query, which of the batch's new orders are recorded already (the
-    /// gateway records the orders it accepts), so that their `orders.created` costs nothing.
+    /// Reads, in one query, every order the batch is about into the transaction's
+    /// [`OrderBook`](order_store::OrderBook) (locked on PostgreSQL): the orders the gateway
+    /// recorded cost their `orders.created` nothing, and each status change is decided in
+    /// memory and written back with the others at commit.
     async fn begin_batch(
         &self,
         uow: &mut UnitOfWork,
         deliveries: &[&Delivery<InboundEvent>],
     ) -> Result<(), TxError> {
-        let created: Vec<String> = deliveries
+        let ids: Vec<String> = deliveries
             .iter()
-            .filter_map(|d| created(&d.message.event).map(|c| c.meta.order_id.to_string()))
+            .map(|d| d.message.event.meta().order_id.to_string())
             .collect();
-        if created.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = created.iter().map(String::as_str).collect();
-        let recorded = order_store::recorded_in_full(uow.conn(), &ids).await?;
-        uow.state::<RecordedOrders>().0 = recorded;
+        order_store::load(uow, ids.iter().map(String::as_str)).await?;
         Ok(())
     }
 
@@ -75,10 +70,6 @@ impl TxHandler for OrderHandler {
         span(target, &d.message, &d.meta)
     }
 }
-
-/// The orders of a batch's `orders.created` events that were recorded in full before it.
-#[derive(Debug, Default)]
-struct RecordedOrders(HashSet<String>);
 
 /// Counts an order reaching `status`, once the transaction committed.
 fn counted(uow: &mut UnitOfWork, status: OrderStatus) {
@@ -164,10 +155,7 @@ async fn on_created(uow: &mut UnitOfWork, c: Created<'_>) -> Result<(), DomainEr
         correlation_id: c.meta.correlation_id.clone(),
         at: c.meta.occurred_at.timestamp_millis(),
     };
-    if uow.state::<RecordedOrders>().0.contains(&new.order_id) {
-        return Ok(());
-    }
-    if order_store::record_created(uow.conn(), &new).await? {
+    if order_store::record_created(uow, &new).await? {
         counted(uow, OrderStatus::Pending);
     }
     Ok(())

@@ -2,15 +2,16 @@
 //!
 //! Events about one order can arrive out of order (they come from three streams through
 //! separate consumers), so the status only moves forward: `pending` < `reserved` < `paid` <
-//! `confirmed` | `cancelled`, and a terminal status never changes. Each move is a conditional
-//! update (`WHERE status IN (<earlier statuses>)`), so concurrent consumers and replicas
-//! cannot interleave a read and a write. Fields arrive with whichever event brings them
-//! first and are never overwritten with nothing.
+//! `confirmed` | `cancelled`, and a terminal status never changes. A transaction reads the
+//! orders it is about into its [`OrderBook`] (locked on PostgreSQL), decides each move against
+//! it, and writes the moved orders back when it commits, so concurrent consumers and replicas
+//! cannot interleave a read and a write. Fields arrive with whichever event brings them first
+//! and are never overwritten with nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
-use jetflow_runtime::{Deferred, UnitOfWork};
+use jetflow_runtime::{Backend, Deferred, UnitOfWork};
 use jetflow_schemas::Priority;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -73,13 +74,10 @@ impl OrderStatus {
         self.rank() == 3
     }
 
-    /// The statuses an order may move to `self` from.
-    fn predecessors(self) -> Vec<&'static str> {
-        Self::ALL
-            .into_iter()
-            .filter(|s| !s.is_terminal() && s.rank() < self.rank())
-            .map(Self::as_str)
-            .collect()
+    /// Whether an order at `self` may move to `to`: only forward, and never from a terminal
+    /// status.
+    pub fn can_move_to(self, to: OrderStatus) -> bool {
+        !self.is_terminal() && self.rank() < to.rank()
     }
 }
 
@@ -168,41 +166,14 @@ pub async fn insert_pending(
     Ok(inserted)
 }
 
-/// Which of these orders are recorded with everything `orders.created` brings (the gateway
-/// recorded them, or their event was applied before): one statement per 500 orders.
-pub async fn recorded_in_full(
-    conn: &mut AnyConnection,
-    order_ids: &[&str],
-) -> Result<HashSet<String>, sqlx::Error> {
-    let mut found = HashSet::with_capacity(order_ids.len());
-    for chunk in order_ids.chunks(500) {
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let sql = format!(
-            "SELECT order_id FROM orders WHERE customer_id IS NOT NULL AND order_id IN ({})",
-            jetflow_runtime::db::placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        found.extend(q.fetch_all(&mut *conn).await?);
-    }
-    Ok(found)
-}
-
 /// Records an order from its `orders.created` event: nothing to do if the gateway recorded
 /// it; a new pending order otherwise; or, if a later event created a bare record first, the
-/// fields only `orders.created` brings. Returns true if the order was new.
-pub async fn record_created(
-    conn: &mut AnyConnection,
-    order: &NewOrder,
-) -> Result<bool, sqlx::Error> {
-    let existing = sqlx::query("SELECT customer_id FROM orders WHERE order_id = $1")
-        .bind(order.order_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    match existing {
-        Some(row) if row.try_get::<Option<String>, _>("customer_id")?.is_some() => Ok(false),
+/// fields only `orders.created` brings. Returns true if the order was new. The order is read
+/// through the unit of work's [`OrderBook`] (one query for a whole batch, see [`load`]).
+pub async fn record_created(uow: &mut UnitOfWork, order: &NewOrder) -> Result<bool, sqlx::Error> {
+    load(uow, [order.order_id.as_str()]).await?;
+    match uow.deferred::<OrderBook>().orders.get(&order.order_id) {
+        Some(held) if held.full => Ok(false),
         Some(_) => {
             sqlx::query(
                 "UPDATE orders SET customer_id = COALESCE(customer_id, $2), items = COALESCE(items, $3), \
@@ -215,16 +186,22 @@ pub async fn record_created(
             .bind(order.priority.as_str())
             .bind(order.shipping_address.as_ref().map(|v| v.to_string()))
             .bind(order.correlation_id.as_str())
-            .execute(&mut *conn)
+            .execute(uow.conn())
             .await?;
+            if let Some(held) = uow.deferred::<OrderBook>().orders.get_mut(&order.order_id) {
+                held.full = true;
+            }
             Ok(false)
         }
         None => {
-            if insert_pending(conn, order).await? {
+            if insert_pending(uow.conn(), order).await? {
+                uow.deferred::<OrderBook>()
+                    .hold(&order.order_id, OrderStatus::Pending, true);
                 Ok(true)
             } else {
-                // Created between the two statements: fill in what is missing.
-                Box::pin(record_created(conn, order)).await
+                // Created by another transaction since it was read: read it again (locked).
+                reload(uow, &order.order_id).await?;
+                Box::pin(record_created(uow, order)).await
             }
         }
     }
@@ -307,6 +284,156 @@ pub struct Change<'a> {
     pub correlation_id: Option<&'a str>,
 }
 
+/// The orders a unit of work reads, moves and writes back.
+///
+/// [`load`] reads the orders a batch is about in one query (on PostgreSQL with `FOR UPDATE`,
+/// in order id order, so that two transactions sharing orders, the order handler's lanes
+/// and streams, its replicas, the sweeper, wait for each other instead of deadlocking;
+/// SQLite's write transaction holds the whole database). Each status change is then decided
+/// against the book, in delivery order, and the orders that moved are written back in one
+/// statement when the transaction commits, however many of the batch's events moved them.
+/// An order the book does not hold is read (and locked) when it is first asked about.
+#[derive(Debug, Default)]
+pub struct OrderBook {
+    orders: BTreeMap<String, Held>,
+    /// Orders looked for and not found.
+    absent: BTreeSet<String>,
+}
+
+/// An order in the book: its status (as moved), and what is to be written back.
+#[derive(Debug)]
+struct Held {
+    status: OrderStatus,
+    /// Recorded with everything `orders.created` brings.
+    full: bool,
+    moved: Option<Moved>,
+}
+
+/// The fields a status change writes; `None` keeps what the row has.
+#[derive(Debug, Default)]
+struct Moved {
+    reason: Option<String>,
+    detail: Option<String>,
+    amount_cents: Option<i64>,
+    at: i64,
+}
+
+impl OrderBook {
+    fn hold(&mut self, order_id: &str, status: OrderStatus, full: bool) {
+        self.absent.remove(order_id);
+        self.orders.insert(
+            order_id.to_string(),
+            Held {
+                status,
+                full,
+                moved: None,
+            },
+        );
+    }
+}
+
+impl Deferred for OrderBook {
+    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let moved: Vec<(&String, OrderStatus, &Moved)> = self
+                .orders
+                .iter()
+                .filter_map(|(id, h)| h.moved.as_ref().map(|m| (id, h.status, m)))
+                .collect();
+            for chunk in moved.chunks(500) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 6 + 1, 6)))
+                    .collect();
+                // Only generated placeholders are interpolated: no input reaches the SQL text.
+                // The rows are locked (PostgreSQL) or the database is (SQLite) since `load`
+                // read them, so every one of them is there to update.
+                let sql = format!(
+                    "WITH moved (order_id, status, reason, detail, amount_cents, at) AS (VALUES {}) \
+                     UPDATE orders SET status = moved.status, reason = COALESCE(moved.reason, orders.reason), \
+                     detail = COALESCE(moved.detail, orders.detail), \
+                     amount_cents = COALESCE(moved.amount_cents, orders.amount_cents), updated_at = moved.at \
+                     FROM moved WHERE orders.order_id = moved.order_id",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (order_id, status, m) in chunk {
+                    q = q
+                        .bind(order_id.as_str())
+                        .bind(status.as_str())
+                        .bind(m.reason.as_deref())
+                        .bind(m.detail.as_deref())
+                        .bind(m.amount_cents)
+                        .bind(m.at);
+                }
+                let updated = q.execute(&mut *conn).await?.rows_affected();
+                if updated != chunk.len() as u64 {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "{updated} of {} orders moved by this transaction were updated",
+                        chunk.len()
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Reads into the unit of work's [`OrderBook`] the orders it does not hold yet (locking them
+/// on PostgreSQL, in order id order): one statement per 500 orders.
+pub async fn load<'a>(
+    uow: &mut UnitOfWork,
+    order_ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    let book = uow.deferred::<OrderBook>();
+    let missing: BTreeSet<&str> = order_ids
+        .into_iter()
+        .filter(|id| !book.orders.contains_key(*id) && !book.absent.contains(*id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = missing.into_iter().collect();
+    let lock = if uow.backend() == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let mut found = Vec::with_capacity(missing.len());
+    for chunk in missing.chunks(500) {
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let sql = format!(
+            "SELECT order_id, status, customer_id FROM orders WHERE order_id IN ({}) \
+             ORDER BY order_id{lock}",
+            jetflow_runtime::db::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for row in q.fetch_all(uow.conn()).await? {
+            let order_id: String = row.try_get("order_id")?;
+            let status: String = row.try_get("status")?;
+            let customer_id: Option<String> = row.try_get("customer_id")?;
+            // A status this version does not know is treated as finished: never moved.
+            let status = OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled);
+            found.push((order_id, status, customer_id.is_some()));
+        }
+    }
+    let book = uow.deferred::<OrderBook>();
+    book.absent
+        .extend(missing.iter().map(|id| (*id).to_string()));
+    for (order_id, status, full) in found {
+        book.hold(&order_id, status, full);
+    }
+    Ok(())
+}
+
+/// Reads an order the book took for absent, once another transaction created it.
+async fn reload(uow: &mut UnitOfWork, order_id: &str) -> Result<(), sqlx::Error> {
+    uow.deferred::<OrderBook>().absent.remove(order_id);
+    load(uow, [order_id]).await
+}
+
 /// Moves an order forward to `to` if it is behind it (creating a minimal record if no event
 /// about the order was seen yet).
 pub async fn advance(
@@ -319,8 +446,9 @@ pub async fn advance(
 }
 
 /// Moves an order forward to `to` through `via` in one step (both enter the history), if it
-/// is behind `via`; an order already at `via` moves on to `to`. The history entries are
-/// written when `uow` commits.
+/// is behind `via`; an order already at `via` moves on to `to`. The change is decided against
+/// the unit of work's [`OrderBook`] and written, with the history entries, when `uow`
+/// commits.
 pub async fn advance_via(
     uow: &mut UnitOfWork,
     order_id: &str,
@@ -330,40 +458,25 @@ pub async fn advance_via(
 ) -> Result<Advance, sqlx::Error> {
     let now = now_ms();
     let steps: Vec<OrderStatus> = via.into_iter().chain([to]).collect();
-    let conn = uow.conn();
-    let from = to.predecessors();
-    if !from.is_empty() {
-        let placeholders: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 7)).collect();
-        let sql = format!(
-            "UPDATE orders SET status = $2, reason = COALESCE($3, reason), detail = COALESCE($4, detail), \
-             amount_cents = COALESCE($5, amount_cents), updated_at = $6 WHERE order_id = $1 AND status IN ({})",
-            placeholders.join(", ")
-        );
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(order_id)
-            .bind(to.as_str())
-            .bind(change.reason)
-            .bind(change.detail)
-            .bind(change.amount_cents)
-            .bind(now);
-        for s in &from {
-            q = q.bind(*s);
+    load(uow, [order_id]).await?;
+    if let Some(held) = uow.deferred::<OrderBook>().orders.get_mut(order_id) {
+        if !held.status.can_move_to(to) {
+            return Ok(Advance::Stale(held.status));
         }
-        if q.execute(&mut *conn).await?.rows_affected() == 1 {
-            record_history(uow, order_id, &steps, now);
-            return Ok(Advance::Applied);
+        held.status = to;
+        let moved = held.moved.get_or_insert_with(Moved::default);
+        if let Some(reason) = change.reason {
+            moved.reason = Some(reason.to_string());
         }
-    }
-    let current = sqlx::query("SELECT status FROM orders WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(uow.conn())
-        .await?;
-    if let Some(row) = current {
-        let status: String = row.try_get("status")?;
-        return Ok(Advance::Stale(
-            OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled),
-        ));
+        if let Some(detail) = change.detail {
+            moved.detail = Some(detail.to_string());
+        }
+        if change.amount_cents.is_some() {
+            moved.amount_cents = change.amount_cents;
+        }
+        moved.at = now;
+        record_history(uow, order_id, &steps, now);
+        return Ok(Advance::Applied);
     }
     // First news of this order: record it at the new status.
     let inserted = sqlx::query(
@@ -382,10 +495,12 @@ pub async fn advance_via(
     .rows_affected()
         == 1;
     if inserted {
+        uow.deferred::<OrderBook>().hold(order_id, to, false);
         record_history(uow, order_id, &steps, now);
         Ok(Advance::Applied)
     } else {
-        // Someone created it between our two statements: try once more.
+        // Created by another transaction since it was read: read it again (locked).
+        reload(uow, order_id).await?;
         Box::pin(advance_via(uow, order_id, via, to, change)).await
     }
 }
@@ -504,15 +619,11 @@ mod tests {
 
     #[test]
     fn statuses_only_move_forward() {
-        assert_eq!(
-            OrderStatus::Paid.predecessors(),
-            vec!["pending", "reserved"]
-        );
-        assert_eq!(
-            OrderStatus::Cancelled.predecessors(),
-            vec!["pending", "reserved", "paid"]
-        );
-        assert!(OrderStatus::Pending.predecessors().is_empty());
-        assert!(OrderStatus::Confirmed.is_terminal());
+        use OrderStatus::*;
+        assert!(Pending.can_move_to(Paid) && Reserved.can_move_to(Paid));
+        assert!(!Paid.can_move_to(Paid) && !Confirmed.can_move_to(Paid));
+        assert!(Paid.can_move_to(Cancelled) && !Confirmed.can_move_to(Cancelled));
+        assert!(!Cancelled.can_move_to(Confirmed) && !Reserved.can_move_to(Pending));
+        assert!(OrderStatus::ALL.iter().all(|s| !s.can_move_to(Pending)));
     }
 }

@@ -528,6 +528,110 @@ async fn orders_cancel_on_a_failed_payment() {
     );
 }
 
+/// One batch moves many orders, some of them several times, decided in memory against the
+/// orders it read and written back at commit: every order ends where the events, applied in
+/// delivery order, take it, with its history, and only what a terminal status allows.
+#[actix_rt::test]
+async fn a_batch_moves_each_order_through_every_event_it_holds_in_order() {
+    let k = kit().await;
+    let probe = k.probe("orders", OrderHandler);
+    let ids: Vec<String> = (0..4).map(|_| Uuid::new_v4().to_string()).collect();
+    let item = json!([{"product_id": "a", "quantity": 1}]);
+    // Recorded before the batch: the last two.
+    for id in &ids[2..] {
+        deliver(&probe, "orders.created.v2", &created(id, item.clone()))
+            .await
+            .assert_ack();
+    }
+    let paid = |id: &str| {
+        bytes(with(
+            meta(id),
+            json!({"version": 1, "payment_id": "pay_1", "amount_cents": 300}),
+        ))
+    };
+    let declined = bytes(with(
+        meta(&ids[2]),
+        json!({"version": 1, "reason": "declined", "detail": "card declined", "amount_cents": 300}),
+    ));
+    let anomalies = || {
+        jetflow_domain::metrics::domain_metrics()
+            .saga_anomalies
+            .with_label_values(&["cancelled_after_confirmed"])
+            .get()
+    };
+    let anomalies_before = anomalies();
+    let batch = vec![
+        // 0: created, reserved and paid in one batch.
+        on("orders.created.v2", &created(&ids[0], item.clone())),
+        on("inventory.reserved", &reserved_for(&ids[0], "c-1")),
+        on("payments.succeeded", &paid(&ids[0])),
+        // 1: first known through `inventory.reserved`; its `orders.created` fills it in.
+        on("inventory.reserved", &reserved_for(&ids[1], "c-1")),
+        on("orders.created.v2", &created(&ids[1], item.clone())),
+        // 2: declined, then a late `inventory.reserved` that must not revive it.
+        on("payments.failed", &declined),
+        on("inventory.reserved", &reserved_for(&ids[2], "c-1")),
+        // 3: confirmed, then a cancellation that must not undo it.
+        on("payments.succeeded", &paid(&ids[3])),
+        on("orders.cancelled", &cancelled(&ids[3], "timed_out")),
+    ];
+    for d in probe.deliver_batch(batch).await {
+        d.assert_ack();
+    }
+    let mut subjects = k.subjects().await;
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        ["orders.cancelled", "orders.confirmed", "orders.confirmed"]
+    );
+    let history = |o: &order_store::OrderRecord| -> Vec<String> {
+        o.history.iter().map(|h| h.status.clone()).collect()
+    };
+    let first = k.order(&ids[0]).await;
+    assert_eq!(
+        (
+            first.status.as_str(),
+            first.amount_cents,
+            first.customer_id.as_deref()
+        ),
+        ("confirmed", Some(300), Some("c-1"))
+    );
+    assert_eq!(
+        history(&first),
+        ["pending", "reserved", "paid", "confirmed"]
+    );
+    let second = k.order(&ids[1]).await;
+    assert_eq!(
+        (
+            second.status.as_str(),
+            second.amount_cents,
+            second.customer_id.as_deref()
+        ),
+        ("reserved", Some(300), Some("c-1"))
+    );
+    assert!(second.items.is_some(), "orders.created filled in the items");
+    let third = k.order(&ids[2]).await;
+    assert_eq!(
+        (
+            third.status.as_str(),
+            third.reason.as_deref(),
+            third.detail.as_deref()
+        ),
+        ("cancelled", Some("payment_declined"), Some("card declined"))
+    );
+    assert_eq!(history(&third), ["pending", "cancelled"]);
+    let fourth = k.order(&ids[3]).await;
+    assert_eq!(
+        (fourth.status.as_str(), fourth.reason.as_deref()),
+        ("confirmed", None)
+    );
+    assert_eq!(
+        anomalies() - anomalies_before,
+        1,
+        "the late cancellation is an anomaly"
+    );
+}
+
 /// The simulated provider over real HTTP, and the state it counts with.
 async fn provider() -> (String, ProviderState, actix_web::dev::ServerHandle) {
     let state = ProviderState::default();
