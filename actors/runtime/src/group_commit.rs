@@ -5,9 +5,10 @@
 //! and every other job already queued (up to a maximum), runs them in one transaction, in the
 //! order they came, commits, and answers each caller. While it commits, new jobs queue up and
 //! form the next group, so under load a commit serves many callers, and a lone caller is
-//! served at once: grouping never adds a wait of its own. A job that fails is answered with
-//! its error and the others run again without it, so one bad write never fails its
-//! neighbours.
+//! served at once: grouping never adds a wait of its own. A job type may also write a whole
+//! group in fewer statements ([`Job::run_group`]: one multi-row insert, say). A job that
+//! fails is answered with its error and the others run again without it, so one bad write
+//! never fails its neighbours.
 
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
@@ -26,6 +27,27 @@ pub trait Job: Send + Sync + 'static {
         &'c self,
         conn: &'c mut AnyConnection,
     ) -> BoxFuture<'c, Result<Self::Output, sqlx::Error>>;
+
+    /// Runs a whole group in the shared transaction and answers each job, in the group's
+    /// order. The default runs each job with [`Job::run`], one after the other; override it
+    /// to write what a group's jobs have in common in fewer statements. If it fails (and the
+    /// connection did not), the transaction is rolled back and the group runs again one job
+    /// at a time with [`Job::run`], so that only the job to blame is answered with an error.
+    fn run_group<'c>(
+        jobs: &'c [&'c Self],
+        conn: &'c mut AnyConnection,
+    ) -> BoxFuture<'c, Result<Vec<Self::Output>, sqlx::Error>>
+    where
+        Self: Sized,
+    {
+        Box::pin(async move {
+            let mut outputs = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                outputs.push(job.run(&mut *conn).await?);
+            }
+            Ok(outputs)
+        })
+    }
 }
 
 /// Why a submitted job has no answer.
@@ -104,9 +126,16 @@ const CONFLICT_RETRIES: u32 = 3;
 /// Commits a group; a failing job is answered alone and the rest tried again.
 async fn commit_group<J: Job>(db: &Database, mut group: Vec<Pending<J>>) {
     let mut conflicts = 0;
+    // Together first ([`Job::run_group`]); one job at a time once that failed.
+    let mut together = true;
     while !group.is_empty() {
-        match run_group(db, &group).await {
-            Err(Failure::Job(_, e) | Failure::Transaction(e))
+        let result = if together {
+            run_together(db, &group).await
+        } else {
+            run_each(db, &group).await
+        };
+        match result {
+            Err(Failure::Job(_, e) | Failure::Group(e) | Failure::Transaction(e))
                 if db::is_conflict(&e) && conflicts < CONFLICT_RETRIES =>
             {
                 conflicts += 1;
@@ -118,11 +147,15 @@ async fn commit_group<J: Job>(db: &Database, mut group: Vec<Pending<J>>) {
                 }
                 return;
             }
+            Err(Failure::Group(e)) if !db::is_connection(&e) => {
+                tracing::debug!(error = %e, jobs = group.len(), "a group's combined write failed; running its jobs one at a time");
+                together = false;
+            }
             Err(Failure::Job(i, e)) => {
                 let (_, reply) = group.remove(i);
                 let _ = reply.send(Err(GroupCommitError::Database(e)));
             }
-            Err(Failure::Transaction(e)) => {
+            Err(Failure::Group(e) | Failure::Transaction(e)) => {
                 let text = e.to_string();
                 for (_, reply) in group {
                     let _ = reply.send(Err(GroupCommitError::Database(sqlx::Error::Protocol(
@@ -136,11 +169,42 @@ async fn commit_group<J: Job>(db: &Database, mut group: Vec<Pending<J>>) {
 }
 
 enum Failure {
+    /// This job failed.
     Job(usize, sqlx::Error),
+    /// [`Job::run_group`] failed: which job is to blame is unknown.
+    Group(sqlx::Error),
+    /// Beginning or committing the transaction failed.
     Transaction(sqlx::Error),
 }
 
-async fn run_group<J: Job>(db: &Database, group: &[Pending<J>]) -> Result<Vec<J::Output>, Failure> {
+/// Runs the group with [`Job::run_group`] in one transaction.
+async fn run_together<J: Job>(
+    db: &Database,
+    group: &[Pending<J>],
+) -> Result<Vec<J::Output>, Failure> {
+    let mut tx = db.begin().await.map_err(Failure::Transaction)?;
+    let jobs: Vec<&J> = group.iter().map(|(job, _)| job).collect();
+    let outputs = match J::run_group(&jobs, &mut tx).await {
+        Ok(outputs) if outputs.len() == jobs.len() => outputs,
+        Ok(outputs) => {
+            let _ = tx.rollback().await;
+            return Err(Failure::Group(sqlx::Error::Protocol(format!(
+                "run_group answered {} of {} jobs",
+                outputs.len(),
+                jobs.len()
+            ))));
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            return Err(Failure::Group(e));
+        }
+    };
+    Database::commit(tx).await.map_err(Failure::Transaction)?;
+    Ok(outputs)
+}
+
+/// Runs the group one job at a time with [`Job::run`] in one transaction.
+async fn run_each<J: Job>(db: &Database, group: &[Pending<J>]) -> Result<Vec<J::Output>, Failure> {
     let mut tx = db.begin().await.map_err(Failure::Transaction)?;
     let mut outputs = Vec::with_capacity(group.len());
     for (i, (job, _)) in group.iter().enumerate() {
@@ -210,5 +274,90 @@ mod tests {
         assert_eq!(n, 199);
         let used = crate::metrics::metrics().db_commits.get() - commits;
         assert!(used < 100, "200 writes took {used} commits");
+    }
+
+    /// Inserts its number; a group is one multi-row insert, counted.
+    struct Batched(i64);
+
+    static GROUP_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static SINGLE_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    impl Job for Batched {
+        type Output = i64;
+
+        fn run<'c>(
+            &'c self,
+            conn: &'c mut AnyConnection,
+        ) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
+            SINGLE_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                sqlx::query("INSERT INTO b (n) VALUES ($1)")
+                    .bind(self.0)
+                    .execute(conn)
+                    .await?;
+                Ok(self.0)
+            })
+        }
+
+        fn run_group<'c>(
+            jobs: &'c [&'c Self],
+            conn: &'c mut AnyConnection,
+        ) -> BoxFuture<'c, Result<Vec<i64>, sqlx::Error>> {
+            GROUP_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                let sql = format!(
+                    "INSERT INTO b (n) VALUES {}",
+                    (1..=jobs.len())
+                        .map(|i| format!("(${i})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for job in jobs {
+                    q = q.bind(job.0);
+                }
+                q.execute(conn).await?;
+                Ok(jobs.iter().map(|j| j.0).collect())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_written_together_falls_back_to_one_job_at_a_time_to_fail_only_the_bad_one() {
+        let db = Database::connect_url("sqlite::memory:").await.unwrap();
+        sqlx::query("CREATE TABLE b (n BIGINT PRIMARY KEY)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let max_group = 64;
+        let gc = GroupCommit::start(db.clone(), max_group);
+        let jobs = (0..200).map(|i| {
+            let gc = gc.clone();
+            async move { gc.submit(Batched(if i == 150 { 3 } else { i })).await }
+        });
+        let results = futures::future::join_all(jobs).await;
+        let failed: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_err())
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+        assert!(failed[0] == 3 || failed[0] == 150, "{failed:?}");
+        assert_eq!(results[10].as_ref().ok(), Some(&10));
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM b")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        assert_eq!(n, 199);
+        let (groups, singles) = (
+            GROUP_CALLS.load(std::sync::atomic::Ordering::SeqCst),
+            SINGLE_CALLS.load(std::sync::atomic::Ordering::SeqCst),
+        );
+        assert!(groups >= 1, "the groups were written together");
+        // Only the group that held the duplicate ran one job at a time (twice at most: with
+        // it, then without it if it was not last).
+        assert!(singles <= 2 * max_group, "{singles} jobs ran alone");
+        assert!(singles >= 1, "the bad job was isolated by running alone");
     }
 }

@@ -5,7 +5,8 @@
 //! the order id); once JetStream acknowledged the events, the key is marked published; if
 //! they could not be stored, the order is withdrawn. The order handler finds the row
 //! committed before the event exists, so the two never write the same row at once. Under
-//! load, one commit serves many requests; a lone request commits at once.
+//! load, one commit serves many requests, and the orders of a group without an
+//! `Idempotency-Key` are recorded in one statement; a lone request commits at once.
 
 use futures::future::BoxFuture;
 use jetflow_domain::idempotency_store::{self, Claim, IdempotencyRecord};
@@ -98,5 +99,129 @@ impl Job for AcceptWrite {
                 }
             }
         })
+    }
+
+    /// The orders of requests without a key (new ids the gateway just drew, which nothing
+    /// else in the group can touch) are recorded in one statement; every other write runs on
+    /// its own, in the group's order.
+    fn run_group<'c>(
+        jobs: &'c [&'c Self],
+        conn: &'c mut AnyConnection,
+    ) -> BoxFuture<'c, Result<Vec<AcceptOutput>, sqlx::Error>> {
+        Box::pin(async move {
+            let keyless: Vec<&NewOrder> = jobs
+                .iter()
+                .filter_map(|job| match job {
+                    AcceptWrite::Record { order, claim: None } => Some(&**order),
+                    _ => None,
+                })
+                .collect();
+            let inserted = if keyless.is_empty() {
+                Default::default()
+            } else {
+                order_store::insert_pending_many(conn, &keyless).await?
+            };
+            let mut outputs = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                outputs.push(match job {
+                    AcceptWrite::Record { order, claim: None } => AcceptOutput::Recorded {
+                        claim: Claim::New,
+                        inserted: inserted.contains(&order.order_id),
+                    },
+                    other => other.run(&mut *conn).await?,
+                });
+            }
+            Ok(outputs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jetflow_domain::MIGRATOR;
+    use jetflow_runtime::testkit::TestKit;
+    use jetflow_runtime::{Database, GroupCommit};
+    use jetflow_schemas::Priority;
+
+    fn record(order_id: &str, key: Option<&str>) -> AcceptWrite {
+        let order = NewOrder {
+            order_id: order_id.to_string(),
+            customer_id: "c-1".to_string(),
+            items: serde_json::json!([{"product_id": "p", "quantity": 1}]),
+            priority: Priority::Standard,
+            shipping_address: None,
+            correlation_id: format!("corr-{order_id}"),
+            at: 1,
+        };
+        let claim = key.map(|k| {
+            Box::new((
+                k.to_string(),
+                IdempotencyRecord {
+                    request: format!("request-{k}"),
+                    order_id: order_id.to_string(),
+                    correlation_id: format!("corr-{order_id}"),
+                    messages: Vec::new(),
+                    published: false,
+                },
+            ))
+        });
+        AcceptWrite::Record {
+            order: Box::new(order),
+            claim,
+        }
+    }
+
+    async fn recorded(db: &Database) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+            .fetch_one(db.pool())
+            .await
+            .expect("count")
+    }
+
+    /// Keyless orders, keyed ones and an order already recorded share groups: each request
+    /// learns whether its row is new, and every new order is recorded once.
+    #[actix_rt::test]
+    async fn a_group_records_its_keyless_orders_together_and_its_keyed_ones_alone() {
+        let db: Database = TestKit::database().await;
+        db.migrate(&MIGRATOR).await.expect("migrations");
+        let writes = GroupCommit::start(db.clone(), 64);
+        writes
+            .submit(record("known", None))
+            .await
+            .expect("recorded");
+        let jobs = (0..150).map(|i| {
+            let writes = writes.clone();
+            async move {
+                let job = match i {
+                    75 => record("known", None),
+                    _ if i % 10 == 0 => record(&format!("keyed-{i}"), Some(&format!("k-{i}"))),
+                    _ => record(&format!("order-{i}"), None),
+                };
+                (i, writes.submit(job).await)
+            }
+        });
+        for (i, result) in futures::future::join_all(jobs).await {
+            let Ok(AcceptOutput::Recorded { claim, inserted }) = result else {
+                panic!("request {i}: {result:?}");
+            };
+            assert_eq!(claim, Claim::New, "request {i}");
+            assert_eq!(inserted, i != 75, "request {i}");
+        }
+        assert_eq!(recorded(&db).await, 150);
+        // The same key again: the claim answers what it stands for, and nothing is recorded.
+        let again = writes
+            .submit(record("keyed-again", Some("k-10")))
+            .await
+            .expect("answered");
+        let AcceptOutput::Recorded {
+            claim: Claim::Existing(existing),
+            inserted: false,
+        } = again
+        else {
+            panic!("{again:?}");
+        };
+        assert_eq!(existing.order_id, "keyed-10");
+        assert_eq!(recorded(&db).await, 150);
     }
 }
