@@ -408,10 +408,14 @@ impl Deferred for OrderBook {
                 }
                 let updated = q.execute(&mut *conn).await?.rows_affected();
                 if updated != chunk.len() as u64 {
-                    return Err(sqlx::Error::Protocol(format!(
-                        "{updated} of {} orders moved by this transaction were updated",
-                        chunk.len()
-                    )));
+                    // Rows it holds locked cannot vanish: something else is wrong, so the
+                    // batch is applied one delivery at a time.
+                    tracing::error!(
+                        updated,
+                        moved = chunk.len(),
+                        "orders moved by a transaction were not all updated"
+                    );
+                    return Err(sqlx::Error::RowNotFound);
                 }
             }
             Ok(())

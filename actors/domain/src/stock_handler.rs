@@ -71,7 +71,9 @@ impl TxHandler for StockHandler {
     ) -> Result<(), TxError> {
         let mut products = BTreeSet::new();
         let mut finishing = Vec::new();
+        let mut orders = Vec::with_capacity(deliveries.len());
         for d in deliveries {
+            orders.push(d.message.event.meta().order_id.to_string());
             match &d.message.event {
                 AnyEvent::OrderCancelled(e) => finishing.push(e.meta.order_id.to_string()),
                 AnyEvent::OrderConfirmed(e) => finishing.push(e.meta.order_id.to_string()),
@@ -82,8 +84,10 @@ impl TxHandler for StockHandler {
                 }
             }
         }
+        // Reservation rows first, then products: every transaction locks in that order.
+        stock_store::load_reservations(uow, orders.iter().map(String::as_str)).await?;
         let finishing: Vec<&str> = finishing.iter().map(String::as_str).collect();
-        products.extend(stock_store::products_of_orders(uow.conn(), &finishing).await?);
+        products.extend(stock_store::products_of_orders(uow, &finishing).await?);
         stock_store::load(uow, &products).await?;
         Ok(())
     }
@@ -198,7 +202,7 @@ async fn on_cancelled(
     lane: Priority,
 ) -> Result<(), DomainError> {
     let order_id = event.meta.order_id.to_string();
-    if stock_store::tombstone(uow.conn(), &order_id, lane.as_str()).await? {
+    if stock_store::tombstone(uow, &order_id, lane.as_str()).await? {
         // Cancelled before we ever saw it: the tombstone keeps a late orders.created from
         // reserving stock for a dead order.
         tracing::debug!(%order_id, "order cancelled before any reservation");
@@ -226,7 +230,7 @@ async fn on_cancelled(
 async fn on_confirmed(uow: &mut UnitOfWork, meta: &EventMeta) -> Result<(), DomainError> {
     let order_id = meta.order_id.to_string();
     if stock_store::sell(uow, &order_id).await?.is_none() {
-        let status = stock_store::reservation_status(uow.conn(), &order_id).await?;
+        let status = stock_store::reservation_status(uow, &order_id).await?;
         if status.as_deref() != Some("sold") {
             count_on_commit(
                 uow,

@@ -10,13 +10,14 @@
 //! however many orders of the batch share it. Neither concurrency nor replicas can oversell,
 //! and every move keeps `available + reserved + sold` constant.
 //!
-//! Whatever happens to an order starts by writing its reservation row with an insert that
-//! does nothing on conflict ([`reserve`], [`tombstone`]): of a reservation and a cancellation
-//! racing in two transactions (two replicas, at READ COMMITTED), the second waits for the
-//! first to commit and then sees its row, so a cancelled order is never left holding stock
-//! and a reserved one is always released. Later moves are conditional updates on the row's
-//! status. The row also keeps the items it holds (JSON), so a reservation is one write of its
-//! row and a sale or release reads its items back from the update that wins.
+//! Whatever happens to an order starts from its reservation row, read with the batch's other
+//! rows into a [`ReservationBook`] (locked on PostgreSQL, before the products): a
+//! reservation or a cancellation writes the row if the order has none ([`reserve`],
+//! [`tombstone`]), so a late `orders.created` finds a cancelled order's tombstone; a sale or
+//! release moves it out of `reserved`. The new rows are inserted, and the moved ones updated,
+//! in one statement each at commit; a row another transaction wrote meanwhile makes the
+//! transaction a conflict, applied again (see [`ReservationBook`]). The row also keeps the
+//! items it holds (JSON), so a sale or release needs no other read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -118,52 +119,222 @@ pub enum Reservation {
     },
 }
 
-/// The status of the order's reservation record, if the stock handler has seen the order.
+/// The status of the order's reservation row, if the stock handler has seen the order, as
+/// this transaction sees it (read into its [`ReservationBook`]).
 pub async fn reservation_status(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    let row = sqlx::query("SELECT status FROM reservations WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(conn)
-        .await?;
-    row.map(|r| r.try_get("status")).transpose()
+    load_reservations(uow, [order_id]).await?;
+    Ok(uow
+        .deferred::<ReservationBook>()
+        .rows
+        .get(order_id)
+        .map(|r| r.status.clone()))
 }
 
-/// Writes the order's reservation row unless it has one: true if this transaction wrote it
-/// (and holds it until it commits), false if the order was handled before.
-async fn insert_row(
-    conn: &mut AnyConnection,
-    order_id: &str,
-    lane: &str,
-    status: &str,
-    held: Option<(i64, String)>,
-) -> Result<bool, sqlx::Error> {
-    let (amount_cents, items) = held.unzip();
-    Ok(sqlx::query(
-        "INSERT INTO reservations (order_id, status, lane, amount_cents, items, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(order_id)
-    .bind(status)
-    .bind(lane)
-    .bind(amount_cents)
-    .bind(items)
-    .bind(now_ms())
-    .execute(conn)
-    .await?
-    .rows_affected()
-        == 1)
+/// The reservation rows a transaction is about, read once and decided in memory.
+///
+/// [`load_reservations`] reads the rows of a batch's orders in one query (on PostgreSQL with
+/// `FOR UPDATE`, in order id order, before any product is locked). Whatever happens to an
+/// order starts from its row: a reservation or a cancellation writes it if the order has
+/// none ([`reserve`], [`tombstone`]); a sale or a release moves it out of `reserved`
+/// ([`sell`], [`release`]). When the transaction commits, the new rows are inserted in one
+/// statement and the moved ones updated in another. A row another transaction inserted
+/// since it was read as absent (a reservation and a cancellation of the same order racing on
+/// two replicas) makes the insert find it: the transaction is then a conflict
+/// ([`jetflow_runtime::db::lost_race`]) and is applied again, reading the other's row, so a
+/// cancelled order is never left holding stock and a reserved one is always released.
+#[derive(Debug, Default)]
+pub struct ReservationBook {
+    rows: BTreeMap<String, Booked>,
+    /// Orders looked for and not found.
+    absent: BTreeSet<String>,
+}
+
+/// A reservation row in the book.
+#[derive(Debug)]
+struct Booked {
+    status: String,
+    /// The items held (JSON), `None` for a row from before the items column.
+    items: Option<String>,
+    /// Set for a row this transaction writes: inserted at commit.
+    new: Option<NewRow>,
+    /// An existing row whose status this transaction changed: updated at commit.
+    moved: bool,
+}
+
+#[derive(Debug)]
+struct NewRow {
+    lane: String,
+    amount_cents: Option<i64>,
+}
+
+impl ReservationBook {
+    fn insert(&mut self, order_id: &str, status: &str, lane: &str, held: Option<(i64, String)>) {
+        let (amount_cents, items) = held.unzip();
+        self.absent.remove(order_id);
+        self.rows.insert(
+            order_id.to_string(),
+            Booked {
+                status: status.to_string(),
+                items,
+                new: Some(NewRow {
+                    lane: lane.to_string(),
+                    amount_cents,
+                }),
+                moved: false,
+            },
+        );
+    }
+}
+
+impl Deferred for ReservationBook {
+    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let new: Vec<(&String, &Booked, &NewRow)> = self
+                .rows
+                .iter()
+                .filter_map(|(id, b)| b.new.as_ref().map(|n| (id, b, n)))
+                .collect();
+            for chunk in new.chunks(500) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 6 + 1, 6)))
+                    .collect();
+                // Only generated placeholders are interpolated: no input reaches the SQL text.
+                let sql = format!(
+                    "INSERT INTO reservations (order_id, status, lane, amount_cents, items, updated_at) \
+                     VALUES {} ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                for (order_id, booked, row) in chunk {
+                    q = q
+                        .bind(order_id.as_str())
+                        .bind(booked.status.as_str())
+                        .bind(row.lane.as_str())
+                        .bind(row.amount_cents)
+                        .bind(booked.items.as_deref())
+                        .bind(now);
+                }
+                let inserted = q.fetch_all(&mut *conn).await?.len();
+                if inserted != chunk.len() {
+                    return Err(jetflow_runtime::db::lost_race(format!(
+                        "{} of {} reservation rows were written by another transaction since they were read",
+                        chunk.len() - inserted,
+                        chunk.len()
+                    )));
+                }
+            }
+            let moved: Vec<(&String, &Booked)> =
+                self.rows.iter().filter(|(_, b)| b.moved).collect();
+            for chunk in moved.chunks(500) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 3 + 1, 3)))
+                    .collect();
+                // Only generated placeholders are interpolated: no input reaches the SQL text.
+                // The rows are locked (PostgreSQL) or the database is (SQLite) since they
+                // were read `reserved`.
+                let sql = format!(
+                    "WITH moved (order_id, status, at) AS (VALUES {}) \
+                     UPDATE reservations SET status = moved.status, updated_at = moved.at \
+                     FROM moved WHERE reservations.order_id = moved.order_id \
+                     AND reservations.status = 'reserved'",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (order_id, booked) in chunk {
+                    q = q
+                        .bind(order_id.as_str())
+                        .bind(booked.status.as_str())
+                        .bind(now);
+                }
+                let updated = q.execute(&mut *conn).await?.rows_affected();
+                if updated != chunk.len() as u64 {
+                    tracing::error!(
+                        updated,
+                        moved = chunk.len(),
+                        "reservations moved by a transaction were not all updated"
+                    );
+                    return Err(sqlx::Error::RowNotFound);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Reads into the unit of work's [`ReservationBook`] the rows of the orders it has not
+/// looked for yet (locking them on PostgreSQL, in order id order): one statement per 500
+/// orders.
+pub async fn load_reservations<'a>(
+    uow: &mut UnitOfWork,
+    order_ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    let book = uow.deferred::<ReservationBook>();
+    let missing: BTreeSet<&str> = order_ids
+        .into_iter()
+        .filter(|id| !book.rows.contains_key(*id) && !book.absent.contains(*id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let missing: Vec<&str> = missing.into_iter().collect();
+    let lock = if uow.backend() == Backend::Postgres {
+        " FOR UPDATE"
+    } else {
+        ""
+    };
+    let mut found = Vec::with_capacity(missing.len());
+    for chunk in missing.chunks(500) {
+        // Only generated placeholders are interpolated: no input reaches the SQL text.
+        let sql = format!(
+            "SELECT order_id, status, items FROM reservations WHERE order_id IN ({}) \
+             ORDER BY order_id{lock}",
+            jetflow_runtime::db::placeholders(1, chunk.len())
+        );
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for row in q.fetch_all(uow.conn()).await? {
+            found.push((
+                row.try_get::<String, _>("order_id")?,
+                Booked {
+                    status: row.try_get("status")?,
+                    items: row.try_get("items")?,
+                    new: None,
+                    moved: false,
+                },
+            ));
+        }
+    }
+    let book = uow.deferred::<ReservationBook>();
+    book.absent
+        .extend(missing.iter().map(|id| (*id).to_string()));
+    for (order_id, booked) in found {
+        book.absent.remove(&order_id);
+        book.rows.insert(order_id, booked);
+    }
+    Ok(())
 }
 
 /// Records that the order was cancelled before any reservation: true if it was (nothing is
-/// held), false if a reservation record exists already.
+/// held; the row is written when the transaction commits), false if the order has a
+/// reservation row already.
 pub async fn tombstone(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
     lane: &str,
 ) -> Result<bool, sqlx::Error> {
-    insert_row(conn, order_id, lane, "cancelled", None).await
+    load_reservations(uow, [order_id]).await?;
+    let book = uow.deferred::<ReservationBook>();
+    if book.rows.contains_key(order_id) {
+        return Ok(false);
+    }
+    book.insert(order_id, "cancelled", lane, None);
+    Ok(true)
 }
 
 /// Sums quantities per product, in product order.
@@ -186,6 +357,14 @@ pub async fn reserve(
     lane: &str,
     items: &BTreeMap<String, i64>,
 ) -> Result<Option<Reservation>, sqlx::Error> {
+    load_reservations(uow, [order_id]).await?;
+    if uow
+        .deferred::<ReservationBook>()
+        .rows
+        .contains_key(order_id)
+    {
+        return Ok(None);
+    }
     load(uow, items.keys()).await?;
     let ledger = uow.deferred::<StockLedger>();
     // An unknown product is the reason even if another item is short.
@@ -204,8 +383,9 @@ pub async fn reserve(
         })
     };
     if let Some(refused) = refused {
-        let written = insert_row(uow.conn(), order_id, lane, "rejected", None).await?;
-        return Ok(written.then_some(refused));
+        uow.deferred::<ReservationBook>()
+            .insert(order_id, "rejected", lane, None);
+        return Ok(Some(refused));
     }
     let priced: Vec<(String, i64, i64)> = items
         .iter()
@@ -219,19 +399,12 @@ pub async fn reserve(
         .map(|(_, q, p)| q.saturating_mul(*p))
         .fold(0i64, i64::saturating_add);
     let held = serde_json::to_string(&priced).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    // The row is the claim: of two transactions reserving or cancelling the same order, the
-    // second waits here for the first to commit, then finds its row.
-    if !insert_row(
-        uow.conn(),
+    uow.deferred::<ReservationBook>().insert(
         order_id,
-        lane,
         "reserved",
+        lane,
         Some((amount_cents, held)),
-    )
-    .await?
-    {
-        return Ok(None);
-    }
+    );
     let ledger = uow.deferred::<StockLedger>();
     for (product_id, quantity) in items {
         if let Some(stock) = ledger.products.get_mut(product_id) {
@@ -250,27 +423,24 @@ pub async fn reserve(
     }))
 }
 
-/// The products held by these orders' reservations.
+/// The products held by these orders' reservations (read into the [`ReservationBook`]).
 pub async fn products_of_orders(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_ids: &[&str],
 ) -> Result<BTreeSet<String>, sqlx::Error> {
+    load_reservations(uow, order_ids.iter().copied()).await?;
+    let reserved: Vec<(String, Option<String>)> = {
+        let book = uow.deferred::<ReservationBook>();
+        order_ids
+            .iter()
+            .filter_map(|id| book.rows.get(*id).map(|b| (id, b)))
+            .filter(|(_, b)| b.status == "reserved")
+            .map(|(id, b)| ((*id).to_string(), b.items.clone()))
+            .collect()
+    };
     let mut products = BTreeSet::new();
-    if order_ids.is_empty() {
-        return Ok(products);
-    }
-    // Only generated placeholders are interpolated: no input reaches the SQL text.
-    let sql = format!(
-        "SELECT order_id, items FROM reservations WHERE status = 'reserved' AND order_id IN ({})",
-        jetflow_runtime::db::placeholders(1, order_ids.len())
-    );
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for id in order_ids {
-        q = q.bind(*id);
-    }
-    for row in q.fetch_all(&mut *conn).await? {
-        let order_id: String = row.try_get("order_id")?;
-        let items = held_items(conn, &order_id, row.try_get("items")?).await?;
+    for (order_id, items) in reserved {
+        let items = held_items(uow.conn(), &order_id, items).await?;
         products.extend(items.into_iter().map(|(product_id, _)| product_id));
     }
     Ok(products)
@@ -479,21 +649,18 @@ async fn finish(
     how: Move,
     to: &str,
 ) -> Result<Option<Vec<(String, i64)>>, sqlx::Error> {
-    // The conditional status change is the lock: of two concurrent finishes one wins; it
-    // returns the items held.
-    let won = sqlx::query(
-        "UPDATE reservations SET status = $2, updated_at = $3 WHERE order_id = $1 AND status = 'reserved' \
-         RETURNING items",
-    )
-    .bind(order_id)
-    .bind(to)
-    .bind(now_ms())
-    .fetch_optional(uow.conn())
-    .await?;
-    let Some(row) = won else {
-        return Ok(None);
+    // The row was read locked: of two concurrent finishes, the second reads it once the
+    // first committed, no longer `reserved`.
+    load_reservations(uow, [order_id]).await?;
+    let held = match uow.deferred::<ReservationBook>().rows.get_mut(order_id) {
+        Some(booked) if booked.status == "reserved" => {
+            booked.status = to.to_string();
+            booked.moved = booked.new.is_none();
+            booked.items.clone()
+        }
+        _ => return Ok(None),
     };
-    let items = held_items(uow.conn(), order_id, row.try_get("items")?).await?;
+    let items = held_items(uow.conn(), order_id, held).await?;
     load(uow, items.iter().map(|(product_id, _)| product_id)).await?;
     let ledger = uow.deferred::<StockLedger>();
     for (product_id, quantity) in &items {

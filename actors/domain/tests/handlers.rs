@@ -252,6 +252,65 @@ async fn stock_releases_on_cancel_and_sells_on_confirm() {
     assert_eq!(k.product("a").await.available, 7);
 }
 
+/// An order's whole life in one batch, decided against the rows the batch writes: reserved
+/// then released, cancelled before it was seen then created (the tombstone holds), reserved
+/// then sold; each reservation row is written once, with its last status.
+#[actix_rt::test]
+async fn a_batch_reserves_and_finishes_orders_it_holds_from_first_to_last_event() {
+    let k = kit().await;
+    k.put("a", 10, 100).await;
+    let probe = k.probe("inventory", StockHandler);
+    let (released, tombstoned, sold) = (
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+        Uuid::new_v4().to_string(),
+    );
+    let two = json!([{"product_id": "a", "quantity": 2}]);
+    let confirmed = bytes(with(
+        meta(&sold),
+        json!({"version": 1, "amount_cents": 200}),
+    ));
+    let batch = vec![
+        on("orders.created.v2", &created(&released, two.clone())),
+        on(
+            "orders.cancelled",
+            &cancelled(&released, "payment_declined"),
+        ),
+        on("orders.cancelled", &cancelled(&tombstoned, "timed_out")),
+        on("orders.created.v2", &created(&tombstoned, two.clone())),
+        on("orders.created.v2", &created(&sold, two.clone())),
+        on("orders.confirmed", &confirmed),
+    ];
+    for d in probe.deliver_batch(batch).await {
+        d.assert_ack();
+    }
+    let mut subjects = k.subjects().await;
+    subjects.sort();
+    assert_eq!(
+        subjects,
+        [
+            "inventory.released",
+            "inventory.reserved",
+            "inventory.reserved"
+        ]
+    );
+    let a = k.product("a").await;
+    assert_eq!((a.available, a.reserved, a.sold), (8, 0, 2));
+    let status = |id: String| {
+        let db = k.deps.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM reservations WHERE order_id = $1")
+                .bind(id)
+                .fetch_all(db.pool())
+                .await
+                .expect("read")
+        }
+    };
+    assert_eq!(status(released).await, ["released"]);
+    assert_eq!(status(tombstoned).await, ["cancelled"]);
+    assert_eq!(status(sold).await, ["sold"]);
+}
+
 /// One batch of orders sharing a product: the stock is decided order by order against what
 /// the batch took before it (no oversell), and a sale and a release in a later batch move it
 /// on.

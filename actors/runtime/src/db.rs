@@ -409,6 +409,51 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
     )
 }
 
+/// The error for a write that finds the database changed by another transaction since this
+/// one read it (a row it read as absent was written meanwhile, say): a conflict
+/// ([`is_conflict`], SQLSTATE `40001`), so the runtime applies the batch again at once, and
+/// the new attempt reads what the other transaction committed.
+///
+/// ```
+/// let e = jetflow_runtime::db::lost_race("reservation rows written meanwhile");
+/// assert!(jetflow_runtime::db::is_conflict(&e));
+/// assert!(!jetflow_runtime::db::is_connection(&e));
+/// ```
+pub fn lost_race(what: impl Into<String>) -> sqlx::Error {
+    sqlx::Error::Database(Box::new(LostRace(what.into())))
+}
+
+/// See [`lost_race`].
+#[derive(Debug, thiserror::Error)]
+#[error("lost a race with another transaction: {0}")]
+struct LostRace(String);
+
+impl sqlx::error::DatabaseError for LostRace {
+    fn message(&self) -> &str {
+        &self.0
+    }
+
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        Some(std::borrow::Cow::Borrowed("40001"))
+    }
+
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}
+
 /// Whether `e` is the connection's failure (the database unreachable, the pool exhausted or
 /// closed), as opposed to the database refusing, or the code misreading, what was sent: the
 /// same work may succeed once the connection is back.

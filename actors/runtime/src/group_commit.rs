@@ -188,11 +188,14 @@ async fn run_together<J: Job>(
         Ok(outputs) if outputs.len() == jobs.len() => outputs,
         Ok(outputs) => {
             let _ = tx.rollback().await;
-            return Err(Failure::Group(sqlx::Error::Protocol(format!(
-                "run_group answered {} of {} jobs",
-                outputs.len(),
-                jobs.len()
-            ))));
+            return Err(Failure::Group(sqlx::Error::Decode(
+                format!(
+                    "run_group answered {} of {} jobs",
+                    outputs.len(),
+                    jobs.len()
+                )
+                .into(),
+            )));
         }
         Err(e) => {
             let _ = tx.rollback().await;
