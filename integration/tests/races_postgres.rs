@@ -41,18 +41,25 @@ fn event(order_id: Uuid, extra: serde_json::Value) -> (Bytes, DeliveryMeta) {
     )
 }
 
+/// A fresh database with the reference system's schema, and a pool large enough for every
+/// transaction the test runs at once.
+async fn database() -> (TestDatabase, Database) {
+    let pg = TestDatabase::create().await;
+    let config = DbConfig {
+        max_connections: Some(32),
+        ..DbConfig::new(pg.url())
+    };
+    let db = Database::connect(&config).await.expect("PostgreSQL");
+    db.migrate(&MIGRATOR).await.expect("migrations");
+    (pg, db)
+}
+
 /// 200 orders, each reserved and cancelled at the same moment on two "replicas": whichever
 /// wins, a cancelled order never keeps stock reserved, and stock is conserved.
 #[test]
 fn a_cancellation_racing_a_reservation_never_leaks_stock() {
     jetflow_integration::run(async {
-        let pg = TestDatabase::create().await;
-        let config = DbConfig {
-            max_connections: Some(32),
-            ..DbConfig::new(pg.url())
-        };
-        let db = Database::connect(&config).await.expect("PostgreSQL");
-        db.migrate(&MIGRATOR).await.expect("migrations");
+        let (_pg, db) = database().await;
         {
             let mut conn = db.pool().acquire().await.expect("conn");
             stock_store::put(&mut conn, "race", 1_000_000, 100)
@@ -153,13 +160,7 @@ fn a_cancellation_racing_a_reservation_never_leaks_stock() {
 #[test]
 fn a_payment_racing_a_decline_on_two_replicas_finishes_each_order_once() {
     jetflow_integration::run(async {
-        let pg = TestDatabase::create().await;
-        let config = DbConfig {
-            max_connections: Some(32),
-            ..DbConfig::new(pg.url())
-        };
-        let db = Database::connect(&config).await.expect("PostgreSQL");
-        db.migrate(&MIGRATOR).await.expect("migrations");
+        let (_pg, db) = database().await;
         let orders: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
         {
             let mut conn = db.pool().acquire().await.expect("conn");

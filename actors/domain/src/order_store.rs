@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use futures::future::BoxFuture;
-use jetflow_runtime::{Backend, Deferred, UnitOfWork};
+use jetflow_runtime::{Deferred, UnitOfWork, db};
 use jetflow_schemas::Priority;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -147,23 +147,10 @@ pub async fn insert_pending(
     conn: &mut AnyConnection,
     order: &NewOrder,
 ) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO orders (order_id, customer_id, items, priority, shipping_address, status, correlation_id, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $7) ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(order.order_id.as_str())
-    .bind(order.customer_id.as_str())
-    .bind(order.items.to_string())
-    .bind(order.priority.as_str())
-    .bind(order.shipping_address.as_ref().map(|v| v.to_string()))
-    .bind(order.correlation_id.as_str())
-    .bind(order.at)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
     // Its `pending` entry is its creation time: no history row needed.
-    Ok(inserted)
+    Ok(insert_pending_many(conn, &[order])
+        .await?
+        .contains(&order.order_id))
 }
 
 /// Records new orders as pending, one statement per 500 orders (the gateway's accepted
@@ -438,31 +425,22 @@ pub async fn load<'a>(
         return Ok(());
     }
     let missing: Vec<&str> = missing.into_iter().collect();
-    let lock = if uow.backend() == Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let mut found = Vec::with_capacity(missing.len());
-    for chunk in missing.chunks(500) {
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let sql = format!(
-            "SELECT order_id, status, customer_id FROM orders WHERE order_id IN ({}) \
-             ORDER BY order_id{lock}",
-            jetflow_runtime::db::placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(uow.conn()).await? {
-            let order_id: String = row.try_get("order_id")?;
-            let status: String = row.try_get("status")?;
-            let customer_id: Option<String> = row.try_get("customer_id")?;
-            // A status this version does not know is treated as finished: never moved.
-            let status = OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled);
-            found.push((order_id, status, customer_id.is_some()));
-        }
+    let lock = db::for_update(uow.backend());
+    let rows = db::fetch_in(uow.conn(), &missing, |list| {
+        format!(
+            "SELECT order_id, status, customer_id FROM orders WHERE order_id IN ({list}) \
+             ORDER BY order_id{lock}"
+        )
+    })
+    .await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        let order_id: String = row.try_get("order_id")?;
+        let status: String = row.try_get("status")?;
+        let customer_id: Option<String> = row.try_get("customer_id")?;
+        // A status this version does not know is treated as finished: never moved.
+        let status = OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled);
+        found.push((order_id, status, customer_id.is_some()));
     }
     let book = uow.deferred::<OrderBook>();
     book.absent

@@ -137,7 +137,11 @@ impl PreparedTxHandler for PaymentHandler {
         let recorded = if ids.is_empty() {
             HashMap::new()
         } else {
-            match payment_store::get_many(self.deps.db.pool(), &ids).await {
+            let found = match self.deps.db.pool().acquire().await {
+                Ok(mut conn) => payment_store::get_many(&mut conn, &ids).await,
+                Err(e) => Err(e),
+            };
+            match found {
                 Ok(found) => found,
                 Err(e) => {
                     let reason = format!("database: {e}");

@@ -111,27 +111,19 @@ fn record_of(r: &sqlx::any::AnyRow) -> Result<PaymentRecord, sqlx::Error> {
 }
 
 /// The payments recorded for these orders, by order id (one statement per 500 orders).
-pub async fn get_many<'c, E>(
-    executor: E,
+pub async fn get_many(
+    conn: &mut AnyConnection,
     order_ids: &[&str],
-) -> Result<HashMap<String, PaymentRecord>, sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = sqlx::Any> + Copy,
-{
-    let mut found = HashMap::with_capacity(order_ids.len());
-    for chunk in order_ids.chunks(500) {
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let sql = format!(
-            "SELECT order_id, status, amount_cents, payment_id FROM payments WHERE order_id IN ({})",
-            jetflow_runtime::db::placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(executor).await? {
-            found.insert(row.try_get("order_id")?, record_of(&row)?);
-        }
+) -> Result<HashMap<String, PaymentRecord>, sqlx::Error> {
+    let rows = jetflow_runtime::db::fetch_in(conn, order_ids, |list| {
+        format!(
+            "SELECT order_id, status, amount_cents, payment_id FROM payments WHERE order_id IN ({list})"
+        )
+    })
+    .await?;
+    let mut found = HashMap::with_capacity(rows.len());
+    for row in rows {
+        found.insert(row.try_get("order_id")?, record_of(&row)?);
     }
     Ok(found)
 }

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
-use jetflow_runtime::{Backend, Deferred, UnitOfWork};
+use jetflow_runtime::{Deferred, UnitOfWork, db};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -281,34 +281,25 @@ pub async fn load_reservations<'a>(
         return Ok(());
     }
     let missing: Vec<&str> = missing.into_iter().collect();
-    let lock = if uow.backend() == Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let mut found = Vec::with_capacity(missing.len());
-    for chunk in missing.chunks(500) {
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let sql = format!(
-            "SELECT order_id, status, items FROM reservations WHERE order_id IN ({}) \
-             ORDER BY order_id{lock}",
-            jetflow_runtime::db::placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(*id);
-        }
-        for row in q.fetch_all(uow.conn()).await? {
-            found.push((
-                row.try_get::<String, _>("order_id")?,
-                Booked {
-                    status: row.try_get("status")?,
-                    items: row.try_get("items")?,
-                    new: None,
-                    moved: false,
-                },
-            ));
-        }
+    let lock = db::for_update(uow.backend());
+    let rows = db::fetch_in(uow.conn(), &missing, |list| {
+        format!(
+            "SELECT order_id, status, items FROM reservations WHERE order_id IN ({list}) \
+             ORDER BY order_id{lock}"
+        )
+    })
+    .await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        found.push((
+            row.try_get::<String, _>("order_id")?,
+            Booked {
+                status: row.try_get("status")?,
+                items: row.try_get("items")?,
+                new: None,
+                moved: false,
+            },
+        ));
     }
     let book = uow.deferred::<ReservationBook>();
     book.absent
@@ -557,32 +548,23 @@ pub async fn load<'a>(
         return Ok(());
     }
     let missing: Vec<&str> = missing.into_iter().collect();
-    let lock = if uow.backend() == Backend::Postgres {
-        " FOR UPDATE"
-    } else {
-        ""
-    };
-    let mut found = Vec::with_capacity(missing.len());
-    for chunk in missing.chunks(500) {
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let sql = format!(
-            "SELECT product_id, available, price_cents FROM products WHERE product_id IN ({}) \
-             ORDER BY product_id{lock}",
-            jetflow_runtime::db::placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for p in chunk {
-            q = q.bind(*p);
-        }
-        for row in q.fetch_all(uow.conn()).await? {
-            let product_id: String = row.try_get("product_id")?;
-            let stock = Stock {
-                available: row.try_get("available")?,
-                price_cents: row.try_get("price_cents")?,
-                moved: Moved::default(),
-            };
-            found.push((product_id, stock));
-        }
+    let lock = db::for_update(uow.backend());
+    let rows = db::fetch_in(uow.conn(), &missing, |list| {
+        format!(
+            "SELECT product_id, available, price_cents FROM products WHERE product_id IN ({list}) \
+             ORDER BY product_id{lock}"
+        )
+    })
+    .await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        let product_id: String = row.try_get("product_id")?;
+        let stock = Stock {
+            available: row.try_get("available")?,
+            price_cents: row.try_get("price_cents")?,
+            moved: Moved::default(),
+        };
+        found.push((product_id, stock));
     }
     let ledger = uow.deferred::<StockLedger>();
     ledger

@@ -480,6 +480,50 @@ pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// Keys per statement of [`fetch_in`]: far below the parameter limits of both engines.
+const IN_CHUNK: usize = 500;
+
+/// The rows of a query over a list of keys, one statement per 500 keys: `sql` is given the
+/// placeholders of one chunk (`$1, $2, …`, for an `IN (…)` list) and returns the statement,
+/// which runs with that chunk's keys bound in order. Only the generated placeholders reach the
+/// SQL text, never a key.
+///
+/// ```no_run
+/// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// use sqlx::Row;
+/// let rows = jetflow_runtime::db::fetch_in(conn, &["a", "b"], |list| {
+///     format!("SELECT id, level FROM readings WHERE id IN ({list})")
+/// })
+/// .await?;
+/// let ids: Vec<String> = rows.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+/// # Ok(()) }
+/// ```
+pub async fn fetch_in(
+    conn: &mut sqlx::AnyConnection,
+    keys: &[&str],
+    sql: impl Fn(&str) -> String,
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let mut rows = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(IN_CHUNK) {
+        let text = sql(&placeholders(1, chunk.len()));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
+        for key in chunk {
+            q = q.bind(*key);
+        }
+        rows.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(rows)
+}
+
+/// `" FOR UPDATE"` on PostgreSQL, nothing on SQLite (whose write transaction holds the whole
+/// database): the end of a read that locks the rows it returns until the transaction ends.
+pub fn for_update(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Postgres => " FOR UPDATE",
+        Backend::Sqlite => "",
+    }
+}
+
 /// `$from, $from+1, …` for `n` values: placeholders for a generated `IN (…)` or `VALUES` list.
 pub fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
