@@ -8,10 +8,10 @@
 //! cannot interleave a read and a write. Fields arrive with whichever event brings them first
 //! and are never overwritten with nothing.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 
 use futures::future::BoxFuture;
-use jetflow_runtime::{Deferred, UnitOfWork, db};
+use jetflow_runtime::{Deferred, Lookup, UnitOfWork, db};
 use jetflow_schemas::Priority;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -323,9 +323,7 @@ pub struct Change<'a> {
 /// An order the book does not hold is read (and locked) when it is first asked about.
 #[derive(Debug, Default)]
 pub struct OrderBook {
-    orders: BTreeMap<String, Held>,
-    /// Orders looked for and not found.
-    absent: BTreeSet<String>,
+    orders: Lookup<Held>,
 }
 
 /// An order in the book: its status (as moved), and what is to be written back.
@@ -348,9 +346,8 @@ struct Moved {
 
 impl OrderBook {
     fn hold(&mut self, order_id: &str, status: OrderStatus, full: bool) {
-        self.absent.remove(order_id);
         self.orders.insert(
-            order_id.to_string(),
+            order_id,
             Held {
                 status,
                 full,
@@ -416,15 +413,10 @@ pub async fn load<'a>(
     uow: &mut UnitOfWork,
     order_ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), sqlx::Error> {
-    let book = uow.deferred::<OrderBook>();
-    let missing: BTreeSet<&str> = order_ids
-        .into_iter()
-        .filter(|id| !book.orders.contains_key(*id) && !book.absent.contains(*id))
-        .collect();
+    let missing = uow.deferred::<OrderBook>().orders.unread(order_ids);
     if missing.is_empty() {
         return Ok(());
     }
-    let missing: Vec<&str> = missing.into_iter().collect();
     let lock = db::for_update(uow.backend());
     let rows = db::fetch_in(uow.conn(), &missing, |list| {
         format!(
@@ -440,20 +432,20 @@ pub async fn load<'a>(
         let customer_id: Option<String> = row.try_get("customer_id")?;
         // A status this version does not know is treated as finished: never moved.
         let status = OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled);
-        found.push((order_id, status, customer_id.is_some()));
+        let held = Held {
+            status,
+            full: customer_id.is_some(),
+            moved: None,
+        };
+        found.push((order_id, held));
     }
-    let book = uow.deferred::<OrderBook>();
-    book.absent
-        .extend(missing.iter().map(|id| (*id).to_string()));
-    for (order_id, status, full) in found {
-        book.hold(&order_id, status, full);
-    }
+    uow.deferred::<OrderBook>().orders.read(&missing, found);
     Ok(())
 }
 
 /// Reads an order the book took for absent, once another transaction created it.
 async fn reload(uow: &mut UnitOfWork, order_id: &str) -> Result<(), sqlx::Error> {
-    uow.deferred::<OrderBook>().absent.remove(order_id);
+    uow.deferred::<OrderBook>().orders.forget_absent(order_id);
     load(uow, [order_id]).await
 }
 

@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
-use jetflow_runtime::{Deferred, UnitOfWork, db};
+use jetflow_runtime::{Deferred, Lookup, UnitOfWork, db};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -147,9 +147,7 @@ pub async fn reservation_status(
 /// cancelled order is never left holding stock and a reserved one is always released.
 #[derive(Debug, Default)]
 pub struct ReservationBook {
-    rows: BTreeMap<String, Booked>,
-    /// Orders looked for and not found.
-    absent: BTreeSet<String>,
+    rows: Lookup<Booked>,
 }
 
 /// A reservation row in the book.
@@ -173,9 +171,8 @@ struct NewRow {
 impl ReservationBook {
     fn insert(&mut self, order_id: &str, status: &str, lane: &str, held: Option<(i64, String)>) {
         let (amount_cents, items) = held.unzip();
-        self.absent.remove(order_id);
         self.rows.insert(
-            order_id.to_string(),
+            order_id,
             Booked {
                 status: status.to_string(),
                 items,
@@ -272,15 +269,10 @@ pub async fn load_reservations<'a>(
     uow: &mut UnitOfWork,
     order_ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), sqlx::Error> {
-    let book = uow.deferred::<ReservationBook>();
-    let missing: BTreeSet<&str> = order_ids
-        .into_iter()
-        .filter(|id| !book.rows.contains_key(*id) && !book.absent.contains(*id))
-        .collect();
+    let missing = uow.deferred::<ReservationBook>().rows.unread(order_ids);
     if missing.is_empty() {
         return Ok(());
     }
-    let missing: Vec<&str> = missing.into_iter().collect();
     let lock = db::for_update(uow.backend());
     let rows = db::fetch_in(uow.conn(), &missing, |list| {
         format!(
@@ -301,13 +293,7 @@ pub async fn load_reservations<'a>(
             },
         ));
     }
-    let book = uow.deferred::<ReservationBook>();
-    book.absent
-        .extend(missing.iter().map(|id| (*id).to_string()));
-    for (order_id, booked) in found {
-        book.absent.remove(&order_id);
-        book.rows.insert(order_id, booked);
-    }
+    uow.deferred::<ReservationBook>().rows.read(&missing, found);
     Ok(())
 }
 
@@ -321,7 +307,7 @@ pub async fn tombstone(
 ) -> Result<bool, sqlx::Error> {
     load_reservations(uow, [order_id]).await?;
     let book = uow.deferred::<ReservationBook>();
-    if book.rows.contains_key(order_id) {
+    if book.rows.get(order_id).is_some() {
         return Ok(false);
     }
     book.insert(order_id, "cancelled", lane, None);
@@ -352,14 +338,15 @@ pub async fn reserve(
     if uow
         .deferred::<ReservationBook>()
         .rows
-        .contains_key(order_id)
+        .get(order_id)
+        .is_some()
     {
         return Ok(None);
     }
     load(uow, items.keys()).await?;
     let ledger = uow.deferred::<StockLedger>();
     // An unknown product is the reason even if another item is short.
-    let refused = if let Some(unknown) = items.keys().find(|p| !ledger.products.contains_key(*p)) {
+    let refused = if let Some(unknown) = items.keys().find(|p| ledger.products.get(p).is_none()) {
         Some(Reservation::UnknownProduct {
             product_id: unknown.clone(),
         })
@@ -424,7 +411,7 @@ pub async fn products_of_orders(
         let book = uow.deferred::<ReservationBook>();
         order_ids
             .iter()
-            .filter_map(|id| book.rows.get(*id).map(|b| (id, b)))
+            .filter_map(|id| book.rows.get(id).map(|b| (id, b)))
             .filter(|(_, b)| b.status == "reserved")
             .map(|(id, b)| ((*id).to_string(), b.items.clone()))
             .collect()
@@ -445,9 +432,7 @@ pub async fn products_of_orders(
 /// updated once.
 #[derive(Debug, Default)]
 pub struct StockLedger {
-    products: BTreeMap<String, Stock>,
-    /// Products looked for and not found.
-    absent: BTreeSet<String>,
+    products: Lookup<Stock>,
 }
 
 /// One product in the ledger: as read, and how far it moved since.
@@ -476,7 +461,7 @@ impl Deferred for StockLedger {
     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let now = now_ms();
-            for (product_id, stock) in &self.products {
+            for (product_id, stock) in self.products.iter() {
                 if stock.moved == Moved::default() {
                     continue;
                 }
@@ -538,16 +523,13 @@ pub async fn load<'a>(
     uow: &mut UnitOfWork,
     products: impl IntoIterator<Item = &'a String>,
 ) -> Result<(), sqlx::Error> {
-    let ledger = uow.deferred::<StockLedger>();
-    let missing: BTreeSet<&str> = products
-        .into_iter()
-        .filter(|p| !ledger.products.contains_key(*p) && !ledger.absent.contains(*p))
-        .map(String::as_str)
-        .collect();
+    let missing = uow
+        .deferred::<StockLedger>()
+        .products
+        .unread(products.into_iter().map(String::as_str));
     if missing.is_empty() {
         return Ok(());
     }
-    let missing: Vec<&str> = missing.into_iter().collect();
     let lock = db::for_update(uow.backend());
     let rows = db::fetch_in(uow.conn(), &missing, |list| {
         format!(
@@ -566,14 +548,7 @@ pub async fn load<'a>(
         };
         found.push((product_id, stock));
     }
-    let ledger = uow.deferred::<StockLedger>();
-    ledger
-        .absent
-        .extend(missing.iter().map(|p| (*p).to_string()));
-    for (product_id, stock) in found {
-        ledger.absent.remove(&product_id);
-        ledger.products.insert(product_id, stock);
-    }
+    uow.deferred::<StockLedger>().products.read(&missing, found);
     Ok(())
 }
 

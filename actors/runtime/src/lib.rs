@@ -78,16 +78,16 @@ pub use route::{BatchConfig, Route};
 pub use supervisor::{RestartPolicy, Supervisor};
 pub use topology::{ConsumerSpec, Discard, StreamSpec, Topology};
 pub use tx_route::{PreparedTxHandler, Preparing, TxError, TxHandler, TxRoute};
-pub use unit_of_work::{Deferred, UnitOfWork};
+pub use unit_of_work::{Deferred, Lookup, UnitOfWork};
 
 /// What a service built on jetflow usually needs, in one `use`.
 pub mod prelude {
     pub use crate::{
         ActorRef, BatchConfig, Bridge, BridgeConfig, ConsumerSpec, Database, DbConfig, Decode,
-        DecodeError, Deferred, Delivery, DeliveryMeta, Health, Json, NatsBridge, NatsConfig,
-        OutboxHandle, OutboxRelay, Outcome, OutgoingMessage, PreparedTxHandler, Preparing,
-        Publisher, RelayConfig, RestartPolicy, Route, StreamSpec, Supervisor, Topology, TxError,
-        TxHandler, TxRoute, UnitOfWork,
+        DecodeError, Deferred, Delivery, DeliveryMeta, Health, Json, Lookup, NatsBridge,
+        NatsConfig, OutboxHandle, OutboxRelay, Outcome, OutgoingMessage, PreparedTxHandler,
+        Preparing, Publisher, RelayConfig, RestartPolicy, Route, StreamSpec, Supervisor, Topology,
+        TxError, TxHandler, TxRoute, UnitOfWork,
     };
 }
 
