@@ -6,16 +6,24 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::{App, HttpServer};
 use bytes::Bytes;
+use jetflow_domain::config::SagaConfig;
+use jetflow_domain::handling::Deps;
 use jetflow_domain::order_handler::OrderHandler;
 use jetflow_domain::order_store::{self, NewOrder};
+use jetflow_domain::payment_client::PaymentClient;
+use jetflow_domain::payment_handler::PaymentHandler;
+use jetflow_domain::payment_store::{self, NewPayment, PaymentStatus};
+use jetflow_domain::payment_voider::PaymentVoider;
 use jetflow_domain::stock_handler::StockHandler;
 use jetflow_domain::{MIGRATOR, stock_store};
 use jetflow_integration::TestDatabase;
+use jetflow_provider::ProviderState;
 use jetflow_runtime::testkit::{RecordingPublisher, TestKit};
 use jetflow_runtime::{
-    ConsumerSpec, Database, DbConfig, Decision, DeliveryMeta, OutboxRelay, RelayConfig, TxRoute,
-    headers,
+    BreakerActor, BreakerConfig, ConsumerSpec, Database, DbConfig, Decision, DeliveryMeta,
+    OutboxRelay, RelayConfig, Supervisor, TxRoute, UnitOfWork, headers,
 };
 use jetflow_schemas::Priority;
 use serde_json::json;
@@ -283,4 +291,208 @@ fn payment_event(order_id: Uuid, subject: &str, extra: serde_json::Value) -> (By
         Bytes::from(serde_json::to_vec(&body).expect("JSON")),
         DeliveryMeta::new(subject).with_header(headers::MSG_ID, &event_id.to_string()),
     )
+}
+
+/// 100 orders, each charged on one replica of the payment handler and cancelled on another at
+/// the same moment (batches of 20, in opposite orders): whichever records first, no cancelled
+/// order keeps a charge. Every charge the provider made is voided, no payment row is left
+/// `succeeded`, and each order was charged at most once.
+#[test]
+fn a_charge_racing_a_cancellation_on_two_replicas_is_always_voided() {
+    jetflow_integration::run(async {
+        let (_pg, db) = database().await;
+        let published = RecordingPublisher::new();
+        let outbox = OutboxRelay::start(
+            db.clone(),
+            Arc::new(published.clone()),
+            RelayConfig::default(),
+        );
+        let provider = ProviderState::default();
+        let server = {
+            let s = provider.clone();
+            HttpServer::new(move || App::new().configure(jetflow_provider::configure(s.clone())))
+                .workers(1)
+                .disable_signals()
+                .bind(("127.0.0.1", 0))
+                .expect("bind")
+        };
+        let url = format!("http://{}", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        jetflow_domain::payment_client::install_crypto_provider();
+        let client = PaymentClient::new(&url, Duration::from_secs(5), None).expect("client");
+        let deps = Deps {
+            db: db.clone(),
+            outbox: outbox.clone(),
+            config: Arc::new(SagaConfig::default()),
+        };
+        let (vdb, vclient) = (db.clone(), client.clone());
+        let voider = Supervisor::new("voider-race")
+            .start(move |_| PaymentVoider::new(vdb, vclient, Duration::from_millis(100)));
+        let replica = || {
+            let breaker = BreakerActor::start(BreakerConfig {
+                name: format!("race-{}", Uuid::new_v4().simple()),
+                failure_threshold: 1000,
+                open_timeout: Duration::from_secs(30),
+                call_timeout: Duration::from_secs(5),
+            });
+            TestKit::tx(
+                TxRoute::new(
+                    ConsumerSpec::new("INVENTORY", "payments-inventory", &[]),
+                    PaymentHandler::new(deps.clone(), client.clone(), breaker, voider.clone()),
+                    &outbox,
+                )
+                .inbox("payments"),
+            )
+        };
+        let (a, b) = (replica(), replica());
+        let orders: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
+        let reserved = |id: Uuid| {
+            payment_event(
+                id,
+                "inventory.reserved",
+                json!({"version": 1, "customer_id": "c", "amount_cents": 300,
+                       "items": [{"product_id": "p", "quantity": 1, "unit_price_cents": 300}]}),
+            )
+        };
+        let cancelled = |id: Uuid| {
+            payment_event(
+                id,
+                "orders.cancelled",
+                json!({"version": 1, "reason": "timed_out", "detail": "race"}),
+            )
+        };
+        let forward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+            .chunks(20)
+            .map(|c| c.iter().map(|id| reserved(*id)).collect())
+            .collect();
+        let backward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+            .rchunks(20)
+            .map(|c| c.iter().rev().map(|id| cancelled(*id)).collect())
+            .collect();
+        let (on_a, on_b) = futures::join!(
+            futures::future::join_all(forward.iter().map(|batch| a.deliver_batch(batch.clone()))),
+            futures::future::join_all(backward.iter().map(|batch| b.deliver_batch(batch.clone())))
+        );
+        for (batches, outcomes) in [(&forward, &on_a), (&backward, &on_b)] {
+            for (batch, delivered) in batches.iter().zip(outcomes) {
+                for (event, d) in batch.iter().zip(delivered) {
+                    assert!(
+                        !matches!(d.decision, Decision::DeadLetter(_)),
+                        "{:?}",
+                        d.outcome
+                    );
+                    if d.decision != Decision::Ack {
+                        a.deliver_batch(vec![event.clone()]).await[0].assert_ack();
+                    }
+                }
+            }
+        }
+        // Every charge made is voided at the provider and recorded so, within a deadline (the
+        // voider works after the commit).
+        let unvoided = || {
+            provider
+                .accounts()
+                .into_iter()
+                .filter(|acc| {
+                    acc.charges_made > 0
+                        && acc.status != Some(jetflow_provider::ChargeStatus::Voided)
+                })
+                .collect::<Vec<_>>()
+        };
+        let open_rows = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT COUNT(*) FROM payments WHERE status IN ('succeeded', 'void_pending')",
+            )
+            .fetch_one(db.pool())
+            .await
+            .expect("count")
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !unvoided().is_empty() || open_rows().await > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a cancelled order keeps its charge: {:?} at the provider, {} rows succeeded or \
+                 void_pending",
+                unvoided(),
+                open_rows().await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for acc in provider.accounts() {
+            assert!(acc.charges_made <= 1, "charged twice: {acc:?}");
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payments")
+            .fetch_one(db.pool())
+            .await
+            .expect("count");
+        assert_eq!(rows, 100, "one payment row per order");
+        handle.stop(false).await;
+        db.close().await;
+    })
+}
+
+/// The window the races above may or may not hit, opened by hand: a transaction reads an
+/// order's payment and reservation rows as absent and records a charge and a tombstone; another
+/// transaction writes both rows and commits first. The first one's commit must then be a
+/// conflict (so the runtime applies its batch again and sees those rows), never a silent
+/// success that would leave a charge unvoided or a cancellation unseen.
+#[test]
+fn a_row_written_since_the_book_read_it_makes_the_commit_a_conflict() {
+    jetflow_integration::run(async {
+        let (_pg, db) = database().await;
+        let outbox = OutboxRelay::start(
+            db.clone(),
+            Arc::new(RecordingPublisher::new()),
+            RelayConfig::default(),
+        );
+        for table in ["payments", "reservations"] {
+            let id = Uuid::new_v4().to_string();
+            let mut uow = UnitOfWork::begin(&db).await.expect("begin");
+            let recorded = if table == "payments" {
+                payment_store::record(
+                    &mut uow,
+                    &NewPayment {
+                        order_id: &id,
+                        status: PaymentStatus::Succeeded,
+                        amount_cents: 300,
+                        payment_id: Some("pay_1"),
+                        attempts: 1,
+                        detail: None,
+                    },
+                )
+                .await
+                .expect("record")
+            } else {
+                stock_store::tombstone(&mut uow, &id, "standard")
+                    .await
+                    .expect("tombstone")
+            };
+            assert!(recorded, "{table}: the row was absent when read");
+            // Another transaction (a replica) writes the same order's row and commits first.
+            let sql = if table == "payments" {
+                "INSERT INTO payments (order_id, status, amount_cents, attempts, updated_at) \
+                 VALUES ($1, 'cancelled', 0, 0, 1)"
+            } else {
+                "INSERT INTO reservations (order_id, status, lane, updated_at) \
+                 VALUES ($1, 'reserved', 'standard', 1)"
+            };
+            sqlx::query(sql)
+                .bind(id.as_str())
+                .execute(db.pool())
+                .await
+                .expect("the other transaction");
+            let Err(e) = uow.commit(&outbox).await else {
+                panic!(
+                    "{table}: the commit overwrote, or ignored, a row written since it was read"
+                );
+            };
+            assert!(
+                jetflow_runtime::db::is_conflict(&e),
+                "{table}: not a conflict: {e}"
+            );
+        }
+        db.close().await;
+    })
 }

@@ -172,6 +172,22 @@ impl PreparedTxHandler for PaymentHandler {
         .await
     }
 
+    /// Reads the payment rows of every order of the batch in one query (locked on
+    /// PostgreSQL), into the transaction's [`PaymentBook`](payment_store::PaymentBook):
+    /// each delivery records or voids against it, and the rows are written at commit.
+    async fn begin_batch(
+        &self,
+        uow: &mut UnitOfWork,
+        deliveries: &[&Delivery<InboundEvent>],
+    ) -> Result<(), TxError> {
+        let ids: Vec<String> = deliveries
+            .iter()
+            .map(|d| d.message.event.meta().order_id.to_string())
+            .collect();
+        payment_store::load(uow, ids.iter().map(String::as_str)).await?;
+        Ok(())
+    }
+
     async fn handle(
         &self,
         uow: &mut UnitOfWork,
@@ -360,7 +376,7 @@ impl PaymentHandler {
             attempts: d.meta.delivered,
             detail,
         };
-        if !payment_store::record(uow.conn(), &new).await? {
+        if !payment_store::record(uow, &new).await? {
             // Recorded before: by a concurrent delivery (nothing to do), or as cancelled while
             // we were charging, in which case what we charged is given back.
             if matches!(step, Step::Charged { .. }) {
@@ -444,7 +460,7 @@ impl PaymentHandler {
             attempts: 0,
             detail: Some("order cancelled before any charge was recorded"),
         };
-        if payment_store::record(uow.conn(), &tombstone).await? {
+        if payment_store::record(uow, &tombstone).await? {
             if uncertain {
                 self.wake_voider(uow, order_id);
             }
@@ -468,7 +484,7 @@ impl PaymentHandler {
         order_id: &str,
         from: &[PaymentStatus],
     ) -> Result<bool, DomainError> {
-        let requested = payment_store::request_void(uow.conn(), order_id, from).await?;
+        let requested = payment_store::request_void(uow, order_id, from).await?;
         if requested {
             self.wake_voider(uow, order_id);
         }

@@ -1,13 +1,15 @@
 //! Payments in the database: one row per order, written with the event it produces, and a
 //! marker for charge attempts whose outcome is unknown.
 //!
-//! The row's primary key is the serialisation point between charging and cancelling: the
-//! charge records `succeeded` and the cancellation records a `cancelled` tombstone, both with
-//! an insert that does nothing on conflict, so whichever comes second sees the first and
-//! knows a charge must be voided.
+//! The row is the serialisation point between charging and cancelling: the charge records
+//! `succeeded` and the cancellation records a `cancelled` tombstone, each only if the order
+//! has no row, so whichever comes second sees the first and knows a charge must be voided. A
+//! batch reads its rows once (locked) into a [`PaymentBook`] and writes them at commit.
 
 use std::collections::HashMap;
 
+use futures::future::BoxFuture;
+use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
 use sqlx::{AnyConnection, Row};
 
 use crate::now_ms;
@@ -128,23 +130,176 @@ pub async fn get_many(
     Ok(found)
 }
 
-/// Records an order's payment outcome; false if one was recorded already (see [`get`]).
-pub async fn record(conn: &mut AnyConnection, p: &NewPayment<'_>) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
-        "INSERT INTO payments (order_id, status, amount_cents, payment_id, attempts, detail, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (order_id) DO NOTHING",
-    )
-    .bind(p.order_id)
-    .bind(p.status.as_str())
-    .bind(p.amount_cents)
-    .bind(p.payment_id)
-    .bind(i64::from(p.attempts))
-    .bind(p.detail)
-    .bind(now_ms())
-    .execute(conn)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+/// The payment rows a transaction is about, read once and decided in memory.
+///
+/// [`load`] reads the rows of a batch's orders in one query (on PostgreSQL with `FOR UPDATE`,
+/// in order id order, so two batches, lanes or replicas, wait for each other instead of
+/// deadlocking, and the voider waits for the batch). A charge's outcome and a cancellation's
+/// tombstone are recorded only for an order without a row ([`record`]), so whichever comes
+/// second sees the first and knows a charge must be voided; [`request_void`] moves a row to
+/// `void_pending`. When the transaction commits, the new rows are inserted in one statement
+/// and the moved ones updated in another. A row another transaction inserted since it was read
+/// as absent makes the transaction a conflict ([`jetflow_runtime::db::lost_race`]), applied
+/// again, reading that row.
+#[derive(Debug, Default)]
+pub struct PaymentBook {
+    rows: Lookup<Booked>,
+}
+
+/// A payment row in the book.
+#[derive(Debug)]
+struct Booked {
+    status: PaymentStatus,
+    /// Set for a row this transaction inserts at commit.
+    new: Option<NewRow>,
+    /// An existing row whose status this transaction changed: updated at commit.
+    moved: bool,
+}
+
+#[derive(Debug)]
+struct NewRow {
+    amount_cents: i64,
+    payment_id: Option<String>,
+    attempts: i64,
+    detail: Option<String>,
+}
+
+impl Deferred for PaymentBook {
+    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let new: Vec<(&String, &Booked, &NewRow)> = self
+                .rows
+                .iter()
+                .filter_map(|(id, b)| b.new.as_ref().map(|n| (id, b, n)))
+                .collect();
+            for chunk in new.chunks(500) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 7 + 1, 7)))
+                    .collect();
+                // Only generated placeholders are interpolated: no input reaches the SQL text.
+                let sql = format!(
+                    "INSERT INTO payments (order_id, status, amount_cents, payment_id, attempts, detail, updated_at) \
+                     VALUES {} ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
+                for (order_id, booked, row) in chunk {
+                    q = q
+                        .bind(order_id.as_str())
+                        .bind(booked.status.as_str())
+                        .bind(row.amount_cents)
+                        .bind(row.payment_id.as_deref())
+                        .bind(row.attempts)
+                        .bind(row.detail.as_deref())
+                        .bind(now);
+                }
+                let inserted = q.fetch_all(&mut *conn).await?.len();
+                if inserted != chunk.len() {
+                    return Err(jetflow_runtime::db::lost_race(format!(
+                        "{} of {} payment rows were written by another transaction since they were read",
+                        chunk.len() - inserted,
+                        chunk.len()
+                    )));
+                }
+            }
+            let moved: Vec<(&String, &Booked)> =
+                self.rows.iter().filter(|(_, b)| b.moved).collect();
+            for chunk in moved.chunks(500) {
+                let values: Vec<String> = (0..chunk.len())
+                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 3 + 1, 3)))
+                    .collect();
+                // Only generated placeholders are interpolated: no input reaches the SQL text.
+                // The rows are locked (PostgreSQL) or the database is (SQLite) since `load`
+                // read them.
+                let sql = format!(
+                    "WITH moved (order_id, status, at) AS (VALUES {}) \
+                     UPDATE payments SET status = moved.status, updated_at = moved.at \
+                     FROM moved WHERE payments.order_id = moved.order_id",
+                    values.join(", ")
+                );
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for (order_id, booked) in chunk {
+                    q = q
+                        .bind(order_id.as_str())
+                        .bind(booked.status.as_str())
+                        .bind(now);
+                }
+                let updated = q.execute(&mut *conn).await?.rows_affected();
+                if updated != chunk.len() as u64 {
+                    tracing::error!(
+                        updated,
+                        moved = chunk.len(),
+                        "payments moved by a transaction were not all updated"
+                    );
+                    return Err(sqlx::Error::RowNotFound);
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Reads into the unit of work's [`PaymentBook`] the payment rows of the orders it has not
+/// looked for yet (locking them on PostgreSQL, in order id order): one statement per 500
+/// orders.
+pub async fn load<'a>(
+    uow: &mut UnitOfWork,
+    order_ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    let missing = uow.deferred::<PaymentBook>().rows.unread(order_ids);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let lock = jetflow_runtime::db::for_update(uow.backend());
+    let rows = jetflow_runtime::db::fetch_in(uow.conn(), &missing, |list| {
+        format!(
+            "SELECT order_id, status FROM payments WHERE order_id IN ({list}) \
+             ORDER BY order_id{lock}"
+        )
+    })
+    .await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        let status: String = row.try_get("status")?;
+        let status = PaymentStatus::parse(&status).ok_or_else(|| {
+            sqlx::Error::Decode(format!("unknown payment status {status:?}").into())
+        })?;
+        found.push((
+            row.try_get::<String, _>("order_id")?,
+            Booked {
+                status,
+                new: None,
+                moved: false,
+            },
+        ));
+    }
+    uow.deferred::<PaymentBook>().rows.read(&missing, found);
+    Ok(())
+}
+
+/// Records an order's payment outcome (written when the transaction commits); false if one
+/// was recorded already.
+pub async fn record(uow: &mut UnitOfWork, p: &NewPayment<'_>) -> Result<bool, sqlx::Error> {
+    load(uow, [p.order_id]).await?;
+    let book = uow.deferred::<PaymentBook>();
+    if book.rows.get(p.order_id).is_some() {
+        return Ok(false);
+    }
+    book.rows.insert(
+        p.order_id,
+        Booked {
+            status: p.status,
+            new: Some(NewRow {
+                amount_cents: p.amount_cents,
+                payment_id: p.payment_id.map(str::to_string),
+                attempts: i64::from(p.attempts),
+                detail: p.detail.map(str::to_string),
+            }),
+            moved: false,
+        },
+    );
+    Ok(true)
 }
 
 /// Remembers that a charge for `order_id` may exist at the provider without being recorded
@@ -177,25 +332,22 @@ where
     Ok(row.is_some())
 }
 
-/// Asks for the order's charge to be voided, if its payment is in one of `from`: true if it
-/// was.
+/// Asks for the order's charge to be voided, if its payment is in one of `from` (as this
+/// transaction sees it): true if it was.
 pub async fn request_void(
-    conn: &mut AnyConnection,
+    uow: &mut UnitOfWork,
     order_id: &str,
     from: &[PaymentStatus],
 ) -> Result<bool, sqlx::Error> {
-    let sql = format!(
-        "UPDATE payments SET status = 'void_pending', updated_at = $2 WHERE order_id = $1 AND status IN ({})",
-        jetflow_runtime::db::placeholders(3, from.len())
-    );
-    // Only generated placeholders are interpolated: no input reaches the SQL text.
-    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(order_id)
-        .bind(now_ms());
-    for status in from {
-        q = q.bind(status.as_str());
+    load(uow, [order_id]).await?;
+    match uow.deferred::<PaymentBook>().rows.get_mut(order_id) {
+        Some(booked) if from.contains(&booked.status) => {
+            booked.status = PaymentStatus::VoidPending;
+            booked.moved = booked.new.is_none();
+            Ok(true)
+        }
+        _ => Ok(false),
     }
-    Ok(q.execute(conn).await?.rows_affected() == 1)
 }
 
 /// Orders whose charge waits to be voided, oldest first.

@@ -928,6 +928,54 @@ async fn a_charge_that_lands_after_the_cancellation_is_voided() {
     handle.stop(false).await;
 }
 
+/// One batch charges two orders and then holds the cancellation of one of them: the
+/// cancellation sees the charge the same batch recorded (not yet written) and has it voided;
+/// both charges were made, in delivery order, before the cancellation, so both successes are
+/// emitted; each order is charged once at the provider.
+#[actix_rt::test]
+async fn a_cancellation_in_the_batch_that_charged_the_order_voids_the_charge() {
+    let k = kit().await;
+    let (url, state, handle) = provider().await;
+    let probe = k.probe("payments", payments(&k, &url));
+    let (kept, dropped) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let batch = vec![
+        on("inventory.reserved", &reserved_for(&kept, "c-1")),
+        on("inventory.reserved", &reserved_for(&dropped, "c-2")),
+        on("orders.cancelled", &cancelled(&dropped, "timed_out")),
+    ];
+    for d in probe.deliver_batch(batch).await {
+        d.assert_ack();
+    }
+    until_provider(&state, "the cancelled order's charge to be voided", |s| {
+        account(s, &dropped)
+            .is_some_and(|a| a.status == Some(jetflow_provider::ChargeStatus::Voided))
+    })
+    .await;
+    let (k1, d1) = (
+        account(&state, &kept).expect("charged"),
+        account(&state, &dropped).expect("charged"),
+    );
+    assert_eq!((k1.charge_calls, k1.void_calls), (1, 0), "{k1:?}");
+    assert_eq!((d1.charge_calls, d1.void_calls), (1, 1), "{d1:?}");
+    assert_eq!(
+        k.subjects().await,
+        ["payments.succeeded", "payments.succeeded"]
+    );
+    let status = |id: String| {
+        let db = k.deps.db.clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT status FROM payments WHERE order_id = $1")
+                .bind(id)
+                .fetch_all(db.pool())
+                .await
+                .expect("read")
+        }
+    };
+    assert_eq!(status(kept).await, ["succeeded"]);
+    assert_eq!(status(dropped).await, ["voided"]);
+    handle.stop(false).await;
+}
+
 #[actix_rt::test]
 async fn a_5xx_is_not_proof_of_no_charge_and_the_order_it_gives_up_on_is_voided() {
     let k = kit().await;
