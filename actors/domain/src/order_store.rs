@@ -11,7 +11,8 @@
 use std::collections::HashSet;
 
 use futures::future::BoxFuture;
-use jetflow_runtime::{Deferred, Lookup, UnitOfWork, db};
+use jetflow_runtime::db::{self, Param};
+use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
 use jetflow_schemas::Priority;
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -360,49 +361,40 @@ impl OrderBook {
 impl Deferred for OrderBook {
     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            let moved: Vec<(&String, OrderStatus, &Moved)> = self
+            let moved: Vec<Vec<Param>> = self
                 .orders
                 .iter()
-                .filter_map(|(id, h)| h.moved.as_ref().map(|m| (id, h.status, m)))
+                .filter_map(|(id, h)| {
+                    h.moved.as_ref().map(|m| {
+                        vec![
+                            id.as_str().into(),
+                            h.status.as_str().into(),
+                            m.reason.as_deref().into(),
+                            m.detail.as_deref().into(),
+                            m.amount_cents.into(),
+                            m.at.into(),
+                        ]
+                    })
+                })
                 .collect();
-            for chunk in moved.chunks(500) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 6 + 1, 6)))
-                    .collect();
-                // Only generated placeholders are interpolated: no input reaches the SQL text.
-                // The rows are locked (PostgreSQL) or the database is (SQLite) since `load`
-                // read them, so every one of them is there to update.
-                let sql = format!(
-                    "WITH moved (order_id, status, reason, detail, amount_cents, at) AS (VALUES {}) \
-                     UPDATE orders SET status = moved.status, reason = COALESCE(moved.reason, orders.reason), \
-                     detail = COALESCE(moved.detail, orders.detail), \
-                     amount_cents = COALESCE(moved.amount_cents, orders.amount_cents), updated_at = moved.at \
-                     FROM moved WHERE orders.order_id = moved.order_id",
-                    values.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (order_id, status, m) in chunk {
-                    q = q
-                        .bind(order_id.as_str())
-                        .bind(status.as_str())
-                        .bind(m.reason.as_deref())
-                        .bind(m.detail.as_deref())
-                        .bind(m.amount_cents)
-                        .bind(m.at);
-                }
-                let updated = q.execute(&mut *conn).await?.rows_affected();
-                if updated != chunk.len() as u64 {
-                    // Rows it holds locked cannot vanish: something else is wrong, so the
-                    // batch is applied one delivery at a time.
-                    tracing::error!(
-                        updated,
-                        moved = chunk.len(),
-                        "orders moved by a transaction were not all updated"
-                    );
-                    return Err(sqlx::Error::RowNotFound);
-                }
-            }
-            Ok(())
+            db::update_from_values(
+                conn,
+                "orders",
+                &[
+                    "order_id",
+                    "status",
+                    "reason",
+                    "detail",
+                    "amount_cents",
+                    "at",
+                ],
+                "status = moved.status, reason = COALESCE(moved.reason, orders.reason), \
+                 detail = COALESCE(moved.detail, orders.detail), \
+                 amount_cents = COALESCE(moved.amount_cents, orders.amount_cents), \
+                 updated_at = moved.at",
+                &moved,
+            )
+            .await
         })
     }
 }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
+use jetflow_runtime::db::{self, Param};
 use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
 use sqlx::{AnyConnection, Row};
 
@@ -117,7 +118,7 @@ pub async fn get_many(
     conn: &mut AnyConnection,
     order_ids: &[&str],
 ) -> Result<HashMap<String, PaymentRecord>, sqlx::Error> {
-    let rows = jetflow_runtime::db::fetch_in(conn, order_ids, |list| {
+    let rows = db::fetch_in(conn, order_ids, |list| {
         format!(
             "SELECT order_id, status, amount_cents, payment_id FROM payments WHERE order_id IN ({list})"
         )
@@ -168,74 +169,52 @@ impl Deferred for PaymentBook {
     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let now = now_ms();
-            let new: Vec<(&String, &Booked, &NewRow)> = self
+            let new: Vec<Vec<Param>> = self
                 .rows
                 .iter()
-                .filter_map(|(id, b)| b.new.as_ref().map(|n| (id, b, n)))
+                .filter_map(|(id, b)| {
+                    b.new.as_ref().map(|n| {
+                        vec![
+                            id.as_str().into(),
+                            b.status.as_str().into(),
+                            n.amount_cents.into(),
+                            n.payment_id.as_deref().into(),
+                            n.attempts.into(),
+                            n.detail.as_deref().into(),
+                            now.into(),
+                        ]
+                    })
+                })
                 .collect();
-            for chunk in new.chunks(500) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 7 + 1, 7)))
-                    .collect();
-                // Only generated placeholders are interpolated: no input reaches the SQL text.
-                let sql = format!(
-                    "INSERT INTO payments (order_id, status, amount_cents, payment_id, attempts, detail, updated_at) \
-                     VALUES {} ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
-                    values.join(", ")
-                );
-                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-                for (order_id, booked, row) in chunk {
-                    q = q
-                        .bind(order_id.as_str())
-                        .bind(booked.status.as_str())
-                        .bind(row.amount_cents)
-                        .bind(row.payment_id.as_deref())
-                        .bind(row.attempts)
-                        .bind(row.detail.as_deref())
-                        .bind(now);
-                }
-                let inserted = q.fetch_all(&mut *conn).await?.len();
-                if inserted != chunk.len() {
-                    return Err(jetflow_runtime::db::lost_race(format!(
-                        "{} of {} payment rows were written by another transaction since they were read",
-                        chunk.len() - inserted,
-                        chunk.len()
-                    )));
-                }
-            }
-            let moved: Vec<(&String, &Booked)> =
-                self.rows.iter().filter(|(_, b)| b.moved).collect();
-            for chunk in moved.chunks(500) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 3 + 1, 3)))
-                    .collect();
-                // Only generated placeholders are interpolated: no input reaches the SQL text.
-                // The rows are locked (PostgreSQL) or the database is (SQLite) since `load`
-                // read them.
-                let sql = format!(
-                    "WITH moved (order_id, status, at) AS (VALUES {}) \
-                     UPDATE payments SET status = moved.status, updated_at = moved.at \
-                     FROM moved WHERE payments.order_id = moved.order_id",
-                    values.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (order_id, booked) in chunk {
-                    q = q
-                        .bind(order_id.as_str())
-                        .bind(booked.status.as_str())
-                        .bind(now);
-                }
-                let updated = q.execute(&mut *conn).await?.rows_affected();
-                if updated != chunk.len() as u64 {
-                    tracing::error!(
-                        updated,
-                        moved = chunk.len(),
-                        "payments moved by a transaction were not all updated"
-                    );
-                    return Err(sqlx::Error::RowNotFound);
-                }
-            }
-            Ok(())
+            db::insert_absent(
+                &mut *conn,
+                "payments",
+                &[
+                    "order_id",
+                    "status",
+                    "amount_cents",
+                    "payment_id",
+                    "attempts",
+                    "detail",
+                    "updated_at",
+                ],
+                &new,
+            )
+            .await?;
+            let moved: Vec<Vec<Param>> = self
+                .rows
+                .iter()
+                .filter(|(_, b)| b.moved)
+                .map(|(id, b)| vec![id.as_str().into(), b.status.as_str().into(), now.into()])
+                .collect();
+            db::update_from_values(
+                conn,
+                "payments",
+                &["order_id", "status", "at"],
+                "status = moved.status, updated_at = moved.at",
+                &moved,
+            )
+            .await
         })
     }
 }
@@ -251,8 +230,8 @@ pub async fn load<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let lock = jetflow_runtime::db::for_update(uow.backend());
-    let rows = jetflow_runtime::db::fetch_in(uow.conn(), &missing, |list| {
+    let lock = db::for_update(uow.backend());
+    let rows = db::fetch_in(uow.conn(), &missing, |list| {
         format!(
             "SELECT order_id, status FROM payments WHERE order_id IN ({list}) \
              ORDER BY order_id{lock}"

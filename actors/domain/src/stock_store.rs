@@ -22,7 +22,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
-use jetflow_runtime::{Deferred, Lookup, UnitOfWork, db};
+use jetflow_runtime::db::{self, Param};
+use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
 
 use serde::Serialize;
 use sqlx::{AnyConnection, Row};
@@ -190,74 +191,50 @@ impl Deferred for ReservationBook {
     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let now = now_ms();
-            let new: Vec<(&String, &Booked, &NewRow)> = self
+            let new: Vec<Vec<Param>> = self
                 .rows
                 .iter()
-                .filter_map(|(id, b)| b.new.as_ref().map(|n| (id, b, n)))
+                .filter_map(|(id, b)| {
+                    b.new.as_ref().map(|n| {
+                        vec![
+                            id.as_str().into(),
+                            b.status.as_str().into(),
+                            n.lane.as_str().into(),
+                            n.amount_cents.into(),
+                            b.items.as_deref().into(),
+                            now.into(),
+                        ]
+                    })
+                })
                 .collect();
-            for chunk in new.chunks(500) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 6 + 1, 6)))
-                    .collect();
-                // Only generated placeholders are interpolated: no input reaches the SQL text.
-                let sql = format!(
-                    "INSERT INTO reservations (order_id, status, lane, amount_cents, items, updated_at) \
-                     VALUES {} ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
-                    values.join(", ")
-                );
-                let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-                for (order_id, booked, row) in chunk {
-                    q = q
-                        .bind(order_id.as_str())
-                        .bind(booked.status.as_str())
-                        .bind(row.lane.as_str())
-                        .bind(row.amount_cents)
-                        .bind(booked.items.as_deref())
-                        .bind(now);
-                }
-                let inserted = q.fetch_all(&mut *conn).await?.len();
-                if inserted != chunk.len() {
-                    return Err(jetflow_runtime::db::lost_race(format!(
-                        "{} of {} reservation rows were written by another transaction since they were read",
-                        chunk.len() - inserted,
-                        chunk.len()
-                    )));
-                }
-            }
-            let moved: Vec<(&String, &Booked)> =
-                self.rows.iter().filter(|(_, b)| b.moved).collect();
-            for chunk in moved.chunks(500) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 3 + 1, 3)))
-                    .collect();
-                // Only generated placeholders are interpolated: no input reaches the SQL text.
-                // The rows are locked (PostgreSQL) or the database is (SQLite) since they
-                // were read `reserved`.
-                let sql = format!(
-                    "WITH moved (order_id, status, at) AS (VALUES {}) \
-                     UPDATE reservations SET status = moved.status, updated_at = moved.at \
-                     FROM moved WHERE reservations.order_id = moved.order_id \
-                     AND reservations.status = 'reserved'",
-                    values.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (order_id, booked) in chunk {
-                    q = q
-                        .bind(order_id.as_str())
-                        .bind(booked.status.as_str())
-                        .bind(now);
-                }
-                let updated = q.execute(&mut *conn).await?.rows_affected();
-                if updated != chunk.len() as u64 {
-                    tracing::error!(
-                        updated,
-                        moved = chunk.len(),
-                        "reservations moved by a transaction were not all updated"
-                    );
-                    return Err(sqlx::Error::RowNotFound);
-                }
-            }
-            Ok(())
+            db::insert_absent(
+                &mut *conn,
+                "reservations",
+                &[
+                    "order_id",
+                    "status",
+                    "lane",
+                    "amount_cents",
+                    "items",
+                    "updated_at",
+                ],
+                &new,
+            )
+            .await?;
+            let moved: Vec<Vec<Param>> = self
+                .rows
+                .iter()
+                .filter(|(_, b)| b.moved)
+                .map(|(id, b)| vec![id.as_str().into(), b.status.as_str().into(), now.into()])
+                .collect();
+            db::update_from_values(
+                conn,
+                "reservations",
+                &["order_id", "status", "at"],
+                "status = moved.status, updated_at = moved.at",
+                &moved,
+            )
+            .await
         })
     }
 }

@@ -524,6 +524,146 @@ pub fn for_update(backend: Backend) -> &'static str {
     }
 }
 
+/// A value bound to a statement that [`insert_absent`] or [`update_from_values`] generates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    /// Text, or NULL.
+    Text(Option<String>),
+    /// A 64-bit integer, or NULL.
+    Int(Option<i64>),
+}
+
+impl From<&str> for Param {
+    fn from(v: &str) -> Self {
+        Param::Text(Some(v.to_string()))
+    }
+}
+
+impl From<Option<&str>> for Param {
+    fn from(v: Option<&str>) -> Self {
+        Param::Text(v.map(str::to_string))
+    }
+}
+
+impl From<i64> for Param {
+    fn from(v: i64) -> Self {
+        Param::Int(Some(v))
+    }
+}
+
+impl From<Option<i64>> for Param {
+    fn from(v: Option<i64>) -> Self {
+        Param::Int(v)
+    }
+}
+
+/// Most parameters in one generated statement: below SQLite's 32,766 and PostgreSQL's 65,535.
+const MAX_PARAMS: usize = 30_000;
+
+/// Rows per generated statement for rows of `width` values (500 at most).
+fn rows_per_statement(width: usize) -> usize {
+    (MAX_PARAMS / width.max(1)).clamp(1, 500)
+}
+
+fn bind_rows<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    rows: &'q [Vec<Param>],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    for row in rows {
+        for p in row {
+            q = match p {
+                Param::Text(v) => q.bind(v.as_deref()),
+                Param::Int(v) => q.bind(*v),
+            };
+        }
+    }
+    q
+}
+
+fn values_list(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|i| format!("({})", placeholders(i * width + 1, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Inserts `rows` (one value per column of `columns`, the first column the table's key) into
+/// `table`, in as few statements as the parameter limits allow, each row only if its key is
+/// free: the rows a transaction decided to create after reading their keys as absent. A key
+/// taken meanwhile (by another transaction that committed since) fails the write with
+/// [`lost_race`], so the runtime applies the batch again and the new attempt reads that row.
+/// `table` and `columns` are SQL written by the caller, never input.
+pub async fn insert_absent(
+    conn: &mut sqlx::AnyConnection,
+    table: &str,
+    columns: &[&str],
+    rows: &[Vec<Param>],
+) -> Result<(), sqlx::Error> {
+    let Some(key) = columns.first() else {
+        return Ok(());
+    };
+    for chunk in rows.chunks(rows_per_statement(columns.len())) {
+        let sql = format!(
+            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({key}) DO NOTHING RETURNING {key}",
+            columns.join(", "),
+            values_list(chunk.len(), columns.len())
+        );
+        let inserted = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+            .fetch_all(&mut *conn)
+            .await?
+            .len();
+        if inserted != chunk.len() {
+            return Err(lost_race(format!(
+                "{} of {} {table} rows were written by another transaction since they were read",
+                chunk.len() - inserted,
+                chunk.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Updates, in as few statements as the parameter limits allow, the rows of `table` that a
+/// transaction read (and locked) and changed: `WITH moved (<columns>) AS (VALUES <rows>)
+/// UPDATE <table> SET <set> FROM moved WHERE <table>.<key> = moved.<key>`, the first column
+/// being the key and `set` written over `moved.<column>` and the table's own columns. Every
+/// row must be there to update: a row that is not (it cannot vanish while locked) fails the
+/// write with [`sqlx::Error::RowNotFound`], and the runtime applies the batch one delivery at a
+/// time. `table`, `columns` and `set` are SQL written by the caller, never input.
+pub async fn update_from_values(
+    conn: &mut sqlx::AnyConnection,
+    table: &str,
+    columns: &[&str],
+    set: &str,
+    rows: &[Vec<Param>],
+) -> Result<(), sqlx::Error> {
+    let Some(key) = columns.first() else {
+        return Ok(());
+    };
+    for chunk in rows.chunks(rows_per_statement(columns.len())) {
+        let sql = format!(
+            "WITH moved ({}) AS (VALUES {}) UPDATE {table} SET {set} FROM moved \
+             WHERE {table}.{key} = moved.{key}",
+            columns.join(", "),
+            values_list(chunk.len(), columns.len())
+        );
+        let updated = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected();
+        if updated != chunk.len() as u64 {
+            tracing::error!(
+                table,
+                updated,
+                moved = chunk.len(),
+                "rows a transaction read and changed were not all there to update"
+            );
+            return Err(sqlx::Error::RowNotFound);
+        }
+    }
+    Ok(())
+}
+
 /// `$from, $from+1, …` for `n` values: placeholders for a generated `IN (…)` or `VALUES` list.
 pub fn placeholders(from: usize, n: usize) -> String {
     (from..from + n)
@@ -535,6 +675,62 @@ pub fn placeholders(from: usize, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Rows created only where their key is free (a taken key is a conflict), and changed
+    /// rows updated from a values list (a missing one is an error), on a real database.
+    #[tokio::test]
+    async fn absent_rows_are_inserted_and_moved_rows_updated_or_the_write_fails() {
+        let db = Database::connect_url("sqlite::memory:").await.unwrap();
+        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT, note TEXT)")
+            .execute(db.pool())
+            .await
+            .unwrap();
+        let mut conn = db.pool().acquire().await.unwrap();
+        let row = |k: &str, n: i64, note: Option<&str>| vec![k.into(), n.into(), note.into()];
+        let cols = ["k", "n", "note"];
+        insert_absent(
+            &mut conn,
+            "t",
+            &cols,
+            &[row("a", 1, None), row("b", 2, Some("x"))],
+        )
+        .await
+        .unwrap();
+        let taken = insert_absent(
+            &mut conn,
+            "t",
+            &cols,
+            &[row("c", 3, None), row("a", 9, None)],
+        )
+        .await
+        .unwrap_err();
+        assert!(is_conflict(&taken), "{taken}");
+        update_from_values(
+            &mut conn,
+            "t",
+            &cols,
+            "n = moved.n, note = COALESCE(moved.note, t.note)",
+            &[row("a", 10, Some("y")), row("b", 20, None)],
+        )
+        .await
+        .unwrap();
+        let rows: Vec<(String, i64, Option<String>)> =
+            sqlx::query_as("SELECT k, n, note FROM t ORDER BY k")
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+        let expected = vec![
+            ("a".to_string(), 10, Some("y".to_string())),
+            ("b".to_string(), 20, Some("x".to_string())),
+            ("c".to_string(), 3, None),
+        ];
+        assert_eq!(rows, expected);
+        let missing =
+            update_from_values(&mut conn, "t", &cols, "n = moved.n", &[row("z", 1, None)])
+                .await
+                .unwrap_err();
+        assert!(matches!(missing, sqlx::Error::RowNotFound), "{missing}");
+    }
 
     #[test]
     fn connection_failures_are_told_from_refusals() {
