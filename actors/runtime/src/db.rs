@@ -415,7 +415,7 @@ pub fn is_conflict(e: &sqlx::Error) -> bool {
 /// the new attempt reads what the other transaction committed.
 ///
 /// ```
-/// let e = jetflow_runtime::db::lost_race("reservation rows written meanwhile");
+/// let e = jetflow_runtime::db::lost_race("a row read as absent was written meanwhile");
 /// assert!(jetflow_runtime::db::is_conflict(&e));
 /// assert!(!jetflow_runtime::db::is_connection(&e));
 /// ```

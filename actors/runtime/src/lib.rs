@@ -44,6 +44,7 @@ pub mod headers;
 pub mod health;
 pub mod housekeeping;
 pub mod inbox;
+pub mod lookup;
 pub mod metrics;
 pub mod middleware;
 pub mod outbox;
@@ -71,6 +72,7 @@ pub use delivery::{Delivery, DeliveryMeta};
 pub use group_commit::{GroupCommit, GroupCommitError, Job};
 pub use health::Health;
 pub use housekeeping::{Housekeeping, Retention};
+pub use lookup::Lookup;
 pub use outcome::{DeadLetterReason, Decision, Outcome, ReplyOutcome};
 pub use publisher::{OutgoingMessage, PublishError, PublishReceipt, Publisher};
 pub use relay::{FlushReport, OutboxHandle, OutboxRelay, RelayConfig};
@@ -78,7 +80,7 @@ pub use route::{BatchConfig, Route};
 pub use supervisor::{RestartPolicy, Supervisor};
 pub use topology::{ConsumerSpec, Discard, StreamSpec, Topology};
 pub use tx_route::{PreparedTxHandler, Preparing, TxError, TxHandler, TxRoute};
-pub use unit_of_work::{Deferred, Lookup, UnitOfWork};
+pub use unit_of_work::{Deferred, UnitOfWork};
 
 /// What a service built on jetflow usually needs, in one `use`.
 pub mod prelude {
