@@ -54,10 +54,7 @@ impl TxHandler for OrderHandler {
         uow: &mut UnitOfWork,
         deliveries: &[&Delivery<InboundEvent>],
     ) -> Result<(), TxError> {
-        let ids: Vec<String> = deliveries
-            .iter()
-            .map(|d| d.message.event.meta().order_id.to_string())
-            .collect();
+        let ids = InboundEvent::order_ids(deliveries);
         order_store::load(uow, ids.iter().map(String::as_str)).await?;
         Ok(())
     }

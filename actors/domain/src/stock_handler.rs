@@ -71,9 +71,7 @@ impl TxHandler for StockHandler {
     ) -> Result<(), TxError> {
         let mut products = BTreeSet::new();
         let mut finishing = Vec::new();
-        let mut orders = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            orders.push(d.message.event.meta().order_id.to_string());
             match &d.message.event {
                 AnyEvent::OrderCancelled(e) => finishing.push(e.meta.order_id.to_string()),
                 AnyEvent::OrderConfirmed(e) => finishing.push(e.meta.order_id.to_string()),
@@ -85,6 +83,7 @@ impl TxHandler for StockHandler {
             }
         }
         // Reservation rows first, then products: every transaction locks in that order.
+        let orders = InboundEvent::order_ids(deliveries);
         stock_store::load_reservations(uow, orders.iter().map(String::as_str)).await?;
         let finishing: Vec<&str> = finishing.iter().map(String::as_str).collect();
         products.extend(stock_store::products_of_orders(uow, &finishing).await?);

@@ -84,6 +84,16 @@ impl Kit {
             .expect("exists")
     }
 
+    /// The statuses of an order's rows in `table` (reservations, payments): one at most.
+    async fn statuses(&self, table: &str, order_id: &str) -> Vec<String> {
+        let sql = format!("SELECT status FROM {table} WHERE order_id = $1");
+        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+            .bind(order_id)
+            .fetch_all(self.deps.db.pool())
+            .await
+            .expect("read")
+    }
+
     /// Everything committed so far is published (the relay has nothing in flight): the
     /// subjects published, in order.
     async fn subjects(&self) -> Vec<String> {
@@ -296,19 +306,9 @@ async fn a_batch_reserves_and_finishes_orders_it_holds_from_first_to_last_event(
     );
     let a = k.product("a").await;
     assert_eq!((a.available, a.reserved, a.sold), (8, 0, 2));
-    let status = |id: String| {
-        let db = k.deps.db.clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT status FROM reservations WHERE order_id = $1")
-                .bind(id)
-                .fetch_all(db.pool())
-                .await
-                .expect("read")
-        }
-    };
-    assert_eq!(status(released).await, ["released"]);
-    assert_eq!(status(tombstoned).await, ["cancelled"]);
-    assert_eq!(status(sold).await, ["sold"]);
+    assert_eq!(k.statuses("reservations", &released).await, ["released"]);
+    assert_eq!(k.statuses("reservations", &tombstoned).await, ["cancelled"]);
+    assert_eq!(k.statuses("reservations", &sold).await, ["sold"]);
 }
 
 /// One batch of orders sharing a product: the stock is decided order by order against what
@@ -961,18 +961,8 @@ async fn a_cancellation_in_the_batch_that_charged_the_order_voids_the_charge() {
         k.subjects().await,
         ["payments.succeeded", "payments.succeeded"]
     );
-    let status = |id: String| {
-        let db = k.deps.db.clone();
-        async move {
-            sqlx::query_scalar::<_, String>("SELECT status FROM payments WHERE order_id = $1")
-                .bind(id)
-                .fetch_all(db.pool())
-                .await
-                .expect("read")
-        }
-    };
-    assert_eq!(status(kept).await, ["succeeded"]);
-    assert_eq!(status(dropped).await, ["voided"]);
+    assert_eq!(k.statuses("payments", &kept).await, ["succeeded"]);
+    assert_eq!(k.statuses("payments", &dropped).await, ["voided"]);
     handle.stop(false).await;
 }
 
