@@ -19,8 +19,9 @@ use jetflow_domain::payment_voider::PaymentVoider;
 use jetflow_domain::stock_handler::StockHandler;
 use jetflow_domain::{MIGRATOR, stock_store};
 use jetflow_integration::TestDatabase;
+use jetflow_integration::wait::eventually;
 use jetflow_provider::ProviderState;
-use jetflow_runtime::testkit::{RecordingPublisher, TestKit};
+use jetflow_runtime::testkit::{RecordingPublisher, TestKit, TxProbe};
 use jetflow_runtime::{
     BreakerActor, BreakerConfig, ConsumerSpec, Database, DbConfig, Decision, DeliveryMeta,
     OutboxRelay, RelayConfig, Supervisor, TxRoute, UnitOfWork, headers,
@@ -30,6 +31,17 @@ use serde_json::json;
 use uuid::Uuid;
 
 fn event(order_id: Uuid, extra: serde_json::Value) -> (Bytes, DeliveryMeta) {
+    let subject = if extra.get("items").is_some() {
+        "orders.created.v2"
+    } else {
+        "orders.cancelled"
+    };
+    event_on(order_id, subject, extra)
+}
+
+/// An event about `order_id` on `subject`: the common fields, `extra`, and the `Nats-Msg-Id`
+/// its producer would have given it.
+fn event_on(order_id: Uuid, subject: &str, extra: serde_json::Value) -> (Bytes, DeliveryMeta) {
     let event_id = Uuid::now_v7();
     let mut body = json!({
         "event_id": event_id, "order_id": order_id, "correlation_id": "race",
@@ -38,15 +50,36 @@ fn event(order_id: Uuid, extra: serde_json::Value) -> (Bytes, DeliveryMeta) {
     for (k, v) in extra.as_object().expect("object") {
         body[k] = v.clone();
     }
-    let subject = if body.get("items").is_some() {
-        "orders.created.v2"
-    } else {
-        "orders.cancelled"
-    };
     (
         Bytes::from(serde_json::to_vec(&body).expect("JSON")),
         DeliveryMeta::new(subject).with_header(headers::MSG_ID, &event_id.to_string()),
     )
+}
+
+type Batch = Vec<(Bytes, DeliveryMeta)>;
+
+/// Every batch of `forward` on replica `a` and of `backward` on replica `b`, all at once; then
+/// whatever asked for a retry (a transaction that lost a race: a deadlock victim, a row
+/// written meanwhile) is delivered again, as JetStream would. Nothing may be dead-lettered.
+async fn race(a: &TxProbe, b: &TxProbe, forward: &[Batch], backward: &[Batch]) {
+    let (on_a, on_b) = futures::join!(
+        futures::future::join_all(forward.iter().map(|batch| a.deliver_batch(batch.clone()))),
+        futures::future::join_all(backward.iter().map(|batch| b.deliver_batch(batch.clone())))
+    );
+    for (batches, outcomes) in [(forward, &on_a), (backward, &on_b)] {
+        for (batch, delivered) in batches.iter().zip(outcomes) {
+            for (event, d) in batch.iter().zip(delivered) {
+                assert!(
+                    !matches!(d.decision, Decision::DeadLetter(_)),
+                    "{:?}",
+                    d.outcome
+                );
+                if d.decision != Decision::Ack {
+                    a.deliver_batch(vec![event.clone()]).await[0].assert_ack();
+                }
+            }
+        }
+    }
 }
 
 /// A fresh database with the reference system's schema, and a pool large enough for every
@@ -207,47 +240,28 @@ fn a_payment_racing_a_decline_on_two_replicas_finishes_each_order_once() {
         };
         let (a, b) = (replica(), replica());
         let paid = |id: Uuid| {
-            payment_event(
+            event_on(
                 id,
                 "payments.succeeded",
                 json!({"version": 1, "payment_id": "p", "amount_cents": 100}),
             )
         };
         let declined = |id: Uuid| {
-            payment_event(
+            event_on(
                 id,
                 "payments.failed",
                 json!({"version": 1, "reason": "declined", "amount_cents": 100}),
             )
         };
-        let forward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+        let forward: Vec<Batch> = orders
             .chunks(20)
             .map(|c| c.iter().map(|id| paid(*id)).collect())
             .collect();
-        let backward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+        let backward: Vec<Batch> = orders
             .rchunks(20)
             .map(|c| c.iter().rev().map(|id| declined(*id)).collect())
             .collect();
-        let (on_a, on_b) = futures::join!(
-            futures::future::join_all(forward.iter().map(|batch| a.deliver_batch(batch.clone()))),
-            futures::future::join_all(backward.iter().map(|batch| b.deliver_batch(batch.clone())))
-        );
-        // A transaction that lost a race (a deadlock victim, say) asks for a retry; none may be
-        // dead-lettered, and the retries are delivered again, as JetStream would.
-        for (batches, outcomes) in [(&forward, &on_a), (&backward, &on_b)] {
-            for (batch, delivered) in batches.iter().zip(outcomes) {
-                for (event, d) in batch.iter().zip(delivered) {
-                    assert!(
-                        !matches!(d.decision, Decision::DeadLetter(_)),
-                        "{:?}",
-                        d.outcome
-                    );
-                    if d.decision != Decision::Ack {
-                        a.deliver_batch(vec![event.clone()]).await[0].assert_ack();
-                    }
-                }
-            }
-        }
+        race(&a, &b, &forward, &backward).await;
         let report = outbox.flush(Duration::from_secs(10)).await;
         assert_eq!(report.left, 0);
         let mut finished: HashMap<String, Vec<String>> = HashMap::new();
@@ -276,21 +290,6 @@ fn a_payment_racing_a_decline_on_two_replicas_finishes_each_order_once() {
         }
         db.close().await;
     })
-}
-
-fn payment_event(order_id: Uuid, subject: &str, extra: serde_json::Value) -> (Bytes, DeliveryMeta) {
-    let event_id = Uuid::now_v7();
-    let mut body = json!({
-        "event_id": event_id, "order_id": order_id, "correlation_id": "race",
-        "occurred_at": "2026-11-25T10:00:00Z"
-    });
-    for (k, v) in extra.as_object().expect("object") {
-        body[k] = v.clone();
-    }
-    (
-        Bytes::from(serde_json::to_vec(&body).expect("JSON")),
-        DeliveryMeta::new(subject).with_header(headers::MSG_ID, &event_id.to_string()),
-    )
 }
 
 /// 100 orders, each charged on one replica of the payment handler and cancelled on another at
@@ -349,7 +348,7 @@ fn a_charge_racing_a_cancellation_on_two_replicas_is_always_voided() {
         let (a, b) = (replica(), replica());
         let orders: Vec<Uuid> = (0..100).map(|_| Uuid::new_v4()).collect();
         let reserved = |id: Uuid| {
-            payment_event(
+            event_on(
                 id,
                 "inventory.reserved",
                 json!({"version": 1, "customer_id": "c", "amount_cents": 300,
@@ -357,38 +356,21 @@ fn a_charge_racing_a_cancellation_on_two_replicas_is_always_voided() {
             )
         };
         let cancelled = |id: Uuid| {
-            payment_event(
+            event_on(
                 id,
                 "orders.cancelled",
                 json!({"version": 1, "reason": "timed_out", "detail": "race"}),
             )
         };
-        let forward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+        let forward: Vec<Batch> = orders
             .chunks(20)
             .map(|c| c.iter().map(|id| reserved(*id)).collect())
             .collect();
-        let backward: Vec<Vec<(Bytes, DeliveryMeta)>> = orders
+        let backward: Vec<Batch> = orders
             .rchunks(20)
             .map(|c| c.iter().rev().map(|id| cancelled(*id)).collect())
             .collect();
-        let (on_a, on_b) = futures::join!(
-            futures::future::join_all(forward.iter().map(|batch| a.deliver_batch(batch.clone()))),
-            futures::future::join_all(backward.iter().map(|batch| b.deliver_batch(batch.clone())))
-        );
-        for (batches, outcomes) in [(&forward, &on_a), (&backward, &on_b)] {
-            for (batch, delivered) in batches.iter().zip(outcomes) {
-                for (event, d) in batch.iter().zip(delivered) {
-                    assert!(
-                        !matches!(d.decision, Decision::DeadLetter(_)),
-                        "{:?}",
-                        d.outcome
-                    );
-                    if d.decision != Decision::Ack {
-                        a.deliver_batch(vec![event.clone()]).await[0].assert_ack();
-                    }
-                }
-            }
-        }
+        race(&a, &b, &forward, &backward).await;
         // Every charge made is voided at the provider and recorded so, within a deadline (the
         // voider works after the commit).
         let unvoided = || {
@@ -409,17 +391,21 @@ fn a_charge_racing_a_cancellation_on_two_replicas_is_always_voided() {
             .await
             .expect("count")
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !unvoided().is_empty() || open_rows().await > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "a cancelled order keeps its charge: {:?} at the provider, {} rows succeeded or \
-                 void_pending",
-                unvoided(),
-                open_rows().await
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            "every charge of a cancelled order to be voided",
+            Duration::from_secs(20),
+            || async {
+                let (left, open) = (unvoided(), open_rows().await);
+                if left.is_empty() && open == 0 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{left:?} at the provider, {open} rows succeeded or void_pending"
+                    ))
+                }
+            },
+        )
+        .await;
         for acc in provider.accounts() {
             assert!(acc.charges_made <= 1, "charged twice: {acc:?}");
         }
