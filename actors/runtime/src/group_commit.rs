@@ -246,19 +246,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn many_callers_share_commits_and_a_bad_write_fails_alone() {
+    /// 200 writes through a group commit of `max_group` on a fresh table `table`, one of them a
+    /// duplicate key (write 150 repeats write 3): exactly one of those two fails, on its own, and
+    /// the 199 others are stored. Returns every write's answer.
+    async fn two_hundred_writes_with_one_duplicate<J: Job<Output = i64>>(
+        table: &str,
+        max_group: usize,
+        job: impl Fn(i64) -> J,
+    ) -> Vec<Result<i64, GroupCommitError>> {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();
-        sqlx::query("CREATE TABLE t (n BIGINT PRIMARY KEY)")
-            .execute(db.pool())
-            .await
-            .unwrap();
-        let commits = crate::metrics::metrics().db_commits.get();
-        let gc = GroupCommit::start(db.clone(), 64);
-        // 200 writes, one of them a duplicate key that must fail on its own.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {table} (n BIGINT PRIMARY KEY)"
+        )))
+        .execute(db.pool())
+        .await
+        .unwrap();
+        let gc = GroupCommit::start(db.clone(), max_group);
         let jobs = (0..200).map(|i| {
-            let gc = gc.clone();
-            async move { gc.submit(Insert(if i == 150 { 3 } else { i })).await }
+            let (gc, job) = (gc.clone(), job(if i == 150 { 3 } else { i }));
+            async move { gc.submit(job).await }
         });
         let results = futures::future::join_all(jobs).await;
         let failed: Vec<usize> = results
@@ -269,12 +275,20 @@ mod tests {
             .collect();
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(failed[0] == 3 || failed[0] == 150, "{failed:?}");
-        assert_eq!(results[10].as_ref().ok(), Some(&100));
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM t")
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
         assert_eq!(n, 199);
+        results
+    }
+
+    #[tokio::test]
+    async fn many_callers_share_commits_and_a_bad_write_fails_alone() {
+        let commits = crate::metrics::metrics().db_commits.get();
+        let results = two_hundred_writes_with_one_duplicate("t", 64, Insert).await;
+        assert_eq!(results[10].as_ref().ok(), Some(&100));
         let used = crate::metrics::metrics().db_commits.get() - commits;
         assert!(used < 100, "200 writes took {used} commits");
     }
@@ -327,32 +341,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_written_together_falls_back_to_one_job_at_a_time_to_fail_only_the_bad_one() {
-        let db = Database::connect_url("sqlite::memory:").await.unwrap();
-        sqlx::query("CREATE TABLE b (n BIGINT PRIMARY KEY)")
-            .execute(db.pool())
-            .await
-            .unwrap();
         let max_group = 64;
-        let gc = GroupCommit::start(db.clone(), max_group);
-        let jobs = (0..200).map(|i| {
-            let gc = gc.clone();
-            async move { gc.submit(Batched(if i == 150 { 3 } else { i })).await }
-        });
-        let results = futures::future::join_all(jobs).await;
-        let failed: Vec<usize> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.is_err())
-            .map(|(i, _)| i)
-            .collect();
-        assert_eq!(failed.len(), 1, "{failed:?}");
-        assert!(failed[0] == 3 || failed[0] == 150, "{failed:?}");
+        let results = two_hundred_writes_with_one_duplicate("b", max_group, Batched).await;
         assert_eq!(results[10].as_ref().ok(), Some(&10));
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM b")
-            .fetch_one(db.pool())
-            .await
-            .unwrap();
-        assert_eq!(n, 199);
         let (groups, singles) = (
             GROUP_CALLS.load(std::sync::atomic::Ordering::SeqCst),
             SINGLE_CALLS.load(std::sync::atomic::Ordering::SeqCst),
