@@ -95,6 +95,24 @@ fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warn
     assert_eq!(r["confirmed"], 25, "{r}");
     assert_eq!(r["cancelled"], 0, "{r}");
     assert!(r["ratio"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+    // The CPU of the processes it started, per finished order (SQLite: no PostgreSQL).
+    for key in ["jetflow_ms", "nats_ms"] {
+        assert!(
+            r["cpu"][key].as_f64().is_some_and(|v| v > 0.0),
+            "cpu.{key}: {r}"
+        );
+    }
+    assert!(r["cpu"]["postgres_ms"].is_null(), "{r}");
+    assert!(
+        r["cpu"]["machine_busy"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0 && b <= 1.0),
+        "{r}"
+    );
+    assert!(
+        r["baseline_cpu_ms"].as_f64().is_some_and(|v| v > 0.0),
+        "{r}"
+    );
     for level in [" WARN ", " ERROR "] {
         assert!(
             !stderr.contains(level),

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use sqlx::Connection as _;
 
 use crate::cli::{NatsArgs, parse_duration, positive_duration};
+use crate::cpu_use::{CpuPerOrder, CpuSample};
 use crate::local_nats::LocalNats;
 
 /// Options of `jetflow bench`.
@@ -229,6 +230,13 @@ pub struct OrdersReport {
     pub baseline: Option<saga::SagaReport>,
     /// finished per second ÷ the baseline's.
     pub ratio: Option<f64>,
+    /// CPU per finished order, from the first POST to the last order finishing: of the
+    /// started jetflow process and nats-server, and of PostgreSQL when it runs on this
+    /// machine.
+    pub cpu: CpuPerOrder,
+    /// CPU per order of the raw saga: the nats-server's and its client's (only when the
+    /// benchmark started the nats-server).
+    pub baseline_cpu_ms: Option<f64>,
 }
 
 /// A system `bench orders` started, removed on drop.
@@ -241,6 +249,29 @@ struct System {
     nats_url: String,
     database_url: String,
     log: PathBuf,
+}
+
+impl System {
+    /// The process ids of `jetflow all` and of the nats-server.
+    fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.child.as_ref().map(Child::id),
+            self.nats.as_ref().map(LocalNats::pid),
+        )
+    }
+}
+
+/// Whether a database URL points at this machine (loopback or a Unix socket), whose
+/// `postgres` processes are then the server's.
+fn on_this_machine(url: &str) -> bool {
+    reqwest::Url::parse(url).is_ok_and(|u| match u.host_str() {
+        None | Some("" | "localhost") => true,
+        Some(host) => host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+    })
 }
 
 /// A PostgreSQL URL (`postgres://` or `postgresql://`), checked when the flags are read.
@@ -607,6 +638,9 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         Some(c) => Some(c.read().await?),
         None => None,
     };
+    let (jetflow_pid, nats_pid) = system.map(System::pids).unwrap_or_default();
+    let local_pg = pg_url.as_deref().is_some_and(on_this_machine);
+    let cpu_before = CpuSample::read(jetflow_pid, nats_pid, local_pg);
     let finished_before = metric_sum(&before, "jetflow_orders_total", &[("status", "confirmed")])
         + metric_sum(&before, "jetflow_orders_total", &[("status", "cancelled")]);
     bar.set_message(format!("{} clients posting orders", o.clients));
@@ -668,6 +702,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     )
     .await?;
     let elapsed = started.elapsed();
+    let cpu_after = CpuSample::read(jetflow_pid, nats_pid, local_pg);
     let pg_after = match pg.as_mut() {
         Some(c) => Some(c.read().await?),
         None => None,
@@ -740,10 +775,19 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     let idle_secs = o.idle.as_secs_f64().max(1e-9);
 
     // 5. The baseline on the same broker.
+    let mut baseline_cpu_ms = None;
     let baseline = match (&nats_url, o.baseline_orders) {
         (Some(url), n) if n > 0 => {
             bar.set_message(format!("raw async-nats saga: {n} orders"));
-            Some(saga::run(url, n, 256).await?)
+            // Its client runs in this process.
+            let before = CpuSample::read(Some(std::process::id()), nats_pid, false);
+            let report = saga::run(url, n, 256).await?;
+            let cost = before.per_order(
+                &CpuSample::read(Some(std::process::id()), nats_pid, false),
+                report.orders,
+            );
+            baseline_cpu_ms = cost.jetflow_ms.zip(cost.nats_ms).map(|(c, n)| c + n);
+            Some(report)
         }
         _ => None,
     };
@@ -776,6 +820,8 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
             .as_ref()
             .map(|b| finished_per_second / b.per_second),
         baseline,
+        cpu: cpu_before.per_order(&cpu_after, finished),
+        baseline_cpu_ms,
     })
 }
 
@@ -819,11 +865,17 @@ fn print_report(r: &OrdersReport) {
         Some(pg) => println!(", {pg:.2} (PostgreSQL, polling included)"),
         None => println!(),
     }
+    if let Some(line) = r.cpu.line() {
+        println!("{line}");
+    }
     if let (Some(b), Some(ratio)) = (&r.baseline, r.ratio) {
         println!(
             "  raw async-nats saga on the same broker: {:.0} orders/s; jetflow/raw = {:.3}",
             b.per_second, ratio
         );
+    }
+    if let Some(ms) = r.baseline_cpu_ms {
+        println!("  raw saga CPU per order: {ms:.3} ms (nats-server and its client)");
     }
 }
 
@@ -868,5 +920,24 @@ mod tests {
         assert!(postgres_url("postgresql://u@localhost/p?host=/var/run/postgresql").is_ok());
         assert!(postgres_url("mysql://u@h/db").is_err());
         assert!(postgres_url("127.0.0.1:5432").is_err());
+    }
+
+    #[test]
+    fn only_a_database_on_this_machine_has_its_processes_counted() {
+        for local in [
+            "postgres://postgres@127.0.0.1:5432/postgres",
+            "postgres://postgres@localhost/postgres?sslmode=disable",
+            "postgresql://u@[::1]:5432/p",
+            "postgresql:///p?host=/var/run/postgresql",
+        ] {
+            assert!(on_this_machine(local), "{local}");
+        }
+        for remote in [
+            "postgres://postgres@db.example.com/postgres",
+            "postgres://postgres@10.0.0.7:5432/postgres",
+            "not a url",
+        ] {
+            assert!(!on_this_machine(remote), "{remote}");
+        }
     }
 }

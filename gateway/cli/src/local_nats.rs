@@ -262,6 +262,11 @@ impl LocalNats {
     pub fn url(&self) -> &str {
         &self.url
     }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for LocalNats {
