@@ -296,3 +296,29 @@ pub async fn run(url: &str, label: &str, b: &BridgeBench) -> Result<BridgeReport
     let _ = js.delete_stream(&stream).await;
     result
 }
+
+/// Raw async-nats publishing alone, with PubAck and `Nats-Msg-Id`, `b.in_flight` publishers
+/// at once, each waiting for its PubAck before the next publish (as a client waits for its
+/// answer): the floor under anything that answers after JetStream stored an event. Warmed
+/// up first; cleans up its stream.
+pub async fn publish_only(url: &str, b: &BridgeBench) -> Result<Measurement, BenchError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let stream = format!("BENCH_{id}");
+    let client = async_nats::connect(url).await.map_err(err)?;
+    let js = jetstream::new(client);
+    let spec = StreamSpec::new(&stream, &[&format!("bench.{id}.>")]);
+    jetflow_runtime::topology::ensure_stream(&js, &spec)
+        .await
+        .map_err(err)?;
+    let result = async {
+        let warm = BridgeBench {
+            messages: b.in_flight * 4,
+            ..b.clone()
+        };
+        publish_raw(&js, &format!("bench.{id}.warm"), &warm).await?;
+        publish_raw(&js, &format!("bench.{id}.raw"), b).await
+    }
+    .await;
+    let _ = js.delete_stream(&stream).await;
+    result
+}

@@ -11,6 +11,11 @@
 //!   until every accepted order finished, counts the database commits per finished order and
 //!   the commits of the idle process, and finally runs the raw async-nats 4-event saga on the
 //!   same broker as the ratio's baseline. `--gateway` drives a system that runs elsewhere.
+//! * `jetflow bench accept` measures the accept path alone: it starts `jetflow gateway` only
+//!   (nothing consumes the events), posts orders with `--clients` clients, and compares with
+//!   raw JetStream publishes with PubAck at the same concurrency on the same broker. It is
+//!   the capacity of one gateway replica when the pipeline runs elsewhere, and what the
+//!   accept path costs when it shares the machine with the pipeline.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -50,6 +55,9 @@ pub enum BenchMode {
     Bridge(BridgeArgs),
     /// Orders end to end, against the raw async-nats saga on the same broker.
     Orders(OrdersArgs),
+    /// The gateway alone (no consumers): POST /orders against raw JetStream publishes with
+    /// PubAck at the same concurrency.
+    Accept(AcceptArgs),
 }
 
 /// Options of `jetflow bench bridge`.
@@ -124,11 +132,43 @@ pub struct OrdersArgs {
     pub batch_linger: Option<String>,
 }
 
+/// Options of `jetflow bench accept`.
+#[derive(Debug, Clone, Args)]
+pub struct AcceptArgs {
+    /// Drive the gateway at this URL instead of starting one.
+    #[arg(long, env = "JETFLOW_GATEWAY_URL")]
+    pub gateway: Option<String>,
+    /// With --gateway: its NATS URL, for the raw publish baseline on the same broker.
+    #[arg(long, requires = "gateway")]
+    pub nats_url: Option<String>,
+    /// PostgreSQL: the admin URL of a server to create a fresh database on (SQLite
+    /// otherwise); with --gateway, the gateway's database (its CPU is counted when it runs on
+    /// this machine).
+    #[arg(long, value_parser = postgres_url)]
+    pub postgres: Option<String>,
+    /// Start the local nats-server with `sync_interval: always` (fsync every write).
+    #[arg(long, conflicts_with = "gateway")]
+    pub sync_always: bool,
+    /// Clients posting orders at once (and raw publishers in flight).
+    #[arg(long, default_value_t = 64)]
+    pub clients: usize,
+    /// How long the clients post (ignored with --orders).
+    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    pub duration: Duration,
+    /// Post exactly this many orders instead of posting for --duration.
+    #[arg(long)]
+    pub orders: Option<usize>,
+    /// Messages the raw publish baseline publishes (0: skip it).
+    #[arg(long, default_value_t = 50_000)]
+    pub baseline_messages: usize,
+}
+
 /// Runs a benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
         BenchMode::Bridge(b) => bridge(b, args.json).await,
         BenchMode::Orders(o) => orders(o, args.json).await,
+        BenchMode::Accept(a) => accept(a, args.json).await,
     }
 }
 
@@ -299,13 +339,25 @@ fn with_database(admin: &str, name: &str) -> anyhow::Result<String> {
     Ok(url.into())
 }
 
+/// What [`System::start`] starts.
+struct SystemSpec<'a> {
+    /// `all`, or `gateway` for the accept path alone.
+    role: &'static str,
+    /// PostgreSQL admin URL, or SQLite.
+    postgres: Option<&'a String>,
+    /// `sync_interval: always` for the nats-server.
+    sync_always: bool,
+    /// Further environment of the jetflow process.
+    env: Vec<(&'static str, String)>,
+}
+
 impl System {
-    async fn start(o: &OrdersArgs) -> anyhow::Result<Self> {
+    async fn start(spec: SystemSpec<'_>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("jetflow-bench-")
             .tempdir()?;
-        let nats = LocalNats::start(&dir.path().join("nats"), 0, o.sync_always)?;
-        let (database_url, pg) = match &o.postgres {
+        let nats = LocalNats::start(&dir.path().join("nats"), 0, spec.sync_always)?;
+        let (database_url, pg) = match spec.postgres {
             None => (
                 format!("sqlite://{}/jetflow.db", dir.path().display()),
                 None,
@@ -332,7 +384,7 @@ impl System {
         let port = crate::local_nats::free_port()?;
         let log = dir.path().join("jetflow.log");
         let mut cmd = Command::new(std::env::current_exe()?);
-        cmd.arg("all")
+        cmd.arg(spec.role)
             .env("NATS_URL", nats.url())
             .env("DATABASE_URL", &database_url)
             .env("JETFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
@@ -345,14 +397,11 @@ impl System {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
-        if let Some(n) = o.batch_max {
-            cmd.env("JETFLOW_BATCH_MAX", n.to_string());
-        }
-        if let Some(l) = &o.batch_linger {
-            cmd.env("JETFLOW_BATCH_LINGER", l);
-        }
+        cmd.envs(spec.env);
         crate::local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
-        let child = cmd.spawn().context("cannot start jetflow all")?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start jetflow {}", spec.role))?;
         let system = Self {
             child: Some(child),
             nats_url: nats.url().to_string(),
@@ -520,6 +569,76 @@ async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
     matches!(v["status"].as_str(), Some("confirmed" | "cancelled")).then_some(v)
 }
 
+/// Clients posting orders, each as soon as its previous one was answered.
+struct Load {
+    clients: usize,
+    duration: Duration,
+    /// Exactly this many orders instead of posting for `duration`.
+    orders: Option<usize>,
+    products: usize,
+    express: f64,
+    /// The first order's number (the bodies vary with it).
+    first: usize,
+}
+
+/// Each POST: the order id answered with a 202 (or nothing), and how long it took.
+type Posted = Vec<(Option<String>, Duration)>;
+
+impl Load {
+    /// Posts, and measures the POSTs (`POST /orders (202 after PubAck)`).
+    async fn post(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+    ) -> anyhow::Result<(Posted, Measurement)> {
+        let started = Instant::now();
+        let stop_at = started + self.duration;
+        let budget = Arc::new(AtomicUsize::new(self.orders.unwrap_or(usize::MAX)));
+        let counter = Arc::new(AtomicUsize::new(self.first));
+        let clients = (0..self.clients.max(1)).map(|_| {
+            let (http, base, budget, counter) = (
+                http.clone(),
+                base.to_string(),
+                budget.clone(),
+                counter.clone(),
+            );
+            let (limited, products, express) =
+                (self.orders.is_some(), self.products.max(1), self.express);
+            tokio::spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    if limited {
+                        if budget
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    } else if Instant::now() >= stop_at {
+                        break;
+                    }
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let t0 = Instant::now();
+                    let r = post(&http, &base, &order_body(n, products, express)).await;
+                    out.push((r.ok(), t0.elapsed()));
+                }
+                out
+            })
+        });
+        let mut results = Vec::new();
+        for c in futures::future::join_all(clients).await {
+            results.extend(c?);
+        }
+        let accept = Measurement::new(
+            "POST /orders (202 after PubAck)",
+            results.len(),
+            started.elapsed(),
+            results.iter().map(|(_, l)| *l).collect(),
+        );
+        Ok((results, accept))
+    }
+}
+
 fn spinner(message: &str) -> ProgressBar {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -534,7 +653,24 @@ fn spinner(message: &str) -> ProgressBar {
 async fn orders(o: OrdersArgs, json_out: bool) -> anyhow::Result<()> {
     let system = match &o.gateway {
         Some(_) => None,
-        None => Some(System::start(&o).await?),
+        None => {
+            let mut env = Vec::new();
+            if let Some(n) = o.batch_max {
+                env.push(("JETFLOW_BATCH_MAX", n.to_string()));
+            }
+            if let Some(l) = &o.batch_linger {
+                env.push(("JETFLOW_BATCH_LINGER", l.clone()));
+            }
+            Some(
+                System::start(SystemSpec {
+                    role: "all",
+                    postgres: o.postgres.as_ref(),
+                    sync_always: o.sync_always,
+                    env,
+                })
+                .await?,
+            )
+        }
     };
     let result = measure(&o, system.as_ref()).await;
     if let Some(system) = system {
@@ -645,46 +781,16 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         + metric_sum(&before, "jetflow_orders_total", &[("status", "cancelled")]);
     bar.set_message(format!("{} clients posting orders", o.clients));
     let started = Instant::now();
-    let stop_at = started + o.duration;
-    let budget = Arc::new(AtomicUsize::new(o.orders.unwrap_or(usize::MAX)));
-    let counter = Arc::new(AtomicUsize::new(o.unloaded));
-    let clients = (0..o.clients.max(1)).map(|_| {
-        let (http, base, budget, counter) =
-            (http.clone(), base.clone(), budget.clone(), counter.clone());
-        let (limited, express) = (o.orders.is_some(), o.express);
-        tokio::spawn(async move {
-            let mut out = Vec::new();
-            loop {
-                if limited {
-                    if budget
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
-                        .is_err()
-                    {
-                        break;
-                    }
-                } else if Instant::now() >= stop_at {
-                    break;
-                }
-                let n = counter.fetch_add(1, Ordering::Relaxed);
-                let t0 = Instant::now();
-                let r = post(&http, &base, &order_body(n, products, express)).await;
-                out.push((r.ok(), t0.elapsed()));
-            }
-            out
-        })
-    });
-    let mut results = Vec::new();
-    for c in futures::future::join_all(clients).await {
-        results.extend(c?);
-    }
-    let posting = started.elapsed();
+    let load = Load {
+        clients: o.clients,
+        duration: o.duration,
+        orders: o.orders,
+        products,
+        express: o.express,
+        first: o.unloaded,
+    };
+    let (results, accept) = load.post(&http, &base).await?;
     let accepted: Vec<String> = results.iter().filter_map(|(id, _)| id.clone()).collect();
-    let accept = Measurement::new(
-        "POST /orders (202 after PubAck)",
-        results.len(),
-        posting,
-        results.iter().map(|(_, l)| *l).collect(),
-    );
 
     // 3. Drain: until every accepted order finished.
     bar.set_message(format!("waiting for {} orders to finish", accepted.len()));
@@ -865,7 +971,7 @@ fn print_report(r: &OrdersReport) {
         Some(pg) => println!(", {pg:.2} (PostgreSQL, polling included)"),
         None => println!(),
     }
-    if let Some(line) = r.cpu.line() {
+    if let Some(line) = r.cpu.line("finished order") {
         println!("{line}");
     }
     if let (Some(b), Some(ratio)) = (&r.baseline, r.ratio) {
@@ -876,6 +982,186 @@ fn print_report(r: &OrdersReport) {
     }
     if let Some(ms) = r.baseline_cpu_ms {
         println!("  raw saga CPU per order: {ms:.3} ms (nats-server and its client)");
+    }
+}
+
+// ---------------------------------------------------------------- the accept path alone
+
+/// What `bench accept` measured.
+#[derive(Debug, Serialize)]
+pub struct AcceptReport {
+    /// Which database.
+    pub database: String,
+    /// Whether the broker fsyncs every write.
+    pub sync_always: bool,
+    /// Clients posting at once.
+    pub clients: usize,
+    /// Orders posted.
+    pub posted: usize,
+    /// Answered 202.
+    pub accepted: usize,
+    /// Orders the gateway itself counted as created (`jetflow_orders_total{status="pending"}`).
+    pub created: usize,
+    /// Answered anything else.
+    pub refused: usize,
+    /// POSTs per second and their latency.
+    pub accept: Measurement,
+    /// CPU per accepted order (`jetflow_ms` is the gateway's).
+    pub cpu: CpuPerOrder,
+    /// Raw JetStream publishes with PubAck, as many in flight as there are clients, on the
+    /// same broker.
+    pub baseline: Option<Measurement>,
+    /// accepted per second ÷ the baseline's publishes per second.
+    pub ratio: Option<f64>,
+}
+
+async fn accept(a: AcceptArgs, json_out: bool) -> anyhow::Result<()> {
+    let system = match &a.gateway {
+        Some(_) => None,
+        None => Some(
+            System::start(SystemSpec {
+                role: "gateway",
+                postgres: a.postgres.as_ref(),
+                sync_always: a.sync_always,
+                env: Vec::new(),
+            })
+            .await?,
+        ),
+    };
+    let result = measure_accept(&a, system.as_ref()).await;
+    if let Some(system) = system {
+        if result.is_err() {
+            eprintln!(
+                "jetflow bench: the last lines of the gateway's log:\n{}",
+                tail(&system.log)
+            );
+        }
+        system.stop().await?;
+    }
+    let report = result?;
+    if json_out {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_accept_report(&report);
+    }
+    Ok(())
+}
+
+async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Result<AcceptReport> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(a.clients.max(1))
+        .build()?;
+    let base = system
+        .map(|s| s.gateway.clone())
+        .or_else(|| a.gateway.clone())
+        .ok_or_else(|| anyhow!("no gateway"))?
+        .trim_end_matches('/')
+        .to_string();
+    let nats_url = system
+        .map(|s| s.nats_url.clone())
+        .or_else(|| a.nats_url.clone());
+    let database = match (&a.postgres, system) {
+        (Some(_), _) => "PostgreSQL",
+        (None, Some(_)) => "SQLite",
+        (None, None) => "the gateway's",
+    };
+    let bar = spinner("waiting for the gateway to be ready");
+    until(
+        "the gateway to be ready",
+        Duration::from_secs(60),
+        POLL,
+        || async {
+            let r = http.get(format!("{base}/ready")).send().await.ok()?;
+            (r.status().as_u16() == 200).then_some(())
+        },
+    )
+    .await?;
+    let load = |orders: Option<usize>, duration: Duration, first: usize| Load {
+        clients: a.clients,
+        duration,
+        orders,
+        products: 20,
+        express: 0.1,
+        first,
+    };
+    // Warm up: every client's connection, and the gateway's pool and statements.
+    bar.set_message("warming up");
+    load(Some(a.clients.max(1) * 4), a.duration, 0)
+        .post(&http, &base)
+        .await?;
+
+    let (jetflow_pid, nats_pid) = system.map(System::pids).unwrap_or_default();
+    let local_pg = match system {
+        Some(s) => a.postgres.is_some() && on_this_machine(&s.database_url),
+        None => a.postgres.as_deref().is_some_and(on_this_machine),
+    };
+    let pending = |text: &str| metric_sum(text, "jetflow_orders_total", &[("status", "pending")]);
+    let created_before = pending(&metrics(&http, &base).await?);
+    let cpu_before = CpuSample::read(jetflow_pid, nats_pid, local_pg);
+    bar.set_message(format!("{} clients posting orders", a.clients));
+    let (results, measured) = load(a.orders, a.duration, a.clients.max(1) * 4)
+        .post(&http, &base)
+        .await?;
+    let cpu_after = CpuSample::read(jetflow_pid, nats_pid, local_pg);
+    let created = (pending(&metrics(&http, &base).await?) - created_before) as usize;
+    let accepted = results.iter().filter(|(id, _)| id.is_some()).count();
+
+    let baseline = match (&nats_url, a.baseline_messages) {
+        (Some(url), n) if n > 0 => {
+            bar.set_message(format!("raw JetStream publishes: {n}"));
+            let config = BridgeBench {
+                messages: n,
+                // About an orders.created event with one item.
+                payload: 400,
+                in_flight: a.clients.max(1),
+            };
+            Some(bridge_bench::publish_only(url, &config).await?)
+        }
+        _ => None,
+    };
+    bar.finish_and_clear();
+    Ok(AcceptReport {
+        database: database.to_string(),
+        sync_always: a.sync_always,
+        clients: a.clients,
+        posted: results.len(),
+        accepted,
+        created,
+        refused: results.len() - accepted,
+        cpu: cpu_before.per_order(&cpu_after, accepted),
+        ratio: baseline
+            .as_ref()
+            .map(|b| measured.per_second / b.per_second),
+        accept: measured,
+        baseline,
+    })
+}
+
+fn print_accept_report(r: &AcceptReport) {
+    println!(
+        "jetflow bench accept: the gateway alone, {} database, {} clients{}",
+        r.database,
+        r.clients,
+        if r.sync_always {
+            ", sync_interval: always"
+        } else {
+            ""
+        }
+    );
+    println!("{}", r.accept.line());
+    println!(
+        "  {} accepted ({} recorded by the gateway; {} refused)",
+        r.accepted, r.created, r.refused
+    );
+    if let Some(line) = r.cpu.line("accepted order") {
+        println!("{line}");
+    }
+    if let (Some(b), Some(ratio)) = (&r.baseline, r.ratio) {
+        println!(
+            "  raw JetStream publish with PubAck, {} in flight: {:.0}/s   p50 {:.2} ms   p99 {:.2} ms; accept/raw = {:.3}",
+            r.clients, b.per_second, b.latency.p50_ms, b.latency.p99_ms, ratio
+        );
     }
 }
 

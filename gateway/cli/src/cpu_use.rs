@@ -78,8 +78,8 @@ impl CpuSample {
 }
 
 impl CpuPerOrder {
-    /// The report's line, or `None` when nothing could be read.
-    pub fn line(&self) -> Option<String> {
+    /// The report's line ("CPU per `per`: …"), or `None` when nothing could be read.
+    pub fn line(&self, per: &str) -> Option<String> {
         let parts: Vec<String> = [
             ("jetflow", self.jetflow_ms),
             ("nats-server", self.nats_ms),
@@ -95,10 +95,7 @@ impl CpuPerOrder {
             .machine_busy
             .map(|b| format!("; machine {:.0} % busy", b * 100.0))
             .unwrap_or_default();
-        Some(format!(
-            "  CPU per finished order: {}{busy}",
-            parts.join(", ")
-        ))
+        Some(format!("  CPU per {per}: {}{busy}", parts.join(", ")))
     }
 }
 
@@ -164,7 +161,10 @@ mod tests {
         assert!(ms > 0.0, "{cost:?}");
         assert!(cost.machine_busy.is_some_and(|b| (0.0..=1.0).contains(&b)));
         assert_eq!(cost.nats_ms, None);
-        assert!(cost.line().is_some_and(|l| l.contains("jetflow")));
+        assert!(
+            cost.line("order")
+                .is_some_and(|l| l.contains("CPU per order: jetflow"))
+        );
     }
 
     #[test]
@@ -175,7 +175,7 @@ mod tests {
         };
         assert_eq!(sample.per_order(&sample, 0).jetflow_ms, None);
         assert_eq!(CpuSample::default().per_order(&sample, 5).jetflow_ms, None);
-        assert_eq!(CpuPerOrder::default().line(), None);
+        assert_eq!(CpuPerOrder::default().line("order"), None);
     }
 
     #[test]
