@@ -8,31 +8,14 @@ use serde_json::Value;
 
 #[test]
 fn bench_bridge_reports_both_paths_and_their_ratios() {
-    let out = Command::new(jetflow_bin())
-        .args([
-            "bench",
-            "bridge",
-            "--messages",
-            "600",
-            "--in-flight",
-            "16",
-            "--no-sync-compare",
-            "--json",
-        ])
-        .env_clear()
-        .env("NATS_SERVER_BIN", nats_server_bin())
-        .env("RUST_LOG", "error")
-        .current_dir(tempfile::tempdir().expect("temp dir").path())
-        .output()
-        .expect("jetflow bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("a JSON report ({e}): {stdout}"));
+    let report = bench_json(&[
+        "bridge",
+        "--messages",
+        "600",
+        "--in-flight",
+        "16",
+        "--no-sync-compare",
+    ]);
     let broker = report.as_array().and_then(|a| a.first()).unwrap_or(&report);
     for key in [
         "publish_raw",
@@ -53,28 +36,19 @@ fn bench_bridge_reports_both_paths_and_their_ratios() {
     }
 }
 
-#[test]
-fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warning() {
+/// Runs `jetflow bench <args> --json` in a temporary working directory, with nothing of this
+/// environment but the nats-server binary, and checks that it succeeded, logged no warning or
+/// error, and left nothing in the working directory (the system it started is gone with it).
+/// Returns the JSON report.
+fn bench_json(args: &[&str]) -> Value {
     let dir = tempfile::Builder::new()
         .prefix("jetflow-bench-test-")
         .tempdir()
         .expect("temp dir");
     let out = Command::new(jetflow_bin())
-        .args([
-            "bench",
-            "orders",
-            "--orders",
-            "25",
-            "--unloaded",
-            "3",
-            "--clients",
-            "4",
-            "--baseline-orders",
-            "200",
-            "--idle",
-            "1s",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .env_clear()
         .env("NATS_SERVER_BIN", nats_server_bin())
         .current_dir(dir.path())
@@ -83,8 +57,40 @@ fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warn
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}{stderr}");
-    let r: Value = serde_json::from_str(stdout.trim())
+    let report: Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("a JSON report ({e}): {stdout}"));
+    for level in [" WARN ", " ERROR "] {
+        assert!(
+            !stderr.contains(level),
+            "a successful run logged{level}lines:\n{stderr}"
+        );
+    }
+    let listing = std::fs::read_dir(dir.path())
+        .expect("the working directory")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect::<Vec<_>>();
+    assert!(
+        listing.is_empty(),
+        "left in the working directory: {listing:?}"
+    );
+    report
+}
+
+#[test]
+fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warning() {
+    let r = bench_json(&[
+        "orders",
+        "--orders",
+        "25",
+        "--unloaded",
+        "3",
+        "--clients",
+        "4",
+        "--baseline-orders",
+        "200",
+        "--idle",
+        "1s",
+    ]);
     // Counted by the client and by the system itself: 25 asked, 25 placed, 25 finished.
     assert_eq!(r["posted"], 25, "{r}");
     assert_eq!(r["accepted"], 25, "{r}");
@@ -114,51 +120,19 @@ fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warn
         r["baseline_cpu_ms"].as_f64().is_some_and(|v| v >= 0.0),
         "{r}"
     );
-    for level in [" WARN ", " ERROR "] {
-        assert!(
-            !stderr.contains(level),
-            "a successful run logged{level}lines:\n{stderr}"
-        );
-    }
-    // Nothing of the system it started is left: no process, no directory.
-    let listing = std::fs::read_dir(dir.path())
-        .expect("the working directory")
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect::<Vec<_>>();
-    assert!(
-        listing.is_empty(),
-        "left in the working directory: {listing:?}"
-    );
 }
 
 #[test]
 fn bench_accept_posts_exactly_the_orders_asked_for_to_the_gateway_alone() {
-    let dir = tempfile::Builder::new()
-        .prefix("jetflow-bench-test-")
-        .tempdir()
-        .expect("temp dir");
-    let out = Command::new(jetflow_bin())
-        .args([
-            "bench",
-            "accept",
-            "--orders",
-            "40",
-            "--clients",
-            "4",
-            "--baseline-messages",
-            "200",
-            "--json",
-        ])
-        .env_clear()
-        .env("NATS_SERVER_BIN", nats_server_bin())
-        .current_dir(dir.path())
-        .output()
-        .expect("jetflow bench runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}{stderr}");
-    let r: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("a JSON report ({e}): {stdout}"));
+    let r = bench_json(&[
+        "accept",
+        "--orders",
+        "40",
+        "--clients",
+        "4",
+        "--baseline-messages",
+        "200",
+    ]);
     // Counted by the client and by the gateway itself (the warm-up's orders not included).
     assert_eq!(r["posted"], 40, "{r}");
     assert_eq!(r["accepted"], 40, "{r}");
@@ -187,18 +161,4 @@ fn bench_accept_posts_exactly_the_orders_asked_for_to_the_gateway_alone() {
         "{r}"
     );
     assert!(r["ratio"].as_f64().is_some_and(|v| v > 0.0), "{r}");
-    for level in [" WARN ", " ERROR "] {
-        assert!(
-            !stderr.contains(level),
-            "a successful run logged{level}lines:\n{stderr}"
-        );
-    }
-    let listing = std::fs::read_dir(dir.path())
-        .expect("the working directory")
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect::<Vec<_>>();
-    assert!(
-        listing.is_empty(),
-        "left in the working directory: {listing:?}"
-    );
 }

@@ -242,18 +242,52 @@ async fn consume_bridge(
     ))
 }
 
+/// A stream of its own for one run (`BENCH_<id>`, subjects `bench.<id>.>`), on a new
+/// connection.
+struct RunStream {
+    id: String,
+    name: String,
+    spec: StreamSpec,
+    js: jetstream::Context,
+}
+
+impl RunStream {
+    async fn create(url: &str) -> Result<Self, BenchError> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let name = format!("BENCH_{id}");
+        let client = async_nats::connect(url).await.map_err(err)?;
+        let js = jetstream::new(client);
+        let spec = StreamSpec::new(&name, &[&format!("bench.{id}.>")]);
+        jetflow_runtime::topology::ensure_stream(&js, &spec)
+            .await
+            .map_err(err)?;
+        Ok(Self { id, name, spec, js })
+    }
+
+    /// The subject `bench.<id>.<leaf>`.
+    fn subject(&self, leaf: &str) -> String {
+        format!("bench.{}.{leaf}", self.id)
+    }
+
+    /// Four messages per publisher in flight, so connection set-up is not measured.
+    fn warm_up(b: &BridgeBench) -> BridgeBench {
+        BridgeBench {
+            messages: b.in_flight * 4,
+            ..b.clone()
+        }
+    }
+
+    async fn delete(self) {
+        let _ = self.js.delete_stream(&self.name).await;
+    }
+}
+
 /// Runs both paths against the broker at `url` (described as `label`); cleans up its stream.
 pub async fn run(url: &str, label: &str, b: &BridgeBench) -> Result<BridgeReport, BenchError> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let stream = format!("BENCH_{id}");
-    let raw_subject = format!("bench.{id}.raw");
-    let bridge_subject = format!("bench.{id}.bridge");
-    let client = async_nats::connect(url).await.map_err(err)?;
-    let js = jetstream::new(client);
-    let spec = StreamSpec::new(&stream, &[&format!("bench.{id}.>")]);
-    jetflow_runtime::topology::ensure_stream(&js, &spec)
-        .await
-        .map_err(err)?;
+    let run = RunStream::create(url).await?;
+    let (js, stream, spec) = (run.js.clone(), run.name.clone(), run.spec.clone());
+    let raw_subject = run.subject("raw");
+    let bridge_subject = run.subject("bridge");
     let mut config = BridgeConfig::new(
         NatsConfig::new(url).name("jetflow-bench"),
         Topology::new().stream(spec),
@@ -269,12 +303,9 @@ pub async fn run(url: &str, label: &str, b: &BridgeBench) -> Result<BridgeReport
     }
     let result = async {
         // Warm up both paths so connection set-up is not measured.
-        let warm = BridgeBench {
-            messages: b.in_flight * 4,
-            ..b.clone()
-        };
-        publish_raw(&js, &format!("bench.{id}.warm"), &warm).await?;
-        publish_bridge(&bridge, &format!("bench.{id}.warm"), &warm).await?;
+        let warm = RunStream::warm_up(b);
+        publish_raw(&js, &run.subject("warm"), &warm).await?;
+        publish_bridge(&bridge, &run.subject("warm"), &warm).await?;
         let publish_raw = publish_raw(&js, &raw_subject, b).await?;
         let publish_bridge = publish_bridge(&bridge, &bridge_subject, b).await?;
         let n = b.messages.div_ceil(b.in_flight) * b.in_flight;
@@ -293,7 +324,7 @@ pub async fn run(url: &str, label: &str, b: &BridgeBench) -> Result<BridgeReport
     .await;
     bridge.drain(Duration::from_secs(5)).await;
     bridge.close().await;
-    let _ = js.delete_stream(&stream).await;
+    run.delete().await;
     result
 }
 
@@ -302,23 +333,12 @@ pub async fn run(url: &str, label: &str, b: &BridgeBench) -> Result<BridgeReport
 /// answer): the floor under anything that answers after JetStream stored an event. Warmed
 /// up first; cleans up its stream.
 pub async fn publish_only(url: &str, b: &BridgeBench) -> Result<Measurement, BenchError> {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let stream = format!("BENCH_{id}");
-    let client = async_nats::connect(url).await.map_err(err)?;
-    let js = jetstream::new(client);
-    let spec = StreamSpec::new(&stream, &[&format!("bench.{id}.>")]);
-    jetflow_runtime::topology::ensure_stream(&js, &spec)
-        .await
-        .map_err(err)?;
+    let run = RunStream::create(url).await?;
     let result = async {
-        let warm = BridgeBench {
-            messages: b.in_flight * 4,
-            ..b.clone()
-        };
-        publish_raw(&js, &format!("bench.{id}.warm"), &warm).await?;
-        publish_raw(&js, &format!("bench.{id}.raw"), b).await
+        publish_raw(&run.js, &run.subject("warm"), &RunStream::warm_up(b)).await?;
+        publish_raw(&run.js, &run.subject("raw"), b).await
     }
     .await;
-    let _ = js.delete_stream(&stream).await;
+    run.delete().await;
     result
 }

@@ -80,18 +80,18 @@ pub struct BridgeArgs {
     pub no_sync_compare: bool,
 }
 
-/// Options of `jetflow bench orders`.
+/// What `bench orders` and `bench accept` drive, and how hard.
 #[derive(Debug, Clone, Args)]
-pub struct OrdersArgs {
+pub struct LoadArgs {
     /// Drive the gateway at this URL instead of starting a system.
     #[arg(long, env = "JETFLOW_GATEWAY_URL")]
     pub gateway: Option<String>,
-    /// With --gateway: the system's NATS URL, for the raw saga baseline on the same broker.
+    /// With --gateway: the system's NATS URL, for the baseline on the same broker.
     #[arg(long, requires = "gateway")]
     pub nats_url: Option<String>,
     /// PostgreSQL: without --gateway, the admin URL of a server to create a fresh database
-    /// on (SQLite otherwise); with --gateway, the system's database (its commits are
-    /// counted).
+    /// on (SQLite otherwise); with --gateway, the system's database (its commits, and its
+    /// CPU when it runs on this machine, are counted).
     #[arg(long, value_parser = postgres_url)]
     pub postgres: Option<String>,
     /// Start the local nats-server with `sync_interval: always` (fsync every write).
@@ -106,6 +106,14 @@ pub struct OrdersArgs {
     /// Post exactly this many orders instead of posting for --duration.
     #[arg(long)]
     pub orders: Option<usize>,
+}
+
+/// Options of `jetflow bench orders`.
+#[derive(Debug, Clone, Args)]
+pub struct OrdersArgs {
+    /// The system and the load.
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Orders placed one at a time first, each waited for, to measure unloaded latency.
     #[arg(long, default_value_t = 50)]
     pub unloaded: usize,
@@ -135,29 +143,9 @@ pub struct OrdersArgs {
 /// Options of `jetflow bench accept`.
 #[derive(Debug, Clone, Args)]
 pub struct AcceptArgs {
-    /// Drive the gateway at this URL instead of starting one.
-    #[arg(long, env = "JETFLOW_GATEWAY_URL")]
-    pub gateway: Option<String>,
-    /// With --gateway: its NATS URL, for the raw publish baseline on the same broker.
-    #[arg(long, requires = "gateway")]
-    pub nats_url: Option<String>,
-    /// PostgreSQL: the admin URL of a server to create a fresh database on (SQLite
-    /// otherwise); with --gateway, the gateway's database (its CPU is counted when it runs on
-    /// this machine).
-    #[arg(long, value_parser = postgres_url)]
-    pub postgres: Option<String>,
-    /// Start the local nats-server with `sync_interval: always` (fsync every write).
-    #[arg(long, conflicts_with = "gateway")]
-    pub sync_always: bool,
-    /// Clients posting orders at once (and raw publishers in flight).
-    #[arg(long, default_value_t = 64)]
-    pub clients: usize,
-    /// How long the clients post (ignored with --orders).
-    #[arg(long, default_value = "10s", value_parser = positive_duration)]
-    pub duration: Duration,
-    /// Post exactly this many orders instead of posting for --duration.
-    #[arg(long)]
-    pub orders: Option<usize>,
+    /// The gateway and the load (as many raw publishers in flight as clients).
+    #[command(flatten)]
+    pub load: LoadArgs,
     /// Messages the raw publish baseline publishes (0: skip it).
     #[arg(long, default_value_t = 50_000)]
     pub baseline_messages: usize,
@@ -651,44 +639,116 @@ fn spinner(message: &str) -> ProgressBar {
 }
 
 async fn orders(o: OrdersArgs, json_out: bool) -> anyhow::Result<()> {
-    let system = match &o.gateway {
-        Some(_) => None,
-        None => {
-            let mut env = Vec::new();
-            if let Some(n) = o.batch_max {
-                env.push(("JETFLOW_BATCH_MAX", n.to_string()));
-            }
-            if let Some(l) = &o.batch_linger {
-                env.push(("JETFLOW_BATCH_LINGER", l.clone()));
-            }
-            Some(
-                System::start(SystemSpec {
-                    role: "all",
-                    postgres: o.postgres.as_ref(),
-                    sync_always: o.sync_always,
-                    env,
-                })
-                .await?,
-            )
-        }
-    };
-    let result = measure(&o, system.as_ref()).await;
-    if let Some(system) = system {
-        if result.is_err() {
-            eprintln!(
-                "jetflow bench: the last lines of the system's log:\n{}",
-                tail(&system.log)
-            );
-        }
-        system.stop().await?;
+    let mut env = Vec::new();
+    if let Some(n) = o.batch_max {
+        env.push(("JETFLOW_BATCH_MAX", n.to_string()));
     }
-    let report = result?;
+    if let Some(l) = &o.batch_linger {
+        env.push(("JETFLOW_BATCH_LINGER", l.clone()));
+    }
+    let report = drive(&o.load, "all", env, async |system| {
+        measure(&o, system).await
+    })
+    .await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report);
     }
     Ok(())
+}
+
+/// Starts `jetflow <role>` with a local nats-server and a fresh database (unless
+/// `--gateway` points at a system running elsewhere), measures it, shows the end of its log
+/// if the measurement failed, and stops it.
+async fn drive<R>(
+    load: &LoadArgs,
+    role: &'static str,
+    env: Vec<(&'static str, String)>,
+    measure: impl AsyncFnOnce(Option<&System>) -> anyhow::Result<R>,
+) -> anyhow::Result<R> {
+    let system = match &load.gateway {
+        Some(_) => None,
+        None => Some(
+            System::start(SystemSpec {
+                role,
+                postgres: load.postgres.as_ref(),
+                sync_always: load.sync_always,
+                env,
+            })
+            .await?,
+        ),
+    };
+    let result = measure(system.as_ref()).await;
+    if let Some(system) = system {
+        if result.is_err() {
+            eprintln!(
+                "jetflow bench: the last lines of jetflow {role}'s log:\n{}",
+                tail(&system.log)
+            );
+        }
+        system.stop().await?;
+    }
+    result
+}
+
+/// The gateway a measurement drives, ready.
+struct Driven {
+    http: reqwest::Client,
+    /// The gateway's base URL.
+    base: String,
+    /// The broker, for the baseline.
+    nats_url: Option<String>,
+    /// The database (PostgreSQL), if any.
+    pg_url: Option<String>,
+    /// "PostgreSQL", "SQLite" or "the gateway's".
+    database: &'static str,
+}
+
+impl Driven {
+    /// Waits until the gateway is ready.
+    async fn ready(load: &LoadArgs, system: Option<&System>) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(load.clients.max(1))
+            .build()?;
+        let base = system
+            .map(|s| s.gateway.clone())
+            .or_else(|| load.gateway.clone())
+            .ok_or_else(|| anyhow!("no gateway"))?
+            .trim_end_matches('/')
+            .to_string();
+        let nats_url = system
+            .map(|s| s.nats_url.clone())
+            .or_else(|| load.nats_url.clone());
+        let pg_url = match system {
+            Some(s) if load.postgres.is_some() => Some(s.database_url.clone()),
+            Some(_) => None,
+            None => load.postgres.clone(),
+        };
+        let database = match (&pg_url, system) {
+            (Some(_), _) => "PostgreSQL",
+            (None, Some(_)) => "SQLite",
+            (None, None) => "the gateway's",
+        };
+        until(
+            "the gateway to be ready",
+            Duration::from_secs(60),
+            POLL,
+            || async {
+                let r = http.get(format!("{base}/ready")).send().await.ok()?;
+                (r.status().as_u16() == 200).then_some(())
+            },
+        )
+        .await?;
+        Ok(Self {
+            http,
+            base,
+            nats_url,
+            pg_url,
+            database,
+        })
+    }
 }
 
 fn tail(path: &std::path::Path) -> String {
@@ -698,40 +758,14 @@ fn tail(path: &std::path::Path) -> String {
 }
 
 async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<OrdersReport> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(o.clients.max(1))
-        .build()?;
-    let base = system
-        .map(|s| s.gateway.clone())
-        .or_else(|| o.gateway.clone())
-        .ok_or_else(|| anyhow!("no gateway"))?
-        .trim_end_matches('/')
-        .to_string();
-    let nats_url = system
-        .map(|s| s.nats_url.clone())
-        .or_else(|| o.nats_url.clone());
-    let pg_url = match system {
-        Some(s) if o.postgres.is_some() => Some(s.database_url.clone()),
-        Some(_) => None,
-        None => o.postgres.clone(),
-    };
-    let database = match (&pg_url, system) {
-        (Some(_), _) => "PostgreSQL".to_string(),
-        (None, Some(_)) => "SQLite".to_string(),
-        (None, None) => "the gateway's".to_string(),
-    };
     let bar = spinner("waiting for the system to be ready");
-    until(
-        "the system to be ready",
-        Duration::from_secs(60),
-        POLL,
-        || async {
-            let r = http.get(format!("{base}/ready")).send().await.ok()?;
-            (r.status().as_u16() == 200).then_some(())
-        },
-    )
-    .await?;
+    let Driven {
+        http,
+        base,
+        nats_url,
+        pg_url,
+        database,
+    } = Driven::ready(&o.load, system).await?;
     let products = o.products.max(1);
     for i in 0..products {
         let r = http
@@ -779,12 +813,12 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     let cpu_before = CpuSample::read(jetflow_pid, nats_pid, local_pg);
     let finished_before = metric_sum(&before, "jetflow_orders_total", &[("status", "confirmed")])
         + metric_sum(&before, "jetflow_orders_total", &[("status", "cancelled")]);
-    bar.set_message(format!("{} clients posting orders", o.clients));
+    bar.set_message(format!("{} clients posting orders", o.load.clients));
     let started = Instant::now();
     let load = Load {
-        clients: o.clients,
-        duration: o.duration,
-        orders: o.orders,
+        clients: o.load.clients,
+        duration: o.load.duration,
+        orders: o.load.orders,
         products,
         express: o.express,
         first: o.unloaded,
@@ -901,9 +935,9 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     let finished_per_second = finished as f64 / elapsed.as_secs_f64().max(1e-9);
     let per_order = |n: f64| n / finished.max(1) as f64;
     Ok(OrdersReport {
-        database,
-        sync_always: o.sync_always,
-        clients: o.clients,
+        database: database.to_string(),
+        sync_always: o.load.sync_always,
+        clients: o.load.clients,
         unloaded_confirm,
         posted: results.len(),
         accepted: accepted.len(),
@@ -1016,29 +1050,10 @@ pub struct AcceptReport {
 }
 
 async fn accept(a: AcceptArgs, json_out: bool) -> anyhow::Result<()> {
-    let system = match &a.gateway {
-        Some(_) => None,
-        None => Some(
-            System::start(SystemSpec {
-                role: "gateway",
-                postgres: a.postgres.as_ref(),
-                sync_always: a.sync_always,
-                env: Vec::new(),
-            })
-            .await?,
-        ),
-    };
-    let result = measure_accept(&a, system.as_ref()).await;
-    if let Some(system) = system {
-        if result.is_err() {
-            eprintln!(
-                "jetflow bench: the last lines of the gateway's log:\n{}",
-                tail(&system.log)
-            );
-        }
-        system.stop().await?;
-    }
-    let report = result?;
+    let report = drive(&a.load, "gateway", Vec::new(), async |system| {
+        measure_accept(&a, system).await
+    })
+    .await?;
     if json_out {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1048,37 +1063,17 @@ async fn accept(a: AcceptArgs, json_out: bool) -> anyhow::Result<()> {
 }
 
 async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Result<AcceptReport> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(a.clients.max(1))
-        .build()?;
-    let base = system
-        .map(|s| s.gateway.clone())
-        .or_else(|| a.gateway.clone())
-        .ok_or_else(|| anyhow!("no gateway"))?
-        .trim_end_matches('/')
-        .to_string();
-    let nats_url = system
-        .map(|s| s.nats_url.clone())
-        .or_else(|| a.nats_url.clone());
-    let database = match (&a.postgres, system) {
-        (Some(_), _) => "PostgreSQL",
-        (None, Some(_)) => "SQLite",
-        (None, None) => "the gateway's",
-    };
     let bar = spinner("waiting for the gateway to be ready");
-    until(
-        "the gateway to be ready",
-        Duration::from_secs(60),
-        POLL,
-        || async {
-            let r = http.get(format!("{base}/ready")).send().await.ok()?;
-            (r.status().as_u16() == 200).then_some(())
-        },
-    )
-    .await?;
+    let Driven {
+        http,
+        base,
+        nats_url,
+        pg_url,
+        database,
+    } = Driven::ready(&a.load, system).await?;
+    let clients = a.load.clients.max(1);
     let load = |orders: Option<usize>, duration: Duration, first: usize| Load {
-        clients: a.clients,
+        clients,
         duration,
         orders,
         products: 20,
@@ -1087,20 +1082,17 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
     };
     // Warm up: every client's connection, and the gateway's pool and statements.
     bar.set_message("warming up");
-    load(Some(a.clients.max(1) * 4), a.duration, 0)
+    load(Some(clients * 4), a.load.duration, 0)
         .post(&http, &base)
         .await?;
 
     let (jetflow_pid, nats_pid) = system.map(System::pids).unwrap_or_default();
-    let local_pg = match system {
-        Some(s) => a.postgres.is_some() && on_this_machine(&s.database_url),
-        None => a.postgres.as_deref().is_some_and(on_this_machine),
-    };
+    let local_pg = pg_url.as_deref().is_some_and(on_this_machine);
     let pending = |text: &str| metric_sum(text, "jetflow_orders_total", &[("status", "pending")]);
     let created_before = pending(&metrics(&http, &base).await?);
     let cpu_before = CpuSample::read(jetflow_pid, nats_pid, local_pg);
-    bar.set_message(format!("{} clients posting orders", a.clients));
-    let (results, measured) = load(a.orders, a.duration, a.clients.max(1) * 4)
+    bar.set_message(format!("{clients} clients posting orders"));
+    let (results, measured) = load(a.load.orders, a.load.duration, clients * 4)
         .post(&http, &base)
         .await?;
     let cpu_after = CpuSample::read(jetflow_pid, nats_pid, local_pg);
@@ -1114,7 +1106,7 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
                 messages: n,
                 // About an orders.created event with one item.
                 payload: 400,
-                in_flight: a.clients.max(1),
+                in_flight: clients,
             };
             Some(bridge_bench::publish_only(url, &config).await?)
         }
@@ -1123,8 +1115,8 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
     bar.finish_and_clear();
     Ok(AcceptReport {
         database: database.to_string(),
-        sync_always: a.sync_always,
-        clients: a.clients,
+        sync_always: a.load.sync_always,
+        clients,
         posted: results.len(),
         accepted,
         created,
