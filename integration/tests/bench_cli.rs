@@ -76,6 +76,35 @@ fn bench_json(args: &[&str]) -> Value {
     report
 }
 
+/// `n` orders posted and accepted, counted by the client, and `n` created, counted by the
+/// system itself (`jetflow_orders_total{status="pending"}`).
+fn assert_counted(r: &Value, n: u64) {
+    assert_eq!(r["posted"], n, "{r}");
+    assert_eq!(r["accepted"], n, "{r}");
+    assert_eq!(
+        r["created"], n,
+        "the system recorded exactly the orders asked for: {r}"
+    );
+}
+
+/// The CPU of the processes the bench started was read, per order, and how busy the machine
+/// was (SQLite: no PostgreSQL). The kernel counts in 10 ms ticks: a few orders may cost none.
+fn assert_cpu_read(r: &Value) {
+    for key in ["jetflow_ms", "nats_ms"] {
+        assert!(
+            r["cpu"][key].as_f64().is_some_and(|v| v >= 0.0),
+            "cpu.{key}: {r}"
+        );
+    }
+    assert!(r["cpu"]["postgres_ms"].is_null(), "{r}");
+    assert!(
+        r["cpu"]["machine_busy"]
+            .as_f64()
+            .is_some_and(|b| b > 0.0 && b <= 1.0),
+        "{r}"
+    );
+}
+
 #[test]
 fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warning() {
     let r = bench_json(&[
@@ -91,31 +120,12 @@ fn bench_orders_places_exactly_the_orders_asked_for_and_a_clean_run_logs_no_warn
         "--idle",
         "1s",
     ]);
-    // Counted by the client and by the system itself: 25 asked, 25 placed, 25 finished.
-    assert_eq!(r["posted"], 25, "{r}");
-    assert_eq!(r["accepted"], 25, "{r}");
-    assert_eq!(
-        r["created"], 25,
-        "the system recorded exactly the orders asked for: {r}"
-    );
+    // 25 asked, 25 placed, 25 finished.
+    assert_counted(&r, 25);
     assert_eq!(r["confirmed"], 25, "{r}");
     assert_eq!(r["cancelled"], 0, "{r}");
     assert!(r["ratio"].as_f64().is_some_and(|v| v > 0.0), "{r}");
-    // The CPU of the processes it started, per finished order (SQLite: no PostgreSQL). The
-    // kernel counts in 10 ms ticks: a few orders may cost none of them.
-    for key in ["jetflow_ms", "nats_ms"] {
-        assert!(
-            r["cpu"][key].as_f64().is_some_and(|v| v >= 0.0),
-            "cpu.{key}: {r}"
-        );
-    }
-    assert!(r["cpu"]["postgres_ms"].is_null(), "{r}");
-    assert!(
-        r["cpu"]["machine_busy"]
-            .as_f64()
-            .is_some_and(|b| b > 0.0 && b <= 1.0),
-        "{r}"
-    );
+    assert_cpu_read(&r);
     assert!(
         r["baseline_cpu_ms"].as_f64().is_some_and(|v| v >= 0.0),
         "{r}"
@@ -133,13 +143,8 @@ fn bench_accept_posts_exactly_the_orders_asked_for_to_the_gateway_alone() {
         "--baseline-messages",
         "200",
     ]);
-    // Counted by the client and by the gateway itself (the warm-up's orders not included).
-    assert_eq!(r["posted"], 40, "{r}");
-    assert_eq!(r["accepted"], 40, "{r}");
-    assert_eq!(
-        r["created"], 40,
-        "the gateway recorded the orders posted: {r}"
-    );
+    // The warm-up's orders are not counted.
+    assert_counted(&r, 40);
     assert_eq!(r["refused"], 0, "{r}");
     assert!(
         r["accept"]["latency"]["p99_ms"]
@@ -147,13 +152,7 @@ fn bench_accept_posts_exactly_the_orders_asked_for_to_the_gateway_alone() {
             .is_some_and(|v| v > 0.0),
         "{r}"
     );
-    for key in ["jetflow_ms", "nats_ms"] {
-        assert!(
-            r["cpu"][key].as_f64().is_some_and(|v| v >= 0.0),
-            "cpu.{key}: {r}"
-        );
-    }
-    assert!(r["cpu"]["postgres_ms"].is_null(), "{r}");
+    assert_cpu_read(&r);
     assert!(
         r["baseline"]["per_second"]
             .as_f64()

@@ -650,10 +650,15 @@ async fn orders(o: OrdersArgs, json_out: bool) -> anyhow::Result<()> {
         measure(&o, system).await
     })
     .await?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    show(&report, json_out, print_report)
+}
+
+/// Prints a report as JSON, or as `print` writes it for people.
+fn show<R: Serialize>(report: &R, json: bool, print: fn(&R)) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
-        print_report(&report);
+        print(report);
     }
     Ok(())
 }
@@ -1054,12 +1059,7 @@ async fn accept(a: AcceptArgs, json_out: bool) -> anyhow::Result<()> {
         measure_accept(&a, system).await
     })
     .await?;
-    if json_out {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_accept_report(&report);
-    }
-    Ok(())
+    show(&report, json_out, print_accept_report)
 }
 
 async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Result<AcceptReport> {
