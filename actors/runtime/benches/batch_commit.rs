@@ -47,8 +47,8 @@ impl TxHandler for Counter {
     }
 }
 
-/// A route on `db` whose outbox publishes to `recorder`.
-async fn probe(db: &Database, recorder: &Arc<RecordingPublisher>) -> TxProbe {
+/// A route on `db` whose outbox publishes to `recorder`, and the outbox.
+async fn probe(db: &Database, recorder: &Arc<RecordingPublisher>) -> (TxProbe, OutboxHandle) {
     sqlx::query("DROP TABLE IF EXISTS bench_counts")
         .execute(db.pool())
         .await
@@ -58,11 +58,12 @@ async fn probe(db: &Database, recorder: &Arc<RecordingPublisher>) -> TxProbe {
         .await
         .expect("create the bench table");
     let outbox = OutboxRelay::start(db.clone(), recorder.clone(), RelayConfig::default());
-    TestKit::tx(TxRoute::new(
+    let probe = TestKit::tx(TxRoute::new(
         ConsumerSpec::new("BENCH", "bench", &["readings.>"]),
         Counter,
         &outbox,
-    ))
+    ));
+    (probe, outbox)
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -95,11 +96,12 @@ async fn apply(probe: &TxProbe, recorder: &RecordingPublisher, size: usize) -> D
 fn bench_on(c: &mut Criterion, name: &str, url: &str) {
     let system = actix::System::new();
     let recorder = Arc::new(RecordingPublisher::new());
-    let probe = system.block_on(async {
+    let (db, probe, outbox) = system.block_on(async {
         let db = Database::connect(&DbConfig::new(url))
             .await
             .unwrap_or_else(|e| panic!("{name} at {url}: {e}"));
-        probe(&db, &recorder).await
+        let (probe, outbox) = probe(&db, &recorder).await;
+        (db, probe, outbox)
     });
     let mut group = c.benchmark_group(format!("batch_commit/{name}"));
     group.throughput(Throughput::Elements(DELIVERIES as u64));
@@ -118,8 +120,14 @@ fn bench_on(c: &mut Criterion, name: &str, url: &str) {
         });
     }
     group.finish();
-    // Stop the relay inside the system, before the system is dropped.
-    system.block_on(async { actix::System::current().stop() });
+    // Stop as the process does: publish what is committed, close the pool (which waits for
+    // the relay's last delete), then stop the system. A connection still checked out when
+    // the system is dropped would be returned outside any runtime, which panics.
+    system.block_on(async {
+        outbox.flush(Duration::from_secs(10)).await;
+        db.close().await;
+        actix::System::current().stop();
+    });
     let _ = system.run();
 }
 
