@@ -19,6 +19,8 @@ pub struct CpuSample {
     pub nats: Option<Duration>,
     /// Every process named `postgres` on this machine, their reaped children included.
     pub postgres: Option<Duration>,
+    /// This process: the benchmark's own clients.
+    pub clients: Option<Duration>,
     /// The whole machine: busy and idle time over every CPU since boot.
     pub machine: Option<MachineTime>,
 }
@@ -41,6 +43,8 @@ pub struct CpuPerOrder {
     pub nats_ms: Option<f64>,
     /// In PostgreSQL (every local `postgres` process).
     pub postgres_ms: Option<f64>,
+    /// In the benchmark's own clients, which share the machine with what they measure.
+    pub clients_ms: Option<f64>,
     /// Share of the machine's CPU time that was busy (0 to 1), whatever used it.
     pub machine_busy: Option<f64>,
 }
@@ -53,6 +57,7 @@ impl CpuSample {
             jetflow: jetflow.and_then(process_cpu),
             nats: nats.and_then(process_cpu),
             postgres: postgres.then(postgres_cpu).flatten(),
+            clients: process_cpu(std::process::id()),
             machine: machine_time(),
         }
     }
@@ -72,6 +77,7 @@ impl CpuSample {
             jetflow_ms: per(self.jetflow, after.jetflow),
             nats_ms: per(self.nats, after.nats),
             postgres_ms: per(self.postgres, after.postgres),
+            clients_ms: per(self.clients, after.clients),
             machine_busy,
         }
     }
@@ -91,11 +97,18 @@ impl CpuPerOrder {
         if parts.is_empty() {
             return None;
         }
+        let clients = self
+            .clients_ms
+            .map(|ms| format!("; the bench's clients {ms:.3} ms"))
+            .unwrap_or_default();
         let busy = self
             .machine_busy
             .map(|b| format!("; machine {:.0} % busy", b * 100.0))
             .unwrap_or_default();
-        Some(format!("  CPU per {per}: {}{busy}", parts.join(", ")))
+        Some(format!(
+            "  CPU per {per}: {}{clients}{busy}",
+            parts.join(", ")
+        ))
     }
 }
 
@@ -160,6 +173,7 @@ mod tests {
         let ms = cost.jetflow_ms.expect("this process's CPU");
         assert!(ms > 0.0, "{cost:?}");
         assert!(cost.machine_busy.is_some_and(|b| (0.0..=1.0).contains(&b)));
+        assert!(cost.clients_ms.is_some_and(|ms| ms > 0.0), "{cost:?}");
         assert_eq!(cost.nats_ms, None);
         assert!(
             cost.line("order")
@@ -184,6 +198,7 @@ mod tests {
             jetflow: Some(Duration::from_millis(1000)),
             nats: Some(Duration::from_millis(100)),
             postgres: Some(Duration::from_millis(0)),
+            clients: None,
             machine: Some(MachineTime {
                 busy: Duration::from_secs(10),
                 idle: Duration::from_secs(10),
@@ -193,6 +208,7 @@ mod tests {
             jetflow: Some(Duration::from_millis(3000)),
             nats: Some(Duration::from_millis(600)),
             postgres: Some(Duration::from_millis(1000)),
+            clients: None,
             machine: Some(MachineTime {
                 busy: Duration::from_secs(13),
                 idle: Duration::from_secs(11),
@@ -203,5 +219,6 @@ mod tests {
         assert_eq!(cost.nats_ms, Some(0.5));
         assert_eq!(cost.postgres_ms, Some(1.0));
         assert_eq!(cost.machine_busy, Some(0.75));
+        assert_eq!(cost.clients_ms, None);
     }
 }
