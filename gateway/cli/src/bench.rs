@@ -515,8 +515,9 @@ where
     }
 }
 
-/// The body of the `n`th order, rendered once (the clients share the machine with the system
-/// they measure, so they spend as little CPU as they can).
+/// The body of the `n`th order, as JSON text. The clients share the machine with the system
+/// they measure, so they spend as little CPU as they can: the body is sent as it is and only
+/// the answer's `order_id` is read.
 fn order_body(n: usize, products: usize, express: f64) -> String {
     let priority = if (n as f64 * express).fract() + express >= 1.0 {
         "express"
