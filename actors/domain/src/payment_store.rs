@@ -230,13 +230,15 @@ pub async fn load<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let lock = db::for_update(uow.backend());
-    let rows = db::fetch_in(uow.conn(), &missing, |list| {
-        format!(
-            "SELECT order_id, status FROM payments WHERE order_id IN ({list}) \
-             ORDER BY order_id{lock}"
-        )
-    })
+    let backend = uow.backend();
+    let rows = db::fetch_locked(
+        uow.conn(),
+        backend,
+        "payments",
+        "order_id",
+        &["order_id", "status"],
+        &missing,
+    )
     .await?;
     let mut found = Vec::with_capacity(rows.len());
     for row in rows {

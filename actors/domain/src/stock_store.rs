@@ -250,13 +250,15 @@ pub async fn load_reservations<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let lock = db::for_update(uow.backend());
-    let rows = db::fetch_in(uow.conn(), &missing, |list| {
-        format!(
-            "SELECT order_id, status, items FROM reservations WHERE order_id IN ({list}) \
-             ORDER BY order_id{lock}"
-        )
-    })
+    let backend = uow.backend();
+    let rows = db::fetch_locked(
+        uow.conn(),
+        backend,
+        "reservations",
+        "order_id",
+        &["order_id", "status", "items"],
+        &missing,
+    )
     .await?;
     let mut found = Vec::with_capacity(rows.len());
     for row in rows {
@@ -507,13 +509,15 @@ pub async fn load<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let lock = db::for_update(uow.backend());
-    let rows = db::fetch_in(uow.conn(), &missing, |list| {
-        format!(
-            "SELECT product_id, available, price_cents FROM products WHERE product_id IN ({list}) \
-             ORDER BY product_id{lock}"
-        )
-    })
+    let backend = uow.backend();
+    let rows = db::fetch_locked(
+        uow.conn(),
+        backend,
+        "products",
+        "product_id",
+        &["product_id", "available", "price_cents"],
+        &missing,
+    )
     .await?;
     let mut found = Vec::with_capacity(rows.len());
     for row in rows {

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// What a transaction read of one table, by key: the rows found, and the keys looked for and
 /// not found. A batch reads the rows all its deliveries need in one query (in `begin_batch`,
-/// with [`crate::db::fetch_in`], locked with [`crate::db::for_update`]), keeps them in a
-/// `Lookup` inside a [`Deferred`](crate::Deferred), decides every delivery against it in memory, and writes
+/// with [`crate::db::fetch_locked`]), keeps them in a `Lookup` inside a
+/// [`Deferred`](crate::Deferred), decides every delivery against it in memory, and writes
 /// what changed when the transaction commits.
 ///
 /// ```
