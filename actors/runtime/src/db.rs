@@ -608,6 +608,33 @@ fn bind_rows<'q>(
     q
 }
 
+/// The statements writing `rows` (one value per column of `columns`, the first column the
+/// key), as few as the parameter limits allow: for each chunk, the text `sql(key, columns,
+/// values)` makes (`columns` joined, `values` the chunk's `VALUES` rows of placeholders) with
+/// the chunk's values bound, and how many rows the chunk holds. No key, no statement.
+fn row_statements<'q>(
+    columns: &[&str],
+    rows: &'q [Vec<Param>],
+    sql: impl Fn(&str, &str, &str) -> String,
+) -> Vec<(
+    sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    usize,
+)> {
+    let Some(key) = columns.first() else {
+        return Vec::new();
+    };
+    let names = columns.join(", ");
+    rows.chunks(rows_per_statement(columns.len()))
+        .map(|chunk| {
+            let text = sql(key, &names, &values_list(chunk.len(), columns.len()));
+            (
+                bind_rows(sqlx::query(sqlx::AssertSqlSafe(text)), chunk),
+                chunk.len(),
+            )
+        })
+        .collect()
+}
+
 fn values_list(rows: usize, width: usize) -> String {
     (0..rows)
         .map(|i| format!("({})", placeholders(i * width + 1, width)))
@@ -627,24 +654,18 @@ pub async fn insert_absent(
     columns: &[&str],
     rows: &[Vec<Param>],
 ) -> Result<(), sqlx::Error> {
-    let Some(key) = columns.first() else {
-        return Ok(());
-    };
-    for chunk in rows.chunks(rows_per_statement(columns.len())) {
-        let sql = format!(
-            "INSERT INTO {table} ({}) VALUES {} ON CONFLICT ({key}) DO NOTHING RETURNING {key}",
-            columns.join(", "),
-            values_list(chunk.len(), columns.len())
-        );
-        let inserted = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
-            .fetch_all(&mut *conn)
-            .await?
-            .len();
-        if inserted != chunk.len() {
+    let statements = row_statements(columns, rows, |key, columns, values| {
+        format!(
+            "INSERT INTO {table} ({columns}) VALUES {values} \
+             ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
+        )
+    });
+    for (q, written) in statements {
+        let inserted = q.fetch_all(&mut *conn).await?.len();
+        if inserted != written {
             return Err(lost_race(format!(
-                "{} of {} {table} rows were written by another transaction since they were read",
-                chunk.len() - inserted,
-                chunk.len()
+                "{} of {written} {table} rows were written by another transaction since they were read",
+                written - inserted,
             )));
         }
     }
@@ -665,25 +686,19 @@ pub async fn update_from_values(
     set: &str,
     rows: &[Vec<Param>],
 ) -> Result<(), sqlx::Error> {
-    let Some(key) = columns.first() else {
-        return Ok(());
-    };
-    for chunk in rows.chunks(rows_per_statement(columns.len())) {
-        let sql = format!(
-            "WITH moved ({}) AS (VALUES {}) UPDATE {table} SET {set} FROM moved \
-             WHERE {table}.{key} = moved.{key}",
-            columns.join(", "),
-            values_list(chunk.len(), columns.len())
-        );
-        let updated = bind_rows(sqlx::query(sqlx::AssertSqlSafe(sql)), chunk)
-            .execute(&mut *conn)
-            .await?
-            .rows_affected();
-        if updated != chunk.len() as u64 {
+    let statements = row_statements(columns, rows, |key, columns, values| {
+        format!(
+            "WITH moved ({columns}) AS (VALUES {values}) UPDATE {table} SET {set} FROM moved \
+             WHERE {table}.{key} = moved.{key}"
+        )
+    });
+    for (q, moved) in statements {
+        let updated = q.execute(&mut *conn).await?.rows_affected();
+        if updated != moved as u64 {
             tracing::error!(
                 table,
                 updated,
-                moved = chunk.len(),
+                moved,
                 "rows a transaction read and changed were not all there to update"
             );
             return Err(sqlx::Error::RowNotFound);
