@@ -160,39 +160,47 @@ pub async fn insert_pending_many(
     conn: &mut AnyConnection,
     orders: &[&NewOrder],
 ) -> Result<HashSet<String>, sqlx::Error> {
-    let mut inserted = HashSet::with_capacity(orders.len());
-    for chunk in orders.chunks(500) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                format!(
-                    "({}, 'pending', ${}, ${}, ${})",
-                    jetflow_runtime::db::placeholders(i * 7 + 1, 5),
-                    i * 7 + 6,
-                    i * 7 + 7,
-                    i * 7 + 7
-                )
-            })
-            .collect();
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let sql = format!(
-            "INSERT INTO orders (order_id, customer_id, items, priority, shipping_address, status, correlation_id, created_at, updated_at) \
-             VALUES {} ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
-            values.join(", ")
-        );
-        let mut q = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql));
-        for order in chunk {
-            q = q
-                .bind(order.order_id.as_str())
-                .bind(order.customer_id.as_str())
-                .bind(order.items.to_string())
-                .bind(order.priority.as_str())
-                .bind(order.shipping_address.as_ref().map(|v| v.to_string()))
-                .bind(order.correlation_id.as_str())
-                .bind(order.at);
-        }
-        inserted.extend(q.fetch_all(&mut *conn).await?);
-    }
-    Ok(inserted)
+    let rows: Vec<Vec<Param>> = orders
+        .iter()
+        .map(|order| {
+            vec![
+                order.order_id.as_str().into(),
+                order.customer_id.as_str().into(),
+                order.items.to_string().into(),
+                order.priority.as_str().into(),
+                order
+                    .shipping_address
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .into(),
+                "pending".into(),
+                order.correlation_id.as_str().into(),
+                order.at.into(),
+                order.at.into(),
+            ]
+        })
+        .collect();
+    db::insert_rows(
+        conn,
+        "orders",
+        &[
+            "order_id",
+            "customer_id",
+            "items",
+            "priority",
+            "shipping_address",
+            "status",
+            "correlation_id",
+            "created_at",
+            "updated_at",
+        ],
+        &rows,
+        "ON CONFLICT (order_id) DO NOTHING RETURNING order_id",
+    )
+    .await?
+    .iter()
+    .map(|row| row.try_get::<String, _>("order_id"))
+    .collect()
 }
 
 /// Records an order from its `orders.created` event: nothing to do if the gateway recorded
@@ -270,22 +278,21 @@ impl History {
 impl Deferred for History {
     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            for chunk in self.0.chunks(500) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("(${}, ${}, ${})", i * 3 + 1, i * 3 + 2, i * 3 + 3))
-                    .collect();
-                // Only generated placeholders are interpolated: no input reaches the SQL text.
-                let sql = format!(
-                    "INSERT INTO order_history (order_id, status, at) VALUES {} \
-                     ON CONFLICT (order_id, status) DO NOTHING",
-                    values.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (order_id, status, at) in chunk {
-                    q = q.bind(order_id.as_str()).bind(status.as_str()).bind(*at);
-                }
-                q.execute(&mut *conn).await?;
-            }
+            let rows: Vec<Vec<Param>> = self
+                .0
+                .into_iter()
+                .map(|(order_id, status, at)| {
+                    vec![order_id.into(), status.as_str().into(), at.into()]
+                })
+                .collect();
+            db::insert_rows(
+                conn,
+                "order_history",
+                &["order_id", "status", "at"],
+                &rows,
+                "ON CONFLICT (order_id, status) DO NOTHING",
+            )
+            .await?;
             Ok(())
         })
     }

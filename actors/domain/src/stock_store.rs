@@ -6,8 +6,8 @@
 //! transaction changes those rows until it commits; SQLite's write transaction holds the
 //! whole database. A reservation takes every item of an order or none, decided against the
 //! ledger (`available >= quantity` for every item), and every move changes the ledger; the
-//! ledger is written back when the transaction commits, one update per product moved,
-//! however many orders of the batch share it. Neither concurrency nor replicas can oversell,
+//! ledger is written back when the transaction commits, in one statement, each product
+//! moved updated once however many orders of the batch share it. Neither concurrency nor replicas can oversell,
 //! and every move keeps `available + reserved + sold` constant.
 //!
 //! Whatever happens to an order starts from its reservation row, read with the batch's other
@@ -406,9 +406,8 @@ pub async fn products_of_orders(
 /// The stock of the products a batch moves: read once at the start of its transaction (and
 /// on PostgreSQL locked, in product order, so that transactions sharing products wait for
 /// each other instead of deadlocking; SQLite's write transaction holds the whole database),
-/// moved in memory by each delivery, and written back, one statement per product moved,
-/// when the transaction commits. However many orders of a batch share a product, its row is
-/// updated once.
+/// moved in memory by each delivery, and written back in one statement when the transaction
+/// commits. However many orders of a batch share a product, its row is updated once.
 #[derive(Debug, Default)]
 pub struct StockLedger {
     products: Lookup<Stock>,
@@ -440,29 +439,36 @@ impl Deferred for StockLedger {
     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let now = now_ms();
-            for (product_id, stock) in self.products.iter() {
-                if stock.moved == Moved::default() {
-                    continue;
-                }
-                sqlx::query(
-                    "UPDATE products SET available = available + $1, reserved = reserved + $2, \
-                     sold = sold + $3, updated_at = $4 WHERE product_id = $5",
-                )
-                .bind(stock.moved.available)
-                .bind(stock.moved.reserved)
-                .bind(stock.moved.sold)
-                .bind(now)
-                .bind(product_id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            }
-            Ok(())
+            let moved: Vec<Vec<Param>> = self
+                .products
+                .iter()
+                .filter(|(_, stock)| stock.moved != Moved::default())
+                .map(|(product_id, stock)| {
+                    vec![
+                        product_id.as_str().into(),
+                        stock.moved.available.into(),
+                        stock.moved.reserved.into(),
+                        stock.moved.sold.into(),
+                        now.into(),
+                    ]
+                })
+                .collect();
+            db::update_from_values(
+                conn,
+                "products",
+                &["product_id", "available", "reserved", "sold", "at"],
+                "available = products.available + moved.available, \
+                 reserved = products.reserved + moved.reserved, \
+                 sold = products.sold + moved.sold, updated_at = moved.at",
+                &moved,
+            )
+            .await
         })
     }
 }
 
 /// The items of the reservations a batch made, also written to `reservation_items` (one
-/// statement per 500 items), where the version before the items were kept on the
+/// statement), where the version before the items were kept on the
 /// reservation row looks for them: replicas of both versions run side by side during a
 /// rolling upgrade, and either can sell or release what the other reserved.
 #[derive(Debug, Default)]
@@ -471,26 +477,26 @@ struct HeldItems(Vec<(String, String, i64, i64)>);
 impl Deferred for HeldItems {
     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            for chunk in self.0.chunks(500) {
-                let values: Vec<String> = (0..chunk.len())
-                    .map(|i| format!("({})", jetflow_runtime::db::placeholders(i * 4 + 1, 4)))
-                    .collect();
-                // Only generated placeholders are interpolated: no input reaches the SQL text.
-                let sql = format!(
-                    "INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) \
-                     VALUES {}",
-                    values.join(", ")
-                );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for (order_id, product_id, quantity, price) in chunk {
-                    q = q
-                        .bind(order_id.as_str())
-                        .bind(product_id.as_str())
-                        .bind(*quantity)
-                        .bind(*price);
-                }
-                q.execute(&mut *conn).await?;
-            }
+            let rows: Vec<Vec<Param>> = self
+                .0
+                .into_iter()
+                .map(|(order_id, product_id, quantity, price)| {
+                    vec![
+                        order_id.into(),
+                        product_id.into(),
+                        quantity.into(),
+                        price.into(),
+                    ]
+                })
+                .collect();
+            db::insert_rows(
+                conn,
+                "reservation_items",
+                &["order_id", "product_id", "quantity", "unit_price_cents"],
+                &rows,
+                "",
+            )
+            .await?;
             Ok(())
         })
     }

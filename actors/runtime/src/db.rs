@@ -480,8 +480,25 @@ pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Keys per statement of [`fetch_in`]: far below the parameter limits of both engines.
+/// Keys per statement of [`fetch_in`] and [`execute_in`]: far below the parameter limits of
+/// both engines.
 const IN_CHUNK: usize = 500;
+
+/// A statement for the `Any` driver.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+
+/// The statements of a query over a list of keys, one per 500 keys, with the keys bound.
+fn in_statements<'q>(keys: &[&'q str], sql: impl Fn(&str) -> String) -> Vec<AnyQuery<'q>> {
+    keys.chunks(IN_CHUNK)
+        .map(|chunk| {
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql(&placeholders(1, chunk.len()))));
+            for key in chunk {
+                q = q.bind(*key);
+            }
+            q
+        })
+        .collect()
+}
 
 /// The rows of a query over a list of keys, one statement per 500 keys: `sql` is given the
 /// placeholders of one chunk (`$1, $2, …`, for an `IN (…)` list) and returns the statement,
@@ -504,15 +521,33 @@ pub async fn fetch_in(
     sql: impl Fn(&str) -> String,
 ) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
     let mut rows = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(IN_CHUNK) {
-        let text = sql(&placeholders(1, chunk.len()));
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(text));
-        for key in chunk {
-            q = q.bind(*key);
-        }
+    for q in in_statements(keys, sql) {
         rows.extend(q.fetch_all(&mut *conn).await?);
     }
     Ok(rows)
+}
+
+/// Runs a statement over a list of keys as [`fetch_in`] does (an `UPDATE` or `DELETE …
+/// WHERE key IN ({list})`), and returns how many rows it affected.
+///
+/// ```no_run
+/// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// let gone = jetflow_runtime::db::execute_in(conn, &["a", "b"], |list| {
+///     format!("DELETE FROM readings WHERE id IN ({list})")
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+pub async fn execute_in(
+    conn: &mut sqlx::AnyConnection,
+    keys: &[&str],
+    sql: impl Fn(&str) -> String,
+) -> Result<u64, sqlx::Error> {
+    let mut affected = 0;
+    for q in in_statements(keys, sql) {
+        affected += q.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(affected)
 }
 
 /// `" FOR UPDATE"` on PostgreSQL, nothing on SQLite (whose write transaction holds the whole
@@ -552,13 +587,16 @@ pub async fn fetch_locked(
     .await
 }
 
-/// A value bound to a statement that [`insert_absent`] or [`update_from_values`] generates.
+/// A value bound to a statement that [`insert_rows`], [`insert_absent`] or
+/// [`update_from_values`] generates.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Param {
     /// Text, or NULL.
     Text(Option<String>),
     /// A 64-bit integer, or NULL.
     Int(Option<i64>),
+    /// Bytes (a `BYTEA` column; a `BLOB` on SQLite).
+    Bytes(Vec<u8>),
 }
 
 impl From<&str> for Param {
@@ -567,9 +605,21 @@ impl From<&str> for Param {
     }
 }
 
+impl From<String> for Param {
+    fn from(v: String) -> Self {
+        Param::Text(Some(v))
+    }
+}
+
 impl From<Option<&str>> for Param {
     fn from(v: Option<&str>) -> Self {
         Param::Text(v.map(str::to_string))
+    }
+}
+
+impl From<Option<String>> for Param {
+    fn from(v: Option<String>) -> Self {
+        Param::Text(v)
     }
 }
 
@@ -585,6 +635,12 @@ impl From<Option<i64>> for Param {
     }
 }
 
+impl From<Vec<u8>> for Param {
+    fn from(v: Vec<u8>) -> Self {
+        Param::Bytes(v)
+    }
+}
+
 /// Most parameters in one generated statement: below SQLite's 32,766 and PostgreSQL's 65,535.
 const MAX_PARAMS: usize = 30_000;
 
@@ -593,15 +649,13 @@ fn rows_per_statement(width: usize) -> usize {
     (MAX_PARAMS / width.max(1)).clamp(1, 500)
 }
 
-fn bind_rows<'q>(
-    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    rows: &'q [Vec<Param>],
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+fn bind_rows<'q>(mut q: AnyQuery<'q>, rows: &'q [Vec<Param>]) -> AnyQuery<'q> {
     for row in rows {
         for p in row {
             q = match p {
                 Param::Text(v) => q.bind(v.as_deref()),
                 Param::Int(v) => q.bind(*v),
+                Param::Bytes(v) => q.bind(v.as_slice()),
             };
         }
     }
@@ -610,23 +664,21 @@ fn bind_rows<'q>(
 
 /// The statements writing `rows` (one value per column of `columns`, the first column the
 /// key), as few as the parameter limits allow: for each chunk, the text `sql(key, columns,
-/// values)` makes (`columns` joined, `values` the chunk's `VALUES` rows of placeholders) with
-/// the chunk's values bound, and how many rows the chunk holds. No key, no statement.
+/// rows)` makes (`columns` joined, `rows` the chunk's `VALUES (…), (…)` of placeholders)
+/// with the chunk's values bound, and how many rows the chunk holds. No key, no statement.
 fn row_statements<'q>(
     columns: &[&str],
     rows: &'q [Vec<Param>],
     sql: impl Fn(&str, &str, &str) -> String,
-) -> Vec<(
-    sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    usize,
-)> {
+) -> Vec<(AnyQuery<'q>, usize)> {
     let Some(key) = columns.first() else {
         return Vec::new();
     };
     let names = columns.join(", ");
     rows.chunks(rows_per_statement(columns.len()))
         .map(|chunk| {
-            let text = sql(key, &names, &values_list(chunk.len(), columns.len()));
+            let values = format!("VALUES {}", values_list(chunk.len(), columns.len()));
+            let text = sql(key, &names, &values);
             (
                 bind_rows(sqlx::query(sqlx::AssertSqlSafe(text)), chunk),
                 chunk.len(),
@@ -642,12 +694,44 @@ fn values_list(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
+/// Inserts `rows` (one value per column of `columns`) into `table` and returns what the
+/// statements return: `INSERT INTO <table> (<columns>) VALUES (…), (…) <tail>`, `tail` being,
+/// say, `ON CONFLICT (…) DO NOTHING RETURNING …`, or nothing; in as few statements as the
+/// parameter limits allow, and none without rows. What a [`Deferred`](crate::Deferred) gathered
+/// from a whole batch is written this way in one round trip. `table`, `columns` and `tail` are
+/// SQL written by the caller, never input.
+///
+/// ```no_run
+/// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// use jetflow_runtime::db::{self, Param};
+/// let rows: Vec<Vec<Param>> = vec![vec!["a".into(), 7.into()], vec!["b".into(), 9.into()]];
+/// db::insert_rows(conn, "readings", &["id", "level"], &rows, "ON CONFLICT (id) DO NOTHING")
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub async fn insert_rows(
+    conn: &mut sqlx::AnyConnection,
+    table: &str,
+    columns: &[&str],
+    rows: &[Vec<Param>],
+    tail: &str,
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let statements = row_statements(columns, rows, |_, columns, values| {
+        format!("INSERT INTO {table} ({columns}) {values} {tail}")
+    });
+    let mut returned = Vec::new();
+    for (q, _) in statements {
+        returned.extend(q.fetch_all(&mut *conn).await?);
+    }
+    Ok(returned)
+}
+
 /// Inserts `rows` (one value per column of `columns`, the first column the table's key) into
-/// `table`, in as few statements as the parameter limits allow, each row only if its key is
-/// free: the rows a transaction decided to create after reading their keys as absent. A key
-/// taken meanwhile (by another transaction that committed since) fails the write with
-/// [`lost_race`], so the runtime applies the batch again and the new attempt reads that row.
-/// `table` and `columns` are SQL written by the caller, never input.
+/// `table` as [`insert_rows`] does, each row only if its key is free: the rows a transaction
+/// decided to create after reading their keys as absent. A key taken meanwhile (by another
+/// transaction that committed since) fails the write with [`lost_race`], so the runtime
+/// applies the batch again and the new attempt reads that row. `table` and `columns` are SQL
+/// written by the caller, never input.
 pub async fn insert_absent(
     conn: &mut sqlx::AnyConnection,
     table: &str,
@@ -656,7 +740,7 @@ pub async fn insert_absent(
 ) -> Result<(), sqlx::Error> {
     let statements = row_statements(columns, rows, |key, columns, values| {
         format!(
-            "INSERT INTO {table} ({columns}) VALUES {values} \
+            "INSERT INTO {table} ({columns}) {values} \
              ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
         )
     });
@@ -688,7 +772,7 @@ pub async fn update_from_values(
 ) -> Result<(), sqlx::Error> {
     let statements = row_statements(columns, rows, |key, columns, values| {
         format!(
-            "WITH moved ({columns}) AS (VALUES {values}) UPDATE {table} SET {set} FROM moved \
+            "WITH moved ({columns}) AS ({values}) UPDATE {table} SET {set} FROM moved \
              WHERE {table}.{key} = moved.{key}"
         )
     });

@@ -10,11 +10,7 @@ use std::collections::HashSet;
 
 use sqlx::{AnyConnection, Row};
 
-use crate::db::{Database, now_ms, placeholders};
-
-/// Most keys claimed by one statement (three parameters each stay far below every engine's
-/// limit).
-const CHUNK: usize = 500;
+use crate::db::{Database, Param, insert_rows, now_ms};
 
 /// Claims `key` for `consumer`. `false`: it was applied before, do nothing.
 pub async fn claim(
@@ -40,26 +36,21 @@ pub async fn claim_all(
         }
     }
     let now = now_ms();
-    let mut claimed = HashSet::with_capacity(unique.len());
-    for chunk in unique.chunks(CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(i * 3 + 1, 3)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO inbox (consumer, message_key, processed_at) VALUES {} \
-             ON CONFLICT (consumer, message_key) DO NOTHING RETURNING message_key",
-            values.join(", ")
-        );
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for key in chunk {
-            q = q.bind(consumer).bind(*key).bind(now);
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            claimed.insert(row.try_get::<String, _>("message_key")?);
-        }
-    }
-    Ok(claimed)
+    let rows: Vec<Vec<Param>> = unique
+        .iter()
+        .map(|key| vec![consumer.into(), (*key).into(), now.into()])
+        .collect();
+    insert_rows(
+        conn,
+        "inbox",
+        &["consumer", "message_key", "processed_at"],
+        &rows,
+        "ON CONFLICT (consumer, message_key) DO NOTHING RETURNING message_key",
+    )
+    .await?
+    .iter()
+    .map(|row| row.try_get::<String, _>("message_key"))
+    .collect()
 }
 
 /// Forgets keys processed before `before_ms`; returns how many.

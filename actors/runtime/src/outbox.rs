@@ -9,11 +9,8 @@
 
 use sqlx::{AnyConnection, Row};
 
-use crate::db::{Database, millis, now_ms, placeholders};
+use crate::db::{Database, Param, execute_in, insert_rows, millis, now_ms};
 use crate::publisher::OutgoingMessage;
-
-/// Rows written by one statement (six parameters each).
-const CHUNK: usize = 200;
 
 /// A row waiting to be published.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,27 +31,27 @@ pub async fn enqueue(
     messages: &[OutgoingMessage],
 ) -> Result<(), sqlx::Error> {
     let now = now_ms();
-    for chunk in messages.chunks(CHUNK) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| format!("({})", placeholders(i * 5 + 1, 5)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO outbox (id, subject, payload, headers, created_at) VALUES {}",
-            values.join(", ")
-        );
-        // Only generated placeholders are interpolated: no input reaches the SQL text.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for m in chunk {
+    let rows: Vec<Vec<Param>> = messages
+        .iter()
+        .map(|m| {
             let headers = serde_json::to_string(&m.headers).unwrap_or_else(|_| "[]".into());
-            q = q
-                .bind(m.msg_id.as_str())
-                .bind(m.subject.as_str())
-                .bind(m.payload.to_vec())
-                .bind(headers)
-                .bind(now);
-        }
-        q.execute(&mut *conn).await?;
-    }
+            vec![
+                m.msg_id.as_str().into(),
+                m.subject.as_str().into(),
+                m.payload.to_vec().into(),
+                headers.into(),
+                now.into(),
+            ]
+        })
+        .collect();
+    insert_rows(
+        conn,
+        "outbox",
+        &["id", "subject", "payload", "headers", "created_at"],
+        &rows,
+        "",
+    )
+    .await?;
     Ok(())
 }
 
@@ -98,17 +95,15 @@ pub async fn due(
 
 /// Deletes published rows, in as few statements as possible.
 pub async fn delete(db: &Database, ids: &[String]) -> Result<(), sqlx::Error> {
-    for chunk in ids.chunks(CHUNK * 2) {
-        let sql = format!(
-            "DELETE FROM outbox WHERE id IN ({})",
-            placeholders(1, chunk.len())
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for id in chunk {
-            q = q.bind(id.as_str());
-        }
-        q.execute(db.pool()).await?;
+    if ids.is_empty() {
+        return Ok(());
     }
+    let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut conn = db.pool().acquire().await?;
+    execute_in(&mut conn, &keys, |list| {
+        format!("DELETE FROM outbox WHERE id IN ({list})")
+    })
+    .await?;
     Ok(())
 }
 

@@ -32,6 +32,7 @@ type AfterCommit = Box<dyn FnOnce() + Send>;
 /// ```
 /// use futures::future::BoxFuture;
 /// use jetflow_runtime::Deferred;
+/// use jetflow_runtime::db::{self, Param};
 /// use sqlx::AnyConnection;
 ///
 /// /// Audit lines, inserted in one statement at commit.
@@ -41,15 +42,8 @@ type AfterCommit = Box<dyn FnOnce() + Send>;
 /// impl Deferred for Audit {
 ///     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
 ///         Box::pin(async move {
-///             for chunk in self.0.chunks(500) {
-///                 let values: Vec<String> = (1..=chunk.len()).map(|i| format!("(${i})")).collect();
-///                 let sql = format!("INSERT INTO audit (line) VALUES {}", values.join(", "));
-///                 let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-///                 for line in chunk {
-///                     q = q.bind(line.as_str());
-///                 }
-///                 q.execute(&mut *conn).await?;
-///             }
+///             let rows: Vec<Vec<Param>> = self.0.into_iter().map(|l| vec![l.into()]).collect();
+///             db::insert_rows(conn, "audit", &["line"], &rows, "").await?;
 ///             Ok(())
 ///         })
 ///     }
@@ -247,13 +241,9 @@ mod tests {
     impl Deferred for Lines {
         fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
             Box::pin(async move {
-                let values: Vec<String> = (1..=self.0.len()).map(|i| format!("(${i})")).collect();
-                let sql = format!("INSERT INTO lines (line) VALUES {}", values.join(", "));
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                for line in &self.0 {
-                    q = q.bind(line.as_str());
-                }
-                q.execute(&mut *conn).await?;
+                let rows: Vec<Vec<crate::db::Param>> =
+                    self.0.into_iter().map(|line| vec![line.into()]).collect();
+                crate::db::insert_rows(conn, "lines", &["line"], &rows, "").await?;
                 Ok(())
             })
         }
