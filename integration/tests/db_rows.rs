@@ -1,8 +1,9 @@
 //! The runtime's row helpers (`db::insert_rows`, `insert_absent`, `update_from_values`,
 //! `fetch_in`, `execute_in`) and the outbox built on them, on both engines: values of every
-//! kind survive the trip (quotes, Unicode, NULLs, the ends of `i64`, every byte), and on
-//! PostgreSQL a batch's rows are found by index in a table big enough that scanning it would
-//! be the wrong plan.
+//! kind survive the trip (quotes, Unicode, NULLs, the ends of `i64`, every byte); on
+//! PostgreSQL an insert's text does not depend on how many rows it carries (each connection
+//! prepares it once), and a batch's rows are found by index in a table big enough that
+//! scanning it would be the wrong plan.
 
 use std::collections::HashSet;
 
@@ -37,6 +38,16 @@ async fn stored(db: &Database) -> Vec<Stored> {
             )
         })
         .collect()
+}
+
+/// The statements this connection has prepared whose text starts with `prefix`.
+async fn prepared(conn: &mut sqlx::AnyConnection, prefix: &str) -> i64 {
+    sqlx::query("SELECT COUNT(*) AS n FROM pg_prepared_statements WHERE statement LIKE $1")
+        .bind(format!("{prefix}%"))
+        .fetch_one(&mut *conn)
+        .await
+        .expect("pg_prepared_statements")
+        .get("n")
 }
 
 async fn round_trip(db: &Database) {
@@ -171,6 +182,33 @@ fn rows_of_every_kind_round_trip_on_postgres() {
         let pg = TestDatabase::create().await;
         let db = Database::connect_url(pg.url()).await.expect("postgres");
         round_trip(&db).await;
+        db.close().await;
+    });
+}
+
+/// However many rows a batch inserts, PostgreSQL sees one statement text per table: the
+/// connection prepares it once (sqlx keeps it), not once per batch size.
+#[test]
+fn postgres_prepares_one_insert_whatever_the_batch_size() {
+    jetflow_integration::run(async {
+        let pg = TestDatabase::create().await;
+        let db = Database::connect_url(pg.url()).await.expect("postgres");
+        sqlx::query(TABLE).execute(db.pool()).await.expect("table");
+        let mut conn = db.pool().acquire().await.expect("conn");
+        let sizes = [1, 2, 3, 17, 300, 501];
+        let mut next = 0;
+        for size in sizes {
+            let rows: Vec<Vec<Param>> = (next..next + size)
+                .map(|i| row(&format!("k{i:05}"), Some(i), None, b"x"))
+                .collect();
+            next += size;
+            db::insert_absent(&mut conn, "t", &COLUMNS, &rows)
+                .await
+                .expect("insert_absent");
+        }
+        assert_eq!(stored(&db).await.len(), sizes.iter().sum::<i64>() as usize);
+        assert_eq!(prepared(&mut conn, "INSERT INTO t").await, 1);
+        drop(conn);
         db.close().await;
     });
 }
