@@ -146,6 +146,67 @@ async fn round_trip(db: &Database) {
     .expect("no keys, no statement");
     assert!(nothing.is_empty());
 
+    // Nothing to write, no statement; a row of the wrong shape is refused before any SQL.
+    let none: &[Vec<Param>] = &[];
+    assert!(
+        db::insert_rows(&mut conn, "t", &COLUMNS, none, "RETURNING k")
+            .await
+            .expect("no rows")
+            .is_empty()
+    );
+    db::insert_absent(&mut conn, "t", &COLUMNS, none)
+        .await
+        .expect("no rows");
+    db::update_from_values(&mut conn, "t", &["k", "n"], "n = moved.n", none)
+        .await
+        .expect("no rows");
+    assert_eq!(
+        db::execute_in(&mut conn, &[], |list| format!(
+            "DELETE FROM t WHERE k IN ({list})"
+        ))
+        .await
+        .expect("no keys"),
+        0
+    );
+    let Err(short) = db::insert_rows(&mut conn, "t", &["k", "n"], &[vec!["x".into()]], "").await
+    else {
+        panic!("a row a value short was written");
+    };
+    assert!(matches!(short, sqlx::Error::Encode(_)), "{short}");
+    let Err(mixed) = db::insert_rows(
+        &mut conn,
+        "t",
+        &["k", "n"],
+        &[vec!["x".into(), 1.into()], vec!["y".into(), "2".into()]],
+        "",
+    )
+    .await
+    else {
+        panic!("text where row 0 has an integer was written");
+    };
+    assert!(mixed.to_string().contains("column n"), "{mixed}");
+
+    // Quoted, mixed-case column names are written to the right columns.
+    sqlx::query(r#"CREATE TABLE u ("Key" TEXT PRIMARY KEY, "Level" BIGINT)"#)
+        .execute(&mut *conn)
+        .await
+        .expect("table u");
+    db::insert_rows(
+        &mut conn,
+        "u",
+        &[r#""Key""#, r#""Level""#],
+        &[vec!["q".into(), 42.into()]],
+        "",
+    )
+    .await
+    .expect("quoted columns");
+    let level: i64 = sqlx::query(r#"SELECT "Level" AS level FROM u WHERE "Key" = 'q'"#)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("row of u")
+        .get("level");
+    assert_eq!(level, 42);
+
     // The outbox keeps a message's bytes, whatever they are.
     let message = OutgoingMessage::new("s.x", "m-1", every_byte.clone()).correlation_id("c-1");
     let mut tx = db.begin().await.expect("tx");

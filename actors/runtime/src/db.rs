@@ -673,9 +673,11 @@ pub fn connection_backend(conn: &AnyConnection) -> Backend {
 
 /// A value as PostgreSQL's `json_to_recordset` reads it: bytes as hex, decoded by the
 /// statement.
-impl serde::Serialize for Param {
+struct JsonValue<'a>(&'a Param);
+
+impl serde::Serialize for JsonValue<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
+        match self.0 {
             Param::Text(v) => v.serialize(s),
             Param::Int(v) => v.serialize(s),
             Param::Bytes(v) => s.serialize_str(&hex::encode(v)),
@@ -683,38 +685,73 @@ impl serde::Serialize for Param {
     }
 }
 
-/// Rows as a JSON array of objects keyed by column.
+/// Rows as a JSON array of objects whose keys are the columns' positions (`c1`, `c2`, …):
+/// `json_to_recordset` matches keys exactly, and positions do not depend on how the caller
+/// spelled or quoted a column's name.
 struct JsonRows<'a> {
-    columns: &'a [&'a str],
+    keys: &'a [String],
     rows: &'a [Vec<Param>],
 }
 
 impl serde::Serialize for JsonRows<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap, SerializeSeq};
-        struct Row<'a>(&'a [&'a str], &'a [Param]);
+        struct Row<'a>(&'a [String], &'a [Param]);
         impl serde::Serialize for Row<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut map = s.serialize_map(Some(self.0.len()))?;
-                for (column, value) in self.0.iter().zip(self.1) {
-                    map.serialize_entry(column, value)?;
+                for (key, value) in self.0.iter().zip(self.1) {
+                    map.serialize_entry(key, &JsonValue(value))?;
                 }
                 map.end()
             }
         }
         let mut seq = s.serialize_seq(Some(self.rows.len()))?;
         for row in self.rows {
-            seq.serialize_element(&Row(self.columns, row))?;
+            seq.serialize_element(&Row(self.keys, row))?;
         }
         seq.end()
     }
 }
 
+/// Every row must give one value per column, of the kind the first row gives there (a NULL
+/// is of its column's kind): the statements are built from the first row.
+fn check_shape(columns: &[&str], rows: &[Vec<Param>]) -> Result<(), sqlx::Error> {
+    let Some(first) = rows.first() else {
+        return Ok(());
+    };
+    for (i, row) in rows.iter().enumerate() {
+        if row.len() != columns.len() {
+            return Err(sqlx::Error::Encode(
+                format!(
+                    "row {i} has {} values for the {} columns {columns:?}",
+                    row.len(),
+                    columns.len()
+                )
+                .into(),
+            ));
+        }
+        let mismatch = row
+            .iter()
+            .zip(first)
+            .zip(columns)
+            .find(|((value, want), _)| {
+                std::mem::discriminant(*value) != std::mem::discriminant(*want)
+            });
+        if let Some((_, column)) = mismatch {
+            return Err(sqlx::Error::Encode(
+                format!("row {i} gives column {column} another kind of value than row 0").into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The statements inserting `rows` on PostgreSQL, as [`row_statements`] describes, except
 /// that the rows travel as one JSON array: `rows` is `SELECT … FROM json_to_recordset($1::json)
-/// AS given(…)`, the column types taken from the first row's values. The text is the same
-/// however many rows there are, so each connection parses and plans it once instead of once
-/// per batch size. (Only for inserts: the planner expects 100 rows from the JSON, which can
+/// AS given(c1 …, c2 …)`, the column types taken from the first row's values. The text is the
+/// same however many rows there are (500 per statement, as on SQLite), so each connection
+/// parses and plans it once instead of once per batch size. (Only for inserts: the planner expects 100 rows from the JSON, which can
 /// make it scan a table to join a few rows with it.)
 fn json_row_statements<'q>(
     columns: &[&str],
@@ -724,13 +761,14 @@ fn json_row_statements<'q>(
     let (Some(key), Some(first)) = (columns.first(), rows.first()) else {
         return Ok(Vec::new());
     };
-    let (picked, types): (Vec<String>, Vec<String>) = columns
+    let keys: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
+    let (picked, types): (Vec<String>, Vec<String>) = keys
         .iter()
         .zip(first)
-        .map(|(column, value)| match value {
-            Param::Text(_) => (column.to_string(), format!("{column} text")),
-            Param::Int(_) => (column.to_string(), format!("{column} bigint")),
-            Param::Bytes(_) => (format!("decode({column}, 'hex')"), format!("{column} text")),
+        .map(|(at, value)| match value {
+            Param::Text(_) => (at.clone(), format!("{at} text")),
+            Param::Int(_) => (at.clone(), format!("{at} bigint")),
+            Param::Bytes(_) => (format!("decode({at}, 'hex')"), format!("{at} text")),
         })
         .unzip();
     let source = format!(
@@ -742,7 +780,7 @@ fn json_row_statements<'q>(
     rows.chunks(rows_per_statement(columns.len()))
         .map(|chunk| {
             let json = serde_json::to_string(&JsonRows {
-                columns,
+                keys: &keys,
                 rows: chunk,
             })
             .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
@@ -761,6 +799,7 @@ fn insert_statements<'q>(
     rows: &'q [Vec<Param>],
     sql: impl Fn(&str, &str, &str) -> String,
 ) -> Result<Vec<(AnyQuery<'q>, usize)>, sqlx::Error> {
+    check_shape(columns, rows)?;
     match connection_backend(conn) {
         Backend::Postgres => json_row_statements(columns, rows, sql),
         Backend::Sqlite => Ok(row_statements(columns, rows, sql)),
@@ -804,10 +843,11 @@ fn values_list(rows: usize, width: usize) -> String {
 /// `ON CONFLICT (…) DO NOTHING RETURNING …`, or nothing; none without rows. On PostgreSQL the
 /// rows travel as one JSON array (`json_to_recordset`), so the statement's text is the same
 /// for any number of rows and each connection parses and plans it once; on SQLite as `VALUES`
-/// lists, in as few statements as the parameter limits allow. Every row gives the same kind
-/// of [`Param`] in a column. What a [`Deferred`](crate::Deferred) gathered
-/// from a whole batch is written this way in one round trip. `table`, `columns` and `tail` are
-/// SQL written by the caller, never input.
+/// lists, in as few statements as the parameter limits allow; on both, 500 rows at most per
+/// statement. Every row gives one value per column, of the same kind of [`Param`] in a column
+/// (a row that does not fails the write with [`sqlx::Error::Encode`]). What a
+/// [`Deferred`](crate::Deferred) gathered from a whole batch is written this way, one round
+/// trip per 500 rows. `table`, `columns` and `tail` are SQL written by the caller, never input.
 ///
 /// ```no_run
 /// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
@@ -878,6 +918,7 @@ pub async fn update_from_values(
     set: &str,
     rows: &[Vec<Param>],
 ) -> Result<(), sqlx::Error> {
+    check_shape(columns, rows)?;
     let statements = row_statements(columns, rows, |key, columns, values| {
         format!(
             "WITH moved ({columns}) AS ({values}) UPDATE {table} SET {set} FROM moved \
