@@ -325,10 +325,9 @@ fn postgres_reads_and_updates_a_batch_s_rows_by_index() {
             let keys = [format!("k{}", round + 1), format!("k{}", round + 100)];
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let mut tx = db.begin().await.expect("tx");
-            let read =
-                db::fetch_locked(&mut tx, db::Backend::Postgres, "t", "k", &["k", "n"], &keys)
-                    .await
-                    .expect("fetch_locked");
+            let read = db::fetch_locked(&mut tx, "t", "k", &["k", "n"], &keys)
+                .await
+                .expect("fetch_locked");
             assert_eq!(read.len(), 2);
             let moved: Vec<Vec<Param>> = keys.iter().map(|k| vec![(*k).into(), 1.into()]).collect();
             db::update_from_values(&mut tx, "t", &["k", "n"], "n = t.n + moved.n", &moved)

@@ -416,10 +416,8 @@ pub async fn load<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let backend = uow.backend();
     let rows = db::fetch_locked(
         uow.conn(),
-        backend,
         "orders",
         "order_id",
         &["order_id", "status", "customer_id"],

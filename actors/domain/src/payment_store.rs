@@ -230,10 +230,8 @@ pub async fn load<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let backend = uow.backend();
     let rows = db::fetch_locked(
         uow.conn(),
-        backend,
         "payments",
         "order_id",
         &["order_id", "status"],

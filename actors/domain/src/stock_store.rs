@@ -7,8 +7,9 @@
 //! whole database. A reservation takes every item of an order or none, decided against the
 //! ledger (`available >= quantity` for every item), and every move changes the ledger; the
 //! ledger is written back when the transaction commits, in one statement (per 500 products),
-//! each product moved updated once however many orders of the batch share it. Neither concurrency nor replicas can oversell,
-//! and every move keeps `available + reserved + sold` constant.
+//! each product moved updated once however many orders of the batch share it. Neither
+//! concurrency nor replicas can oversell, and every move keeps `available + reserved + sold`
+//! constant.
 //!
 //! Whatever happens to an order starts from its reservation row, read with the batch's other
 //! rows into a [`ReservationBook`] (locked on PostgreSQL, before the products): a
@@ -250,10 +251,8 @@ pub async fn load_reservations<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let backend = uow.backend();
     let rows = db::fetch_locked(
         uow.conn(),
-        backend,
         "reservations",
         "order_id",
         &["order_id", "status", "items"],
@@ -407,7 +406,8 @@ pub async fn products_of_orders(
 /// on PostgreSQL locked, in product order, so that transactions sharing products wait for
 /// each other instead of deadlocking; SQLite's write transaction holds the whole database),
 /// moved in memory by each delivery, and written back in one statement (per 500 products)
-/// when the transaction commits. However many orders of a batch share a product, its row is updated once.
+/// when the transaction commits. However many orders of a batch share a product, its row
+/// is updated once.
 #[derive(Debug, Default)]
 pub struct StockLedger {
     products: Lookup<Stock>,
@@ -515,10 +515,8 @@ pub async fn load<'a>(
     if missing.is_empty() {
         return Ok(());
     }
-    let backend = uow.backend();
     let rows = db::fetch_locked(
         uow.conn(),
-        backend,
         "products",
         "product_id",
         &["product_id", "available", "price_cents"],

@@ -718,6 +718,23 @@ struct Driven {
     pg_url: Option<String>,
     /// "PostgreSQL", "SQLite" or "the gateway's".
     database: &'static str,
+    /// The processes whose CPU the measurement reads.
+    processes: Processes,
+}
+
+/// The processes of a run whose CPU time is read: the started jetflow and nats-server, and
+/// PostgreSQL when it runs on this machine.
+#[derive(Debug, Clone, Copy)]
+struct Processes {
+    jetflow: Option<u32>,
+    nats: Option<u32>,
+    postgres: bool,
+}
+
+impl Processes {
+    fn read(self) -> CpuSample {
+        CpuSample::read(self.jetflow, self.nats, self.postgres)
+    }
 }
 
 impl Driven {
@@ -756,12 +773,19 @@ impl Driven {
             },
         )
         .await?;
+        let (jetflow, nats) = system.map(System::pids).unwrap_or_default();
+        let processes = Processes {
+            jetflow,
+            nats,
+            postgres: pg_url.as_deref().is_some_and(on_this_machine),
+        };
         Ok(Self {
             http,
             base,
             nats_url,
             pg_url,
             database,
+            processes,
         })
     }
 }
@@ -780,6 +804,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         nats_url,
         pg_url,
         database,
+        processes,
     } = Driven::ready(&o.load, system).await?;
     let products = o.products.max(1);
     for i in 0..products {
@@ -823,9 +848,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         Some(c) => Some(c.read().await?),
         None => None,
     };
-    let (jetflow_pid, nats_pid) = system.map(System::pids).unwrap_or_default();
-    let local_pg = pg_url.as_deref().is_some_and(on_this_machine);
-    let cpu_before = CpuSample::read(jetflow_pid, nats_pid, local_pg);
+    let cpu_before = processes.read();
     let finished_before = metric_sum(&before, "jetflow_orders_total", &[("status", "confirmed")])
         + metric_sum(&before, "jetflow_orders_total", &[("status", "cancelled")]);
     bar.set_message(format!("{} clients posting orders", o.load.clients));
@@ -857,7 +880,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     )
     .await?;
     let elapsed = started.elapsed();
-    let cpu_after = CpuSample::read(jetflow_pid, nats_pid, local_pg);
+    let cpu_after = processes.read();
     let pg_after = match pg.as_mut() {
         Some(c) => Some(c.read().await?),
         None => None,
@@ -935,10 +958,10 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         (Some(url), n) if n > 0 => {
             bar.set_message(format!("raw async-nats saga: {n} orders"));
             // Its client runs in this process.
-            let before = CpuSample::read(Some(std::process::id()), nats_pid, false);
+            let before = CpuSample::read(Some(std::process::id()), processes.nats, false);
             let report = saga::run(url, n, 256).await?;
             let cost = before.per_order(
-                &CpuSample::read(Some(std::process::id()), nats_pid, false),
+                &CpuSample::read(Some(std::process::id()), processes.nats, false),
                 report.orders,
             );
             baseline_cpu_ms = cost.jetflow_ms.zip(cost.nats_ms).map(|(c, n)| c + n);
@@ -1078,8 +1101,9 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
         http,
         base,
         nats_url,
-        pg_url,
+        pg_url: _,
         database,
+        processes,
     } = Driven::ready(&a.load, system).await?;
     let clients = a.load.clients.max(1);
     let load = |orders: Option<usize>, duration: Duration, first: usize| Load {
@@ -1096,16 +1120,14 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
         .post(&http, &base)
         .await?;
 
-    let (jetflow_pid, nats_pid) = system.map(System::pids).unwrap_or_default();
-    let local_pg = pg_url.as_deref().is_some_and(on_this_machine);
     let pending = |text: &str| metric_sum(text, "jetflow_orders_total", &[("status", "pending")]);
     let created_before = pending(&metrics(&http, &base).await?);
-    let cpu_before = CpuSample::read(jetflow_pid, nats_pid, local_pg);
+    let cpu_before = processes.read();
     bar.set_message(format!("{clients} clients posting orders"));
     let (results, measured) = load(a.load.orders, a.load.duration, clients * 4)
         .post(&http, &base)
         .await?;
-    let cpu_after = CpuSample::read(jetflow_pid, nats_pid, local_pg);
+    let cpu_after = processes.read();
     let created = (pending(&metrics(&http, &base).await?) - created_before) as usize;
     let accepted = results.iter().filter(|(id, _)| id.is_some()).count();
 

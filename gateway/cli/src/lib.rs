@@ -3,8 +3,8 @@
 //! Everything the binary does besides parsing its arguments (which `src/main.rs` hands to
 //! [`run::main`]): the command line ([`cli`]), the settings it becomes ([`settings`]), the
 //! composition root that starts any set of roles and stops them in order ([`startup`]), the
-//! local nats-server of `jetflow all` ([`local_nats`]), and the operator tools (`dlq`, `bench` with [`cpu_use`],
-//! `probe`). Tests build the application in-process through [`startup::Application`].
+//! local nats-server of `jetflow all` ([`local_nats`]), and the operator tools (`dlq`,
+//! `bench` with [`cpu_use`], `probe`). Tests build the application in-process through [`startup::Application`].
 
 #![warn(missing_docs)]
 
