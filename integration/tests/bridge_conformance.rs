@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use jetflow_integration::{NatsServer, eventually};
+use jetflow_runtime::middleware::Inbound;
 use jetflow_runtime::prelude::*;
+use jetflow_runtime::route::BatchHandlerFn;
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -379,5 +381,108 @@ fn several_subscribers_on_one_durable_consumer_share_the_work_and_apply_each_mes
             bridge.close().await;
         }
         publisher.close().await;
+    })
+}
+
+/// Two batched routes whose handlers take 100 ms and count how many of them run at once.
+struct Overlap {
+    running: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    handled: std::sync::atomic::AtomicUsize,
+}
+
+impl Overlap {
+    fn route(self: &Arc<Self>, durable: &str, subject: &str) -> Route {
+        use std::sync::atomic::Ordering::SeqCst;
+        let me = self.clone();
+        let handler: BatchHandlerFn = Arc::new(move |batch: Vec<Inbound>| {
+            let me = me.clone();
+            Box::pin(async move {
+                let now = me.running.fetch_add(1, SeqCst) + 1;
+                me.most.fetch_max(now, SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                me.running.fetch_sub(1, SeqCst);
+                me.handled.fetch_add(batch.len(), SeqCst);
+                vec![Outcome::Ack; batch.len()]
+            })
+        });
+        Route::batched(
+            ConsumerSpec::new(STREAM, durable, &[subject]),
+            durable,
+            handler,
+            BatchConfig {
+                max: 2,
+                linger: Duration::ZERO,
+            },
+        )
+    }
+
+    async fn wait_handled(&self, n: usize) {
+        eventually(&format!("{n} handled"), Duration::from_secs(30), || async {
+            match self.handled.load(std::sync::atomic::Ordering::SeqCst) {
+                h if h >= n => Ok(()),
+                h => Err(format!("{h} handled")),
+            }
+        })
+        .await;
+    }
+}
+
+#[test]
+fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after() {
+    use jetflow_runtime::Foreground;
+    use std::sync::atomic::Ordering::SeqCst;
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let requests = Foreground::new(1);
+        let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
+        let mut config = BridgeConfig::new(NatsConfig::new(&nats.url()), topology);
+        config.yield_to = Some(requests.clone());
+        let bridge = NatsBridge::start(config, Health::new());
+        let overlap = Arc::new(Overlap {
+            running: 0.into(),
+            most: 0.into(),
+            handled: 0.into(),
+        });
+        for (durable, subject) in [("turn-a", "conformance.a"), ("turn-b", "conformance.b")] {
+            bridge
+                .subscribe(overlap.route(durable, subject))
+                .await
+                .expect("subscribe");
+        }
+        eventually("the bridge to connect", Duration::from_secs(15), || async {
+            bridge.jetstream().map(|_| ()).ok_or("not yet".to_string())
+        })
+        .await;
+
+        // A request in flight: the two routes' batches run one at a time.
+        let request = requests.enter();
+        for i in 0..6 {
+            for subject in ["conformance.a", "conformance.b"] {
+                publish_until_stored(&bridge, subject, &format!("{subject}-{i}"), "{}").await;
+            }
+        }
+        overlap.wait_handled(12).await;
+        assert_eq!(
+            overlap.most.load(SeqCst),
+            1,
+            "batches overlapped while busy"
+        );
+
+        // No request in flight: they run side by side again.
+        drop(request);
+        overlap.most.store(0, SeqCst);
+        for i in 6..12 {
+            for subject in ["conformance.a", "conformance.b"] {
+                publish_until_stored(&bridge, subject, &format!("{subject}-{i}"), "{}").await;
+            }
+        }
+        overlap.wait_handled(24).await;
+        assert_eq!(
+            overlap.most.load(SeqCst),
+            2,
+            "idle, the routes still took turns"
+        );
+        bridge.close().await;
     })
 }

@@ -23,6 +23,7 @@ use crate::delivery::DeliveryMeta;
 use crate::metrics::metrics;
 use crate::middleware::{HandlerFn, Inbound};
 use crate::outcome::{Decision, Outcome, decide};
+use crate::priority::{BackgroundTurn, Foreground};
 use crate::route::{BatchConfig, BatchHandlerFn, Handling, Route};
 use crate::topology::{ConsumerSpec, ensure_consumer};
 
@@ -36,7 +37,13 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// Runs a route until `stop` is cancelled (then finishes what was pulled) or the future is
 /// dropped.
-pub(crate) async fn run(js: jetstream::Context, route: Route, stop: CancellationToken) {
+pub(crate) async fn run(
+    js: jetstream::Context,
+    route: Route,
+    stop: CancellationToken,
+    yield_to: Option<Foreground>,
+) {
+    let yield_to = yield_to.as_ref();
     let spec = route.consumer.clone();
     loop {
         if stop.is_cancelled() {
@@ -64,12 +71,23 @@ pub(crate) async fn run(js: jetstream::Context, route: Route, stop: Cancellation
                         let js = js.clone();
                         let handler = handler.clone();
                         let spec = &spec;
-                        async move { handle(&js, spec, &handler, msg, double_ack).await }
+                        async move {
+                            let _turn = turn(yield_to).await;
+                            handle(&js, spec, &handler, msg, double_ack).await
+                        }
                     })
                     .await;
             }
             Handling::Batch { handler, config } => {
-                run_batches(&js, &spec, handler, *config, consumer, &stop, double_ack).await;
+                let batches = Batches {
+                    js: &js,
+                    spec: &spec,
+                    handler,
+                    config: *config,
+                    double_ack,
+                    yield_to,
+                };
+                batches.run(consumer, &stop).await;
             }
         }
         if stop.is_cancelled() {
@@ -148,49 +166,63 @@ fn pulls(
 
 /// Gathers batches: the first delivery, whatever else is already here, and (while busy)
 /// what arrives within the linger, up to the maximum; hands them over one batch at a time.
-async fn run_batches(
-    js: &jetstream::Context,
-    spec: &ConsumerSpec,
-    handler: &BatchHandlerFn,
+/// A batch route's consumer loop and what it needs.
+struct Batches<'a> {
+    js: &'a jetstream::Context,
+    spec: &'a ConsumerSpec,
+    handler: &'a BatchHandlerFn,
     config: BatchConfig,
-    consumer: PullConsumer,
-    stop: &CancellationToken,
     double_ack: bool,
-) {
-    let stream = pulls(consumer, (config.max * 2).max(16), stop.clone());
-    tokio::pin!(stream);
-    let mut busy = false;
-    let mut ended = false;
-    while !ended {
-        let Some(first) = stream.next().await else {
-            break;
-        };
-        let mut batch = vec![first];
-        while batch.len() < config.max {
-            match stream.next().now_or_never() {
-                Some(Some(m)) => batch.push(m),
-                Some(None) => {
-                    ended = true;
-                    break;
-                }
-                None => break,
-            }
-        }
-        if busy && !ended && batch.len() < config.max && !config.linger.is_zero() {
-            let until = tokio::time::Instant::now() + config.linger;
+    yield_to: Option<&'a Foreground>,
+}
+
+impl Batches<'_> {
+    async fn run(&self, consumer: PullConsumer, stop: &CancellationToken) {
+        let config = self.config;
+        let stream = pulls(consumer, (config.max * 2).max(16), stop.clone());
+        tokio::pin!(stream);
+        let mut busy = false;
+        let mut ended = false;
+        while !ended {
+            let Some(first) = stream.next().await else {
+                break;
+            };
+            let mut batch = vec![first];
             while batch.len() < config.max {
-                match tokio::time::timeout_at(until, stream.next()).await {
-                    Ok(Some(m)) => batch.push(m),
-                    Ok(None) => {
+                match stream.next().now_or_never() {
+                    Some(Some(m)) => batch.push(m),
+                    Some(None) => {
                         ended = true;
                         break;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
+            if busy && !ended && batch.len() < config.max && !config.linger.is_zero() {
+                let until = tokio::time::Instant::now() + config.linger;
+                while batch.len() < config.max {
+                    match tokio::time::timeout_at(until, stream.next()).await {
+                        Ok(Some(m)) => batch.push(m),
+                        Ok(None) => {
+                            ended = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            busy = batch.len() > 1;
+            let _turn = turn(self.yield_to).await;
+            handle_batch(self.js, self.spec, self.handler, batch, self.double_ack).await;
         }
-        busy = batch.len() > 1;
-        handle_batch(js, spec, handler, batch, double_ack).await;
+    }
+}
+
+/// The turn a delivery or batch waits for when its route yields to foreground work.
+async fn turn(yield_to: Option<&Foreground>) -> Option<BackgroundTurn<'_>> {
+    match yield_to {
+        Some(f) => Some(f.background_turn().await),
+        None => None,
     }
 }
 

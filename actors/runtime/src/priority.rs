@@ -1,0 +1,224 @@
+//! Requests first: work that someone waits for goes before work that can wait in a stream.
+//!
+//! A process that both answers requests and works through streams (`jetflow all`: the
+//! gateway and the saga's consumers) shares its cores, its database and its broker between
+//! the two. Under a burst, sharing them fairly makes every request wait behind the
+//! backlog's work, although that work could as well wait in the stream, where it is
+//! durable. Two tools put the requests first:
+//!
+//! - [`Foreground`] counts the requests in flight ([`Foreground::enter`], from an HTTP
+//!   middleware, say). Given to [`BridgeConfig::yield_to`](crate::BridgeConfig::yield_to),
+//!   it makes the consumers' batches take turns while any request is in flight: one batch
+//!   (or delivery) at a time instead of one per route, so the database and the broker
+//!   serve the requests' statements between them. With no request in flight the consumers
+//!   run side by side again; the backlog is worked off as soon as the requests ease.
+//! - [`background_runtime`] builds a tokio runtime whose worker threads run at a lower CPU
+//!   priority (a higher nice value); given to
+//!   [`BridgeConfig::consumers_on`](crate::BridgeConfig::consumers_on), the consumers' own
+//!   CPU work takes what the requests leave. Raising a thread's nice value needs no
+//!   privilege. On Linux the nice value belongs to each thread; elsewhere `setpriority`
+//!   would lower the whole process, so there the threads keep the process's priority.
+//!
+//! An idle machine runs both alike. Nothing is dropped or reordered: a delivery waits for
+//! its turn like it waits for a free core.
+//!
+//! ```
+//! use jetflow_runtime::priority::{Foreground, background_runtime};
+//!
+//! let work = background_runtime("work", 2, 10)?;
+//! let requests = Foreground::new(1);
+//! work.block_on(async {
+//!     assert!(!requests.busy());
+//!     let request = requests.enter();
+//!     assert!(requests.busy());
+//!     let _turn = requests.background_turn().await; // one at a time while busy
+//!     drop(request);
+//!     assert!(!requests.busy());
+//! });
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::runtime::{Builder, Runtime};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// The highest nice value (the lowest priority) Linux knows.
+pub const MAX_NICE: u8 = 19;
+
+/// A multi-thread runtime of `threads` workers named `name`, each `nice` steps below the
+/// priority of the thread that starts it (like `nice -n`; at most [`MAX_NICE`]) on Linux.
+pub fn background_runtime(name: &str, threads: usize, nice: u8) -> std::io::Result<Runtime> {
+    let nice = nice.min(MAX_NICE);
+    Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .enable_all()
+        .on_thread_start(move || lower_this_thread(nice))
+        .build()
+}
+
+/// The nice value of the calling thread.
+pub fn current_nice() -> i32 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: getpriority reads the calling thread's nice value; no memory is passed.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, this_thread()) }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn this_thread() -> libc::id_t {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() as libc::id_t }
+}
+
+fn lower_this_thread(nice: u8) {
+    #[cfg(target_os = "linux")]
+    {
+        let target = (current_nice() + i32::from(nice)).min(i32::from(MAX_NICE));
+        // SAFETY: setpriority changes the calling thread's nice value; no memory is passed,
+        // and a higher nice value needs no privilege.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, this_thread(), target) };
+        if done != 0 {
+            tracing::warn!(
+                nice,
+                error = %std::io::Error::last_os_error(),
+                "cannot lower this thread's CPU priority; it keeps the process's"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
+}
+
+/// Counts the foreground work in flight (requests), and lets background work (consumers)
+/// take turns while there is any. Cheap to clone; clones share the count.
+#[derive(Debug, Clone)]
+pub struct Foreground {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    in_flight: AtomicUsize,
+    turns: Semaphore,
+}
+
+/// One unit of foreground work in flight, until dropped.
+#[derive(Debug)]
+#[must_use = "the work counts as in flight until the guard is dropped"]
+pub struct ForegroundGuard {
+    inner: Arc<Inner>,
+}
+
+impl Drop for ForegroundGuard {
+    fn drop(&mut self) {
+        self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A background job's turn: held while the job runs. Empty when the foreground was idle.
+#[derive(Debug)]
+pub struct BackgroundTurn<'a> {
+    _permit: Option<SemaphorePermit<'a>>,
+}
+
+impl Foreground {
+    /// While foreground work is in flight, at most `busy_turns` (at least 1) background jobs
+    /// run at once.
+    pub fn new(busy_turns: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                in_flight: AtomicUsize::new(0),
+                turns: Semaphore::new(busy_turns.max(1)),
+            }),
+        }
+    }
+
+    /// Marks one unit of foreground work in flight until the guard is dropped.
+    pub fn enter(&self) -> ForegroundGuard {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        ForegroundGuard {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// Foreground work in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether any foreground work is in flight.
+    pub fn busy(&self) -> bool {
+        self.in_flight() > 0
+    }
+
+    /// A background job's turn: at once while the foreground is idle; otherwise once fewer
+    /// than `busy_turns` background jobs hold one.
+    pub async fn background_turn(&self) -> BackgroundTurn<'_> {
+        if !self.busy() {
+            return BackgroundTurn { _permit: None };
+        }
+        // The semaphore is never closed.
+        BackgroundTurn {
+            _permit: self.inner.turns.acquire().await.ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn background_jobs_run_side_by_side_when_idle_and_take_turns_while_busy() {
+        let fg = Foreground::new(1);
+        // Idle: any number of turns at once.
+        let (a, b) = (fg.background_turn().await, fg.background_turn().await);
+        drop((a, b));
+        let request = fg.enter();
+        assert_eq!(fg.in_flight(), 1);
+        let first = fg.background_turn().await;
+        let second = fg.background_turn();
+        tokio::pin!(second);
+        assert!(
+            futures::poll!(second.as_mut()).is_pending(),
+            "a second job waits while the first holds the turn"
+        );
+        drop(first);
+        let _second = second.await;
+        drop(request);
+        assert!(!fg.busy());
+        // Idle again: no turn is waited for, although one is held.
+        let _third = fg.background_turn().await;
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_workers_run_at_the_given_nice_value_and_the_caller_keeps_its_own() {
+        let before = current_nice();
+        let rt = background_runtime("nice-test", 2, 7).expect("runtime");
+        let seen = rt.block_on(async {
+            let a = tokio::spawn(async { current_nice() });
+            let b = tokio::spawn(async { current_nice() });
+            (a.await.expect("task"), b.await.expect("task"))
+        });
+        // block_on runs on this thread; spawned tasks run on the workers.
+        assert_eq!(seen, ((before + 7).min(19), (before + 7).min(19)));
+        assert_eq!(current_nice(), before);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn nice_steps_past_the_lowest_priority_stop_there() {
+        let rt = background_runtime("nice-clamp", 1, 200).expect("runtime");
+        let seen = rt.block_on(async { tokio::spawn(async { current_nice() }).await });
+        assert_eq!(seen.expect("task"), 19);
+    }
+}
