@@ -281,7 +281,8 @@ pub async fn declined_payment_releases_stock(backend: Backend) {
     assert_eq!(charges[0]["status"], "declined");
 }
 
-/// The same `Idempotency-Key` twice: one order id, one event, one order.
+/// The same `Idempotency-Key` again and again, one after the other and all at once: one
+/// order id, one event, one order per key.
 pub async fn idempotency_key(backend: Backend) {
     let mut env = Env::start(backend, |b| b).await;
     env.stock("sku-i", 10, 100).await;
@@ -315,9 +316,30 @@ pub async fn idempotency_key(backend: Backend) {
     let id = ids[0].as_str().expect("id").to_string();
     env.accepted.push(id.clone());
     env.app.wait_finished(&id, Duration::from_secs(30)).await;
-    assert_eq!(env.count_on("ORDERS", "orders.created.v2").await, 1);
+    // The same key 16 times at once (on PostgreSQL the gateway's writers commit side by
+    // side, so the claims race in different transactions): still one order.
+    let posts = (0..16).map(|_| {
+        env.app
+            .client
+            .post(format!("{}/orders", env.app.address))
+            .header("Idempotency-Key", "key-456")
+            .json(&body)
+            .send()
+    });
+    let mut racing = Vec::new();
+    for r in futures::future::join_all(posts).await {
+        let r = r.expect("POST");
+        assert_eq!(r.status().as_u16(), 202);
+        racing.push(r.json::<Value>().await.expect("JSON")["order_id"].clone());
+    }
+    assert!(racing.windows(2).all(|w| w[0] == w[1]), "{racing:?}");
+    let raced = racing[0].as_str().expect("id").to_string();
+    assert_ne!(raced, id);
+    env.accepted.push(raced.clone());
+    env.app.wait_finished(&raced, Duration::from_secs(30)).await;
+    assert_eq!(env.count_on("ORDERS", "orders.created.v2").await, 2);
     let report = env.check().await;
-    assert_eq!(report.stock["sku-i"]["sold"], 1, "{:?}", report.stock);
+    assert_eq!(report.stock["sku-i"]["sold"], 2, "{:?}", report.stock);
 }
 
 /// Many buyers at once, less stock than buyers: never oversold, stock conserved.

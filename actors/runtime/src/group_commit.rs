@@ -10,9 +10,11 @@
 //! fails is answered with its error and the others run again without it, so one bad write
 //! never fails its neighbours.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::db::{self, Database};
 
@@ -89,9 +91,24 @@ impl<J: Job> GroupCommit<J> {
     /// Starts the worker on `db`, committing at most `max_group` jobs together. It stops
     /// when every handle is dropped.
     pub fn start(db: Database, max_group: usize) -> Self {
+        Self::start_writers(db, max_group, 1)
+    }
+
+    /// Starts `writers` workers on `db` that take turns gathering groups: while one waits
+    /// for its commit (a WAL flush, most of the time), the next gathers the jobs that came
+    /// meanwhile and commits them in a transaction of its own, so a job waits for at most
+    /// one commit instead of the one in progress and then its own. Worth it where commits
+    /// run in parallel (PostgreSQL flushes concurrent commits together); SQLite has a single
+    /// writer, so one is right there. Jobs of concurrent groups must not depend on each
+    /// other's order (each caller's own jobs are in order: it awaits one before the next).
+    pub fn start_writers(db: Database, max_group: usize, writers: usize) -> Self {
         let max_group = max_group.max(1);
-        let (queue, rx) = mpsc::channel(max_group * 4);
-        tokio::spawn(work(db, rx, max_group));
+        let writers = writers.max(1);
+        let (queue, rx) = mpsc::channel(max_group * 4 * writers);
+        let rx = Arc::new(Mutex::new(rx));
+        for _ in 0..writers {
+            tokio::spawn(work(db.clone(), rx.clone(), max_group));
+        }
         Self { queue }
     }
 
@@ -106,15 +123,23 @@ impl<J: Job> GroupCommit<J> {
     }
 }
 
-async fn work<J: Job>(db: Database, mut rx: mpsc::Receiver<Pending<J>>, max_group: usize) {
-    while let Some(first) = rx.recv().await {
-        let mut group = vec![first];
-        while group.len() < max_group {
-            match rx.try_recv() {
-                Ok(p) => group.push(p),
-                Err(_) => break,
+async fn work<J: Job>(db: Database, rx: Arc<Mutex<mpsc::Receiver<Pending<J>>>>, max_group: usize) {
+    loop {
+        // The queue is held only while a group is gathered, never during its commit.
+        let group = {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            let mut group = vec![first];
+            while group.len() < max_group {
+                match rx.try_recv() {
+                    Ok(p) => group.push(p),
+                    Err(_) => break,
+                }
             }
-        }
+            group
+        };
         commit_group(&db, group).await;
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use jetflow_domain::SagaConfig;
-use jetflow_runtime::{Database, GroupCommit, Publisher};
+use jetflow_runtime::{Backend, Database, GroupCommit, Publisher};
 
 use crate::accept_writes::AcceptWrite;
 
@@ -21,11 +21,16 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
-    /// The state over `db` and `publisher`, with its group-commit writer (committing up to
-    /// 256 requests' writes together).
+    /// The state over `db` and `publisher`, with its group-commit writers (each committing up
+    /// to 256 requests' writes together; two take turns on PostgreSQL, so a request waits
+    /// for one commit, not for the one in progress and then its own).
     pub fn new(db: Database, publisher: Arc<dyn Publisher>, saga: Arc<SagaConfig>) -> Self {
+        let writers = match db.backend() {
+            Backend::Postgres => 2,
+            Backend::Sqlite => 1,
+        };
         Self {
-            writes: GroupCommit::start(db.clone(), 256),
+            writes: GroupCommit::start_writers(db.clone(), 256, writers),
             db,
             publisher,
             saga,
