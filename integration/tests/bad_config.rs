@@ -177,6 +177,16 @@ fn every_bad_setting_stops_the_command_with_exit_2_and_one_line_naming_it() {
             vec!["all"],
             vec![NATS, SQLITE, ("JETFLOW_DB_POOL", "0")],
         ),
+        (
+            "JETFLOW_REQUESTS_FIRST",
+            vec!["all"],
+            vec![NATS, SQLITE, ("JETFLOW_REQUESTS_FIRST", "sometimes")],
+        ),
+        (
+            "JETFLOW_CONSUMER_NICE",
+            vec!["all"],
+            vec![NATS, SQLITE, ("JETFLOW_CONSUMER_NICE", "20")],
+        ),
         ("NATS_URL", vec!["dlq", "list"], vec![("NATS_URL", "")]),
     ];
     let mut failures = Vec::new();
@@ -237,6 +247,13 @@ fn help_shows_each_command_only_the_flags_it_uses() {
     }
     let gateway = help(&["gateway"]);
     assert!(gateway.contains("JETFLOW_TRUSTED_PROXIES") && !gateway.contains("JETFLOW_ACK_WAIT"));
+    // Only a process that both serves requests and consumes puts the requests first.
+    assert!(
+        !gateway.contains("JETFLOW_REQUESTS_FIRST")
+            && !inventory.contains("JETFLOW_REQUESTS_FIRST")
+    );
+    let all = help(&["all"]);
+    assert!(all.contains("JETFLOW_REQUESTS_FIRST") && all.contains("JETFLOW_CONSUMER_NICE"));
     let dlq = help(&["dlq", "purge"]);
     assert!(dlq.contains("--yes") && !dlq.contains("DATABASE_URL"));
 }

@@ -350,6 +350,28 @@ pub struct AllArgs {
         help_heading = "Local services"
     )]
     pub nats_sync_always: bool,
+    /// Requests first: while HTTP requests are in flight, the consumers' batches take turns,
+    /// so a burst of orders is accepted at once and the saga works through the stream with
+    /// what is left (false: both share alike).
+    #[arg(
+        long,
+        env = "JETFLOW_REQUESTS_FIRST",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        help_heading = "Consumers"
+    )]
+    pub requests_first: bool,
+    /// With requests first: how many steps of CPU priority (nice values, 0 to 19) the
+    /// consumers' threads run below the requests' (0: one runtime for both).
+    #[arg(
+        long,
+        env = "JETFLOW_CONSUMER_NICE",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u8).range(0..=19),
+        help_heading = "Consumers"
+    )]
+    pub consumer_nice: u8,
 }
 
 /// Options of `jetflow gateway`.

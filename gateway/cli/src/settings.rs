@@ -171,6 +171,12 @@ pub struct Settings {
     pub retention: Retention,
     /// The outbox relay.
     pub relay: RelayConfig,
+    /// When one process serves requests and consumes: whether the consumers take turns
+    /// while requests are in flight.
+    pub requests_first: bool,
+    /// With `requests_first`: how many nice steps the consumers' threads run below the
+    /// requests' (0: one runtime for both).
+    pub consumer_nice: u8,
 }
 
 impl Default for Settings {
@@ -184,6 +190,8 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             retention: Retention::default(),
             relay: RelayConfig::default(),
+            requests_first: false,
+            consumer_nice: 0,
         }
     }
 }
@@ -317,6 +325,8 @@ impl Settings {
         s.apply_orders(&a.orders);
         s.apply_payments(&a.payments);
         s.provider.addr = a.provider_addr;
+        s.requests_first = a.requests_first;
+        s.consumer_nice = a.consumer_nice;
         Ok(s)
     }
 

@@ -31,7 +31,7 @@ use jetflow_gateway::{GatewayState, access_log, correlation, error, http_metrics
 use jetflow_provider::ProviderState;
 use jetflow_runtime::{
     Backoff, Bridge, BridgeConfig, Database, DbError, Health, Housekeeping, NatsBridge,
-    OutboxHandle, OutboxRelay, Publisher,
+    OutboxHandle, OutboxRelay, Publisher, priority::Foreground,
 };
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
@@ -106,6 +106,21 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
+    /// The consumers' threads.
+    #[error("cannot start the consumers' threads: {0}")]
+    Threads(#[source] std::io::Error),
+}
+
+/// The consumers' runtime, shut down without waiting when the application goes (its tasks
+/// have been drained by then; dropping a runtime inside another one would panic).
+struct ConsumerRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ConsumerRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl From<DbError> for StartupError {
@@ -153,6 +168,8 @@ pub struct Application {
     outbox: Option<OutboxHandle>,
     actors: Vec<RoleActors>,
     background: CancellationToken,
+    /// Declared last: dropped after everything that may still run on it.
+    consumer_runtime: ConsumerRuntime,
 }
 
 /// Connects to the database, retrying for up to `patience` (a database that starts a little
@@ -187,11 +204,27 @@ impl Application {
         } else {
             None
         };
+        // One process that answers requests and consumes: the consumers take turns while
+        // requests are in flight, on threads of their own at a lower CPU priority (see
+        // `jetflow_runtime::priority`).
+        let requests_first = (settings.requests_first && roles.gateway && roles.consumes())
+            .then(|| Foreground::new(1));
+        let consumer_runtime = match settings.consumer_nice {
+            n if n > 0 && requests_first.is_some() => {
+                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+                let rt = jetflow_runtime::priority::background_runtime("jetflow-work", threads, n)
+                    .map_err(StartupError::Threads)?;
+                ConsumerRuntime(Some(rt))
+            }
+            _ => ConsumerRuntime(None),
+        };
         let bridge = roles.needs_nats().then(|| {
             let name = format!("jetflow-{}", settings.role_name);
             let mut config =
                 BridgeConfig::new(settings.nats.connection(&name), topology::topology(&saga));
             config.publish_timeout = settings.nats.publish_timeout;
+            config.consumers_on = consumer_runtime.0.as_ref().map(|rt| rt.handle().clone());
+            config.yield_to = requests_first.clone();
             NatsBridge::start(config, health.clone())
         });
 
@@ -267,10 +300,12 @@ impl Application {
         let probes_on_main = settings.http.admin_addr.is_none();
         let h = health.clone();
         let main_provider = provider_only.then(|| provider_state.clone());
+        let foreground = requests_first.clone();
         let server = HttpServer::new(move || {
             let app = App::new()
                 .wrap(ErrorHandlers::new().default_handler(error::json_errors))
                 .wrap(from_fn(jetflow_gateway::rate_limit::middleware))
+                .wrap(from_fn(jetflow_gateway::requests_first::middleware))
                 .wrap(from_fn(correlation::middleware))
                 .wrap(from_fn(access_log::middleware))
                 .wrap(from_fn(http_metrics::middleware))
@@ -278,6 +313,10 @@ impl Application {
                 .app_data(web::Data::new(h.clone()))
                 .app_data(web::Data::new(limiter.clone()))
                 .default_service(web::to(not_found));
+            let app = match &foreground {
+                Some(f) => app.app_data(web::Data::new(f.clone())),
+                None => app,
+            };
             let app = if probes_on_main {
                 app.configure(routes::health::configure)
             } else {
@@ -348,6 +387,7 @@ impl Application {
             outbox,
             actors,
             background,
+            consumer_runtime,
         })
     }
 
@@ -458,6 +498,8 @@ impl Application {
         {
             clean = false;
         }
+        // The consumers' threads go last: connections made on them are closed by now.
+        drop(self.consumer_runtime);
         let took = started.elapsed();
         tracing::info!(took_ms = took.as_millis() as u64, clean, "stopped");
         StopReport {

@@ -15,6 +15,7 @@ pub mod error;
 pub mod http_metrics;
 pub mod order_request;
 pub mod rate_limit;
+pub mod requests_first;
 pub mod routes;
 pub mod state;
 
