@@ -434,7 +434,7 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
     use std::sync::atomic::Ordering::SeqCst;
     jetflow_integration::run(async {
         let nats = NatsServer::start();
-        let requests = Foreground::new(1);
+        let requests = Foreground::new(1, 1.0);
         let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
         let mut config = BridgeConfig::new(NatsConfig::new(&nats.url()), topology);
         config.yield_to = Some(requests.clone());

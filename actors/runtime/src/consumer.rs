@@ -23,7 +23,7 @@ use crate::delivery::DeliveryMeta;
 use crate::metrics::metrics;
 use crate::middleware::{HandlerFn, Inbound};
 use crate::outcome::{Decision, Outcome, decide};
-use crate::priority::{BackgroundTurn, Foreground};
+use crate::priority::Foreground;
 use crate::route::{BatchConfig, BatchHandlerFn, Handling, Route};
 use crate::topology::{ConsumerSpec, ensure_consumer};
 
@@ -72,8 +72,11 @@ pub(crate) async fn run(
                         let handler = handler.clone();
                         let spec = &spec;
                         async move {
-                            let _turn = turn(yield_to).await;
-                            handle(&js, spec, &handler, msg, double_ack).await
+                            let work = handle(&js, spec, &handler, msg, double_ack);
+                            match yield_to {
+                                Some(requests) => requests.background(work).await,
+                                None => work.await,
+                            }
                         }
                     })
                     .await;
@@ -212,17 +215,12 @@ impl Batches<'_> {
                 }
             }
             busy = batch.len() > 1;
-            let _turn = turn(self.yield_to).await;
-            handle_batch(self.js, self.spec, self.handler, batch, self.double_ack).await;
+            let work = handle_batch(self.js, self.spec, self.handler, batch, self.double_ack);
+            match self.yield_to {
+                Some(requests) => requests.background(work).await,
+                None => work.await,
+            }
         }
-    }
-}
-
-/// The turn a delivery or batch waits for when its route yields to foreground work.
-async fn turn(yield_to: Option<&Foreground>) -> Option<BackgroundTurn<'_>> {
-    match yield_to {
-        Some(f) => Some(f.background_turn().await),
-        None => None,
     }
 }
 

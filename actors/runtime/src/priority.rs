@@ -26,7 +26,7 @@
 //! use jetflow_runtime::priority::{Foreground, background_runtime};
 //!
 //! let work = background_runtime("work", 2, 10)?;
-//! let requests = Foreground::new(1);
+//! let requests = Foreground::new(1, 0.5);
 //! work.block_on(async {
 //!     assert!(!requests.busy());
 //!     let request = requests.enter();
@@ -38,8 +38,10 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::runtime::{Builder, Runtime};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -108,7 +110,13 @@ pub struct Foreground {
 struct Inner {
     in_flight: AtomicUsize,
     turns: Semaphore,
+    /// How long a busy turn is held after its job, per second the job took.
+    rest_per_work: f64,
 }
+
+/// The longest a background job's turn is held after it (a job that ran long, waiting for a
+/// provider say, must not stall the others much longer).
+const MAX_REST: Duration = Duration::from_secs(1);
 
 /// One unit of foreground work in flight, until dropped.
 #[derive(Debug)]
@@ -131,12 +139,21 @@ pub struct BackgroundTurn<'a> {
 
 impl Foreground {
     /// While foreground work is in flight, at most `busy_turns` (at least 1) background jobs
-    /// run at once.
-    pub fn new(busy_turns: usize) -> Self {
+    /// run at once, and jobs run through [`Foreground::background`] take about `busy_share`
+    /// (0 to 1) of the time: after each, its turn is held while the requests use the rest
+    /// (as PostgreSQL's autovacuum sleeps between rounds to leave the disk to queries). A
+    /// share of 1 (or more) never rests; the least is 0.05.
+    pub fn new(busy_turns: usize, busy_share: f64) -> Self {
+        let share = if busy_share.is_finite() {
+            busy_share.clamp(0.05, 1.0)
+        } else {
+            1.0
+        };
         Self {
             inner: Arc::new(Inner {
                 in_flight: AtomicUsize::new(0),
                 turns: Semaphore::new(busy_turns.max(1)),
+                rest_per_work: 1.0 / share - 1.0,
             }),
         }
     }
@@ -170,15 +187,91 @@ impl Foreground {
             _permit: self.inner.turns.acquire().await.ok(),
         }
     }
+
+    /// Runs `work` as a background job: in its turn ([`Foreground::background_turn`]), and
+    /// when that turn was taken while the foreground was busy, holds it afterwards for the
+    /// rest the busy share asks (at most a second), so that the requests get the rest of the
+    /// time. Idle, it runs at once and rests not at all.
+    pub async fn background<F: Future>(&self, work: F) -> F::Output {
+        let turn = self.background_turn().await;
+        let started = tokio::time::Instant::now();
+        let output = work.await;
+        if turn._permit.is_some() && self.busy() && self.inner.rest_per_work > 0.0 {
+            let rest = started
+                .elapsed()
+                .mul_f64(self.inner.rest_per_work)
+                .min(MAX_REST);
+            tokio::time::sleep(rest).await;
+        }
+        drop(turn);
+        output
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// How long `fg.background` takes for a job of `work` (on tokio's paused clock).
+    async fn background_takes(fg: &Foreground, work: Duration) -> Duration {
+        let started = tokio::time::Instant::now();
+        fg.background(tokio::time::sleep(work)).await;
+        started.elapsed()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn busy_background_jobs_rest_for_the_share_the_requests_get_and_idle_ones_do_not() {
+        let ms = Duration::from_millis;
+        let half = Foreground::new(1, 0.5);
+        assert_eq!(
+            background_takes(&half, ms(100)).await,
+            ms(100),
+            "idle: no rest"
+        );
+        let request = half.enter();
+        assert_eq!(
+            background_takes(&half, ms(100)).await,
+            ms(200),
+            "busy: as long again"
+        );
+        let fifth = Foreground::new(1, 0.2);
+        let _other = fifth.enter();
+        assert_eq!(
+            background_takes(&fifth, ms(100)).await,
+            ms(500),
+            "a fifth: four times"
+        );
+        assert_eq!(
+            background_takes(&fifth, ms(1000)).await,
+            ms(2000),
+            "the rest is at most a second"
+        );
+        let whole = Foreground::new(1, 1.0);
+        let _third = whole.enter();
+        assert_eq!(
+            background_takes(&whole, ms(100)).await,
+            ms(100),
+            "a share of 1 never rests"
+        );
+        // The turn is held during the rest: a second job starts only after it.
+        let second = async {
+            tokio::time::sleep(ms(10)).await;
+            let started = tokio::time::Instant::now();
+            let _turn = half.background_turn().await;
+            started.elapsed()
+        };
+        let (_, waited) = tokio::join!(half.background(tokio::time::sleep(ms(100))), second);
+        assert_eq!(
+            waited,
+            ms(190),
+            "the second job waited for the first job and its rest"
+        );
+        drop(request);
+    }
+
     #[tokio::test]
     async fn background_jobs_run_side_by_side_when_idle_and_take_turns_while_busy() {
-        let fg = Foreground::new(1);
+        let fg = Foreground::new(1, 1.0);
         // Idle: any number of turns at once.
         let (a, b) = (fg.background_turn().await, fg.background_turn().await);
         drop((a, b));

@@ -918,14 +918,24 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     }
 
     // 4. Idle.
-    // The process is idle once its outbox is empty; PostgreSQL reports a backend's counts
+    // The process is idle once its outbox is empty and no consumer has anything left (the
+    // saga's last events, stock sold say, follow an order's confirmation, later still when
+    // the consumers took turns behind the requests); PostgreSQL reports a backend's counts
     // up to 10 s after the fact (PGSTAT_IDLE_INTERVAL), so the load must not leak into the
     // idle window.
     bar.set_message("waiting for the process to be idle");
-    until("the outbox to be empty", o.timeout, POLL, || async {
-        let text = metrics(&http, &base).await.ok()?;
-        (metric_sum(&text, "jetflow_outbox_pending", &[]) == 0.0).then_some(())
-    })
+    until(
+        "the outbox and every consumer to be empty",
+        o.timeout,
+        POLL,
+        || async {
+            let text = metrics(&http, &base).await.ok()?;
+            let left = metric_sum(&text, "jetflow_outbox_pending", &[])
+                + metric_sum(&text, "jetflow_consumer_pending", &[])
+                + metric_sum(&text, "jetflow_consumer_ack_pending", &[]);
+            (left == 0.0).then_some(())
+        },
+    )
     .await?;
     if pg_url.is_some() {
         tokio::time::sleep(PG_STATS_SETTLE).await;

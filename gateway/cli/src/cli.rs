@@ -60,6 +60,15 @@ pub fn max_deliver(text: &str) -> Result<u32, String> {
     }
 }
 
+/// Parses a share of the time, from 0.05 to 1.
+pub fn share(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(x) if (0.05..=1.0).contains(&x) => Ok(x),
+        Ok(_) => Err("must be from 0.05 to 1".into()),
+        Err(_) => Err(format!("{text:?} is not a number such as 0.5")),
+    }
+}
+
 /// Parses a non-empty text (an empty environment variable is a mistake, not a value).
 pub fn non_empty(text: &str) -> Result<String, String> {
     if text.trim().is_empty() {
@@ -362,6 +371,17 @@ pub struct AllArgs {
         help_heading = "Consumers"
     )]
     pub requests_first: bool,
+    /// With requests first: the share of the time (0.05 to 1) the consumers' batches take
+    /// while requests are in flight; after each batch its turn is held for the rest (1: never
+    /// rests).
+    #[arg(
+        long,
+        env = "JETFLOW_CONSUMER_SHARE",
+        default_value_t = 0.5,
+        value_parser = share,
+        help_heading = "Consumers"
+    )]
+    pub consumer_share: f64,
     /// With requests first: how many steps of CPU priority (nice values, 0 to 19) the
     /// consumers' threads run below the requests' (0: one runtime for both).
     #[arg(

@@ -174,6 +174,9 @@ pub struct Settings {
     /// When one process serves requests and consumes: whether the consumers take turns
     /// while requests are in flight.
     pub requests_first: bool,
+    /// With `requests_first`: the share of the time the consumers take while requests are
+    /// in flight.
+    pub consumer_share: f64,
     /// With `requests_first`: how many nice steps the consumers' threads run below the
     /// requests' (0: one runtime for both).
     pub consumer_nice: u8,
@@ -191,6 +194,7 @@ impl Default for Settings {
             retention: Retention::default(),
             relay: RelayConfig::default(),
             requests_first: false,
+            consumer_share: 1.0,
             consumer_nice: 0,
         }
     }
@@ -326,6 +330,7 @@ impl Settings {
         s.apply_payments(&a.payments);
         s.provider.addr = a.provider_addr;
         s.requests_first = a.requests_first;
+        s.consumer_share = a.consumer_share;
         s.consumer_nice = a.consumer_nice;
         Ok(s)
     }

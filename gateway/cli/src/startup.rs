@@ -208,7 +208,7 @@ impl Application {
         // requests are in flight, on threads of their own at a lower CPU priority (see
         // `jetflow_runtime::priority`).
         let requests_first = (settings.requests_first && roles.gateway && roles.consumes())
-            .then(|| Foreground::new(1));
+            .then(|| Foreground::new(1, settings.consumer_share));
         let consumer_runtime = match settings.consumer_nice {
             n if n > 0 && requests_first.is_some() => {
                 let threads = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -26,7 +26,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_request_is_in_flight_while_it_is_handled_and_not_after() {
-        let fg = Foreground::new(1);
+        let fg = Foreground::new(1, 1.0);
         let seen = fg.clone();
         let app = test::init_service(
             App::new()
