@@ -455,8 +455,8 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
         })
         .await;
 
-        // A request in flight: the two routes' batches run one at a time.
-        let request = requests.enter();
+        // Requests in flight: the two routes' batches run one at a time.
+        let request = (requests.enter(), requests.enter());
         for i in 0..6 {
             for subject in ["conformance.a", "conformance.b"] {
                 publish_until_stored(&bridge, subject, &format!("{subject}-{i}"), "{}").await;
@@ -469,7 +469,7 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
             "batches overlapped while busy"
         );
 
-        // No request in flight: they run side by side again.
+        // No requests in flight: they run side by side again.
         drop(request);
         overlap.most.store(0, SeqCst);
         for i in 6..12 {

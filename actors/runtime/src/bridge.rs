@@ -61,7 +61,7 @@ pub struct BridgeConfig {
     /// runtime of their own, with threads at a lower CPU priority
     /// ([`priority::background_runtime`](crate::priority::background_runtime)).
     pub consumers_on: Option<tokio::runtime::Handle>,
-    /// Foreground work (requests) the consumers yield to: while any is in flight, the
+    /// Foreground work (requests) the consumers yield to: while it is busy, the
     /// routes' batches take turns ([`Foreground`](crate::priority::Foreground)).
     pub yield_to: Option<Foreground>,
 }

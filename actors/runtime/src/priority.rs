@@ -8,10 +8,11 @@
 //!
 //! - [`Foreground`] counts the requests in flight ([`Foreground::enter`], from an HTTP
 //!   middleware, say). Given to [`BridgeConfig::yield_to`](crate::BridgeConfig::yield_to),
-//!   it makes the consumers' batches take turns while any request is in flight: one batch
-//!   (or delivery) at a time instead of one per route, so the database and the broker
-//!   serve the requests' statements between them. With no request in flight the consumers
-//!   run side by side again; the backlog is worked off as soon as the requests ease.
+//!   it makes the consumers' batches take turns while requests are in flight (two or more,
+//!   [`BUSY_AT`]): one batch (or delivery) at a time instead of one per route, so the
+//!   database and the broker serve the requests' statements between them. Otherwise the
+//!   consumers run side by side again; the backlog is worked off as soon as the requests
+//!   ease.
 //! - [`background_runtime`] builds a tokio runtime whose worker threads run at a lower CPU
 //!   priority (a higher nice value); given to
 //!   [`BridgeConfig::consumers_on`](crate::BridgeConfig::consumers_on), the consumers' own
@@ -28,11 +29,12 @@
 //! let work = background_runtime("work", 2, 10)?;
 //! let requests = Foreground::new(1, 0.5);
 //! work.block_on(async {
-//!     assert!(!requests.busy());
-//!     let request = requests.enter();
+//!     let first = requests.enter();
+//!     assert!(!requests.busy(), "a lone request is not a burst");
+//!     let second = requests.enter();
 //!     assert!(requests.busy());
 //!     let _turn = requests.background_turn().await; // one at a time while busy
-//!     drop(request);
+//!     drop((first, second));
 //!     assert!(!requests.busy());
 //! });
 //! # Ok::<(), std::io::Error>(())
@@ -45,6 +47,11 @@ use std::time::Duration;
 
 use tokio::runtime::{Builder, Runtime};
 use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// Foreground work in flight from which background work yields: a lone request (a client
+/// polling an order, one order placed at a time) is not a burst, and its order's own saga
+/// steps should not wait behind it.
+pub const BUSY_AT: usize = 2;
 
 /// The highest nice value (the lowest priority) Linux knows.
 pub const MAX_NICE: u8 = 19;
@@ -171,9 +178,9 @@ impl Foreground {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    /// Whether any foreground work is in flight.
+    /// Whether the foreground is busy: [`BUSY_AT`] or more units of work in flight.
     pub fn busy(&self) -> bool {
-        self.in_flight() > 0
+        self.in_flight() >= BUSY_AT
     }
 
     /// A background job's turn: at once while the foreground is idle; otherwise once fewer
@@ -228,14 +235,14 @@ mod tests {
             ms(100),
             "idle: no rest"
         );
-        let request = half.enter();
+        let request = (half.enter(), half.enter());
         assert_eq!(
             background_takes(&half, ms(100)).await,
             ms(200),
             "busy: as long again"
         );
         let fifth = Foreground::new(1, 0.2);
-        let _other = fifth.enter();
+        let _others = (fifth.enter(), fifth.enter());
         assert_eq!(
             background_takes(&fifth, ms(100)).await,
             ms(500),
@@ -247,7 +254,7 @@ mod tests {
             "the rest is at most a second"
         );
         let whole = Foreground::new(1, 1.0);
-        let _third = whole.enter();
+        let _thirds = (whole.enter(), whole.enter());
         assert_eq!(
             background_takes(&whole, ms(100)).await,
             ms(100),
@@ -275,8 +282,10 @@ mod tests {
         // Idle: any number of turns at once.
         let (a, b) = (fg.background_turn().await, fg.background_turn().await);
         drop((a, b));
-        let request = fg.enter();
-        assert_eq!(fg.in_flight(), 1);
+        let lone = fg.enter();
+        assert!(!fg.busy(), "a lone request is not a burst");
+        let request = (lone, fg.enter());
+        assert_eq!(fg.in_flight(), 2);
         let first = fg.background_turn().await;
         let second = fg.background_turn();
         tokio::pin!(second);
