@@ -455,34 +455,27 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
         })
         .await;
 
+        // Six messages on each route; returns how many batches ran at once at most.
+        let round = |from: usize| {
+            let (bridge, overlap) = (&bridge, &overlap);
+            async move {
+                overlap.most.store(0, SeqCst);
+                for i in from..from + 6 {
+                    for subject in ["conformance.a", "conformance.b"] {
+                        publish_until_stored(bridge, subject, &format!("{subject}-{i}"), "{}")
+                            .await;
+                    }
+                }
+                overlap.wait_handled(2 * (from + 6)).await;
+                overlap.most.load(SeqCst)
+            }
+        };
         // Requests in flight: the two routes' batches run one at a time.
         let request = (requests.enter(), requests.enter());
-        for i in 0..6 {
-            for subject in ["conformance.a", "conformance.b"] {
-                publish_until_stored(&bridge, subject, &format!("{subject}-{i}"), "{}").await;
-            }
-        }
-        overlap.wait_handled(12).await;
-        assert_eq!(
-            overlap.most.load(SeqCst),
-            1,
-            "batches overlapped while busy"
-        );
-
+        assert_eq!(round(0).await, 1, "batches overlapped while busy");
         // No requests in flight: they run side by side again.
         drop(request);
-        overlap.most.store(0, SeqCst);
-        for i in 6..12 {
-            for subject in ["conformance.a", "conformance.b"] {
-                publish_until_stored(&bridge, subject, &format!("{subject}-{i}"), "{}").await;
-            }
-        }
-        overlap.wait_handled(24).await;
-        assert_eq!(
-            overlap.most.load(SeqCst),
-            2,
-            "idle, the routes still took turns"
-        );
+        assert_eq!(round(6).await, 2, "idle, the routes still took turns");
         bridge.close().await;
     })
 }
