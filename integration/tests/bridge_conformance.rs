@@ -479,3 +479,96 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
         bridge.close().await;
     })
 }
+
+/// A delivery waiting for its turn behind a long batch keeps telling JetStream it is being
+/// worked on: it is not redelivered, though it waits longer than the ack wait.
+#[test]
+fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
+    use jetflow_runtime::Foreground;
+    use std::sync::Mutex;
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let requests = Foreground::new(1, 1.0);
+        let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
+        let mut config = BridgeConfig::new(NatsConfig::new(&nats.url()), topology);
+        config.yield_to = Some(requests.clone());
+        let bridge = NatsBridge::start(config, Health::new());
+        // Every delivery's (subject, delivered) as its handler saw it.
+        let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
+        for (durable, subject, takes) in [
+            ("long", "conformance.long", Duration::from_millis(3000)),
+            ("short", "conformance.short", Duration::ZERO),
+        ] {
+            let seen = seen.clone();
+            let handler: BatchHandlerFn = Arc::new(move |batch: Vec<Inbound>| {
+                let seen = seen.clone();
+                Box::pin(async move {
+                    for d in &batch {
+                        if let Ok(mut s) = seen.lock() {
+                            s.push((d.meta.subject.clone(), d.meta.delivered));
+                        }
+                    }
+                    tokio::time::sleep(takes).await;
+                    vec![Outcome::Ack; batch.len()]
+                })
+            });
+            let spec = ConsumerSpec::new(STREAM, durable, &[subject])
+                .ack_wait(Duration::from_secs(1))
+                .max_deliver(5);
+            bridge
+                .subscribe(Route::batched(
+                    spec,
+                    durable,
+                    handler,
+                    BatchConfig::default(),
+                ))
+                .await
+                .expect("subscribe");
+        }
+        eventually("the bridge to connect", Duration::from_secs(15), || async {
+            bridge.jetstream().map(|_| ()).ok_or("not yet".to_string())
+        })
+        .await;
+        let _busy = (requests.enter(), requests.enter());
+        publish_until_stored(&bridge, "conformance.long", "long-1", "{}").await;
+        eventually(
+            "the long batch to start",
+            Duration::from_secs(10),
+            || async {
+                let started = seen.lock().map(|s| !s.is_empty()).unwrap_or(false);
+                started.then_some(()).ok_or("not yet".to_string())
+            },
+        )
+        .await;
+        // Waits about 3 s for its turn, three times the ack wait.
+        publish_until_stored(&bridge, "conformance.short", "short-1", "{}").await;
+        let short = |s: &[(String, u32)]| {
+            s.iter()
+                .filter(|(subject, _)| subject == "conformance.short")
+                .map(|(_, delivered)| *delivered)
+                .collect::<Vec<u32>>()
+        };
+        eventually(
+            "the short delivery to be handled",
+            Duration::from_secs(20),
+            || async {
+                let handled = seen.lock().map(|s| short(&s)).unwrap_or_default();
+                (!handled.is_empty())
+                    .then_some(())
+                    .ok_or("not yet".to_string())
+            },
+        )
+        .await;
+        // Long enough for a redelivery past the ack wait to show.
+        let settled = tokio::time::Instant::now() + Duration::from_millis(2500);
+        eventually("a quiet consumer", Duration::from_secs(10), || async {
+            (tokio::time::Instant::now() >= settled)
+                .then_some(())
+                .ok_or("not yet".to_string())
+        })
+        .await;
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(short(&seen), vec![1], "redelivered while waiting: {seen:?}");
+        bridge.close().await;
+    })
+}

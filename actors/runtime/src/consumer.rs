@@ -12,6 +12,7 @@
 //! behind its back. The acknowledgement is sent only after the handler answered: work in
 //! flight when the loop is dropped (a lost connection, a crash) is redelivered, not lost.
 
+use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -23,7 +24,7 @@ use crate::delivery::DeliveryMeta;
 use crate::metrics::metrics;
 use crate::middleware::{HandlerFn, Inbound};
 use crate::outcome::{Decision, Outcome, decide};
-use crate::priority::Foreground;
+use crate::priority::{BackgroundTurn, Foreground};
 use crate::route::{BatchConfig, BatchHandlerFn, Handling, Route};
 use crate::topology::{ConsumerSpec, ensure_consumer};
 
@@ -71,13 +72,7 @@ pub(crate) async fn run(
                         let js = js.clone();
                         let handler = handler.clone();
                         let spec = &spec;
-                        async move {
-                            let work = handle(&js, spec, &handler, msg, double_ack);
-                            match yield_to {
-                                Some(requests) => requests.background(work).await,
-                                None => work.await,
-                            }
-                        }
+                        async move { handle(&js, spec, &handler, msg, double_ack, yield_to).await }
                     })
                     .await;
             }
@@ -215,11 +210,15 @@ impl Batches<'_> {
                 }
             }
             busy = batch.len() > 1;
-            let work = handle_batch(self.js, self.spec, self.handler, batch, self.double_ack);
-            match self.yield_to {
-                Some(requests) => requests.background(work).await,
-                None => work.await,
-            }
+            handle_batch(
+                self.js,
+                self.spec,
+                self.handler,
+                batch,
+                self.double_ack,
+                self.yield_to,
+            )
+            .await;
         }
     }
 }
@@ -285,6 +284,7 @@ async fn handle(
     handler: &HandlerFn,
     msg: jetstream::Message,
     double_ack: bool,
+    yield_to: Option<&Foreground>,
 ) {
     let Some(meta) = meta_of(&msg, spec) else {
         return;
@@ -293,12 +293,34 @@ async fn handle(
         payload: msg.payload.clone(),
         meta: meta.clone(),
     };
-    let outcome = with_progress(handler(inbound), &[&msg], progress_interval(spec)).await;
+    let (outcome, turn) = with_progress(
+        in_turn(yield_to, handler(inbound)),
+        &[&msg],
+        progress_interval(spec),
+    )
+    .await;
     if let Outcome::Retry { reason, .. } = &outcome {
         tracing::debug!(subject = %meta.subject, stream_seq = meta.stream_sequence, delivered = meta.delivered, %reason, "delivery will be retried");
     }
     let decision = decide(outcome, meta.delivered, meta.max_deliver);
     apply(js, &msg, &meta, decision, double_ack).await;
+    if let Some(turn) = turn {
+        turn.finish().await;
+    }
+}
+
+/// Runs `work` in a background turn when the route yields to foreground work. The turn is
+/// waited for inside the caller's [`with_progress`], so deliveries waiting for it keep
+/// telling JetStream they are being worked on; the caller gives it back after the acks.
+async fn in_turn<'a, T>(
+    yield_to: Option<&'a Foreground>,
+    work: impl Future<Output = T>,
+) -> (T, Option<BackgroundTurn<'a>>) {
+    let turn = match yield_to {
+        Some(requests) => Some(requests.background_turn().await),
+        None => None,
+    };
+    (work.await, turn)
 }
 
 /// Handles one batch end to end: one outcome per delivery, then every acknowledgement.
@@ -308,6 +330,7 @@ async fn handle_batch(
     handler: &BatchHandlerFn,
     msgs: Vec<jetstream::Message>,
     double_ack: bool,
+    yield_to: Option<&Foreground>,
 ) {
     let mut kept = Vec::with_capacity(msgs.len());
     let mut inbound = Vec::with_capacity(msgs.len());
@@ -324,7 +347,12 @@ async fn handle_batch(
         return;
     }
     let refs: Vec<&jetstream::Message> = kept.iter().map(|(m, _)| m).collect();
-    let outcomes = with_progress(handler(inbound), &refs, progress_interval(spec)).await;
+    let (outcomes, turn) = with_progress(
+        in_turn(yield_to, handler(inbound)),
+        &refs,
+        progress_interval(spec),
+    )
+    .await;
     let acks = kept
         .iter()
         .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
@@ -335,6 +363,9 @@ async fn handle_batch(
             apply(js, msg, meta, decision, double_ack)
         });
     futures::future::join_all(acks).await;
+    if let Some(turn) = turn {
+        turn.finish().await;
+    }
 }
 
 /// Carries out a decision; records it in `jetflow_nats_consumed_total`.

@@ -17,7 +17,9 @@
 //!   priority (a higher nice value); given to
 //!   [`BridgeConfig::consumers_on`](crate::BridgeConfig::consumers_on), the consumers' own
 //!   CPU work takes what the requests leave. Raising a thread's nice value needs no
-//!   privilege. On Linux the nice value belongs to each thread; elsewhere `setpriority`
+//!   privilege. Give such consumers a database pool of their own: a connection opened from
+//!   these threads is driven by them (and on SQLite runs on a thread that keeps their nice
+//!   value), also when it later serves a request. On Linux the nice value belongs to each thread; elsewhere `setpriority`
 //!   would lower the whole process, so there the threads keep the process's priority.
 //!
 //! An idle machine runs both alike. Nothing is dropped or reordered: a delivery waits for
@@ -57,23 +59,35 @@ pub const BUSY_AT: usize = 2;
 pub const MAX_NICE: u8 = 19;
 
 /// A multi-thread runtime of `threads` workers named `name`, each `nice` steps below the
-/// priority of the thread that starts it (like `nice -n`; at most [`MAX_NICE`]) on Linux.
+/// priority of the thread that builds it (like `nice -n`; at most [`MAX_NICE`]) on Linux.
+/// Every thread the runtime starts (its blocking pool too) gets that same nice value.
 pub fn background_runtime(name: &str, threads: usize, nice: u8) -> std::io::Result<Runtime> {
-    let nice = nice.min(MAX_NICE);
+    let target = (current_nice() + i32::from(nice)).min(i32::from(MAX_NICE));
     Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .thread_name(name)
         .enable_all()
-        .on_thread_start(move || lower_this_thread(nice))
+        .on_thread_start(move || set_this_thread(target))
         .build()
 }
 
-/// The nice value of the calling thread.
+/// The nice value of the calling thread (0 where threads have none of their own).
 pub fn current_nice() -> i32 {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: getpriority reads the calling thread's nice value; no memory is passed.
-        unsafe { libc::getpriority(libc::PRIO_PROCESS, this_thread()) }
+        // SAFETY: errno is the calling thread's own; getpriority reads the calling thread's
+        // nice value (who = 0 is the calling thread on Linux) and takes no memory. It
+        // answers -1 both for a nice value of -1 and on an error, which only errno tells
+        // apart.
+        unsafe {
+            *libc::__errno_location() = 0;
+            let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+            if nice == -1 && *libc::__errno_location() != 0 {
+                0
+            } else {
+                nice
+            }
+        }
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -81,19 +95,13 @@ pub fn current_nice() -> i32 {
     }
 }
 
-#[cfg(target_os = "linux")]
-fn this_thread() -> libc::id_t {
-    // SAFETY: gettid has no arguments and cannot fail.
-    unsafe { libc::gettid() as libc::id_t }
-}
-
-fn lower_this_thread(nice: u8) {
+fn set_this_thread(nice: i32) {
     #[cfg(target_os = "linux")]
     {
-        let target = (current_nice() + i32::from(nice)).min(i32::from(MAX_NICE));
-        // SAFETY: setpriority changes the calling thread's nice value; no memory is passed,
-        // and a higher nice value needs no privilege.
-        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, this_thread(), target) };
+        // SAFETY: setpriority changes the calling thread's nice value (who = 0 is the
+        // calling thread on Linux, whose nice values are per thread); no memory is passed,
+        // and raising a nice value needs no privilege.
+        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
         if done != 0 {
             tracing::warn!(
                 nice,
@@ -138,10 +146,27 @@ impl Drop for ForegroundGuard {
     }
 }
 
-/// A background job's turn: held while the job runs. Empty when the foreground was idle.
+/// A background job's turn: held while the job runs, then given back with
+/// [`BackgroundTurn::finish`] (which rests first if the foreground is busy) or by dropping it
+/// (no rest). Empty when the foreground was idle.
 #[derive(Debug)]
 pub struct BackgroundTurn<'a> {
-    _permit: Option<SemaphorePermit<'a>>,
+    foreground: &'a Foreground,
+    permit: Option<SemaphorePermit<'a>>,
+    started: tokio::time::Instant,
+}
+
+impl BackgroundTurn<'_> {
+    /// Gives the turn back. When it was taken while the foreground was busy and the
+    /// foreground still is, it is held first for the rest the busy share asks: the job's
+    /// time so far times (1 ÷ share − 1), at most a second.
+    pub async fn finish(self) {
+        let rest_per_work = self.foreground.inner.rest_per_work;
+        if self.permit.is_some() && self.foreground.busy() && rest_per_work > 0.0 {
+            let rest = self.started.elapsed().mul_f64(rest_per_work).min(MAX_REST);
+            tokio::time::sleep(rest).await;
+        }
+    }
 }
 
 impl Foreground {
@@ -186,31 +211,26 @@ impl Foreground {
     /// A background job's turn: at once while the foreground is idle; otherwise once fewer
     /// than `busy_turns` background jobs hold one.
     pub async fn background_turn(&self) -> BackgroundTurn<'_> {
-        if !self.busy() {
-            return BackgroundTurn { _permit: None };
-        }
-        // The semaphore is never closed.
+        let permit = if self.busy() {
+            // The semaphore is never closed.
+            self.inner.turns.acquire().await.ok()
+        } else {
+            None
+        };
         BackgroundTurn {
-            _permit: self.inner.turns.acquire().await.ok(),
+            foreground: self,
+            permit,
+            started: tokio::time::Instant::now(),
         }
     }
 
-    /// Runs `work` as a background job: in its turn ([`Foreground::background_turn`]), and
-    /// when that turn was taken while the foreground was busy, holds it afterwards for the
-    /// rest the busy share asks (at most a second), so that the requests get the rest of the
-    /// time. Idle, it runs at once and rests not at all.
+    /// Runs `work` as a background job: in its turn ([`Foreground::background_turn`]), given
+    /// back with [`BackgroundTurn::finish`], so that while the foreground is busy the
+    /// requests get the rest of the time. Idle, it runs at once and rests not at all.
     pub async fn background<F: Future>(&self, work: F) -> F::Output {
         let turn = self.background_turn().await;
-        let started = tokio::time::Instant::now();
         let output = work.await;
-        if turn._permit.is_some() && self.busy() && self.inner.rest_per_work > 0.0 {
-            let rest = started
-                .elapsed()
-                .mul_f64(self.inner.rest_per_work)
-                .min(MAX_REST);
-            tokio::time::sleep(rest).await;
-        }
-        drop(turn);
+        turn.finish().await;
         output
     }
 }
@@ -308,8 +328,13 @@ mod tests {
         let rt = background_runtime("nice-test", 2, 7).expect("runtime");
         let seen = rt.block_on(async {
             let a = tokio::spawn(async { current_nice() });
-            let b = tokio::spawn(async { current_nice() });
-            (a.await.expect("task"), b.await.expect("task"))
+            // A blocking-pool thread is started by a worker, already lowered: it gets the
+            // same value, not seven steps more.
+            let b = tokio::spawn(async { tokio::task::spawn_blocking(current_nice).await });
+            (
+                a.await.expect("task"),
+                b.await.expect("task").expect("blocking"),
+            )
         });
         // block_on runs on this thread; spawned tasks run on the workers.
         assert_eq!(seen, ((before + 7).min(19), (before + 7).min(19)));

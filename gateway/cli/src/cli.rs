@@ -359,9 +359,9 @@ pub struct AllArgs {
         help_heading = "Local services"
     )]
     pub nats_sync_always: bool,
-    /// Requests first: while HTTP requests are in flight, the consumers' batches take turns,
-    /// so a burst of orders is accepted at once and the saga works through the stream with
-    /// what is left (false: both share alike).
+    /// Requests first: while two or more HTTP requests are in flight, the consumers' batches
+    /// take turns and rest, so a burst of orders is accepted at once and the saga works
+    /// through the stream with what is left (false: both share alike).
     #[arg(
         long,
         env = "JETFLOW_REQUESTS_FIRST",
@@ -382,12 +382,14 @@ pub struct AllArgs {
         help_heading = "Consumers"
     )]
     pub consumer_share: f64,
-    /// With requests first: how many steps of CPU priority (nice values, 0 to 19) the
-    /// consumers' threads run below the requests' (0: one runtime for both).
+    /// With requests first: run the consumers on threads of their own this many steps of
+    /// CPU priority (nice values, 0 to 19) below the requests' (0: one runtime for both).
+    /// Pool connections the consumers open serve requests too, and on SQLite a connection's
+    /// thread keeps the nice value of the thread that opened it.
     #[arg(
         long,
         env = "JETFLOW_CONSUMER_NICE",
-        default_value_t = 10,
+        default_value_t = 0,
         value_parser = clap::value_parser!(u8).range(0..=19),
         help_heading = "Consumers"
     )]

@@ -50,7 +50,8 @@ impl From<StartupError> for Failure {
 
 fn runtime() -> std::io::Result<actix_rt::SystemRunner> {
     // Actors run on the system thread; NATS, database I/O and the consumers' handlers on
-    // tokio's worker threads.
+    // tokio's worker threads (`jetflow all` gives its consumers a runtime of their own:
+    // `jetflow_runtime::priority`).
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("jetflow-io")

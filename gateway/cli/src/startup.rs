@@ -168,7 +168,7 @@ pub struct Application {
     outbox: Option<OutboxHandle>,
     actors: Vec<RoleActors>,
     background: CancellationToken,
-    /// Declared last: dropped after everything that may still run on it.
+    /// Dropped at the end of a stop, once the bridge and the database are closed.
     consumer_runtime: ConsumerRuntime,
 }
 
