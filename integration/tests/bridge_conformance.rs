@@ -428,6 +428,14 @@ impl Overlap {
     }
 }
 
+/// A bridge on `nats` whose routes yield to `requests`.
+fn yielding_bridge(nats: &NatsServer, requests: &jetflow_runtime::Foreground) -> Bridge {
+    let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
+    let mut config = BridgeConfig::new(NatsConfig::new(&nats.url()), topology);
+    config.yield_to = Some(requests.clone());
+    NatsBridge::start(config, Health::new())
+}
+
 #[test]
 fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after() {
     use jetflow_runtime::Foreground;
@@ -435,10 +443,7 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
     jetflow_integration::run(async {
         let nats = NatsServer::start();
         let requests = Foreground::new(1, 1.0);
-        let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
-        let mut config = BridgeConfig::new(NatsConfig::new(&nats.url()), topology);
-        config.yield_to = Some(requests.clone());
-        let bridge = NatsBridge::start(config, Health::new());
+        let bridge = yielding_bridge(&nats, &requests);
         let overlap = Arc::new(Overlap {
             running: 0.into(),
             most: 0.into(),
@@ -489,10 +494,7 @@ fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
     jetflow_integration::run(async {
         let nats = NatsServer::start();
         let requests = Foreground::new(1, 1.0);
-        let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
-        let mut config = BridgeConfig::new(NatsConfig::new(&nats.url()), topology);
-        config.yield_to = Some(requests.clone());
-        let bridge = NatsBridge::start(config, Health::new());
+        let bridge = yielding_bridge(&nats, &requests);
         // Every delivery's (subject, delivered) as its handler saw it.
         let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
         for (durable, subject, takes) in [
