@@ -561,14 +561,32 @@ fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
             },
         )
         .await;
-        // Long enough for a redelivery past the ack wait to show.
-        let settled = tokio::time::Instant::now() + Duration::from_millis(2500);
-        eventually("a quiet consumer", Duration::from_secs(10), || async {
-            (tokio::time::Instant::now() >= settled)
-                .then_some(())
-                .ok_or("not yet".to_string())
-        })
+        // Once acked, JetStream's own count says how often it delivered the message: a
+        // redelivery past the ack wait, handled or still buffered, would make it 2.
+        let js = bridge.jetstream().expect("connected");
+        let info = eventually(
+            "the short delivery to be acked",
+            Duration::from_secs(10),
+            || async {
+                let info = js
+                    .get_stream(STREAM)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .consumer_info("short")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if info.num_ack_pending == 0 && info.ack_floor.consumer_sequence >= 1 {
+                    Ok(info)
+                } else {
+                    Err(format!("{info:?}"))
+                }
+            },
+        )
         .await;
+        assert_eq!(
+            info.delivered.consumer_sequence, 1,
+            "JetStream delivered it again: {info:?}"
+        );
         let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
         assert_eq!(short(&seen), vec![1], "redelivered while waiting: {seen:?}");
         bridge.close().await;

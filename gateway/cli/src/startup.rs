@@ -205,8 +205,8 @@ impl Application {
             None
         };
         // One process that answers requests and consumes: the consumers take turns while
-        // requests are in flight, on threads of their own at a lower CPU priority (see
-        // `jetflow_runtime::priority`).
+        // requests are in flight and, with JETFLOW_CONSUMER_NICE, run on threads of their own
+        // at a lower CPU priority (see `jetflow_runtime::priority`).
         let requests_first = (settings.requests_first && roles.gateway && roles.consumes())
             .then(|| Foreground::new(1, settings.consumer_share));
         let consumer_runtime = match settings.consumer_nice {
