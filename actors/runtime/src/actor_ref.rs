@@ -29,6 +29,12 @@ pub(crate) struct ActorStats {
 
 impl ActorStats {
     pub(crate) fn new(name: &str) -> Arc<Self> {
+        Self::instance(name, "0")
+    }
+
+    /// The stats of one instance of a pool of actors of one name: the depth gauge is per
+    /// instance (`instance` label), the rest per name.
+    pub(crate) fn instance(name: &str, instance: &str) -> Arc<Self> {
         let m = metrics();
         // Every actor's series exist from its start (at 0), so dashboards and alerts see
         // "no restarts" rather than "no data".
@@ -37,7 +43,7 @@ impl ActorStats {
         m.actor_failed.with_label_values(&[name]);
         Arc::new(Self {
             name: name.to_string(),
-            depth: m.actor_mailbox_depth.with_label_values(&[name]),
+            depth: m.actor_mailbox_depth.with_label_values(&[name, instance]),
             handle_seconds: m.actor_handle_seconds.with_label_values(&[name]),
             retired: AtomicBool::new(false),
         })
@@ -63,15 +69,20 @@ struct InFlight {
 
 impl InFlight {
     fn finish(mut self, outcome: &'static str) {
+        self.leave();
+        metrics()
+            .actor_messages
+            .with_label_values(&[self.stats.name.as_str(), outcome])
+            .inc();
+    }
+
+    /// Out of the mailbox, timed, without counting an outcome (the caller counts them).
+    fn leave(&mut self) {
         self.done = true;
         self.stats.depth.dec();
         self.stats
             .handle_seconds
             .observe(self.started.elapsed().as_secs_f64());
-        metrics()
-            .actor_messages
-            .with_label_values(&[self.stats.name.as_str(), outcome])
-            .inc();
     }
 }
 
@@ -183,6 +194,21 @@ impl<A: Actor> ActorRef<A> {
         M::Result: Send + ReplyOutcome,
     {
         tracked(&self.stats, self.addr.send(msg)).await
+    }
+
+    /// As [`send`](Self::send), but the reply's outcomes are the caller's to count (a batch
+    /// carries one outcome per delivery): the depth gauge and the handling time are kept.
+    pub(crate) async fn send_counted_by_caller<M>(&self, msg: M) -> Result<M::Result, MailboxError>
+    where
+        A: Handler<M>,
+        A::Context: ToEnvelope<A, M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+    {
+        let mut flight = self.stats.begin();
+        let result = self.addr.send(msg).await;
+        flight.leave();
+        result
     }
 
     /// A type-erased, still instrumented, handle for one message type.

@@ -58,6 +58,7 @@ pub mod supervisor;
 pub mod testkit;
 pub mod topology;
 pub mod trace;
+pub mod tx_actor;
 pub mod tx_route;
 pub mod unit_of_work;
 
@@ -81,6 +82,7 @@ pub use relay::{FlushReport, OutboxHandle, OutboxRelay, RelayConfig};
 pub use route::{BatchConfig, Route};
 pub use supervisor::{RestartPolicy, Supervisor};
 pub use topology::{ConsumerSpec, Discard, StreamSpec, Topology};
+pub use tx_actor::{Batch, TxActor, TxActors};
 pub use tx_route::{PreparedTxHandler, Preparing, TxError, TxHandler, TxRoute};
 pub use unit_of_work::{Deferred, UnitOfWork};
 
@@ -91,7 +93,7 @@ pub mod prelude {
         DecodeError, Deferred, Delivery, DeliveryMeta, Health, Json, Lookup, NatsBridge,
         NatsConfig, OutboxHandle, OutboxRelay, Outcome, OutgoingMessage, PreparedTxHandler,
         Preparing, Publisher, RelayConfig, RestartPolicy, Route, StreamSpec, Supervisor, Topology,
-        TxError, TxHandler, TxRoute, UnitOfWork,
+        TxActors, TxError, TxHandler, TxRoute, UnitOfWork,
     };
 }
 

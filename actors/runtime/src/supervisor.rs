@@ -89,6 +89,7 @@ pub struct Supervisor {
     policy: RestartPolicy,
     health: Option<Health>,
     mailbox_capacity: usize,
+    instance: String,
 }
 
 impl Supervisor {
@@ -99,7 +100,15 @@ impl Supervisor {
             policy: RestartPolicy::default(),
             health: None,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
+            instance: "0".to_string(),
         }
+    }
+
+    /// Which instance of a pool of actors of the same name this is (the `instance` label of
+    /// the mailbox depth; default `0`).
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
     }
 
     /// Sets the restart budget.
@@ -127,7 +136,7 @@ impl Supervisor {
         F: FnOnce(&mut Context<A>) -> A + 'static,
     {
         let (tx, rx) = channel::channel(self.mailbox_capacity);
-        let stats = ActorStats::new(&self.name);
+        let stats = ActorStats::instance(&self.name, &self.instance);
         let mut ctx = Context::with_receiver(rx);
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         let actor = f(&mut ctx);
@@ -143,7 +152,7 @@ impl Supervisor {
         F: FnOnce(&mut Context<A>) -> A + Send + 'static,
     {
         let (tx, rx) = channel::channel(self.mailbox_capacity);
-        let stats = ActorStats::new(&self.name);
+        let stats = ActorStats::instance(&self.name, &self.instance);
         let s = stats.clone();
         arbiter.spawn_fn(move || {
             let mut ctx = Context::with_receiver(rx);

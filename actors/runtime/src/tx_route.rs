@@ -1,47 +1,37 @@
 //! Transactional routes: effectively-once handling, in batches.
 //!
-//! A [`TxRoute`] reads a durable consumer and gives its [`TxHandler`] what is waiting (up to
-//! a maximum, lingering a moment only while the consumer is busy), in **one** transaction:
-//! the runtime claims every delivery in the inbox, the handler changes state and emits
-//! messages through the [`UnitOfWork`], the runtime writes them to the outbox, commits once,
-//! then acks the whole batch and hands the messages to the relay, which publishes them at
-//! once. A delivery the inbox knows already is acked without being handled again.
-//!
-//! A delivery that fails (an error, a panic) never takes its neighbours down: the
-//! transaction is rolled back, that delivery gets its own outcome (retry later, or dead
-//! letter), and the others are handled again without it in a new transaction. A failure
-//! that cannot be pinned on one delivery but is not the connection's (a statement of
-//! `begin_batch` or of the commit refused, such as a deferred write) has the deliveries
-//! applied one at a time, each in its own transaction, so only the one to blame is retried;
-//! the database unreachable retries the whole batch. Deliveries of a batch are handled in
-//! stream order, one batch at a time, so a route keeps the order of what it consumes.
+//! A [`TxHandler`] applies one delivery inside a transaction: it changes state and emits
+//! messages through the [`UnitOfWork`]. The runtime runs it inside a supervised
+//! [`TxActor`](crate::TxActor): a [`TxRoute`] reads a durable consumer, decodes what is
+//! waiting (up to a maximum, lingering a moment only while the consumer is busy) and sends it
+//! as one [`Batch`](crate::Batch) message to the actor's bounded mailbox; the actor claims
+//! every delivery in the inbox, runs the handler for each, writes what they emit to the
+//! outbox, commits **once** and replies; the route then acks the batch and the relay
+//! publishes the messages at once. A delivery the inbox knows already is acked without being
+//! handled again. See [`tx_actor`](crate::tx_actor) for failures and panics.
 //!
 //! Work that must not run inside a transaction (a call to another service) goes in
 //! [`PreparedTxHandler::prepare`], which runs for every delivery of the batch concurrently
 //! before the transaction opens.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::FutureExt;
 use tracing::Instrument;
 
 use crate::codec::Decode;
-use crate::db::{self, Database};
 use crate::delivery::{Delivery, DeliveryMeta};
 use crate::headers;
-use crate::inbox;
-use crate::metrics::metrics;
-use crate::middleware::{Inbound, Retry};
+use crate::middleware::Retry;
 use crate::outcome::Outcome;
 use crate::relay::OutboxHandle;
 use crate::route::{BatchConfig, BatchHandlerFn, Route};
 use crate::span;
 use crate::supervisor::panic_message;
 use crate::topology::ConsumerSpec;
+use crate::tx_actor::TxActors;
 use crate::unit_of_work::UnitOfWork;
 
 /// Why a handler could not apply a delivery. Whatever it did in the transaction is rolled
@@ -62,6 +52,10 @@ pub enum TxError {
     /// The database failed: redeliver later.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// The work panicked (a bug): nothing of the batch is committed, the actor restarts and
+    /// the delivery is applied alone when it comes back.
+    #[error("panicked: {0}")]
+    Panicked(String),
 }
 
 impl TxError {
@@ -95,6 +89,7 @@ impl TxError {
             },
             TxError::Reject(reason) => Outcome::reject(reason.clone()),
             TxError::Database(e) => Outcome::retry(format!("database: {e}")),
+            TxError::Panicked(message) => Outcome::retry(format!("panicked: {message}")),
         }
     }
 }
@@ -161,6 +156,14 @@ pub trait TxHandler: Send + Sync + 'static {
         default_key(&delivery.meta)
     }
 
+    /// Which instance of a [`TxActors`](crate::TxActors) pool applies the delivery:
+    /// deliveries with the same shard key reach the same instance, in order. By default the
+    /// inbox key (no order between deliveries); a service keys by what its state is keyed by
+    /// (an order's id).
+    fn shard_key(&self, delivery: &Delivery<Self::Message>) -> String {
+        self.key(delivery)
+    }
+
     /// The span the delivery is handled in (add fields of your own by returning a span with
     /// them; the runtime's fields come from [`span::delivery_span`]).
     fn span(&self, target: &str, delivery: &Delivery<Self::Message>) -> tracing::Span {
@@ -206,10 +209,7 @@ pub trait PreparedTxHandler: Send + Sync + 'static {
                 .instrument(p.span.clone())
                 .map(|result| {
                     result.unwrap_or_else(|panic| {
-                        Err(TxError::retry(format!(
-                            "prepare panicked: {}",
-                            panic_message(panic.as_ref())
-                        )))
+                        Err(TxError::Panicked(panic_message(panic.as_ref())))
                     })
                 })
         }))
@@ -236,6 +236,11 @@ pub trait PreparedTxHandler: Send + Sync + 'static {
     /// As [`TxHandler::key`].
     fn key(&self, delivery: &Delivery<Self::Message>) -> String {
         default_key(&delivery.meta)
+    }
+
+    /// As [`TxHandler::shard_key`].
+    fn shard_key(&self, delivery: &Delivery<Self::Message>) -> String {
+        self.key(delivery)
     }
 
     /// As [`TxHandler::span`].
@@ -284,6 +289,10 @@ impl<H: TxHandler> PreparedTxHandler for H {
         TxHandler::key(self, delivery)
     }
 
+    fn shard_key(&self, delivery: &Delivery<Self::Message>) -> String {
+        TxHandler::shard_key(self, delivery)
+    }
+
     fn span(&self, target: &str, delivery: &Delivery<Self::Message>) -> tracing::Span {
         TxHandler::span(self, target, delivery)
     }
@@ -299,6 +308,7 @@ pub struct TxRoute<H> {
     batch: BatchConfig,
     retry: Retry,
     double_ack: bool,
+    instances: usize,
 }
 
 impl<H: PreparedTxHandler> TxRoute<H> {
@@ -313,7 +323,16 @@ impl<H: PreparedTxHandler> TxRoute<H> {
             batch: BatchConfig::default(),
             retry: Retry::default(),
             double_ack: false,
+            instances: 1,
         }
+    }
+
+    /// How many instances of the route's [`TxActor`](crate::TxActor) apply its batches
+    /// (default 1), sharded by [`TxHandler::shard_key`]. Routes that share a pool of actors
+    /// are made with [`TxActors::route`](crate::TxActors::route).
+    pub fn instances(mut self, n: usize) -> Self {
+        self.instances = n.max(1);
+        self
     }
 
     /// The handler's name in metrics and logs (default: the consumer's durable name).
@@ -354,19 +373,13 @@ impl<H: PreparedTxHandler> TxRoute<H> {
 
     fn split(self) -> (Route, BatchHandlerFn) {
         let name = self.name.unwrap_or_else(|| self.consumer.durable.clone());
-        let inner = Arc::new(Inner {
-            handler: self.handler,
-            db: self.outbox.database().clone(),
-            outbox: self.outbox,
-            inbox: self.inbox.unwrap_or_else(|| self.consumer.durable.clone()),
-            name: name.clone(),
-            retry: self.retry,
-        });
-        init_series(&name, &inner.inbox);
-        let handler: BatchHandlerFn = Arc::new(move |batch| {
-            let inner = Arc::clone(&inner);
-            Box::pin(async move { process(&inner, batch).await })
-        });
+        let inbox = self.inbox.unwrap_or_else(|| self.consumer.durable.clone());
+        let actors = TxActors::new(name.clone(), self.handler, &self.outbox)
+            .inbox(inbox)
+            .retry(self.retry)
+            .instances(self.instances)
+            .start();
+        let handler = actors.batch_handler();
         let route = Route::batched(self.consumer, &name, handler.clone(), self.batch)
             .double_ack(self.double_ack);
         (route, handler)
@@ -376,347 +389,6 @@ impl<H: PreparedTxHandler> TxRoute<H> {
 impl<H: PreparedTxHandler> From<TxRoute<H>> for Route {
     fn from(route: TxRoute<H>) -> Route {
         route.split().0
-    }
-}
-
-/// Every series of a handler exists from its start, at 0.
-fn init_series(name: &str, inbox: &str) {
-    let m = metrics();
-    for outcome in ["ack", "retry", "dead_letter"] {
-        m.actor_messages.with_label_values(&[name, outcome]);
-    }
-    m.actor_mailbox_depth.with_label_values(&[name]);
-    m.actor_handle_seconds.with_label_values(&[name]);
-    m.actor_restarts.with_label_values(&[name]);
-    m.actor_panics.with_label_values(&[name]);
-    m.actor_failed.with_label_values(&[name]);
-    m.batch_size.with_label_values(&[name]);
-    m.inbox_duplicates.with_label_values(&[inbox]);
-}
-
-struct Inner<H> {
-    handler: H,
-    db: Database,
-    outbox: OutboxHandle,
-    inbox: String,
-    name: String,
-    retry: Retry,
-}
-
-/// One decoded delivery of a batch.
-struct Item<M, P> {
-    index: usize,
-    delivery: Delivery<M>,
-    key: String,
-    span: tracing::Span,
-    prepared: Option<P>,
-}
-
-/// What one attempt at the batch's transaction came to.
-enum Attempt {
-    /// Committed: these items were applied, those were duplicates.
-    Committed {
-        applied: Vec<usize>,
-        duplicates: Vec<usize>,
-    },
-    /// The handler failed on this item; everything was rolled back.
-    ItemFailed { item: usize, outcome: Outcome },
-    /// The transaction itself failed (the connection, the pool); everything was rolled back.
-    Failed(String),
-    /// Something the whole batch does was refused (the database rejected a statement of
-    /// `begin_batch` or of the commit, such as a deferred write, or a row did not decode;
-    /// `begin_batch` failed or panicked): which delivery is to blame is unknown, so they are
-    /// applied one at a time.
-    Rejected(String),
-    /// The database chose this transaction as the victim of a conflict with another one
-    /// (a deadlock, a serialization failure, a busy lock); everything was rolled back, and
-    /// the attempt can be made again at once.
-    Conflict(String),
-}
-
-/// How many times in a row a batch is applied again at once after losing a conflict,
-/// before its deliveries are left to the route's backoff.
-const CONFLICT_RETRIES: u32 = 3;
-
-async fn process<H: PreparedTxHandler>(inner: &Inner<H>, batch: Vec<Inbound>) -> Vec<Outcome> {
-    let m = metrics();
-    let n = batch.len();
-    m.batch_size
-        .with_label_values(&[inner.name.as_str()])
-        .observe(n as f64);
-    let depth = m
-        .actor_mailbox_depth
-        .with_label_values(&[inner.name.as_str()]);
-    depth.add(n as i64);
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
-    let mut metas: Vec<DeliveryMeta> = Vec::with_capacity(n);
-
-    // 1. Decode: what does not decode is poison, decided at once.
-    let mut items: Vec<Item<H::Message, H::Prepared>> = Vec::with_capacity(n);
-    for (index, inbound) in batch.into_iter().enumerate() {
-        let Inbound { payload, meta } = inbound;
-        metas.push(meta.clone());
-        match <H::Message as Decode>::decode(&meta.subject, &meta.headers, &payload) {
-            Ok(message) => {
-                let delivery = Delivery { message, meta };
-                let key = inner.handler.key(&delivery);
-                let span = inner.handler.span(&inner.name, &delivery);
-                items.push(Item {
-                    index,
-                    delivery,
-                    key,
-                    span,
-                    prepared: None,
-                });
-            }
-            Err(e) => outcomes[index] = Some(Outcome::poison(e.to_string())),
-        }
-    }
-
-    // 2. Prepare, every delivery at once, outside the transaction.
-    let preparing: Vec<Preparing<'_, H::Message>> = items
-        .iter()
-        .map(|it| Preparing {
-            delivery: &it.delivery,
-            span: &it.span,
-        })
-        .collect();
-    let prepared = match AssertUnwindSafe(inner.handler.prepare_batch(&preparing))
-        .catch_unwind()
-        .await
-    {
-        Ok(results) if results.len() == items.len() => results,
-        Ok(results) => {
-            let reason = format!(
-                "prepare_batch returned {} results for {} deliveries",
-                results.len(),
-                items.len()
-            );
-            tracing::error!(route = %inner.name, %reason);
-            items.iter().map(|_| Err(TxError::retry(&reason))).collect()
-        }
-        Err(panic) => {
-            let reason = format!("prepare panicked: {}", panic_message(panic.as_ref()));
-            items.iter().map(|_| Err(TxError::retry(&reason))).collect()
-        }
-    };
-    drop(preparing);
-    let mut pending = Vec::with_capacity(items.len());
-    for (i, (item, result)) in items.iter_mut().zip(prepared).enumerate() {
-        match result {
-            Ok(p) => {
-                item.prepared = Some(p);
-                pending.push(i);
-            }
-            Err(e) => outcomes[item.index] = Some(e.outcome()),
-        }
-    }
-
-    // 3. One transaction for everything prepared; a failing delivery is taken out and the
-    //    rest applied again without it; a batch refused as a whole is applied one by one.
-    let mut conflicts = 0;
-    while !pending.is_empty() {
-        match attempt(inner, &items, &pending).await {
-            Attempt::Committed {
-                applied,
-                duplicates,
-            } => {
-                count_duplicates(inner, duplicates.len());
-                for i in applied.into_iter().chain(duplicates) {
-                    outcomes[items[i].index] = Some(Outcome::Ack);
-                }
-                break;
-            }
-            Attempt::ItemFailed { item, outcome } => {
-                outcomes[items[item].index] = Some(outcome);
-                pending.retain(|&p| p != item);
-            }
-            Attempt::Conflict(reason) if conflicts < CONFLICT_RETRIES => {
-                conflicts += 1;
-                tracing::debug!(route = %inner.name, %reason, conflicts, "transaction lost a conflict; applying the batch again");
-            }
-            Attempt::Rejected(reason) if pending.len() > 1 => {
-                tracing::debug!(route = %inner.name, %reason, deliveries = pending.len(), "the batch was refused as a whole; applying its deliveries one at a time");
-                for p in std::mem::take(&mut pending) {
-                    outcomes[items[p].index] = Some(apply_alone(inner, &items, p).await);
-                }
-            }
-            Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
-                for &p in &pending {
-                    outcomes[items[p].index] = Some(Outcome::retry(reason.clone()));
-                }
-                break;
-            }
-        }
-    }
-
-    // 4. Decide, log and count each delivery.
-    let outcomes: Vec<Outcome> = outcomes
-        .into_iter()
-        .zip(&metas)
-        .map(|(o, meta)| {
-            let o = o.unwrap_or_else(|| Outcome::retry("not handled"));
-            inner.retry.apply(o, meta.delivered)
-        })
-        .collect();
-    let mut spans: Vec<Option<tracing::Span>> = vec![None; n];
-    for item in items {
-        spans[item.index] = Some(item.span);
-    }
-    for ((outcome, span), meta) in outcomes.iter().zip(spans).zip(&metas) {
-        let span = span.unwrap_or_else(|| span::delivery_span(&inner.name, meta));
-        span.in_scope(|| span::log_outcome(outcome));
-        m.actor_messages
-            .with_label_values(&[inner.name.as_str(), outcome.label()])
-            .inc();
-    }
-    depth.sub(n as i64);
-    outcomes
-}
-
-fn count_duplicates<H>(inner: &Inner<H>, n: usize) {
-    if n > 0 {
-        metrics()
-            .inbox_duplicates
-            .with_label_values(&[inner.inbox.as_str()])
-            .inc_by(n as u64);
-    }
-}
-
-/// Applies one delivery in a transaction of its own: its outcome.
-async fn apply_alone<H: PreparedTxHandler>(
-    inner: &Inner<H>,
-    items: &[Item<H::Message, H::Prepared>],
-    p: usize,
-) -> Outcome {
-    let mut conflicts = 0;
-    loop {
-        match attempt(inner, items, &[p]).await {
-            Attempt::Committed { duplicates, .. } => {
-                count_duplicates(inner, duplicates.len());
-                return Outcome::Ack;
-            }
-            Attempt::ItemFailed { outcome, .. } => return outcome,
-            Attempt::Conflict(_) if conflicts < CONFLICT_RETRIES => conflicts += 1,
-            Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
-                return Outcome::retry(reason);
-            }
-        }
-    }
-}
-
-async fn attempt<H: PreparedTxHandler>(
-    inner: &Inner<H>,
-    items: &[Item<H::Message, H::Prepared>],
-    pending: &[usize],
-) -> Attempt {
-    let mut uow = match UnitOfWork::begin(&inner.db).await {
-        Ok(uow) => uow,
-        Err(e) => return failed(&e),
-    };
-    let keys: Vec<&str> = pending.iter().map(|&p| items[p].key.as_str()).collect();
-    let claimed = match inbox::claim_all(uow.conn(), &inner.inbox, &keys).await {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = uow.rollback().await;
-            return failed(&e);
-        }
-    };
-    // Which deliveries are new: the first of each claimed key.
-    let mut seen = HashSet::with_capacity(pending.len());
-    let mut todo = Vec::with_capacity(pending.len());
-    let mut duplicates = Vec::new();
-    for &p in pending {
-        let item = &items[p];
-        if claimed.contains(&item.key) && seen.insert(item.key.as_str()) && item.prepared.is_some()
-        {
-            todo.push(p);
-        } else {
-            duplicates.push(p);
-        }
-    }
-    let deliveries: Vec<&Delivery<H::Message>> = todo.iter().map(|&p| &items[p].delivery).collect();
-    match AssertUnwindSafe(inner.handler.begin_batch(&mut uow, &deliveries))
-        .catch_unwind()
-        .await
-    {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            let _ = uow.rollback().await;
-            return match e {
-                TxError::Database(e) => failed(&e),
-                other => Attempt::Rejected(format!("begin_batch: {other}")),
-            };
-        }
-        Err(panic) => {
-            let _ = uow.rollback().await;
-            return Attempt::Rejected(format!(
-                "begin_batch panicked: {}",
-                panic_message(panic.as_ref())
-            ));
-        }
-    }
-    let mut applied = Vec::with_capacity(todo.len());
-    let handle_seconds = metrics()
-        .actor_handle_seconds
-        .with_label_values(&[inner.name.as_str()]);
-    for &p in &todo {
-        let item = &items[p];
-        let Some(prepared) = item.prepared.clone() else {
-            continue;
-        };
-        uow.caused_by(Some(&item.delivery.meta));
-        let started = Instant::now();
-        let result = AssertUnwindSafe(inner.handler.handle(&mut uow, &item.delivery, prepared))
-            .catch_unwind()
-            .instrument(item.span.clone())
-            .await;
-        handle_seconds.observe(started.elapsed().as_secs_f64());
-        let outcome = match result {
-            Ok(Ok(())) => {
-                applied.push(p);
-                continue;
-            }
-            Ok(Err(TxError::Database(e))) if db::is_conflict(&e) => {
-                let _ = uow.rollback().await;
-                return Attempt::Conflict(format!("database: {e}"));
-            }
-            Ok(Err(e)) => e.outcome(),
-            Err(panic) => {
-                let message = panic_message(panic.as_ref());
-                metrics()
-                    .actor_panics
-                    .with_label_values(&[inner.name.as_str()])
-                    .inc();
-                item.span
-                    .in_scope(|| tracing::error!(panic = %message, "handler panicked"));
-                Outcome::retry(format!("handler panicked: {message}"))
-            }
-        };
-        let _ = uow.rollback().await;
-        return Attempt::ItemFailed { item: p, outcome };
-    }
-    uow.caused_by(None);
-    match uow.commit(&inner.outbox).await {
-        Ok(()) => Attempt::Committed {
-            applied,
-            duplicates,
-        },
-        Err(e) if db::is_conflict(&e) => Attempt::Conflict(format!("commit failed: {e}")),
-        Err(e) if db::is_connection(&e) => Attempt::Failed(format!("commit failed: {e}")),
-        Err(e) => Attempt::Rejected(format!("commit failed: {e}")),
-    }
-}
-
-/// A database error that failed the whole attempt: a conflict, the connection, or something
-/// the batch holds (a statement refused, a row that does not decode).
-fn failed(e: &sqlx::Error) -> Attempt {
-    if db::is_conflict(e) {
-        Attempt::Conflict(format!("database: {e}"))
-    } else if db::is_connection(e) {
-        Attempt::Failed(format!("database: {e}"))
-    } else {
-        Attempt::Rejected(format!("database: {e}"))
     }
 }
 
@@ -736,6 +408,7 @@ mod tests {
         assert_eq!(default_key(&bare), "S:9");
     }
 
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use crate::codec::Json;
@@ -811,21 +484,56 @@ mod tests {
     async fn probe<H: PreparedTxHandler>(
         handler: H,
     ) -> (TxProbe, RecordingPublisher, OutboxHandle) {
+        named_probe("doubler", handler).await
+    }
+
+    /// A probe whose actor is called `name` (metrics are per name, and tests run at once).
+    async fn named_probe<H: PreparedTxHandler>(
+        name: &str,
+        handler: H,
+    ) -> (TxProbe, RecordingPublisher, OutboxHandle) {
         let db = TestKit::database().await;
         let published = RecordingPublisher::new();
         let outbox = OutboxRelay::start(db, Arc::new(published.clone()), RelayConfig::default());
-        let route = TxRoute::new(ConsumerSpec::new("TEST", "doubler", &[]), handler, &outbox);
+        let route = TxRoute::new(ConsumerSpec::new("TEST", name, &[]), handler, &outbox);
         (TestKit::tx(route), published, outbox)
     }
 
     fn batch(numbers: &[u32]) -> Vec<(bytes::Bytes, DeliveryMeta)> {
+        delivered(numbers, 1)
+    }
+
+    /// The numbers as the `n`th delivery of each.
+    fn delivered(numbers: &[u32], n: u32) -> Vec<(bytes::Bytes, DeliveryMeta)> {
         numbers
             .iter()
-            .map(|n| {
-                let meta = DeliveryMeta::new("n").with_header(headers::MSG_ID, &format!("n-{n}"));
-                (bytes::Bytes::from(n.to_string()), meta)
+            .map(|number| {
+                let meta = DeliveryMeta::new("n")
+                    .with_header(headers::MSG_ID, &format!("n-{number}"))
+                    .with_delivered(n);
+                (bytes::Bytes::from(number.to_string()), meta)
             })
             .collect()
+    }
+
+    fn restarts(name: &str) -> u64 {
+        crate::metrics::metrics()
+            .actor_restarts
+            .with_label_values(&[name])
+            .get()
+    }
+
+    /// Waits (at most 5 s) until the actor called `name` has restarted `n` times.
+    async fn restarted(name: &str, n: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while restarts(name) < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} restarted {} times, not {n}",
+                restarts(name)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Rows that cannot be written when one of them is 66.
@@ -901,15 +609,35 @@ mod tests {
 
     #[actix::test]
     async fn a_batch_refused_as_a_whole_is_applied_one_at_a_time() {
-        let (probe, published, outbox) = probe(Picky).await;
-        let out = probe.deliver_batch(batch(&[1, 66, 2, 13, 3])).await;
+        let (probe, published, outbox) = named_probe("picky-refused", Picky).await;
+        let out = probe.deliver_batch(batch(&[1, 66, 2, 3])).await;
         out[0].assert_ack();
         out[1].assert_retry();
         out[2].assert_ack();
-        out[3].assert_retry();
-        out[4].assert_ack();
+        out[3].assert_ack();
         assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
         assert_eq!(payloads(&published, "seen"), ["1@1", "2@1", "3@1"]);
+        assert_eq!(restarts("picky-refused"), 0, "a refusal is no panic");
+    }
+
+    #[actix::test]
+    async fn a_panicking_begin_batch_restarts_the_actor_and_the_batch_comes_back_one_by_one() {
+        let name = "picky-panic";
+        let (probe, published, outbox) = named_probe(name, Picky).await;
+        for d in probe.deliver_batch(batch(&[1, 13, 2])).await {
+            d.assert_retry();
+        }
+        restarted(name, 1).await;
+        assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
+        assert!(published.on_subject("seen").is_empty(), "nothing committed");
+        // Any of them may be to blame: each is applied alone when they come back.
+        let out = probe.deliver_batch(delivered(&[1, 13, 2], 2)).await;
+        out[0].assert_ack();
+        out[1].assert_retry();
+        out[2].assert_ack();
+        restarted(name, 2).await;
+        assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
+        assert_eq!(payloads(&published, "seen"), ["1@1", "2@1"]);
     }
 
     #[actix::test]
@@ -928,23 +656,49 @@ mod tests {
     }
 
     #[actix::test]
-    async fn a_panicking_or_refusing_prepare_fails_only_its_own_delivery() {
-        let (probe, published, outbox) = probe(Doubler).await;
+    async fn a_panic_restarts_the_actor_and_the_culprit_is_applied_alone_until_dead_lettered() {
+        let name = "doubler-panic";
+        let (probe, published, outbox) = named_probe(name, Doubler).await;
+        let panics = || {
+            crate::metrics::metrics()
+                .actor_panics
+                .with_label_values(&[name])
+                .get()
+        };
+        // 1. The first delivery: nothing is acked (7 is refused for good, which is decided
+        //    without the transaction), the actor restarts.
         let out = probe.deliver_batch(batch(&[1, 13, 7, 2])).await;
-        out[0].assert_ack();
+        out[0].assert_retry();
         out[1].assert_retry();
         assert!(matches!(
             out[2].assert_dead_letter(),
             crate::DeadLetterReason::Rejected(_)
         ));
-        out[3].assert_ack();
+        out[3].assert_retry();
+        restarted(name, 1).await;
+        assert_eq!(panics(), 1);
         assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
-        let payloads: Vec<String> = published
-            .on_subject("doubled")
-            .iter()
-            .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-            .collect();
-        assert_eq!(payloads, vec!["2", "4"]);
+        assert!(
+            published.on_subject("doubled").is_empty(),
+            "nothing committed"
+        );
+        // 2. They come back: the neighbours are applied, the suspect alone panics again.
+        let out = probe.deliver_batch(delivered(&[1, 13, 2], 2)).await;
+        out[0].assert_ack();
+        out[1].assert_retry();
+        out[2].assert_ack();
+        restarted(name, 2).await;
+        // 3. Its last delivery goes to the dead letters; the neighbours are never held back.
+        let out = probe.deliver_batch(delivered(&[13, 3], 5)).await;
+        assert!(matches!(
+            out[0].assert_dead_letter(),
+            crate::DeadLetterReason::Exhausted { .. }
+        ));
+        out[1].assert_ack();
+        restarted(name, 3).await;
+        assert_eq!(panics(), 3);
+        assert_eq!(outbox.flush(Duration::from_secs(5)).await.left, 0);
+        assert_eq!(payloads(&published, "doubled"), ["2", "4", "6"]);
     }
 
     #[actix::test]

@@ -1,0 +1,898 @@
+//! The actor that applies a transactional route's deliveries: batches through a mailbox.
+//!
+//! A [`TxActor`] is an actix actor under the runtime's [`Supervisor`]. It owns one
+//! [`PreparedTxHandler`] and receives [`Batch`]es of decoded deliveries through its
+//! **bounded** mailbox, one batch at a time: it claims every delivery in the inbox, runs the
+//! handler for each inside **one** transaction, writes what they emit to the outbox, commits
+//! and replies with one [`Outcome`] per delivery, which the route acks or naks. A full mailbox
+//! makes the route wait before it sends the next batch (and so before it pulls more): that
+//! is the backpressure; nothing is dropped or reordered.
+//!
+//! Several instances of one actor make a [`TxActors`] pool. Deliveries are sharded over the
+//! instances by [`PreparedTxHandler::shard_key`] (the order's id in the reference system), so
+//! the deliveries of one key always reach the same instance, in the order they were sent.
+//!
+//! A failing delivery never takes its neighbours down: the transaction is rolled back, that
+//! delivery gets its own outcome (retry later, or dead letter), and the others are applied
+//! again without it. A batch refused as a whole (a statement of `begin_batch` or of the
+//! commit) is applied one delivery at a time, so only the one to blame is retried.
+//!
+//! **A panic is a bug, and restarts the actor.** Nothing of the batch is committed (the
+//! transaction is rolled back), no delivery of it is acked (they come back after a short
+//! delay), the key of the delivery that panicked is remembered as a *suspect*, and the actor
+//! stops: its supervisor counts the panic and the restart and starts it again after its
+//! backoff, with the same mailbox. When the deliveries come back, the restarted actor applies
+//! the others together and each suspect alone, so a delivery that panics every time ends in
+//! the dead-letter stream after its last attempt without holding its neighbours back. A
+//! restart budget that is spent leaves the actor stopped and reports it to [`Health`].
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use futures::FutureExt;
+use tracing::Instrument;
+
+use crate::actor_ref::ActorRef;
+use crate::codec::Decode;
+use crate::db::{self, Database};
+use crate::delivery::{Delivery, DeliveryMeta};
+use crate::health::Health;
+use crate::inbox;
+use crate::metrics::metrics;
+use crate::middleware::{Inbound, Retry};
+use crate::outcome::Outcome;
+use crate::relay::OutboxHandle;
+use crate::route::{BatchConfig, BatchHandlerFn, Route};
+use crate::span;
+use crate::supervisor::{DEFAULT_MAILBOX_CAPACITY, RestartPolicy, Supervisor, panic_message};
+use crate::topology::ConsumerSpec;
+use crate::tx_route::{PreparedTxHandler, Preparing, TxError};
+use crate::unit_of_work::UnitOfWork;
+
+/// How long the deliveries of a batch abandoned by a panic wait before they come back (the
+/// actor's first restart waits 50 ms).
+const ABANDONED_DELAY: Duration = Duration::from_millis(250);
+/// How long to wait before redelivering what an actor could not take (stopped for good).
+const UNAVAILABLE_DELAY: Duration = Duration::from_secs(1);
+/// How many suspects an actor remembers (a bound, not a target).
+const MAX_SUSPECTS: usize = 4096;
+/// How many times in a row a batch is applied again at once after losing a conflict,
+/// before its deliveries are left to the route's backoff.
+const CONFLICT_RETRIES: u32 = 3;
+
+/// A batch of decoded deliveries for a [`TxActor`]; the reply has one outcome per delivery,
+/// in order.
+#[derive(Debug)]
+pub struct Batch<M> {
+    /// The deliveries, in stream order.
+    pub deliveries: Vec<Delivery<M>>,
+}
+
+impl<M: 'static> Message for Batch<M> {
+    type Result = Vec<Outcome>;
+}
+
+/// What the instances of one pool share.
+pub(crate) struct Inner<H> {
+    pub(crate) handler: H,
+    pub(crate) db: Database,
+    pub(crate) outbox: OutboxHandle,
+    pub(crate) inbox: String,
+    pub(crate) name: String,
+    pub(crate) retry: Retry,
+}
+
+/// The actor that applies a transactional handler's batches (see the [module](self)).
+pub struct TxActor<H: PreparedTxHandler> {
+    inner: Arc<Inner<H>>,
+    /// Keys of deliveries that panicked: applied alone when they come back.
+    suspects: HashSet<String>,
+    /// Where a batch's work runs (the process's worker threads), awaited in this actor's
+    /// context so that the actor handles one batch at a time.
+    runtime: tokio::runtime::Handle,
+}
+
+impl<H: PreparedTxHandler> Actor for TxActor<H> {
+    type Context = Context<Self>;
+}
+
+impl<H: PreparedTxHandler> Supervised for TxActor<H> {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        tracing::warn!(
+            actor = %self.inner.name,
+            suspects = self.suspects.len(),
+            "restarting; the suspects will be applied alone"
+        );
+    }
+}
+
+impl<H: PreparedTxHandler> Handler<crate::actor_ref::StopActor> for TxActor<H> {
+    type Result = ();
+
+    fn handle(&mut self, _: crate::actor_ref::StopActor, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl<H: PreparedTxHandler> Handler<Batch<H::Message>> for TxActor<H> {
+    type Result = AtomicResponse<Self, Vec<Outcome>>;
+
+    fn handle(&mut self, batch: Batch<H::Message>, _: &mut Context<Self>) -> Self::Result {
+        let n = batch.deliveries.len();
+        let metas: Vec<DeliveryMeta> = batch.deliveries.iter().map(|d| d.meta.clone()).collect();
+        let inner = Arc::clone(&self.inner);
+        let suspects = self.suspects.clone();
+        let task = self
+            .runtime
+            .spawn(async move { process(&inner, batch.deliveries, &suspects).await });
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(task).map(
+            move |joined, act, ctx| {
+                let handled = joined.unwrap_or_else(|e| {
+                    let why = if e.is_panic() {
+                        format!("the batch panicked: {}", panic_message(&e.into_panic()))
+                    } else {
+                        "the batch was cancelled".to_string()
+                    };
+                    tracing::error!(actor = %act.inner.name, %why);
+                    Handled::abandoned(&act.inner, &metas, n, &why)
+                });
+                for key in &handled.cleared {
+                    act.suspects.remove(key);
+                }
+                if act.suspects.len() + handled.panicked.len() > MAX_SUSPECTS {
+                    act.suspects.clear();
+                }
+                let restart = handled.restart;
+                act.suspects.extend(handled.panicked);
+                if restart {
+                    tracing::error!(
+                        actor = %act.inner.name,
+                        "a delivery panicked: restarting the actor; the batch comes back"
+                    );
+                    ctx.stop();
+                }
+                handled.outcomes
+            },
+        )))
+    }
+}
+
+/// Starts a pool of [`TxActor`]s: `TxActors::new(name, handler, &outbox)…start()`.
+pub struct TxActorsBuilder<H> {
+    name: String,
+    handler: H,
+    outbox: OutboxHandle,
+    inbox: Option<String>,
+    retry: Retry,
+    instances: usize,
+    mailbox: usize,
+    policy: RestartPolicy,
+    health: Option<Health>,
+}
+
+impl<H: PreparedTxHandler> TxActorsBuilder<H> {
+    /// The inbox deliveries are claimed in (default: the pool's name). Pools that share an
+    /// inbox apply a message once between them.
+    pub fn inbox(mut self, inbox: impl Into<String>) -> Self {
+        self.inbox = Some(inbox.into());
+        self
+    }
+
+    /// The backoff of retries that name no delay.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// How many instances (default 1); deliveries are sharded over them by
+    /// [`PreparedTxHandler::shard_key`].
+    pub fn instances(mut self, n: usize) -> Self {
+        self.instances = n.max(1);
+        self
+    }
+
+    /// Each instance's mailbox capacity, in batches (default 64).
+    pub fn mailbox(mut self, capacity: usize) -> Self {
+        self.mailbox = capacity.max(1);
+        self
+    }
+
+    /// The restart budget of each instance.
+    pub fn policy(mut self, policy: RestartPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Reports an instance that spent its restart budget to this registry.
+    pub fn health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// Starts the instances on the current arbiter, each under its own supervisor.
+    pub fn start(self) -> TxActors<H> {
+        let inbox = self.inbox.unwrap_or_else(|| self.name.clone());
+        init_series(&self.name, &inbox);
+        let inner = Arc::new(Inner {
+            handler: self.handler,
+            db: self.outbox.database().clone(),
+            outbox: self.outbox,
+            inbox,
+            name: self.name.clone(),
+            retry: self.retry,
+        });
+        let instances = (0..self.instances)
+            .map(|i| {
+                let mut supervisor = Supervisor::new(&self.name)
+                    .instance(i.to_string())
+                    .policy(self.policy)
+                    .mailbox_capacity(self.mailbox);
+                if let Some(health) = &self.health {
+                    supervisor = supervisor.health(health.clone());
+                }
+                let inner = Arc::clone(&inner);
+                supervisor.start(move |_| TxActor {
+                    inner,
+                    suspects: HashSet::new(),
+                    runtime: tokio::runtime::Handle::current(),
+                })
+            })
+            .collect();
+        TxActors { inner, instances }
+    }
+}
+
+/// Several instances of one [`TxActor`], with deliveries sharded over them by key.
+pub struct TxActors<H: PreparedTxHandler> {
+    inner: Arc<Inner<H>>,
+    instances: Arc<[ActorRef<TxActor<H>>]>,
+}
+
+impl<H: PreparedTxHandler> Clone for TxActors<H> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            instances: Arc::clone(&self.instances),
+        }
+    }
+}
+
+impl<H: PreparedTxHandler> std::fmt::Debug for TxActors<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxActors")
+            .field("name", &self.inner.name)
+            .field("instances", &self.instances.len())
+            .finish()
+    }
+}
+
+impl<H: PreparedTxHandler> TxActors<H> {
+    /// A pool called `name` (the `actor` label of its metrics) applying `handler`, committing
+    /// to the database of `outbox`.
+    #[allow(clippy::new_ret_no_self)]
+    pub fn new(name: impl Into<String>, handler: H, outbox: &OutboxHandle) -> TxActorsBuilder<H> {
+        TxActorsBuilder {
+            name: name.into(),
+            handler,
+            outbox: outbox.clone(),
+            inbox: None,
+            retry: Retry::default(),
+            instances: 1,
+            mailbox: DEFAULT_MAILBOX_CAPACITY,
+            policy: RestartPolicy::default(),
+            health: None,
+        }
+    }
+
+    /// The pool's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The instances' addresses.
+    pub fn instances(&self) -> &[ActorRef<TxActor<H>>] {
+        &self.instances
+    }
+
+    /// Messages waiting in every instance's mailbox (or being handled), summed.
+    pub fn mailbox_depth(&self) -> i64 {
+        self.instances.iter().map(ActorRef::mailbox_depth).sum()
+    }
+
+    /// A route from `consumer` to this pool (batches as [`BatchConfig::default`]).
+    pub fn route(&self, consumer: ConsumerSpec) -> Route {
+        Route::batched(
+            consumer,
+            &self.inner.name,
+            self.batch_handler(),
+            BatchConfig::default(),
+        )
+    }
+
+    /// Stops every instance for good.
+    pub fn stop(&self) {
+        for instance in self.instances.iter() {
+            instance.stop();
+        }
+    }
+
+    /// Which instance handles a delivery.
+    fn shard_of(&self, delivery: &Delivery<H::Message>) -> usize {
+        if self.instances.len() == 1 {
+            return 0;
+        }
+        let mut hasher = std::hash::DefaultHasher::new();
+        self.inner.handler.shard_key(delivery).hash(&mut hasher);
+        (hasher.finish() % self.instances.len() as u64) as usize
+    }
+
+    /// Sends decoded deliveries to their instances (one [`Batch`] per instance that has any,
+    /// all at once) and answers one outcome per delivery, in order.
+    pub async fn deliver(&self, deliveries: Vec<Delivery<H::Message>>) -> Vec<Outcome> {
+        let n = deliveries.len();
+        let mut shards: Vec<(Vec<usize>, Vec<Delivery<H::Message>>)> = (0..self.instances.len())
+            .map(|_| Default::default())
+            .collect();
+        for (i, d) in deliveries.into_iter().enumerate() {
+            let shard = &mut shards[self.shard_of(&d)];
+            shard.0.push(i);
+            shard.1.push(d);
+        }
+        let sends = shards
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (idx, _))| !idx.is_empty())
+            .map(|(s, (idx, deliveries))| {
+                let instance = &self.instances[s];
+                let metas: Vec<DeliveryMeta> = deliveries.iter().map(|d| d.meta.clone()).collect();
+                async move {
+                    let reply = instance.send_counted_by_caller(Batch { deliveries }).await;
+                    let outcomes = match reply {
+                        Ok(outcomes) if outcomes.len() == idx.len() => outcomes,
+                        Ok(outcomes) => {
+                            let why = format!(
+                                "actor {} answered {} outcomes for {} deliveries",
+                                self.inner.name,
+                                outcomes.len(),
+                                idx.len()
+                            );
+                            tracing::error!(%why);
+                            counted(
+                                &self.inner,
+                                &metas,
+                                Outcome::retry_after(UNAVAILABLE_DELAY, why),
+                            )
+                        }
+                        Err(e) => counted(
+                            &self.inner,
+                            &metas,
+                            Outcome::retry_after(
+                                UNAVAILABLE_DELAY,
+                                format!("actor {} did not answer: {e}", self.inner.name),
+                            ),
+                        ),
+                    };
+                    (idx, outcomes)
+                }
+            });
+        let mut out: Vec<Option<Outcome>> = vec![None; n];
+        for (idx, outcomes) in futures::future::join_all(sends).await {
+            for (i, o) in idx.into_iter().zip(outcomes) {
+                out[i] = Some(o);
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retry("not handled")))
+            .collect()
+    }
+
+    /// What a route runs for each batch it pulled: decode (what does not decode is poison,
+    /// decided here), then [`deliver`](Self::deliver).
+    pub(crate) fn batch_handler(&self) -> BatchHandlerFn {
+        let pool = self.clone();
+        Arc::new(move |batch: Vec<Inbound>| {
+            let pool = pool.clone();
+            Box::pin(async move { pool.decode_and_deliver(batch).await })
+        })
+    }
+
+    async fn decode_and_deliver(&self, batch: Vec<Inbound>) -> Vec<Outcome> {
+        let n = batch.len();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+        let mut decoded = Vec::with_capacity(n);
+        let mut at = Vec::with_capacity(n);
+        for (i, Inbound { payload, meta }) in batch.into_iter().enumerate() {
+            match <H::Message as Decode>::decode(&meta.subject, &meta.headers, &payload) {
+                Ok(message) => {
+                    decoded.push(Delivery { message, meta });
+                    at.push(i);
+                }
+                Err(e) => {
+                    let outcome = Outcome::poison(e.to_string());
+                    span::delivery_span(&self.inner.name, &meta)
+                        .in_scope(|| span::log_outcome(&outcome));
+                    count(&self.inner, &outcome);
+                    outcomes[i] = Some(outcome);
+                }
+            }
+        }
+        if !decoded.is_empty() {
+            for (i, o) in at.into_iter().zip(self.deliver(decoded).await) {
+                outcomes[i] = Some(o);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::retry("not handled")))
+            .collect()
+    }
+}
+
+/// Every series of a pool exists from its start, at 0.
+fn init_series(name: &str, inbox: &str) {
+    let m = metrics();
+    for outcome in ["ack", "retry", "dead_letter"] {
+        m.actor_messages.with_label_values(&[name, outcome]);
+    }
+    m.actor_handle_seconds.with_label_values(&[name]);
+    m.batch_size.with_label_values(&[name]);
+    m.inbox_duplicates.with_label_values(&[inbox]);
+}
+
+fn count<H>(inner: &Inner<H>, outcome: &Outcome) {
+    metrics()
+        .actor_messages
+        .with_label_values(&[inner.name.as_str(), outcome.label()])
+        .inc();
+}
+
+/// The same outcome for each of `metas`, with the route's retry policy applied, counted.
+fn counted<H>(inner: &Inner<H>, metas: &[DeliveryMeta], outcome: Outcome) -> Vec<Outcome> {
+    metas
+        .iter()
+        .map(|meta| {
+            let o = inner.retry.apply(outcome.clone(), meta.delivered);
+            count(inner, &o);
+            o
+        })
+        .collect()
+}
+
+/// What handling one batch came to.
+struct Handled {
+    outcomes: Vec<Outcome>,
+    /// Keys that panicked (new suspects).
+    panicked: Vec<String>,
+    /// Suspects that were decided without a panic (no longer suspects).
+    cleared: Vec<String>,
+    /// Whether the actor must restart.
+    restart: bool,
+}
+
+impl Handled {
+    /// The batch as a whole was lost to a panic outside any delivery: nothing was acked.
+    fn abandoned<H>(inner: &Inner<H>, metas: &[DeliveryMeta], n: usize, why: &str) -> Self {
+        debug_assert_eq!(metas.len(), n);
+        Self {
+            outcomes: counted(inner, metas, Outcome::retry_after(ABANDONED_DELAY, why)),
+            panicked: Vec::new(),
+            cleared: Vec::new(),
+            restart: true,
+        }
+    }
+}
+
+/// One delivery of a batch.
+struct Item<M, P> {
+    delivery: Delivery<M>,
+    key: String,
+    span: tracing::Span,
+    prepared: Option<P>,
+}
+
+/// What one attempt at a transaction came to.
+enum Attempt {
+    /// Committed: these items were applied, those were duplicates.
+    Committed {
+        applied: Vec<usize>,
+        duplicates: Vec<usize>,
+    },
+    /// The handler failed on this item; everything was rolled back.
+    ItemFailed { item: usize, outcome: Outcome },
+    /// The handler panicked on this item; everything was rolled back.
+    ItemPanicked { item: usize, message: String },
+    /// `begin_batch` panicked: any of the items may be to blame; rolled back.
+    BatchPanicked(String),
+    /// The transaction itself failed (the connection, the pool); everything was rolled back.
+    Failed(String),
+    /// Something the whole batch does was refused (the database rejected a statement of
+    /// `begin_batch` or of the commit, such as a deferred write, or a row did not decode;
+    /// `begin_batch` failed): which delivery is to blame is unknown, so they are applied one
+    /// at a time.
+    Rejected(String),
+    /// The database chose this transaction as the victim of a conflict with another one
+    /// (a deadlock, a serialization failure, a busy lock); everything was rolled back, and
+    /// the attempt can be made again at once.
+    Conflict(String),
+}
+
+/// The state of one batch being handled.
+struct Run<'a, H: PreparedTxHandler> {
+    inner: &'a Inner<H>,
+    items: Vec<Item<H::Message, H::Prepared>>,
+    outcomes: Vec<Option<Outcome>>,
+    panicked: Vec<String>,
+}
+
+impl<H: PreparedTxHandler> Run<'_, H> {
+    /// Records a panic of item `i` (its key becomes a suspect).
+    fn panicked(&mut self, i: usize, message: &str) {
+        metrics()
+            .actor_panics
+            .with_label_values(&[self.inner.name.as_str()])
+            .inc();
+        self.items[i]
+            .span
+            .in_scope(|| tracing::error!(panic = %message, "handler panicked"));
+        self.panicked.push(self.items[i].key.clone());
+    }
+
+    /// Everything of `group` not decided yet comes back after the restart.
+    fn abandon(&mut self, group: &[usize], why: &str) {
+        for &i in group {
+            if self.outcomes[i].is_none() {
+                self.outcomes[i] = Some(Outcome::retry_after(ABANDONED_DELAY, why));
+            }
+        }
+    }
+
+    /// Prepares `group` (outside any transaction): the items that are ready for their
+    /// transaction, or `None` after a panic.
+    async fn prepare(&mut self, group: &[usize]) -> Option<Vec<usize>> {
+        let preparing: Vec<Preparing<'_, H::Message>> = group
+            .iter()
+            .map(|&i| Preparing {
+                delivery: &self.items[i].delivery,
+                span: &self.items[i].span,
+            })
+            .collect();
+        let results = AssertUnwindSafe(self.inner.handler.prepare_batch(&preparing))
+            .catch_unwind()
+            .await;
+        drop(preparing);
+        let results = match results {
+            Ok(results) if results.len() == group.len() => results,
+            Ok(results) => {
+                let reason = format!(
+                    "prepare_batch returned {} results for {} deliveries",
+                    results.len(),
+                    group.len()
+                );
+                tracing::error!(route = %self.inner.name, %reason);
+                group.iter().map(|_| Err(TxError::retry(&reason))).collect()
+            }
+            Err(panic) => {
+                let message = panic_message(panic.as_ref());
+                for &i in group {
+                    self.panicked(i, &message);
+                }
+                self.abandon(group, &format!("prepare panicked: {message}"));
+                return None;
+            }
+        };
+        let mut ready = Vec::with_capacity(group.len());
+        let mut panic = None;
+        for (&i, result) in group.iter().zip(results) {
+            match result {
+                Ok(p) => {
+                    self.items[i].prepared = Some(p);
+                    ready.push(i);
+                }
+                Err(TxError::Panicked(message)) => {
+                    self.panicked(i, &message);
+                    panic = Some(message);
+                }
+                Err(e) => self.outcomes[i] = Some(e.outcome()),
+            }
+        }
+        if let Some(message) = panic {
+            self.abandon(group, &format!("prepare panicked: {message}"));
+            return None;
+        }
+        Some(ready)
+    }
+
+    /// Applies `pending` in one transaction, taking out each delivery that fails; a batch
+    /// refused as a whole is applied one at a time. False after a panic.
+    async fn apply(&mut self, mut pending: Vec<usize>) -> bool {
+        let all = pending.clone();
+        let mut conflicts = 0;
+        while !pending.is_empty() {
+            match attempt(self.inner, &self.items, &pending).await {
+                Attempt::Committed {
+                    applied,
+                    duplicates,
+                } => {
+                    count_duplicates(self.inner, duplicates.len());
+                    for i in applied.into_iter().chain(duplicates) {
+                        self.outcomes[i] = Some(Outcome::Ack);
+                    }
+                    break;
+                }
+                Attempt::ItemFailed { item, outcome } => {
+                    self.outcomes[item] = Some(outcome);
+                    pending.retain(|&p| p != item);
+                }
+                Attempt::ItemPanicked { item, message } => {
+                    self.panicked(item, &message);
+                    self.abandon(&all, &format!("handler panicked: {message}"));
+                    return false;
+                }
+                Attempt::BatchPanicked(message) => {
+                    for &i in &pending {
+                        self.panicked(i, &message);
+                    }
+                    self.abandon(&all, &format!("begin_batch panicked: {message}"));
+                    return false;
+                }
+                Attempt::Conflict(reason) if conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    tracing::debug!(route = %self.inner.name, %reason, conflicts, "transaction lost a conflict; applying the batch again");
+                }
+                Attempt::Rejected(reason) if pending.len() > 1 => {
+                    tracing::debug!(route = %self.inner.name, %reason, deliveries = pending.len(), "the batch was refused as a whole; applying its deliveries one at a time");
+                    for p in std::mem::take(&mut pending) {
+                        if !self.apply_alone(p).await {
+                            self.abandon(&all, "a delivery panicked");
+                            return false;
+                        }
+                    }
+                }
+                Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
+                    for &p in &pending {
+                        self.outcomes[p] = Some(Outcome::retry(reason.clone()));
+                    }
+                    break;
+                }
+            }
+        }
+        true
+    }
+}
+
+impl<H: PreparedTxHandler> Run<'_, H> {
+    /// Applies one delivery in a transaction of its own. False after a panic.
+    async fn apply_alone(&mut self, p: usize) -> bool {
+        let mut conflicts = 0;
+        loop {
+            match attempt(self.inner, &self.items, &[p]).await {
+                Attempt::Committed { duplicates, .. } => {
+                    count_duplicates(self.inner, duplicates.len());
+                    self.outcomes[p] = Some(Outcome::Ack);
+                }
+                Attempt::ItemFailed { outcome, .. } => self.outcomes[p] = Some(outcome),
+                Attempt::ItemPanicked { message, .. } | Attempt::BatchPanicked(message) => {
+                    self.panicked(p, &message);
+                    return false;
+                }
+                Attempt::Conflict(_) if conflicts < CONFLICT_RETRIES => {
+                    conflicts += 1;
+                    continue;
+                }
+                Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
+                    self.outcomes[p] = Some(Outcome::retry(reason));
+                }
+            }
+            return true;
+        }
+    }
+}
+
+/// Handles one batch: the deliveries that are not suspects together, then each suspect
+/// alone. Outcomes have the route's retry policy applied, are logged and counted.
+async fn process<H: PreparedTxHandler>(
+    inner: &Inner<H>,
+    deliveries: Vec<Delivery<H::Message>>,
+    suspects: &HashSet<String>,
+) -> Handled {
+    let n = deliveries.len();
+    metrics()
+        .batch_size
+        .with_label_values(&[inner.name.as_str()])
+        .observe(n as f64);
+    let items: Vec<Item<H::Message, H::Prepared>> = deliveries
+        .into_iter()
+        .map(|delivery| {
+            let key = inner.handler.key(&delivery);
+            let span = inner.handler.span(&inner.name, &delivery);
+            Item {
+                delivery,
+                key,
+                span,
+                prepared: None,
+            }
+        })
+        .collect();
+    let (alone, together): (Vec<usize>, Vec<usize>) =
+        (0..n).partition(|&i| suspects.contains(&items[i].key));
+    let mut run = Run {
+        inner,
+        items,
+        outcomes: vec![None; n],
+        panicked: Vec::new(),
+    };
+    // The others together; if that panics, nothing more is tried before the restart.
+    let ok = match run.prepare(&together).await {
+        Some(ready) => run.apply(ready).await,
+        None => false,
+    };
+    let mut restart = !ok;
+    // Each suspect alone, each in its own transaction: one that panics again does not
+    // hold the others back.
+    let mut cleared = Vec::new();
+    for &i in &alone {
+        if !ok {
+            run.abandon(&[i], "a delivery of its batch panicked");
+            continue;
+        }
+        let alone_ok = match run.prepare(&[i]).await {
+            Some(ready) => run.apply(ready).await,
+            None => false,
+        };
+        if alone_ok {
+            cleared.push(run.items[i].key.clone());
+        } else {
+            restart = true;
+        }
+    }
+    // Decide, log and count each delivery.
+    let mut outcomes = Vec::with_capacity(n);
+    for (item, outcome) in run.items.iter().zip(run.outcomes) {
+        let o = outcome.unwrap_or_else(|| Outcome::retry("not handled"));
+        let o = inner.retry.apply(o, item.delivery.meta.delivered);
+        item.span.in_scope(|| span::log_outcome(&o));
+        count(inner, &o);
+        outcomes.push(o);
+    }
+    // A suspect on its last delivery is dead-lettered: no need to remember it.
+    let last: Vec<String> = run
+        .items
+        .iter()
+        .filter(|it| it.delivery.meta.delivered >= it.delivery.meta.max_deliver)
+        .map(|it| it.key.clone())
+        .collect();
+    cleared.extend(last);
+    Handled {
+        outcomes,
+        restart,
+        panicked: run.panicked,
+        cleared,
+    }
+}
+
+fn count_duplicates<H>(inner: &Inner<H>, n: usize) {
+    if n > 0 {
+        metrics()
+            .inbox_duplicates
+            .with_label_values(&[inner.inbox.as_str()])
+            .inc_by(n as u64);
+    }
+}
+
+async fn attempt<H: PreparedTxHandler>(
+    inner: &Inner<H>,
+    items: &[Item<H::Message, H::Prepared>],
+    pending: &[usize],
+) -> Attempt {
+    let mut uow = match UnitOfWork::begin(&inner.db).await {
+        Ok(uow) => uow,
+        Err(e) => return failed(&e),
+    };
+    let keys: Vec<&str> = pending.iter().map(|&p| items[p].key.as_str()).collect();
+    let claimed = match inbox::claim_all(uow.conn(), &inner.inbox, &keys).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = uow.rollback().await;
+            return failed(&e);
+        }
+    };
+    // Which deliveries are new: the first of each claimed key.
+    let mut seen = HashSet::with_capacity(pending.len());
+    let mut todo = Vec::with_capacity(pending.len());
+    let mut duplicates = Vec::new();
+    for &p in pending {
+        let item = &items[p];
+        if claimed.contains(&item.key) && seen.insert(item.key.as_str()) && item.prepared.is_some()
+        {
+            todo.push(p);
+        } else {
+            duplicates.push(p);
+        }
+    }
+    let deliveries: Vec<&Delivery<H::Message>> = todo.iter().map(|&p| &items[p].delivery).collect();
+    match AssertUnwindSafe(inner.handler.begin_batch(&mut uow, &deliveries))
+        .catch_unwind()
+        .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = uow.rollback().await;
+            return match e {
+                TxError::Database(e) => failed(&e),
+                TxError::Panicked(message) => Attempt::BatchPanicked(message),
+                other => Attempt::Rejected(format!("begin_batch: {other}")),
+            };
+        }
+        Err(panic) => {
+            let _ = uow.rollback().await;
+            return Attempt::BatchPanicked(panic_message(panic.as_ref()));
+        }
+    }
+    let mut applied = Vec::with_capacity(todo.len());
+    let handle_seconds = metrics()
+        .actor_handle_seconds
+        .with_label_values(&[inner.name.as_str()]);
+    for &p in &todo {
+        let item = &items[p];
+        let Some(prepared) = item.prepared.clone() else {
+            continue;
+        };
+        uow.caused_by(Some(&item.delivery.meta));
+        let started = Instant::now();
+        let result = AssertUnwindSafe(inner.handler.handle(&mut uow, &item.delivery, prepared))
+            .catch_unwind()
+            .instrument(item.span.clone())
+            .await;
+        handle_seconds.observe(started.elapsed().as_secs_f64());
+        let outcome = match result {
+            Ok(Ok(())) => {
+                applied.push(p);
+                continue;
+            }
+            Ok(Err(TxError::Database(e))) if db::is_conflict(&e) => {
+                let _ = uow.rollback().await;
+                return Attempt::Conflict(format!("database: {e}"));
+            }
+            Ok(Err(TxError::Panicked(message))) => {
+                let _ = uow.rollback().await;
+                return Attempt::ItemPanicked { item: p, message };
+            }
+            Ok(Err(e)) => e.outcome(),
+            Err(panic) => {
+                let _ = uow.rollback().await;
+                return Attempt::ItemPanicked {
+                    item: p,
+                    message: panic_message(panic.as_ref()),
+                };
+            }
+        };
+        let _ = uow.rollback().await;
+        return Attempt::ItemFailed { item: p, outcome };
+    }
+    uow.caused_by(None);
+    match uow.commit(&inner.outbox).await {
+        Ok(()) => Attempt::Committed {
+            applied,
+            duplicates,
+        },
+        Err(e) if db::is_conflict(&e) => Attempt::Conflict(format!("commit failed: {e}")),
+        Err(e) if db::is_connection(&e) => Attempt::Failed(format!("commit failed: {e}")),
+        Err(e) => Attempt::Rejected(format!("commit failed: {e}")),
+    }
+}
+
+/// A database error that failed the whole attempt: a conflict, the connection, or something
+/// the batch holds (a statement refused, a row that does not decode).
+fn failed(e: &sqlx::Error) -> Attempt {
+    if db::is_conflict(e) {
+        Attempt::Conflict(format!("database: {e}"))
+    } else if db::is_connection(e) {
+        Attempt::Failed(format!("database: {e}"))
+    } else {
+        Attempt::Rejected(format!("database: {e}"))
+    }
+}
