@@ -26,6 +26,9 @@ struct Msg {
     /// Reject (dead-letter) instead of applying.
     #[serde(default)]
     reject: bool,
+    /// Panic (a bug) instead of applying.
+    #[serde(default)]
+    panic: bool,
 }
 
 /// Records every application of a message in `applied` (one row each, no key: a second
@@ -40,6 +43,9 @@ impl TxHandler for Recorder {
         let m = &d.message.0;
         if m.reject {
             return Err(TxError::reject(format!("{} refused", m.key)));
+        }
+        if m.panic {
+            panic!("{} is a bug", m.key);
         }
         if d.meta.delivered <= m.fail {
             return Err(TxError::retry_after(
@@ -337,6 +343,143 @@ fn the_consumer_keeps_going_after_errors() {
         );
         assert_eq!(letters.iter().filter(|l| l.reason == "poison").count(), 10);
         subscriber.close().await;
+    })
+}
+
+impl Setup {
+    /// A bridge whose route feeds a pool of two recorder actors called `name`, restarted
+    /// within `policy`, reporting to `health`.
+    async fn actors(&self, name: &str, policy: RestartPolicy, health: &Health) -> Bridge {
+        let bridge = self.bridge().await;
+        let outbox = OutboxRelay::start(
+            self.db.clone(),
+            Arc::new(bridge.clone()),
+            RelayConfig::default(),
+        );
+        let actors = TxActors::new(name, Recorder("w".to_string()), &outbox)
+            .inbox("conformance")
+            .instances(2)
+            .policy(policy)
+            .health(health.clone())
+            .start();
+        bridge
+            .subscribe(actors.route(self.consumer()))
+            .await
+            .expect("subscribe");
+        bridge
+    }
+}
+
+fn restarts(name: &str) -> u64 {
+    jetflow_runtime::metrics::metrics()
+        .actor_restarts
+        .with_label_values(&[name])
+        .get()
+}
+
+#[test]
+fn a_delivery_that_panics_every_time_is_dead_lettered_and_its_neighbours_are_applied_once() {
+    jetflow_integration::run(async {
+        let setup = Setup::new(NatsServer::start()).await;
+        let name = "conformance-panics";
+        let health = Health::new();
+        let bridge = setup
+            .actors(
+                name,
+                RestartPolicy::at_most(20, Duration::from_secs(60)),
+                &health,
+            )
+            .await;
+        for i in 0..40 {
+            let body = format!(r#"{{"key":"k{i}","panic":{}}}"#, i == 17);
+            publish_until_stored(&bridge, "conformance.a", &format!("k{i}"), &body).await;
+        }
+        let applied = setup.wait_applied(39, Duration::from_secs(30)).await;
+        assert_once(&applied, 39);
+        assert!(!applied.contains_key("k17"));
+        let js = bridge.jetstream().expect("connected");
+        let letters = eventually("k17 dead-lettered", Duration::from_secs(30), || async {
+            let l = jetflow_runtime::dead_letter::list(&js)
+                .await
+                .map_err(|e| e.to_string())?;
+            if l.is_empty() {
+                Err("none yet".to_string())
+            } else {
+                Ok(l)
+            }
+        })
+        .await;
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(
+            (letters[0].reason.as_str(), letters[0].deliveries),
+            ("exhausted", Some(5)),
+            "{letters:?}"
+        );
+        // One panic and one restart per delivery of k17 (alone after the first); the last
+        // restart comes after its backoff.
+        let panics = jetflow_runtime::metrics::metrics()
+            .actor_panics
+            .with_label_values(&[name])
+            .get();
+        assert_eq!(panics, 5);
+        jetflow_runtime::testkit::TestKit::restarted(name, 5).await;
+        assert_eq!(restarts(name), 5);
+        assert!(health.is_live(), "within the budget");
+        // Every neighbour was applied on its first or second delivery, never held back
+        // until its last.
+        let late: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied WHERE delivered > 2")
+            .fetch_one(setup.db.pool())
+            .await
+            .expect("count");
+        assert_eq!(late, 0);
+        bridge.close().await;
+    })
+}
+
+#[test]
+fn an_actor_that_spends_its_restart_budget_is_reported_dead_and_does_not_spin() {
+    jetflow_integration::run(async {
+        let setup = Setup::new(NatsServer::start()).await;
+        let name = "conformance-budget";
+        let health = Health::new();
+        let bridge = setup
+            .actors(
+                name,
+                RestartPolicy::at_most(2, Duration::from_secs(60)),
+                &health,
+            )
+            .await;
+        publish_until_stored(
+            &bridge,
+            "conformance.a",
+            "bug",
+            r#"{"key":"bug","panic":true}"#,
+        )
+        .await;
+        let (component, why) = tokio::time::timeout(Duration::from_secs(30), health.dead())
+            .await
+            .expect("reported dead in time");
+        assert!(
+            component.starts_with("actor:conformance-budget"),
+            "{component}"
+        );
+        assert!(why.contains("restart budget exhausted"), "{why}");
+        assert_eq!(restarts(name), 2);
+        // Left stopped: what comes now is redelivered slowly, not handled in a loop.
+        publish_until_stored(&bridge, "conformance.a", "k1", r#"{"key":"k1"}"#).await;
+        let before = jetflow_runtime::metrics::metrics()
+            .nats_consumed
+            .with_label_values(&["conformance.a", "retry"])
+            .get();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let naks = jetflow_runtime::metrics::metrics()
+            .nats_consumed
+            .with_label_values(&["conformance.a", "retry"])
+            .get()
+            - before;
+        assert!(naks <= 6, "{naks} naks in 2 s: a loop");
+        assert_eq!(restarts(name), 2);
+        bridge.close().await;
     })
 }
 

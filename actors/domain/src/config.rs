@@ -31,6 +31,8 @@ pub struct SagaConfig {
     pub stream_discard: Discard,
     /// How each consumer gathers batches (one transaction per batch).
     pub batch: BatchConfig,
+    /// Instances of each saga actor per lane (sharded by the order's id).
+    pub actor_instances: usize,
     /// Whether acks wait for JetStream's confirmation.
     pub double_ack: bool,
     /// Orders not finished after this long are cancelled (`timed_out`).
@@ -57,6 +59,7 @@ impl Default for SagaConfig {
             stream_max_bytes: None,
             stream_discard: Discard::Old,
             batch: BatchConfig::default(),
+            actor_instances: 2,
             double_ack: false,
             order_timeout: Duration::from_secs(15 * 60),
             order_sweep_interval: Duration::from_secs(15),

@@ -1,13 +1,12 @@
 //! # The jetflow reference system
 //!
 //! An order pipeline on the jetflow runtime: the gateway publishes `orders.created`; the
-//! [`StockHandler`](stock_handler::StockHandler) reserves stock, the
-//! [`PaymentHandler`](payment_handler::PaymentHandler) charges through a circuit breaker, the
-//! [`OrderHandler`](order_handler::OrderHandler) confirms or cancels, and compensations
-//! release stock and void charges. Every handler runs on a transactional route of the
-//! runtime: a batch of deliveries, its inbox claims, state changes and outgoing events commit
-//! in one transaction. This crate holds only the order, stock and payment logic and their
-//! tables.
+//! [`StockActor`] reserves stock, the [`PaymentActor`] charges through a circuit breaker
+//! (a `BreakerActor`), the [`OrderActor`] confirms or cancels, and compensations release
+//! stock and void charges. Each is a supervised actix actor with a bounded mailbox: the
+//! bridge's routes send it batches of decoded events, and it applies each batch (inbox
+//! claims, state changes, outgoing events) in one transaction. This crate holds only the
+//! order, stock and payment logic and their tables.
 
 #![warn(missing_docs)]
 
@@ -17,15 +16,15 @@ pub mod handling;
 pub mod idempotency_store;
 pub mod input;
 pub mod metrics;
-pub mod order_handler;
+pub mod order_actor;
 pub mod order_store;
 pub mod order_sweeper;
+pub mod payment_actor;
 pub mod payment_client;
-pub mod payment_handler;
 pub mod payment_store;
 pub mod payment_voider;
 pub mod service;
-pub mod stock_handler;
+pub mod stock_actor;
 pub mod stock_store;
 pub mod topology;
 
@@ -33,6 +32,9 @@ pub use config::SagaConfig;
 pub use handling::Deps;
 pub use input::InboundEvent;
 pub use jetflow_runtime::db::now_ms;
+pub use order_actor::OrderActor;
+pub use payment_actor::PaymentActor;
+pub use stock_actor::StockActor;
 pub use topology::Role;
 
 /// The order system's migrations (its own tables; the runtime brings the inbox and outbox).

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::handling::{Deps, DomainError, lane_of};
 use crate::metrics::domain_metrics;
 use crate::now_ms;
-use crate::order_handler::cancel;
+use crate::order_actor::cancel;
 use crate::order_store::{self, OrderStatus};
 
 /// Orders cancelled by one sweep at most (the next sweep takes the rest).

@@ -1,23 +1,24 @@
-//! Starting the roles: one transactional route per consumer of the role (both lanes, so a
-//! backlog of standard orders never delays an express one), and the actors a role needs
-//! beside its handler (the sweeper of overdue orders, the breaker and the voider of
-//! payments).
+//! Starting the roles: each role's saga actor (one pool of supervised instances per lane, so
+//! a backlog of standard orders never delays an express one) with a route from each of its
+//! consumers, and the actors a role needs beside it (the sweeper of overdue orders, the
+//! breaker and the voider of payments).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use jetflow_runtime::{
-    ActorRef, BreakerActor, BreakerConfig, Bridge, Health, PreparedTxHandler, RestartPolicy,
-    Supervisor, TxRoute,
+    ActorRef, BatchActor, BreakerActor, BreakerConfig, Bridge, Health, RestartPolicy, Supervisor,
+    TxActors,
 };
+use jetflow_schemas::Priority;
 
 use crate::handling::Deps;
-use crate::order_handler::{self, OrderHandler};
+use crate::order_actor::{self, OrderActor, OrderHandler};
 use crate::order_sweeper::OrderSweeper;
+use crate::payment_actor::{self, PaymentActor, PaymentHandler};
 use crate::payment_client::{PaymentClient, ProviderError};
-use crate::payment_handler::{self, PaymentHandler};
 use crate::payment_voider::PaymentVoider;
-use crate::stock_handler::{self, StockHandler};
+use crate::stock_actor::{self, StockActor, StockHandler};
 use crate::topology::{Role, consumers};
 
 /// How the payments role reaches its provider.
@@ -35,13 +36,17 @@ pub struct PaymentSettings {
     pub breaker_open: Duration,
 }
 
-/// The actors a role started beside its routes (for a clean stop).
+/// The actors a role started (for a clean stop).
 #[derive(Default)]
 pub struct RoleActors {
     /// The sweeper of overdue orders (orders role).
     pub sweeper: Option<ActorRef<OrderSweeper>>,
     /// The voider of cancelled orders' charges (payments role).
     pub voider: Option<ActorRef<PaymentVoider>>,
+    /// How to stop the role's saga actors (one pool per lane).
+    pools: Vec<Box<dyn Fn() + Send + Sync>>,
+    /// The saga actors' mailbox depth, summed over the role's pools.
+    depths: Vec<Box<dyn Fn() -> i64 + Send + Sync>>,
 }
 
 impl RoleActors {
@@ -53,71 +58,118 @@ impl RoleActors {
         if let Some(v) = &self.voider {
             v.stop();
         }
+        for stop in &self.pools {
+            stop();
+        }
+    }
+
+    /// Batches waiting in (or being handled by) the role's saga actors.
+    pub fn mailbox_depth(&self) -> i64 {
+        self.depths.iter().map(|depth| depth()).sum()
     }
 }
 
-/// The name a lane's handler shows in metrics and logs: `order`, `order-express`, ….
-fn target(name: &str, durable: &str) -> String {
-    if durable.ends_with("-express") {
-        format!("{name}-express")
-    } else {
-        name.to_string()
-    }
+/// Where a role starts: its dependencies, the bridge, the health registry.
+#[derive(Clone, Copy)]
+struct On<'a> {
+    deps: &'a Deps,
+    bridge: &'a Bridge,
+    health: &'a Health,
 }
 
-async fn subscribe<H: PreparedTxHandler + Clone>(
-    deps: &Deps,
-    bridge: &Bridge,
-    role: Role,
-    name: &str,
-    inbox: &str,
-    handler: H,
-) {
-    for spec in consumers(&deps.config, role) {
-        let route = TxRoute::new(spec.clone(), handler.clone(), &deps.outbox)
-            .name(target(name, &spec.durable))
-            .inbox(inbox)
-            .batch(deps.config.batch)
-            .double_ack(deps.config.double_ack);
-        if bridge.subscribe(route).await.is_err() {
-            tracing::error!(role = role.name(), "the bridge is gone; cannot subscribe");
+impl RoleActors {
+    /// Starts one pool of the actor `A` per lane, each fed by the role's consumers of that
+    /// lane (so a backlog of standard orders never delays an express one).
+    async fn start_pools<A: BatchActor>(
+        &mut self,
+        on: On<'_>,
+        role: Role,
+        name: &str,
+        inbox: &str,
+        handler: A::Handler,
+    ) where
+        A::Handler: Clone,
+    {
+        let On {
+            deps,
+            bridge,
+            health,
+        } = on;
+        let specs = consumers(&deps.config, role);
+        for lane in [Priority::Standard, Priority::Express] {
+            let lane_name = match lane {
+                Priority::Express => format!("{name}-express"),
+                Priority::Standard => name.to_string(),
+            };
+            let pool = TxActors::new(lane_name, handler.clone(), &deps.outbox)
+                .inbox(inbox)
+                .instances(deps.config.actor_instances)
+                .health(health.clone())
+                .start_as::<A>();
+            let express = lane == Priority::Express;
+            for spec in specs
+                .iter()
+                .filter(|s| s.durable.ends_with("-express") == express)
+            {
+                let route = pool
+                    .route(spec.clone())
+                    .batch(deps.config.batch)
+                    .double_ack(deps.config.double_ack);
+                if bridge.subscribe(route).await.is_err() {
+                    tracing::error!(role = role.name(), "the bridge is gone; cannot subscribe");
+                }
+            }
+            let (stop, depth) = (pool.clone(), pool);
+            self.pools.push(Box::new(move || stop.stop()));
+            self.depths.push(Box::new(move || depth.mailbox_depth()));
         }
     }
 }
 
 /// Starts the orders role: its routes and the sweeper of overdue orders.
 pub async fn start_orders(deps: &Deps, bridge: &Bridge, health: &Health) -> RoleActors {
-    subscribe(
+    let mut actors = RoleActors::default();
+    let on = On {
         deps,
         bridge,
-        Role::Orders,
-        "order",
-        order_handler::CONSUMER,
-        OrderHandler,
-    )
-    .await;
+        health,
+    };
+    actors
+        .start_pools::<OrderActor>(
+            on,
+            Role::Orders,
+            "order",
+            order_actor::CONSUMER,
+            OrderHandler,
+        )
+        .await;
     let d = deps.clone();
-    let sweeper = Supervisor::new("order-sweeper")
-        .health(health.clone())
-        .start(move |_| OrderSweeper::new(d));
-    RoleActors {
-        sweeper: Some(sweeper),
-        voider: None,
-    }
+    actors.sweeper = Some(
+        Supervisor::new("order-sweeper")
+            .health(health.clone())
+            .start(move |_| OrderSweeper::new(d)),
+    );
+    actors
 }
 
 /// Starts the inventory role.
-pub async fn start_inventory(deps: &Deps, bridge: &Bridge) -> RoleActors {
-    subscribe(
+pub async fn start_inventory(deps: &Deps, bridge: &Bridge, health: &Health) -> RoleActors {
+    let mut actors = RoleActors::default();
+    let on = On {
         deps,
         bridge,
-        Role::Inventory,
-        "stock",
-        stock_handler::CONSUMER,
-        StockHandler,
-    )
-    .await;
-    RoleActors::default()
+        health,
+    };
+    actors
+        .start_pools::<StockActor>(
+            on,
+            Role::Inventory,
+            "stock",
+            stock_actor::CONSUMER,
+            StockHandler,
+        )
+        .await;
+    actors
 }
 
 /// Starts the payments role: one breaker for the provider shared by both lanes, and the
@@ -149,17 +201,21 @@ pub async fn start_payments(
         .health(health.clone())
         .start(move |_| PaymentVoider::new(db, c, every));
     let handler = PaymentHandler::new(deps.clone(), client, breaker, voider.clone());
-    subscribe(
+    let mut actors = RoleActors::default();
+    let on = On {
         deps,
         bridge,
-        Role::Payments,
-        "payment",
-        payment_handler::CONSUMER,
-        handler,
-    )
-    .await;
-    Ok(RoleActors {
-        sweeper: None,
-        voider: Some(voider),
-    })
+        health,
+    };
+    actors
+        .start_pools::<PaymentActor>(
+            on,
+            Role::Payments,
+            "payment",
+            payment_actor::CONSUMER,
+            handler,
+        )
+        .await;
+    actors.voider = Some(voider);
+    Ok(actors)
 }

@@ -29,12 +29,12 @@ pub(crate) struct ActorStats {
 
 impl ActorStats {
     pub(crate) fn new(name: &str) -> Arc<Self> {
-        Self::instance(name, "0")
+        Self::shard(name, "0")
     }
 
     /// The stats of one instance of a pool of actors of one name: the depth gauge is per
-    /// instance (`instance` label), the rest per name.
-    pub(crate) fn instance(name: &str, instance: &str) -> Arc<Self> {
+    /// instance (`shard` label), the rest per name.
+    pub(crate) fn shard(name: &str, shard: &str) -> Arc<Self> {
         let m = metrics();
         // Every actor's series exist from its start (at 0), so dashboards and alerts see
         // "no restarts" rather than "no data".
@@ -43,7 +43,7 @@ impl ActorStats {
         m.actor_failed.with_label_values(&[name]);
         Arc::new(Self {
             name: name.to_string(),
-            depth: m.actor_mailbox_depth.with_label_values(&[name, instance]),
+            depth: m.actor_mailbox_depth.with_label_values(&[name, shard]),
             handle_seconds: m.actor_handle_seconds.with_label_values(&[name]),
             retired: AtomicBool::new(false),
         })

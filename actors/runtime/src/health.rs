@@ -25,6 +25,8 @@ pub struct ComponentStatus {
 #[derive(Debug, Clone, Default)]
 pub struct Health {
     inner: Arc<RwLock<BTreeMap<String, ComponentStatus>>>,
+    /// Woken when a component dies.
+    died: Arc<tokio::sync::Notify>,
 }
 
 /// A point-in-time copy of every component's state.
@@ -85,6 +87,27 @@ impl Health {
             s.live = false;
             s.detail = detail;
         });
+        self.died.notify_waiters();
+    }
+
+    /// Resolves once a component is dead (at once if one is): its name and why. A process
+    /// stops on it, so that its supervisor (systemd, Kubernetes) starts it anew, instead of
+    /// running on without a part it needs.
+    pub async fn dead(&self) -> (String, String) {
+        loop {
+            let died = self.died.notified();
+            tokio::pin!(died);
+            died.as_mut().enable();
+            if let Some((name, status)) = self
+                .snapshot()
+                .components
+                .into_iter()
+                .find(|(_, s)| !s.live)
+            {
+                return (name, status.detail);
+            }
+            died.await;
+        }
     }
 
     /// Removes a component (it no longer takes part in readiness).
@@ -151,6 +174,25 @@ mod tests {
         assert_eq!(snap.components["database"].detail, "connection refused");
         h.set_ready("database", "ok");
         assert!(h.is_ready());
+    }
+
+    #[tokio::test]
+    async fn dead_resolves_when_a_component_dies_and_at_once_after() {
+        let h = Health::new();
+        h.set_ready("db", "ok");
+        let waiting = tokio::spawn({
+            let h = h.clone();
+            async move { h.dead().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "nothing died yet");
+        h.set_dead("actor:order", "restart budget exhausted");
+        let (name, why) = waiting.await.expect("joined");
+        assert_eq!(
+            (name.as_str(), why.as_str()),
+            ("actor:order", "restart budget exhausted")
+        );
+        assert_eq!(h.dead().await.0, "actor:order");
     }
 
     #[test]

@@ -6,16 +6,22 @@
 //! brings its message types (with [`Decode`]), its handlers and a [`Topology`].
 //!
 //! ```text
-//!  JetStream ──pull──► Bridge ──route──► TxHandler (one transaction per batch: inbox, state, outbox)
-//!      ▲                  │                    │ commit, then ack
-//!      └──── PubAck ◄─────┴──── OutboxRelay ◄──┘ publishes what was committed, at once
+//!  JetStream ──pull──► Bridge ──route──Batch──► TxActor (supervised, bounded mailbox):
+//!      ▲                  │                       one transaction per batch: inbox, state, outbox
+//!      │                  │ ◄──── outcomes ───────┘ commit, then reply; the route acks
+//!      └──── PubAck ◄─────┴──── OutboxRelay ◄──── publishes what was committed, at once
 //! ```
 //!
-//! * **Effectively once**: a [`TxRoute`] gives its [`TxHandler`] what is waiting in one
-//!   transaction ([`UnitOfWork`]): the runtime claims each delivery in the inbox (a
-//!   redelivery changes nothing), the handler changes state and emits messages, the runtime
-//!   writes them to the outbox, commits, acks, and the [`OutboxRelay`] publishes them at once
-//!   with their id as `Nats-Msg-Id`. SQLite or PostgreSQL ([`Database`]).
+//! * **A service in a few lines**: [`Service`] takes routes (`"readings.>"` and a handler),
+//!   derives streams and consumers, runs the relay and housekeeping, and stops in order on
+//!   `SIGTERM`.
+//! * **Effectively once**: a [`TxRoute`] sends what is waiting as one [`Batch`] to a
+//!   [`TxActor`], which applies its [`TxHandler`] to it in one transaction ([`UnitOfWork`]):
+//!   the runtime claims each delivery in the inbox (a redelivery changes nothing), the handler
+//!   changes state and publishes messages, the runtime writes them to the outbox, commits,
+//!   the route acks, and the [`OutboxRelay`] publishes them at once with their id as
+//!   `Nats-Msg-Id`. A panic restarts the actor and nothing of its batch is kept. SQLite or
+//!   PostgreSQL ([`Database`]).
 //! * **Actors**: [`Supervisor`] restarts actors that stop or panic, with backoff and a
 //!   budget; [`ActorRef`] counts and times every message; [`Route::new`] delivers a consumer's
 //!   messages to an actor, through composable [`middleware`].
@@ -53,6 +59,7 @@ pub mod priority;
 pub mod publisher;
 pub mod relay;
 pub mod route;
+pub mod service;
 pub mod span;
 pub mod supervisor;
 pub mod testkit;
@@ -80,11 +87,16 @@ pub use priority::Foreground;
 pub use publisher::{OutgoingMessage, PublishError, PublishReceipt, Publisher};
 pub use relay::{FlushReport, OutboxHandle, OutboxRelay, RelayConfig};
 pub use route::{BatchConfig, Route};
+pub use service::{Service, ServiceError};
 pub use supervisor::{RestartPolicy, Supervisor};
 pub use topology::{ConsumerSpec, Discard, StreamSpec, Topology};
-pub use tx_actor::{Batch, TxActor, TxActors};
+pub use tx_actor::{Batch, BatchActor, TxActor, TxActors, TxCore};
 pub use tx_route::{PreparedTxHandler, Preparing, TxError, TxHandler, TxRoute};
 pub use unit_of_work::{Deferred, UnitOfWork};
+
+/// actix, for the expansion of [`batch_actor!`].
+#[doc(hidden)]
+pub use actix as __actix;
 
 /// What a service built on jetflow usually needs, in one `use`.
 pub mod prelude {
@@ -92,8 +104,8 @@ pub mod prelude {
         ActorRef, BatchConfig, Bridge, BridgeConfig, ConsumerSpec, Database, DbConfig, Decode,
         DecodeError, Deferred, Delivery, DeliveryMeta, Health, Json, Lookup, NatsBridge,
         NatsConfig, OutboxHandle, OutboxRelay, Outcome, OutgoingMessage, PreparedTxHandler,
-        Preparing, Publisher, RelayConfig, RestartPolicy, Route, StreamSpec, Supervisor, Topology,
-        TxActors, TxError, TxHandler, TxRoute, UnitOfWork,
+        Preparing, Publisher, RelayConfig, RestartPolicy, Route, Service, ServiceError, StreamSpec,
+        Supervisor, Topology, TxActors, TxError, TxHandler, TxRoute, UnitOfWork,
     };
 }
 

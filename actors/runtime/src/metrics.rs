@@ -19,8 +19,8 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 
 /// The runtime's metric families.
 pub struct Metrics {
-    /// `jetflow_actor_mailbox_depth{actor,instance}`: messages sent to an actor and not yet
-    /// handled, per instance of a pool.
+    /// `jetflow_actor_mailbox_depth{actor,shard}`: messages sent to an actor and not yet
+    /// handled, per instance (shard) of a pool.
     pub actor_mailbox_depth: IntGaugeVec,
     /// `jetflow_actor_messages_total{actor,outcome}`: messages an actor handled, by outcome.
     pub actor_messages: IntCounterVec,
@@ -130,8 +130,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics {
         actor_mailbox_depth: gauge_vec(
             "jetflow_actor_mailbox_depth",
-            "Messages sent to an actor and not yet handled (live), per instance.",
-            &["actor", "instance"],
+            "Messages sent to an actor and not yet handled (live), per instance (shard) of it.",
+            &["actor", "shard"],
         ),
         actor_messages: counter_vec(
             "jetflow_actor_messages_total",

@@ -89,7 +89,7 @@ pub struct Supervisor {
     policy: RestartPolicy,
     health: Option<Health>,
     mailbox_capacity: usize,
-    instance: String,
+    shard: String,
 }
 
 impl Supervisor {
@@ -100,14 +100,14 @@ impl Supervisor {
             policy: RestartPolicy::default(),
             health: None,
             mailbox_capacity: DEFAULT_MAILBOX_CAPACITY,
-            instance: "0".to_string(),
+            shard: "0".to_string(),
         }
     }
 
-    /// Which instance of a pool of actors of the same name this is (the `instance` label of
-    /// the mailbox depth; default `0`).
-    pub fn instance(mut self, instance: impl Into<String>) -> Self {
-        self.instance = instance.into();
+    /// Which instance of a pool of actors of the same name this is (the `shard` label of the
+    /// mailbox depth; default `0`).
+    pub fn shard(mut self, shard: impl Into<String>) -> Self {
+        self.shard = shard.into();
         self
     }
 
@@ -136,7 +136,7 @@ impl Supervisor {
         F: FnOnce(&mut Context<A>) -> A + 'static,
     {
         let (tx, rx) = channel::channel(self.mailbox_capacity);
-        let stats = ActorStats::instance(&self.name, &self.instance);
+        let stats = ActorStats::shard(&self.name, &self.shard);
         let mut ctx = Context::with_receiver(rx);
         ctx.set_mailbox_capacity(self.mailbox_capacity);
         let actor = f(&mut ctx);
@@ -152,7 +152,7 @@ impl Supervisor {
         F: FnOnce(&mut Context<A>) -> A + Send + 'static,
     {
         let (tx, rx) = channel::channel(self.mailbox_capacity);
-        let stats = ActorStats::instance(&self.name, &self.instance);
+        let stats = ActorStats::shard(&self.name, &self.shard);
         let s = stats.clone();
         arbiter.spawn_fn(move || {
             let mut ctx = Context::with_receiver(rx);

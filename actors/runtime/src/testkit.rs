@@ -28,6 +28,7 @@ use crate::publisher::{OutgoingMessage, PublishError, PublishReceipt, Publisher}
 use crate::route::BatchHandlerFn;
 use crate::route::Route;
 use crate::topology::ConsumerSpec;
+use crate::tx_actor::{BatchActor, TxActors};
 use crate::tx_route::{PreparedTxHandler, TxRoute};
 
 /// What became of one test delivery.
@@ -135,6 +136,42 @@ impl TestKit {
     pub fn tx<H: PreparedTxHandler>(route: TxRoute<H>) -> TxProbe {
         TxProbe {
             handler: route.batch_handler(),
+        }
+    }
+
+    /// Sends typed deliveries to a pool of transactional actors, as its routes do (sharded,
+    /// one [`Batch`](crate::Batch) per instance), and answers what became of each.
+    pub async fn send_batch<A: BatchActor>(
+        actors: &TxActors<A>,
+        deliveries: Vec<Delivery<<A::Handler as PreparedTxHandler>::Message>>,
+    ) -> Vec<Delivered> {
+        let metas: Vec<DeliveryMeta> = deliveries.iter().map(|d| d.meta.clone()).collect();
+        let outcomes = actors.deliver(deliveries).await;
+        assert_eq!(outcomes.len(), metas.len(), "one outcome per delivery");
+        outcomes
+            .into_iter()
+            .zip(&metas)
+            .map(|(o, m)| Delivered::new(o, m))
+            .collect()
+    }
+
+    /// Waits (at most 5 s) until the actor called `name` has been restarted `n` times in
+    /// all (`jetflow_actor_restarts_total`), and panics if it has not.
+    pub async fn restarted(name: &str, n: u64) {
+        let restarts = || {
+            crate::metrics::metrics()
+                .actor_restarts
+                .with_label_values(&[name])
+                .get()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while restarts() < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} restarted {} times, not {n}",
+                restarts()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

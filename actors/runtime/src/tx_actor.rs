@@ -36,7 +36,7 @@ use actix::prelude::*;
 use futures::FutureExt;
 use tracing::Instrument;
 
-use crate::actor_ref::ActorRef;
+use crate::actor_ref::{ActorRef, StopActor};
 use crate::codec::Decode;
 use crate::db::{self, Database};
 use crate::delivery::{Delivery, DeliveryMeta};
@@ -84,24 +84,82 @@ pub(crate) struct Inner<H> {
     pub(crate) inbox: String,
     pub(crate) name: String,
     pub(crate) retry: Retry,
+    pub(crate) fault: Option<Fault>,
 }
 
-/// The actor that applies a transactional handler's batches (see the [module](self)).
-pub struct TxActor<H: PreparedTxHandler> {
+/// A fault to inject: true for the deliveries whose handling panics.
+pub type Fault = Arc<dyn Fn(&DeliveryMeta) -> bool + Send + Sync>;
+
+/// The state and the batch handling every transactional actor has: its handler (shared by
+/// the instances of a pool), the keys of deliveries that panicked, and where its work runs.
+/// An actor holds one and hands its [`Batch`]es to [`TxCore::handle`] (see [`BatchActor`]).
+pub struct TxCore<H: PreparedTxHandler> {
     inner: Arc<Inner<H>>,
     /// Keys of deliveries that panicked: applied alone when they come back.
     suspects: HashSet<String>,
-    /// Where a batch's work runs (the process's worker threads), awaited in this actor's
+    /// Where a batch's work runs (the process's worker threads), awaited in the actor's
     /// context so that the actor handles one batch at a time.
     runtime: tokio::runtime::Handle,
 }
 
-impl<H: PreparedTxHandler> Actor for TxActor<H> {
-    type Context = Context<Self>;
-}
+impl<H: PreparedTxHandler> TxCore<H> {
+    /// The actor's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
 
-impl<H: PreparedTxHandler> Supervised for TxActor<H> {
-    fn restarting(&mut self, _: &mut Context<Self>) {
+    /// Handles a batch inside the actor `A` whose core this is (`core` finds it): the
+    /// transaction runs while the actor waits (it takes its next message only after the
+    /// reply), and a panic stops the actor so that its supervisor restarts it.
+    pub fn handle<A>(
+        &mut self,
+        batch: Batch<H::Message>,
+        core: fn(&mut A) -> &mut TxCore<H>,
+    ) -> AtomicResponse<A, Vec<Outcome>>
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        let n = batch.deliveries.len();
+        let metas: Vec<DeliveryMeta> = batch.deliveries.iter().map(|d| d.meta.clone()).collect();
+        let inner = Arc::clone(&self.inner);
+        let suspects = self.suspects.clone();
+        let task = self
+            .runtime
+            .spawn(async move { process(&inner, batch.deliveries, &suspects).await });
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, A>(task).map(
+            move |joined, act, ctx| {
+                let this = core(act);
+                let handled = joined.unwrap_or_else(|e| {
+                    let why = if e.is_panic() {
+                        format!("the batch panicked: {}", panic_message(&e.into_panic()))
+                    } else {
+                        "the batch was cancelled".to_string()
+                    };
+                    tracing::error!(actor = %this.inner.name, %why);
+                    Handled::abandoned(&this.inner, &metas, n, &why)
+                });
+                for key in &handled.cleared {
+                    this.suspects.remove(key);
+                }
+                if this.suspects.len() + handled.panicked.len() > MAX_SUSPECTS {
+                    this.suspects.clear();
+                }
+                let restart = handled.restart;
+                this.suspects.extend(handled.panicked);
+                if restart {
+                    tracing::error!(
+                        actor = %this.inner.name,
+                        "a delivery panicked: restarting the actor; the batch comes back"
+                    );
+                    ctx.stop();
+                }
+                handled.outcomes
+            },
+        )))
+    }
+
+    /// What a restart logs (call it from `Supervised::restarting`).
+    pub fn restarting(&self) {
         tracing::warn!(
             actor = %self.inner.name,
             suspects = self.suspects.len(),
@@ -110,10 +168,40 @@ impl<H: PreparedTxHandler> Supervised for TxActor<H> {
     }
 }
 
-impl<H: PreparedTxHandler> Handler<crate::actor_ref::StopActor> for TxActor<H> {
+/// An actor that applies a transactional handler's batches: it owns a [`TxCore`], runs under
+/// a [`Supervisor`], handles [`Batch`] (with [`TxCore::handle`]) and [`StopActor`]. The
+/// runtime's own is [`TxActor`]; a service names its own to have a type of its own (see the
+/// reference system's `OrderActor`).
+pub trait BatchActor:
+    Actor<Context = Context<Self>>
+    + Supervised
+    + Handler<Batch<<Self::Handler as PreparedTxHandler>::Message>>
+    + Handler<StopActor>
+{
+    /// The handler it applies.
+    type Handler: PreparedTxHandler;
+
+    /// The actor around its core.
+    fn from_core(core: TxCore<Self::Handler>) -> Self;
+}
+
+/// The runtime's transactional actor, for any handler (see the [module](self)).
+pub struct TxActor<H: PreparedTxHandler>(TxCore<H>);
+
+impl<H: PreparedTxHandler> Actor for TxActor<H> {
+    type Context = Context<Self>;
+}
+
+impl<H: PreparedTxHandler> Supervised for TxActor<H> {
+    fn restarting(&mut self, _: &mut Context<Self>) {
+        self.0.restarting();
+    }
+}
+
+impl<H: PreparedTxHandler> Handler<StopActor> for TxActor<H> {
     type Result = ();
 
-    fn handle(&mut self, _: crate::actor_ref::StopActor, ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: StopActor, ctx: &mut Context<Self>) {
         ctx.stop();
     }
 }
@@ -122,42 +210,15 @@ impl<H: PreparedTxHandler> Handler<Batch<H::Message>> for TxActor<H> {
     type Result = AtomicResponse<Self, Vec<Outcome>>;
 
     fn handle(&mut self, batch: Batch<H::Message>, _: &mut Context<Self>) -> Self::Result {
-        let n = batch.deliveries.len();
-        let metas: Vec<DeliveryMeta> = batch.deliveries.iter().map(|d| d.meta.clone()).collect();
-        let inner = Arc::clone(&self.inner);
-        let suspects = self.suspects.clone();
-        let task = self
-            .runtime
-            .spawn(async move { process(&inner, batch.deliveries, &suspects).await });
-        AtomicResponse::new(Box::pin(actix::fut::wrap_future::<_, Self>(task).map(
-            move |joined, act, ctx| {
-                let handled = joined.unwrap_or_else(|e| {
-                    let why = if e.is_panic() {
-                        format!("the batch panicked: {}", panic_message(&e.into_panic()))
-                    } else {
-                        "the batch was cancelled".to_string()
-                    };
-                    tracing::error!(actor = %act.inner.name, %why);
-                    Handled::abandoned(&act.inner, &metas, n, &why)
-                });
-                for key in &handled.cleared {
-                    act.suspects.remove(key);
-                }
-                if act.suspects.len() + handled.panicked.len() > MAX_SUSPECTS {
-                    act.suspects.clear();
-                }
-                let restart = handled.restart;
-                act.suspects.extend(handled.panicked);
-                if restart {
-                    tracing::error!(
-                        actor = %act.inner.name,
-                        "a delivery panicked: restarting the actor; the batch comes back"
-                    );
-                    ctx.stop();
-                }
-                handled.outcomes
-            },
-        )))
+        self.0.handle(batch, |a: &mut Self| &mut a.0)
+    }
+}
+
+impl<H: PreparedTxHandler> BatchActor for TxActor<H> {
+    type Handler = H;
+
+    fn from_core(core: TxCore<H>) -> Self {
+        Self(core)
     }
 }
 
@@ -172,9 +233,20 @@ pub struct TxActorsBuilder<H> {
     mailbox: usize,
     policy: RestartPolicy,
     health: Option<Health>,
+    fault: Option<Fault>,
 }
 
 impl<H: PreparedTxHandler> TxActorsBuilder<H> {
+    /// For tests of supervision: handling a delivery for which `when` is true panics inside
+    /// the actor's transaction, as a bug in the handler would.
+    pub fn panic_when(
+        mut self,
+        when: impl Fn(&DeliveryMeta) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.fault = Some(Arc::new(when));
+        self
+    }
+
     /// The inbox deliveries are claimed in (default: the pool's name). Pools that share an
     /// inbox apply a message once between them.
     pub fn inbox(mut self, inbox: impl Into<String>) -> Self {
@@ -213,8 +285,14 @@ impl<H: PreparedTxHandler> TxActorsBuilder<H> {
         self
     }
 
-    /// Starts the instances on the current arbiter, each under its own supervisor.
-    pub fn start(self) -> TxActors<H> {
+    /// Starts the instances of a [`TxActor`] on the current arbiter, each under its own
+    /// supervisor.
+    pub fn start(self) -> TxActors<TxActor<H>> {
+        self.start_as()
+    }
+
+    /// Starts the instances of the actor `A` (a service's own named actor).
+    pub fn start_as<A: BatchActor<Handler = H>>(self) -> TxActors<A> {
         let inbox = self.inbox.unwrap_or_else(|| self.name.clone());
         init_series(&self.name, &inbox);
         let inner = Arc::new(Inner {
@@ -224,21 +302,24 @@ impl<H: PreparedTxHandler> TxActorsBuilder<H> {
             inbox,
             name: self.name.clone(),
             retry: self.retry,
+            fault: self.fault,
         });
         let instances = (0..self.instances)
             .map(|i| {
                 let mut supervisor = Supervisor::new(&self.name)
-                    .instance(i.to_string())
+                    .shard(i.to_string())
                     .policy(self.policy)
                     .mailbox_capacity(self.mailbox);
                 if let Some(health) = &self.health {
                     supervisor = supervisor.health(health.clone());
                 }
                 let inner = Arc::clone(&inner);
-                supervisor.start(move |_| TxActor {
-                    inner,
-                    suspects: HashSet::new(),
-                    runtime: tokio::runtime::Handle::current(),
+                supervisor.start(move |_| {
+                    A::from_core(TxCore {
+                        inner,
+                        suspects: HashSet::new(),
+                        runtime: tokio::runtime::Handle::current(),
+                    })
                 })
             })
             .collect();
@@ -246,13 +327,13 @@ impl<H: PreparedTxHandler> TxActorsBuilder<H> {
     }
 }
 
-/// Several instances of one [`TxActor`], with deliveries sharded over them by key.
-pub struct TxActors<H: PreparedTxHandler> {
-    inner: Arc<Inner<H>>,
-    instances: Arc<[ActorRef<TxActor<H>>]>,
+/// Several instances of one [`BatchActor`], with deliveries sharded over them by key.
+pub struct TxActors<A: BatchActor> {
+    inner: Arc<Inner<A::Handler>>,
+    instances: Arc<[ActorRef<A>]>,
 }
 
-impl<H: PreparedTxHandler> Clone for TxActors<H> {
+impl<A: BatchActor> Clone for TxActors<A> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
@@ -261,7 +342,7 @@ impl<H: PreparedTxHandler> Clone for TxActors<H> {
     }
 }
 
-impl<H: PreparedTxHandler> std::fmt::Debug for TxActors<H> {
+impl<A: BatchActor> std::fmt::Debug for TxActors<A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TxActors")
             .field("name", &self.inner.name)
@@ -270,11 +351,15 @@ impl<H: PreparedTxHandler> std::fmt::Debug for TxActors<H> {
     }
 }
 
-impl<H: PreparedTxHandler> TxActors<H> {
+impl TxActors<TxActor<NoHandler>> {
     /// A pool called `name` (the `actor` label of its metrics) applying `handler`, committing
     /// to the database of `outbox`.
     #[allow(clippy::new_ret_no_self)]
-    pub fn new(name: impl Into<String>, handler: H, outbox: &OutboxHandle) -> TxActorsBuilder<H> {
+    pub fn new<H: PreparedTxHandler>(
+        name: impl Into<String>,
+        handler: H,
+        outbox: &OutboxHandle,
+    ) -> TxActorsBuilder<H> {
         TxActorsBuilder {
             name: name.into(),
             handler,
@@ -285,16 +370,19 @@ impl<H: PreparedTxHandler> TxActors<H> {
             mailbox: DEFAULT_MAILBOX_CAPACITY,
             policy: RestartPolicy::default(),
             health: None,
+            fault: None,
         }
     }
+}
 
+impl<A: BatchActor> TxActors<A> {
     /// The pool's name.
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
     /// The instances' addresses.
-    pub fn instances(&self) -> &[ActorRef<TxActor<H>>] {
+    pub fn instances(&self) -> &[ActorRef<A>] {
         &self.instances
     }
 
@@ -321,7 +409,7 @@ impl<H: PreparedTxHandler> TxActors<H> {
     }
 
     /// Which instance handles a delivery.
-    fn shard_of(&self, delivery: &Delivery<H::Message>) -> usize {
+    fn shard_of(&self, delivery: &Delivery<MessageOf<A>>) -> usize {
         if self.instances.len() == 1 {
             return 0;
         }
@@ -332,9 +420,9 @@ impl<H: PreparedTxHandler> TxActors<H> {
 
     /// Sends decoded deliveries to their instances (one [`Batch`] per instance that has any,
     /// all at once) and answers one outcome per delivery, in order.
-    pub async fn deliver(&self, deliveries: Vec<Delivery<H::Message>>) -> Vec<Outcome> {
+    pub async fn deliver(&self, deliveries: Vec<Delivery<MessageOf<A>>>) -> Vec<Outcome> {
         let n = deliveries.len();
-        let mut shards: Vec<(Vec<usize>, Vec<Delivery<H::Message>>)> = (0..self.instances.len())
+        let mut shards: Vec<Shard<A>> = (0..self.instances.len())
             .map(|_| Default::default())
             .collect();
         for (i, d) in deliveries.into_iter().enumerate() {
@@ -406,7 +494,7 @@ impl<H: PreparedTxHandler> TxActors<H> {
         let mut decoded = Vec::with_capacity(n);
         let mut at = Vec::with_capacity(n);
         for (i, Inbound { payload, meta }) in batch.into_iter().enumerate() {
-            match <H::Message as Decode>::decode(&meta.subject, &meta.headers, &payload) {
+            match <MessageOf<A> as Decode>::decode(&meta.subject, &meta.headers, &payload) {
                 Ok(message) => {
                     decoded.push(Delivery { message, meta });
                     at.push(i);
@@ -429,6 +517,24 @@ impl<H: PreparedTxHandler> TxActors<H> {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::retry("not handled")))
             .collect()
+    }
+}
+
+/// The deliveries of a batch bound for one instance, with their places in the batch.
+type Shard<A> = (Vec<usize>, Vec<Delivery<MessageOf<A>>>);
+
+/// What the actor `A` receives in its batches.
+type MessageOf<A> = <<A as BatchActor>::Handler as PreparedTxHandler>::Message;
+
+/// Names the pool type in [`TxActors::new`] (which builds a pool of any handler).
+#[doc(hidden)]
+pub struct NoHandler;
+
+impl crate::tx_route::TxHandler for NoHandler {
+    type Message = crate::codec::Json<()>;
+
+    async fn handle(&self, _: &mut UnitOfWork, _: &Delivery<Self::Message>) -> Result<(), TxError> {
+        Ok(())
     }
 }
 
@@ -841,9 +947,19 @@ async fn attempt<H: PreparedTxHandler>(
         let Some(prepared) = item.prepared.clone() else {
             continue;
         };
-        uow.caused_by(Some(&item.delivery.meta));
+        uow.caused_by(Some((&item.delivery.meta, &item.key)));
         let started = Instant::now();
-        let result = AssertUnwindSafe(inner.handler.handle(&mut uow, &item.delivery, prepared))
+        let faulty = inner.fault.as_ref().is_some_and(|f| f(&item.delivery.meta));
+        let work = async {
+            if faulty {
+                panic!("injected fault (panic_when)");
+            }
+            inner
+                .handler
+                .handle(&mut uow, &item.delivery, prepared)
+                .await
+        };
+        let result = AssertUnwindSafe(work)
             .catch_unwind()
             .instrument(item.span.clone())
             .await;
@@ -895,4 +1011,76 @@ fn failed(e: &sqlx::Error) -> Attempt {
     } else {
         Attempt::Rejected(format!("database: {e}"))
     }
+}
+
+/// Declares a named transactional actor around a handler: the struct, `Actor`, `Supervised`,
+/// `Handler<Batch<_>>`, `Handler<StopActor>` and [`BatchActor`], all delegating to a
+/// [`TxCore`]. A service gets a type of its own for each actor (in logs, docs and
+/// signatures) with the runtime's batch handling.
+///
+/// ```
+/// use jetflow_runtime::prelude::*;
+///
+/// /// Applies nothing, in one transaction per batch.
+/// struct Noop;
+///
+/// impl TxHandler for Noop {
+///     type Message = Json<u32>;
+///
+///     async fn handle(&self, _: &mut UnitOfWork, _: &Delivery<Json<u32>>) -> Result<(), TxError> {
+///         Ok(())
+///     }
+/// }
+///
+/// jetflow_runtime::batch_actor! {
+///     /// The actor that applies [`Noop`].
+///     struct NoopActor(Noop);
+/// }
+/// ```
+#[macro_export]
+macro_rules! batch_actor {
+    ($(#[$attr:meta])* $vis:vis struct $name:ident($handler:ty);) => {
+        $(#[$attr])*
+        $vis struct $name($crate::TxCore<$handler>);
+
+        impl $crate::__actix::Actor for $name {
+            type Context = $crate::__actix::Context<Self>;
+        }
+
+        impl $crate::__actix::Supervised for $name {
+            fn restarting(&mut self, _: &mut $crate::__actix::Context<Self>) {
+                self.0.restarting();
+            }
+        }
+
+        impl $crate::__actix::Handler<$crate::Batch<<$handler as $crate::PreparedTxHandler>::Message>>
+            for $name
+        {
+            type Result = $crate::__actix::AtomicResponse<Self, ::std::vec::Vec<$crate::Outcome>>;
+
+            fn handle(
+                &mut self,
+                batch: $crate::Batch<<$handler as $crate::PreparedTxHandler>::Message>,
+                _: &mut $crate::__actix::Context<Self>,
+            ) -> Self::Result {
+                self.0.handle(batch, |actor: &mut Self| &mut actor.0)
+            }
+        }
+
+        impl $crate::__actix::Handler<$crate::StopActor> for $name {
+            type Result = ();
+
+            fn handle(&mut self, _: $crate::StopActor, ctx: &mut $crate::__actix::Context<Self>) {
+                $crate::__actix::ActorContext::stop(ctx);
+            }
+        }
+
+        impl $crate::BatchActor for $name {
+            type Handler = $handler;
+
+            fn from_core(core: $crate::TxCore<$handler>) -> Self {
+                Self(core)
+            }
+        }
+    };
 }

@@ -523,17 +523,8 @@ mod tests {
             .get()
     }
 
-    /// Waits (at most 5 s) until the actor called `name` has restarted `n` times.
     async fn restarted(name: &str, n: u64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while restarts(name) < n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} restarted {} times, not {n}",
-                restarts(name)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        TestKit::restarted(name, n).await;
     }
 
     /// Rows that cannot be written when one of them is 66.

@@ -104,6 +104,9 @@ impl std::fmt::Debug for UnitOfWork {
 struct Cause {
     traceparent: Option<String>,
     correlation_id: Option<String>,
+    /// The delivery's inbox key, and how many messages it published so far.
+    key: String,
+    published: u32,
 }
 
 impl UnitOfWork {
@@ -151,6 +154,21 @@ impl UnitOfWork {
         self.emitted.push(message);
     }
 
+    /// Queues `payload` for `subject` with an id derived from the delivery being handled
+    /// (its inbox key and how many messages it published before): handling the same
+    /// delivery again publishes the same ids, which JetStream's duplicate window drops, so
+    /// the service never chooses ids itself. Outside a delivery the id is a new UUID.
+    pub fn publish(&mut self, subject: impl Into<String>, payload: impl Into<bytes::Bytes>) {
+        let id = match &mut self.cause {
+            Some(cause) => {
+                cause.published += 1;
+                format!("{}/{}", cause.key, cause.published)
+            }
+            None => uuid::Uuid::now_v7().to_string(),
+        };
+        self.emit(OutgoingMessage::new(subject, id, payload));
+    }
+
     /// The messages queued so far.
     pub fn emitted(&self) -> &[OutgoingMessage] {
         &self.emitted
@@ -192,11 +210,13 @@ impl UnitOfWork {
         }
     }
 
-    /// Sets the delivery whose handling emits the next messages.
-    pub(crate) fn caused_by(&mut self, meta: Option<&DeliveryMeta>) {
-        self.cause = meta.map(|m| Cause {
+    /// Sets the delivery (and its inbox key) whose handling emits the next messages.
+    pub(crate) fn caused_by(&mut self, cause: Option<(&DeliveryMeta, &str)>) {
+        self.cause = cause.map(|(m, key)| Cause {
             traceparent: m.traceparent().map(str::to_string),
             correlation_id: m.correlation_id().map(str::to_string),
+            key: key.to_string(),
+            published: 0,
         });
     }
 

@@ -91,6 +91,10 @@ async fn serve(settings: Settings, roles: Roles) -> Result<StopReport, Failure> 
 }
 
 fn stopped(report: StopReport) -> ExitCode {
+    if let Some(why) = &report.failed {
+        eprintln!("jetflow: stopped because {why}");
+        return ExitCode::FAILURE;
+    }
     if report.clean {
         ExitCode::SUCCESS
     } else {

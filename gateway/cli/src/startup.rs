@@ -151,6 +151,9 @@ pub struct StopReport {
     pub took: Duration,
     /// Outbox rows left for the next start (-1 if unknown).
     pub outbox_left: i64,
+    /// Why the process stopped on its own (a part of it gave up, such as an actor that spent
+    /// its restart budget); `None` when it was asked to stop.
+    pub failed: Option<String>,
 }
 
 /// A built application, not serving yet.
@@ -244,7 +247,7 @@ impl Application {
                     actors.push(service::start_orders(&deps, bridge, &health).await);
                 }
                 if roles.inventory {
-                    actors.push(service::start_inventory(&deps, bridge).await);
+                    actors.push(service::start_inventory(&deps, bridge, &health).await);
                 }
                 if roles.payments {
                     let payment = PaymentSettings {
@@ -437,8 +440,16 @@ impl Application {
                 }
             });
         }
-        shutdown.await;
-        self.stop(handles, provider).await
+        let failed = tokio::select! {
+            () = shutdown => None,
+            (component, why) = self.health.dead() => {
+                tracing::error!(%component, reason = %why, "stopping: a part of the process gave up");
+                Some(format!("{component}: {why}"))
+            }
+        };
+        let mut report = self.stop(handles, provider).await;
+        report.failed = failed;
+        report
     }
 
     async fn stop(self, handles: Vec<ServerHandle>, provider: Option<ServerHandle>) -> StopReport {
@@ -506,6 +517,7 @@ impl Application {
             clean,
             took,
             outbox_left,
+            failed: None,
         }
     }
 }

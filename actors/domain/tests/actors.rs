@@ -1,7 +1,9 @@
-//! Unit tests of the three handlers with the runtime's test kit: no NATS. Each handler gets
-//! raw JSON through the same pipeline a live transactional route runs (decode, prepare,
-//! inbox, handler, outbox, commit) on a real SQLite database, and the tests assert the ack
-//! decision, the state, and the events it published (through the outbox relay, to a
+//! Unit tests of the three saga actors with the runtime's test kit: no NATS. Most send raw
+//! JSON through the same pipeline a live route runs (decode, then the actor: prepare, inbox,
+//! handler, outbox, commit) on a real SQLite database; the `*_actor_*` tests at the end send
+//! typed `Batch` messages to `OrderActor`, `StockActor` and `PaymentActor` themselves,
+//! including a duplicate delivery and a panic that restarts the actor. They assert the ack
+//! decision, the state, and the events published (through the outbox relay, to a
 //! `RecordingPublisher`). Payments talk to the real simulated provider over HTTP, which counts
 //! the calls it gets.
 
@@ -10,17 +12,21 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer};
 use bytes::Bytes;
-use jetflow_domain::order_handler::OrderHandler;
+use jetflow_domain::order_actor::OrderHandler;
+use jetflow_domain::payment_actor::PaymentHandler;
 use jetflow_domain::payment_client::PaymentClient;
-use jetflow_domain::payment_handler::PaymentHandler;
 use jetflow_domain::payment_voider::PaymentVoider;
-use jetflow_domain::stock_handler::StockHandler;
-use jetflow_domain::{Deps, MIGRATOR, SagaConfig, order_store, stock_store};
+use jetflow_domain::stock_actor::StockHandler;
+use jetflow_domain::{
+    Deps, InboundEvent, MIGRATOR, OrderActor, PaymentActor, SagaConfig, StockActor, order_store,
+    stock_store,
+};
 use jetflow_provider::ProviderState;
 use jetflow_runtime::testkit::{RecordingPublisher, TestKit, TxProbe};
 use jetflow_runtime::{
-    BreakerActor, BreakerConfig, ConsumerSpec, Database, DeadLetterReason, DeliveryMeta,
-    OutboxHandle, OutboxRelay, PreparedTxHandler, RelayConfig, Supervisor, TxRoute, headers,
+    BatchActor, BreakerActor, BreakerConfig, ConsumerSpec, Database, DeadLetterReason, Decode,
+    Delivery, DeliveryMeta, HeaderMap, OutboxHandle, OutboxRelay, PreparedTxHandler, RelayConfig,
+    Supervisor, TxActors, TxRoute, headers,
 };
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -892,8 +898,12 @@ async fn a_charge_that_lands_after_the_cancellation_is_voided() {
     let (url, state, handle) = provider().await;
     let handler = payments(&k, &url);
     let probe = k.probe("payments", handler);
+    // One order's events reach one actor instance in order, so the race needs a second
+    // replica of the payments role: its own actor, the same database.
+    let replica = k.probe("payments", payments(&k, &url));
     let id = Uuid::new_v4().to_string();
-    // The charge is slow; the cancellation arrives and commits while it is in flight.
+    // The charge is slow; the cancellation arrives at the other replica and commits while
+    // the charge is in flight.
     let control = reqwest::Client::new();
     control
         .put(format!("{url}/_control"))
@@ -910,7 +920,7 @@ async fn a_charge_that_lands_after_the_cancellation_is_voided() {
         account(s, &id).is_some_and(|a| a.charge_calls == 1)
     })
     .await;
-    deliver(&probe, "orders.cancelled", &cancelled(&id, "timed_out"))
+    deliver(&replica, "orders.cancelled", &cancelled(&id, "timed_out"))
         .await
         .assert_ack();
     charge.await.expect("the charge delivery").assert_ack();
@@ -995,5 +1005,185 @@ async fn a_5xx_is_not_proof_of_no_charge_and_the_order_it_gives_up_on_is_voided(
     .await;
     let a = account(&state, &id).expect("charged");
     assert_eq!(a.charges_made, 1, "{a:?}");
+    handle.stop(false).await;
+}
+
+// ---- The actors themselves: typed batches, duplicates, panics ----
+
+/// A typed delivery of `payload` on `subject`, its `delivered`th.
+fn typed(subject: &str, payload: &Bytes, delivered: u32) -> Delivery<InboundEvent> {
+    let (p, meta) = on(subject, payload);
+    let message = InboundEvent::decode(subject, &HeaderMap::new(), &p).expect("a valid event");
+    Delivery {
+        message,
+        meta: meta.with_delivered(delivered),
+    }
+}
+
+/// The event id (`Nats-Msg-Id`) of a payload.
+fn event_id(payload: &Bytes) -> String {
+    on("any", payload).1.msg_id().expect("an id").to_string()
+}
+
+/// Starts the actor `A` alone, called `name` (metrics are per name, and tests run at once),
+/// with two instances, panicking on the first delivery of the event `panic_on`, if any.
+fn start<A: BatchActor>(
+    k: &Kit,
+    name: &str,
+    inbox: &str,
+    handler: A::Handler,
+    panic_on: Option<String>,
+) -> TxActors<A> {
+    let mut builder = TxActors::new(name, handler, &k.outbox)
+        .inbox(inbox)
+        .instances(2);
+    if let Some(id) = panic_on {
+        builder = builder.panic_when(move |m| m.msg_id() == Some(id.as_str()) && m.delivered == 1);
+    }
+    builder.start_as::<A>()
+}
+
+fn panics(name: &str) -> u64 {
+    jetflow_runtime::metrics::metrics()
+        .actor_panics
+        .with_label_values(&[name])
+        .get()
+}
+
+#[actix_rt::test]
+async fn the_order_actor_confirms_an_order_from_a_typed_batch_and_ignores_a_duplicate() {
+    let k = kit().await;
+    let actor = start::<OrderActor>(&k, "order-unit", "orders", OrderHandler, None);
+    let id = Uuid::new_v4().to_string();
+    let paid = bytes(with(
+        meta(&id),
+        json!({"version": 1, "payment_id": "pay_1", "amount_cents": 300}),
+    ));
+    let batch = vec![
+        typed(
+            "orders.created.v2",
+            &created(&id, json!([{"product_id": "a", "quantity": 1}])),
+            1,
+        ),
+        typed("inventory.reserved", &reserved_for(&id, "c-1"), 1),
+        typed("payments.succeeded", &paid, 1),
+    ];
+    for d in TestKit::send_batch(&actor, batch).await {
+        d.assert_ack();
+    }
+    assert_eq!(k.subjects().await, ["orders.confirmed"]);
+    let order = k.order(&id).await;
+    let statuses: Vec<&str> = order.history.iter().map(|h| h.status.as_str()).collect();
+    assert_eq!(statuses, ["pending", "reserved", "paid", "confirmed"]);
+    // The same event again (a redelivery): acked, nothing moves, nothing is emitted.
+    for d in TestKit::send_batch(&actor, vec![typed("payments.succeeded", &paid, 2)]).await {
+        d.assert_ack();
+    }
+    assert_eq!(k.subjects().await, ["orders.confirmed"]);
+    assert_eq!(k.order(&id).await.history.len(), 4);
+    assert_eq!(actor.mailbox_depth(), 0);
+}
+
+#[actix_rt::test]
+async fn the_order_actor_restarts_after_a_panic_and_applies_its_batch_once_after() {
+    let k = kit().await;
+    let (x, y) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let item = json!([{"product_id": "a", "quantity": 1}]);
+    let (cx, cy) = (created(&x, item.clone()), created(&y, item));
+    let name = "order-unit-panic";
+    let actor = start::<OrderActor>(&k, name, "orders", OrderHandler, Some(event_id(&cx)));
+    let batch = |n| {
+        vec![
+            typed("orders.created.v2", &cx, n),
+            typed("orders.created.v2", &cy, n),
+        ]
+    };
+    // Both orders on one instance or not, the panic leaves its batch unacked and stored
+    // nothing of it.
+    let out = TestKit::send_batch(&actor, batch(1)).await;
+    out[0].assert_retry();
+    TestKit::restarted(name, 1).await;
+    assert_eq!(panics(name), 1);
+    assert!(
+        order_store::get(k.deps.db.pool(), &x)
+            .await
+            .expect("read")
+            .is_none()
+    );
+    // They come back after the restart: each applied once.
+    for d in TestKit::send_batch(&actor, batch(2)).await {
+        d.assert_ack();
+    }
+    for id in [&x, &y] {
+        let order = k.order(id).await;
+        assert_eq!((order.status.as_str(), order.history.len()), ("pending", 1));
+    }
+}
+
+#[actix_rt::test]
+async fn the_stock_actor_reserves_from_a_typed_batch_once_despite_a_duplicate_and_a_panic() {
+    let k = kit().await;
+    k.put("a", 5, 100).await;
+    let (x, y) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let two = json!([{"product_id": "a", "quantity": 2}]);
+    let (cx, cy) = (created(&x, two.clone()), created(&y, two));
+    let name = "stock-unit";
+    let actor = start::<StockActor>(&k, name, "inventory", StockHandler, Some(event_id(&cy)));
+    // x is reserved; y panics the first time (nothing of its batch is kept).
+    for d in TestKit::send_batch(&actor, vec![typed("orders.created.v2", &cx, 1)]).await {
+        d.assert_ack();
+    }
+    let out = TestKit::send_batch(&actor, vec![typed("orders.created.v2", &cy, 1)]).await;
+    out[0].assert_retry();
+    TestKit::restarted(name, 1).await;
+    let p = k.product("a").await;
+    assert_eq!((p.available, p.reserved), (3, 2), "only x is reserved");
+    // After the restart: y comes back, and x again (a duplicate): each reserved once.
+    let again = vec![
+        typed("orders.created.v2", &cy, 2),
+        typed("orders.created.v2", &cx, 2),
+    ];
+    for d in TestKit::send_batch(&actor, again).await {
+        d.assert_ack();
+    }
+    let p = k.product("a").await;
+    assert_eq!((p.available, p.reserved), (1, 4));
+    assert_eq!(
+        k.subjects().await,
+        ["inventory.reserved", "inventory.reserved"]
+    );
+    assert_eq!(panics(name), 1);
+}
+
+#[actix_rt::test]
+async fn the_payment_actor_charges_once_despite_a_duplicate_and_a_panic_after_the_charge() {
+    let k = kit().await;
+    let (url, state, handle) = provider().await;
+    let id = Uuid::new_v4().to_string();
+    let reserved = reserved_for(&id, "c-1");
+    let name = "payment-unit";
+    let actor = start::<PaymentActor>(
+        &k,
+        name,
+        "payments",
+        payments(&k, &url),
+        Some(event_id(&reserved)),
+    );
+    // The charge is made (prepare), then handling panics: nothing is recorded or acked.
+    let out = TestKit::send_batch(&actor, vec![typed("inventory.reserved", &reserved, 1)]).await;
+    out[0].assert_retry();
+    TestKit::restarted(name, 1).await;
+    assert!(k.subjects().await.is_empty());
+    // It comes back, and once more as a duplicate: one charge at the provider, one success.
+    for n in [2, 3] {
+        for d in TestKit::send_batch(&actor, vec![typed("inventory.reserved", &reserved, n)]).await
+        {
+            d.assert_ack();
+        }
+    }
+    let a = account(&state, &id).expect("charged");
+    assert_eq!(a.charges_made, 1, "charged once: {a:?}");
+    assert_eq!(k.subjects().await, ["payments.succeeded"]);
+    assert_eq!(k.statuses("payments", &id).await, ["succeeded"]);
     handle.stop(false).await;
 }

@@ -1,4 +1,4 @@
-//! The stock handler: reserves stock for new orders, releases it for cancelled ones, and
+//! The stock actor: reserves stock for new orders, releases it for cancelled ones, and
 //! turns it into sold stock for confirmed ones.
 //!
 //! | receives            | does                                  | emits                                  |
@@ -30,6 +30,13 @@ use crate::stock_store::{self, Reservation};
 
 /// The inbox name of the stock handler (shared by both lanes).
 pub const CONSUMER: &str = "inventory";
+
+jetflow_runtime::batch_actor! {
+    /// The stock actor: a supervised actix actor that applies [`StockHandler`] to each
+    /// [`Batch`](jetflow_runtime::Batch) of the saga's events in its bounded mailbox, one
+    /// transaction per batch; several instances share the work, sharded by the order's id.
+    pub struct StockActor(StockHandler);
+}
 
 /// The stock handler (all its state is in the transaction it is given).
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,6 +100,11 @@ impl TxHandler for StockHandler {
 
     fn key(&self, d: &Delivery<InboundEvent>) -> String {
         d.message.key()
+    }
+
+    /// One order's events reach one instance of the actor, in order.
+    fn shard_key(&self, d: &Delivery<InboundEvent>) -> String {
+        d.message.order_id()
     }
 
     fn span(&self, target: &str, d: &Delivery<InboundEvent>) -> tracing::Span {

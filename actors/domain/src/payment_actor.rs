@@ -1,4 +1,4 @@
-//! The payment handler: charges reserved orders through the circuit breaker, and makes sure a
+//! The payment actor: charges reserved orders through the circuit breaker, and makes sure a
 //! cancelled order never stays charged.
 //!
 //! | receives             | does                                   | emits                                   |
@@ -46,6 +46,13 @@ use crate::payment_voider::{PaymentVoider, Wake};
 
 /// The inbox name of the payment handler (shared by both lanes and both streams).
 pub const CONSUMER: &str = "payments";
+
+jetflow_runtime::batch_actor! {
+    /// The payments actor: a supervised actix actor that applies [`PaymentHandler`] to each
+    /// [`Batch`](jetflow_runtime::Batch) of the saga's events in its bounded mailbox, one
+    /// transaction per batch; several instances share the work, sharded by the order's id.
+    pub struct PaymentActor(PaymentHandler);
+}
 
 /// The payment handler.
 #[derive(Clone)]
@@ -204,6 +211,11 @@ impl PreparedTxHandler for PaymentHandler {
 
     fn key(&self, d: &Delivery<InboundEvent>) -> String {
         d.message.key()
+    }
+
+    /// One order's events reach one instance of the actor, in order.
+    fn shard_key(&self, d: &Delivery<InboundEvent>) -> String {
+        d.message.order_id()
     }
 
     fn span(&self, target: &str, d: &Delivery<InboundEvent>) -> tracing::Span {

@@ -1,4 +1,4 @@
-//! The order handler: the order state machine, its read model, and the saga's decisions.
+//! The order actor: the order state machine, its read model, and the saga's decisions.
 //!
 //! | receives             | does                                        | emits               |
 //! |----------------------|---------------------------------------------|---------------------|
@@ -29,6 +29,13 @@ use crate::order_store::{self, Advance, Change, NewOrder, OrderStatus};
 
 /// The inbox name of the order handler (shared by both lanes and all three streams).
 pub const CONSUMER: &str = "orders";
+
+jetflow_runtime::batch_actor! {
+    /// The orders actor: a supervised actix actor that applies [`OrderHandler`] to each
+    /// [`Batch`](jetflow_runtime::Batch) of the saga's events in its bounded mailbox, one
+    /// transaction per batch; several instances share the work, sharded by the order's id.
+    pub struct OrderActor(OrderHandler);
+}
 
 /// The order handler (all its state is in the transaction it is given).
 #[derive(Debug, Clone, Copy, Default)]
@@ -61,6 +68,11 @@ impl TxHandler for OrderHandler {
 
     fn key(&self, d: &Delivery<InboundEvent>) -> String {
         d.message.key()
+    }
+
+    /// One order's events reach one instance of the actor, in order.
+    fn shard_key(&self, d: &Delivery<InboundEvent>) -> String {
+        d.message.order_id()
     }
 
     fn span(&self, target: &str, d: &Delivery<InboundEvent>) -> tracing::Span {

@@ -1,0 +1,346 @@
+//! A service that owns its lifecycle: declare what it consumes and emits; [`Service::run`]
+//! does the rest.
+//!
+//! From the routes it is given, a service derives its streams (one per first subject token:
+//! `readings.>` lives in `READINGS`) and its durable consumers (`<service>-<stream>`). `run`
+//! checks and connects the database (running the service's own schema), starts the
+//! [`NatsBridge`], the [`OutboxRelay`], a supervised [`TxActors`] pool per route and the
+//! [`Housekeeping`] of the inbox, then waits for `SIGTERM` or `SIGINT`. The stop is ordered
+//! and bounded by the shutdown timeout: consumers stop pulling and what they pulled is
+//! handled and acked, the actors stop, what was committed is published, then NATS and the
+//! database close. A part of the service that gives up (an actor that spent its restart
+//! budget) stops it the same way, and `run` returns the error, so the process exits non-zero.
+//!
+//! ```no_run
+//! use jetflow_runtime::prelude::*;
+//!
+//! struct Echo;
+//!
+//! impl TxHandler for Echo {
+//!     type Message = Json<serde_json::Value>;
+//!
+//!     async fn handle(&self, uow: &mut UnitOfWork, d: &Delivery<Self::Message>) -> Result<(), TxError> {
+//!         uow.publish("echoes.seen", d.message.0.to_string());
+//!         Ok(())
+//!     }
+//! }
+//!
+//! #[actix::main]
+//! async fn main() -> Result<(), jetflow_runtime::ServiceError> {
+//!     Service::new("echo").route("things.>", Echo).emits("echoes.>").run().await
+//! }
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bridge::{BridgeConfig, NatsBridge};
+use crate::connection::NatsConfig;
+use crate::db::{Database, DbConfig};
+use crate::health::Health;
+use crate::housekeeping::{Housekeeping, Retention};
+use crate::relay::{OutboxHandle, OutboxRelay, RelayConfig};
+use crate::route::{BatchConfig, Route};
+use crate::topology::{ConsumerSpec, StreamSpec, Topology};
+use crate::tx_actor::TxActors;
+use crate::tx_route::PreparedTxHandler;
+
+/// Why a service could not start, or stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// A setting is wrong (checked before anything starts).
+    #[error("{setting}: {message}")]
+    Config {
+        /// The setting.
+        setting: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The database could not be reached.
+    #[error(transparent)]
+    Connect(#[from] crate::db::DbError),
+    /// The service's schema could not be set up.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A part of the service gave up (an actor that spent its restart budget).
+    #[error("{component} gave up: {reason}")]
+    Died {
+        /// The part.
+        component: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stop did not finish within the shutdown timeout (what was left is redelivered).
+    #[error("the stop took longer than {0:?}")]
+    StopTimedOut(Duration),
+}
+
+/// Starts a route's actors once the outbox exists: the route, and how to stop them.
+type RouteStarter = Box<dyn FnOnce(&OutboxHandle, &Health) -> (Route, Box<dyn Fn()>)>;
+
+/// A service: its name, connections, routes and the streams it writes (see the
+/// [module](self)).
+pub struct Service {
+    name: String,
+    nats: NatsConfig,
+    database: String,
+    schema: Vec<String>,
+    streams: Vec<StreamSpec>,
+    routes: Vec<RouteStarter>,
+    batch: BatchConfig,
+    instances: usize,
+    retention: Retention,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("streams", &self.streams)
+            .field("routes", &self.routes.len())
+            .finish()
+    }
+}
+
+impl Service {
+    /// A service called `name` (the prefix of its consumers). NATS is `NATS_URL` (default
+    /// `nats://127.0.0.1:4222`), the database `DATABASE_URL` (default
+    /// `sqlite://<name>.db`).
+    pub fn new(name: impl Into<String>) -> Self {
+        let name = name.into();
+        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let database =
+            std::env::var("DATABASE_URL").unwrap_or_else(|_| format!("sqlite://{name}.db"));
+        Self {
+            nats: NatsConfig::new(&nats).name(format!("jetflow-{name}")),
+            name,
+            database,
+            schema: Vec::new(),
+            streams: Vec::new(),
+            routes: Vec::new(),
+            batch: BatchConfig::default(),
+            instances: 1,
+            retention: Retention::default(),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// How to reach NATS (instead of `NATS_URL`).
+    pub fn nats(mut self, config: NatsConfig) -> Self {
+        self.nats = config;
+        self
+    }
+
+    /// The database URL (instead of `DATABASE_URL`).
+    pub fn database(mut self, url: impl Into<String>) -> Self {
+        self.database = url.into();
+        self
+    }
+
+    /// A statement run at every start, after the framework's own tables (make it
+    /// idempotent: `CREATE TABLE IF NOT EXISTS …`).
+    pub fn schema(mut self, statement: impl Into<String>) -> Self {
+        self.schema.push(statement.into());
+        self
+    }
+
+    /// The stream that holds `subjects` (named after their first token), made or merged.
+    fn stream_for(&mut self, subjects: &str) -> String {
+        let token = subjects.split('.').next().unwrap_or(subjects);
+        let name = token.to_ascii_uppercase();
+        let all = format!("{token}.>");
+        if !self.streams.iter().any(|s| s.name == name) {
+            self.streams.push(StreamSpec::new(&name, &[all.as_str()]));
+        }
+        name
+    }
+
+    /// Consumes `subjects` (`readings.>`) with `handler`, effectively once: its stream and
+    /// durable consumer are derived, a supervised pool of its actors applies the batches.
+    pub fn route<H: PreparedTxHandler>(mut self, subjects: &str, handler: H) -> Self {
+        let stream = self.stream_for(subjects);
+        let durable = format!("{}-{}", self.name, stream.to_ascii_lowercase());
+        let consumer = ConsumerSpec::new(&stream, &durable, &[subjects]);
+        let (batch, instances) = (self.batch, self.instances);
+        self.routes.push(Box::new(move |outbox, health| {
+            let actors = TxActors::new(&durable, handler, outbox)
+                .instances(instances)
+                .health(health.clone())
+                .start();
+            let route = actors.route(consumer).batch(batch);
+            (route, Box::new(move || actors.stop()))
+        }));
+        self
+    }
+
+    /// Publishes on `subjects` (`alerts.>`): the stream that stores them is made at start.
+    pub fn emits(mut self, subjects: &str) -> Self {
+        self.stream_for(subjects);
+        self
+    }
+
+    /// How the routes declared after this gather their batches.
+    pub fn batch(mut self, batch: BatchConfig) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// How many instances of each actor the routes declared after this run (default 1).
+    pub fn instances(mut self, n: usize) -> Self {
+        self.instances = n.max(1);
+        self
+    }
+
+    /// How long processed-message ids are kept, and how often they are pruned.
+    pub fn retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long a stop may take (default 30 s).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The streams the service makes at start.
+    pub fn streams(&self) -> &[StreamSpec] {
+        &self.streams
+    }
+
+    /// Runs until `SIGTERM` or `SIGINT`, then stops in order (see the [module](self)).
+    /// Call it inside an actix system (`#[actix::main]`).
+    pub async fn run(self) -> Result<(), ServiceError> {
+        self.run_until(signal()).await
+    }
+
+    /// Runs until `stop` resolves, then stops in order.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let retention_horizon = Duration::from_secs(120);
+        if let Err(message) = self.retention.check(retention_horizon) {
+            return Err(ServiceError::Config {
+                setting: "retention",
+                message,
+            });
+        }
+        let db = Database::connect(&DbConfig::new(&self.database)).await?;
+        for statement in &self.schema {
+            sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+                .execute(db.pool())
+                .await?;
+        }
+        let health = Health::new();
+        let topology = Topology {
+            streams: self.streams.clone(),
+            consumers: Vec::new(),
+        };
+        let bridge = NatsBridge::start(BridgeConfig::new(self.nats, topology), health.clone());
+        let outbox =
+            OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
+        let mut stops = Vec::with_capacity(self.routes.len());
+        for start in self.routes {
+            let (route, stop_actors) = start(&outbox, &health);
+            stops.push(stop_actors);
+            if bridge.subscribe(route).await.is_err() {
+                return Err(ServiceError::Died {
+                    component: "bridge".into(),
+                    reason: "stopped before the routes were subscribed".into(),
+                });
+            }
+        }
+        let background = CancellationToken::new();
+        Housekeeping::new(db.clone(), self.retention).spawn(background.clone());
+        tracing::info!(service = %self.name, "running");
+
+        let died = tokio::select! {
+            () = stop => None,
+            (component, reason) = health.dead() => {
+                tracing::error!(service = %self.name, %component, %reason, "stopping: a part of the service gave up");
+                Some(ServiceError::Died { component, reason })
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        tracing::info!(service = %self.name, timeout = ?self.shutdown_timeout, "stopping");
+        let mut clean = bridge.drain(left()).await;
+        for stop_actors in &stops {
+            stop_actors();
+        }
+        clean &= outbox.flush(left()).await.left == 0;
+        background.cancel();
+        clean &= tokio::time::timeout(left(), bridge.close()).await.is_ok();
+        clean &= tokio::time::timeout(left(), db.close()).await.is_ok();
+        tracing::info!(service = %self.name, clean, "stopped");
+        match died {
+            Some(e) => Err(e),
+            None if !clean => Err(ServiceError::StopTimedOut(self.shutdown_timeout)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves at the first `SIGTERM` or `SIGINT`.
+async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
+    }
+    if tokio::signal::ctrl_c().await.is_err() {
+        tracing::error!("cannot listen for signals; stop with SIGKILL");
+        futures::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::Json;
+    use crate::delivery::Delivery;
+    use crate::tx_route::{TxError, TxHandler};
+    use crate::unit_of_work::UnitOfWork;
+
+    struct Noop;
+
+    impl TxHandler for Noop {
+        type Message = Json<u32>;
+
+        async fn handle(&self, _: &mut UnitOfWork, _: &Delivery<Json<u32>>) -> Result<(), TxError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn routes_and_emits_derive_one_stream_per_first_token() {
+        let s = Service::new("thermostat")
+            .route("readings.>", Noop)
+            .route("readings.calibrated", Noop)
+            .emits("alerts.>");
+        let streams: Vec<(&str, Vec<String>)> = s
+            .streams()
+            .iter()
+            .map(|s| (s.name.as_str(), s.subjects.clone()))
+            .collect();
+        assert_eq!(
+            streams,
+            [
+                ("READINGS", vec!["readings.>".to_string()]),
+                ("ALERTS", vec!["alerts.>".to_string()])
+            ]
+        );
+        assert_eq!(s.routes.len(), 2);
+    }
+}
