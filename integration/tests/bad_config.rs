@@ -183,11 +183,6 @@ fn every_bad_setting_stops_the_command_with_exit_2_and_one_line_naming_it() {
             vec![NATS, SQLITE, ("JETFLOW_REQUESTS_FIRST", "sometimes")],
         ),
         (
-            "JETFLOW_CONSUMER_NICE",
-            vec!["all"],
-            vec![NATS, SQLITE, ("JETFLOW_CONSUMER_NICE", "20")],
-        ),
-        (
             "JETFLOW_CONSUMER_SHARE",
             vec!["all"],
             vec![NATS, SQLITE, ("JETFLOW_CONSUMER_SHARE", "0")],
@@ -258,13 +253,13 @@ fn help_shows_each_command_only_the_flags_it_uses() {
             && !inventory.contains("JETFLOW_REQUESTS_FIRST")
     );
     let all = help(&["all"]);
-    for setting in [
-        "JETFLOW_REQUESTS_FIRST",
-        "JETFLOW_CONSUMER_SHARE",
-        "JETFLOW_CONSUMER_NICE",
-    ] {
+    for setting in ["JETFLOW_REQUESTS_FIRST", "JETFLOW_CONSUMER_SHARE"] {
         assert!(all.contains(setting), "all --help lacks {setting}");
     }
+    assert!(
+        !all.contains("JETFLOW_CONSUMER_NICE"),
+        "the consumers no longer run on threads of their own"
+    );
     let dlq = help(&["dlq", "purge"]);
     assert!(dlq.contains("--yes") && !dlq.contains("DATABASE_URL"));
 }

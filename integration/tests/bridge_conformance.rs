@@ -12,6 +12,7 @@ use jetflow_integration::{NatsServer, eventually};
 use jetflow_runtime::middleware::Inbound;
 use jetflow_runtime::prelude::*;
 use jetflow_runtime::route::BatchHandlerFn;
+use jetflow_runtime::{Foreground, YieldTo};
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -535,7 +536,8 @@ struct Overlap {
 }
 
 impl Overlap {
-    fn route(self: &Arc<Self>, durable: &str, subject: &str) -> Route {
+    /// A route that yields to `requests`.
+    fn route(self: &Arc<Self>, durable: &str, subject: &str, requests: &Foreground) -> Route {
         use std::sync::atomic::Ordering::SeqCst;
         let me = self.clone();
         let handler: BatchHandlerFn = Arc::new(move |batch: Vec<Inbound>| {
@@ -558,6 +560,8 @@ impl Overlap {
                 linger: Duration::ZERO,
             },
         )
+        .layer(YieldTo(requests.clone()))
+        .expect("requests first has a batch form")
     }
 
     async fn wait_handled(&self, n: usize) {
@@ -571,22 +575,22 @@ impl Overlap {
     }
 }
 
-/// A bridge on `nats` whose routes yield to `requests`.
-fn yielding_bridge(nats: &NatsServer, requests: &jetflow_runtime::Foreground) -> Bridge {
+/// A bridge on `nats`.
+fn plain_bridge(nats: &NatsServer) -> Bridge {
     let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
-    let mut config = BridgeConfig::new(NatsConfig::new(&nats.url()), topology);
-    config.yield_to = Some(requests.clone());
-    NatsBridge::start(config, Health::new())
+    NatsBridge::start(
+        BridgeConfig::new(NatsConfig::new(&nats.url()), topology),
+        Health::new(),
+    )
 }
 
 #[test]
 fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after() {
-    use jetflow_runtime::Foreground;
     use std::sync::atomic::Ordering::SeqCst;
     jetflow_integration::run(async {
         let nats = NatsServer::start();
-        let requests = Foreground::new(1, 1.0);
-        let bridge = yielding_bridge(&nats, &requests);
+        let requests = Foreground::new(2, 1.0);
+        let bridge = plain_bridge(&nats);
         let overlap = Arc::new(Overlap {
             running: 0.into(),
             most: 0.into(),
@@ -594,7 +598,7 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
         });
         for (durable, subject) in [("turn-a", "conformance.a"), ("turn-b", "conformance.b")] {
             bridge
-                .subscribe(overlap.route(durable, subject))
+                .subscribe(overlap.route(durable, subject, &requests))
                 .await
                 .expect("subscribe");
         }
@@ -632,12 +636,11 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
 /// worked on: it is not redelivered, though it waits longer than the ack wait.
 #[test]
 fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
-    use jetflow_runtime::Foreground;
     use std::sync::Mutex;
     jetflow_integration::run(async {
         let nats = NatsServer::start();
-        let requests = Foreground::new(1, 1.0);
-        let bridge = yielding_bridge(&nats, &requests);
+        let requests = Foreground::new(2, 1.0);
+        let bridge = plain_bridge(&nats);
         // Every delivery's (subject, delivered) as its handler saw it.
         let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
         for (durable, subject, takes) in [
@@ -661,12 +664,11 @@ fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
                 .ack_wait(Duration::from_secs(1))
                 .max_deliver(5);
             bridge
-                .subscribe(Route::batched(
-                    spec,
-                    durable,
-                    handler,
-                    BatchConfig::default(),
-                ))
+                .subscribe(
+                    Route::batched(spec, durable, handler, BatchConfig::default())
+                        .layer(YieldTo(requests.clone()))
+                        .expect("requests first has a batch form"),
+                )
                 .await
                 .expect("subscribe");
         }

@@ -325,6 +325,7 @@ fn a_charge_racing_a_cancellation_on_two_replicas_is_always_voided() {
             db: db.clone(),
             outbox: outbox.clone(),
             config: Arc::new(SagaConfig::default()),
+            requests_first: None,
         };
         let (vdb, vclient) = (db.clone(), client.clone());
         let voider = Supervisor::new("voider-race")

@@ -20,6 +20,9 @@ pub struct Deps {
     pub outbox: OutboxHandle,
     /// The saga's settings.
     pub config: Arc<SagaConfig>,
+    /// Requests in flight that the standard lane's routes yield to (requests first, when
+    /// the process also serves them); the express lane never does.
+    pub requests_first: Option<jetflow_runtime::Foreground>,
 }
 
 /// Why a domain handler could not finish.

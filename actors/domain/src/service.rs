@@ -6,9 +6,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use jetflow_runtime::middleware::LayerRefused;
 use jetflow_runtime::{
     ActorRef, BatchActor, BreakerActor, BreakerConfig, Bridge, Health, RestartPolicy, Supervisor,
-    TxActors,
+    TxActors, YieldTo,
 };
 use jetflow_schemas::Priority;
 
@@ -87,7 +88,8 @@ impl RoleActors {
         name: &str,
         inbox: &str,
         handler: A::Handler,
-    ) where
+    ) -> Result<(), RoleError>
+    where
         A::Handler: Clone,
     {
         let On {
@@ -111,10 +113,13 @@ impl RoleActors {
                 .iter()
                 .filter(|s| s.durable.ends_with("-express") == express)
             {
-                let route = pool
+                let mut route = pool
                     .route(spec.clone())
                     .batch(deps.config.batch)
                     .double_ack(deps.config.double_ack);
+                if let (Some(requests), false) = (&deps.requests_first, express) {
+                    route = route.layer(YieldTo(requests.clone()))?;
+                }
                 if bridge.subscribe(route).await.is_err() {
                     tracing::error!(role = role.name(), "the bridge is gone; cannot subscribe");
                 }
@@ -123,11 +128,27 @@ impl RoleActors {
             self.pools.push(Box::new(move || stop.stop()));
             self.depths.push(Box::new(move || depth.mailbox_depth()));
         }
+        Ok(())
     }
 }
 
+/// Why a role could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RoleError {
+    /// The payment provider's client could not be built.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// A route refused a layer.
+    #[error(transparent)]
+    Route(#[from] LayerRefused),
+}
+
 /// Starts the orders role: its routes and the sweeper of overdue orders.
-pub async fn start_orders(deps: &Deps, bridge: &Bridge, health: &Health) -> RoleActors {
+pub async fn start_orders(
+    deps: &Deps,
+    bridge: &Bridge,
+    health: &Health,
+) -> Result<RoleActors, RoleError> {
     let mut actors = RoleActors::default();
     let on = On {
         deps,
@@ -142,18 +163,22 @@ pub async fn start_orders(deps: &Deps, bridge: &Bridge, health: &Health) -> Role
             order_actor::CONSUMER,
             OrderHandler,
         )
-        .await;
+        .await?;
     let d = deps.clone();
     actors.sweeper = Some(
         Supervisor::new("order-sweeper")
             .health(health.clone())
             .start(move |_| OrderSweeper::new(d)),
     );
-    actors
+    Ok(actors)
 }
 
 /// Starts the inventory role.
-pub async fn start_inventory(deps: &Deps, bridge: &Bridge, health: &Health) -> RoleActors {
+pub async fn start_inventory(
+    deps: &Deps,
+    bridge: &Bridge,
+    health: &Health,
+) -> Result<RoleActors, RoleError> {
     let mut actors = RoleActors::default();
     let on = On {
         deps,
@@ -168,8 +193,8 @@ pub async fn start_inventory(deps: &Deps, bridge: &Bridge, health: &Health) -> R
             stock_actor::CONSUMER,
             StockHandler,
         )
-        .await;
-    actors
+        .await?;
+    Ok(actors)
 }
 
 /// Starts the payments role: one breaker for the provider shared by both lanes, and the
@@ -179,7 +204,7 @@ pub async fn start_payments(
     bridge: &Bridge,
     health: &Health,
     settings: &PaymentSettings,
-) -> Result<RoleActors, ProviderError> {
+) -> Result<RoleActors, RoleError> {
     let client = PaymentClient::new(
         &settings.provider_url,
         settings.call_timeout + Duration::from_millis(500),
@@ -215,7 +240,7 @@ pub async fn start_payments(
             payment_actor::CONSUMER,
             handler,
         )
-        .await;
+        .await?;
     actors.voider = Some(voider);
     Ok(actors)
 }

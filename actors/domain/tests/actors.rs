@@ -56,6 +56,7 @@ async fn kit() -> Kit {
             db,
             outbox: outbox.clone(),
             config: Arc::new(config),
+            requests_first: None,
         },
         outbox,
         published,

@@ -34,7 +34,6 @@ use crate::dead_letter;
 use crate::health::Health;
 use crate::metrics::metrics;
 use crate::outcome::ReplyOutcome;
-use crate::priority::Foreground;
 use crate::publisher::{OutgoingMessage, PublishError, PublishReceipt, Publisher};
 use crate::route::Route;
 use crate::supervisor::{RestartPolicy, Supervisor};
@@ -56,14 +55,6 @@ pub struct BridgeConfig {
     pub dead_letter_exhausted: bool,
     /// How often consumer state is read into the `jetflow_consumer_*` gauges.
     pub pending_interval: Duration,
-    /// The runtime the routes' consumers (and so their handlers) run on; unset, the one the
-    /// bridge was started from. A process that also serves requests can give its consumers a
-    /// runtime of their own, with threads at a lower CPU priority
-    /// ([`priority::background_runtime`](crate::priority::background_runtime)).
-    pub consumers_on: Option<tokio::runtime::Handle>,
-    /// Foreground work (requests) the consumers yield to: while it is busy, the
-    /// routes' batches take turns ([`Foreground`](crate::priority::Foreground)).
-    pub yield_to: Option<Foreground>,
 }
 
 impl BridgeConfig {
@@ -75,8 +66,6 @@ impl BridgeConfig {
             publish_timeout: Duration::from_secs(5),
             dead_letter_exhausted: true,
             pending_interval: Duration::from_secs(5),
-            consumers_on: None,
-            yield_to: None,
         }
     }
 
@@ -242,16 +231,9 @@ impl NatsBridge {
             return;
         }
         if let Some(js) = self.shared.js() {
-            let task = consumer::run(
-                js,
-                route,
-                self.generation_stop.clone(),
-                self.config.yield_to.clone(),
-            );
-            match &self.config.consumers_on {
-                Some(runtime) => self.shared.tasks.spawn_on(task, runtime),
-                None => self.shared.tasks.spawn(task),
-            };
+            self.shared
+                .tasks
+                .spawn(consumer::run(js, route, self.generation_stop.clone()));
         }
     }
 

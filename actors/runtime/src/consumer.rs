@@ -12,7 +12,6 @@
 //! behind its back. The acknowledgement is sent only after the handler answered: work in
 //! flight when the loop is dropped (a lost connection, a crash) is redelivered, not lost.
 
-use std::future::Future;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
@@ -24,7 +23,6 @@ use crate::delivery::DeliveryMeta;
 use crate::metrics::metrics;
 use crate::middleware::{HandlerFn, Inbound};
 use crate::outcome::{Decision, Outcome, decide};
-use crate::priority::{BackgroundTurn, Foreground};
 use crate::route::{BatchConfig, BatchHandlerFn, Handling, Route};
 use crate::topology::{ConsumerSpec, ensure_consumer};
 
@@ -38,13 +36,7 @@ const PULL_EXPIRES: Duration = Duration::from_secs(2);
 
 /// Runs a route until `stop` is cancelled (then finishes what was pulled) or the future is
 /// dropped.
-pub(crate) async fn run(
-    js: jetstream::Context,
-    route: Route,
-    stop: CancellationToken,
-    yield_to: Option<Foreground>,
-) {
-    let yield_to = yield_to.as_ref();
+pub(crate) async fn run(js: jetstream::Context, route: Route, stop: CancellationToken) {
     let spec = route.consumer.clone();
     loop {
         if stop.is_cancelled() {
@@ -72,7 +64,7 @@ pub(crate) async fn run(
                         let js = js.clone();
                         let handler = handler.clone();
                         let spec = &spec;
-                        async move { handle(&js, spec, &handler, msg, double_ack, yield_to).await }
+                        async move { handle(&js, spec, &handler, msg, double_ack).await }
                     })
                     .await;
             }
@@ -83,7 +75,6 @@ pub(crate) async fn run(
                     handler,
                     config: *config,
                     double_ack,
-                    yield_to,
                 };
                 batches.run(consumer, &stop).await;
             }
@@ -171,7 +162,6 @@ struct Batches<'a> {
     handler: &'a BatchHandlerFn,
     config: BatchConfig,
     double_ack: bool,
-    yield_to: Option<&'a Foreground>,
 }
 
 impl Batches<'_> {
@@ -210,15 +200,7 @@ impl Batches<'_> {
                 }
             }
             busy = batch.len() > 1;
-            handle_batch(
-                self.js,
-                self.spec,
-                self.handler,
-                batch,
-                self.double_ack,
-                self.yield_to,
-            )
-            .await;
+            handle_batch(self.js, self.spec, self.handler, batch, self.double_ack).await;
         }
     }
 }
@@ -284,7 +266,6 @@ async fn handle(
     handler: &HandlerFn,
     msg: jetstream::Message,
     double_ack: bool,
-    yield_to: Option<&Foreground>,
 ) {
     let Some(meta) = meta_of(&msg, spec) else {
         return;
@@ -293,34 +274,12 @@ async fn handle(
         payload: msg.payload.clone(),
         meta: meta.clone(),
     };
-    let (outcome, turn) = with_progress(
-        in_turn(yield_to, handler(inbound)),
-        &[&msg],
-        progress_interval(spec),
-    )
-    .await;
+    let outcome = with_progress(handler(inbound), &[&msg], progress_interval(spec)).await;
     if let Outcome::Retry { reason, .. } = &outcome {
         tracing::debug!(subject = %meta.subject, stream_seq = meta.stream_sequence, delivered = meta.delivered, %reason, "delivery will be retried");
     }
     let decision = decide(outcome, meta.delivered, meta.max_deliver);
     apply(js, &msg, &meta, decision, double_ack).await;
-    if let Some(turn) = turn {
-        turn.finish().await;
-    }
-}
-
-/// Runs `work` in a background turn when the route yields to foreground work. The turn is
-/// waited for inside the caller's [`with_progress`], so deliveries waiting for it keep
-/// telling JetStream they are being worked on; the caller gives it back after the acks.
-async fn in_turn<'a, T>(
-    yield_to: Option<&'a Foreground>,
-    work: impl Future<Output = T>,
-) -> (T, Option<BackgroundTurn<'a>>) {
-    let turn = match yield_to {
-        Some(requests) => Some(requests.background_turn().await),
-        None => None,
-    };
-    (work.await, turn)
 }
 
 /// Handles one batch end to end: one outcome per delivery, then every acknowledgement.
@@ -330,7 +289,6 @@ async fn handle_batch(
     handler: &BatchHandlerFn,
     msgs: Vec<jetstream::Message>,
     double_ack: bool,
-    yield_to: Option<&Foreground>,
 ) {
     let mut kept = Vec::with_capacity(msgs.len());
     let mut inbound = Vec::with_capacity(msgs.len());
@@ -347,12 +305,7 @@ async fn handle_batch(
         return;
     }
     let refs: Vec<&jetstream::Message> = kept.iter().map(|(m, _)| m).collect();
-    let (outcomes, turn) = with_progress(
-        in_turn(yield_to, handler(inbound)),
-        &refs,
-        progress_interval(spec),
-    )
-    .await;
+    let outcomes = with_progress(handler(inbound), &refs, progress_interval(spec)).await;
     let acks = kept
         .iter()
         .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
@@ -363,9 +316,6 @@ async fn handle_batch(
             apply(js, msg, meta, decision, double_ack)
         });
     futures::future::join_all(acks).await;
-    if let Some(turn) = turn {
-        turn.finish().await;
-    }
 }
 
 /// Carries out a decision; records it in `jetflow_nats_consumed_total`.

@@ -4,41 +4,31 @@
 //! gateway and the saga's consumers) shares its cores, its database and its broker between
 //! the two. Under a burst, sharing them fairly makes every request wait behind the
 //! backlog's work, although that work could as well wait in the stream, where it is
-//! durable. Two tools put the requests first:
-//!
-//! - [`Foreground`] counts the requests in flight ([`Foreground::enter`], from an HTTP
-//!   middleware, say). Given to [`BridgeConfig::yield_to`](crate::BridgeConfig::yield_to),
-//!   it makes the consumers' batches take turns while requests are in flight (two or more,
-//!   [`BUSY_AT`]): one batch (or delivery) at a time instead of one per route, so the
-//!   database and the broker serve the requests' statements between them. Otherwise the
-//!   consumers run side by side again; the backlog is worked off as soon as the requests
-//!   ease.
-//! - [`background_runtime`] builds a tokio runtime whose worker threads run at a lower CPU
-//!   priority (a higher nice value); given to
-//!   [`BridgeConfig::consumers_on`](crate::BridgeConfig::consumers_on), the consumers' own
-//!   CPU work takes what the requests leave. Raising a thread's nice value needs no
-//!   privilege. Give such consumers a database pool of their own: a connection opened from
-//!   these threads is driven by them (and on SQLite runs on a thread that keeps their nice
-//!   value), also when it later serves a request. On Linux the nice value belongs to each thread; elsewhere `setpriority`
-//!   would lower the whole process, so there the threads keep the process's priority.
+//! durable. [`Foreground`] counts the requests in flight ([`Foreground::enter`], from an HTTP
+//! middleware, say); [`YieldTo`] is the route layer that makes a route's work (each batch, or
+//! each delivery) background work of it: while `busy_at` or more requests are in flight,
+//! the routes that carry the layer take turns, one job at a time, and after each job its
+//! turn is held for the rest of the busy share (as PostgreSQL's autovacuum sleeps between
+//! rounds to leave the disk to queries). Otherwise they run side by side and never rest; the
+//! backlog is worked off as soon as the requests ease. A route without the layer (an express
+//! lane) never waits for a turn.
 //!
 //! An idle machine runs both alike. Nothing is dropped or reordered: a delivery waits for
-//! its turn like it waits for a free core.
+//! its turn like it waits for a free core, inside the route's in-progress acks.
 //!
 //! ```
-//! use jetflow_runtime::priority::{Foreground, background_runtime};
+//! use jetflow_runtime::priority::Foreground;
 //!
-//! let work = background_runtime("work", 2, 10)?;
-//! let requests = Foreground::new(1, 0.5);
-//! work.block_on(async {
-//!     let first = requests.enter();
-//!     assert!(!requests.busy(), "a lone request is not a burst");
-//!     let second = requests.enter();
-//!     assert!(requests.busy());
-//!     let _turn = requests.background_turn().await; // one at a time while busy
-//!     drop((first, second));
-//!     assert!(!requests.busy());
-//! });
+//! # tokio::runtime::Runtime::new()?.block_on(async {
+//! let requests = Foreground::new(2, 0.5);
+//! let first = requests.enter();
+//! assert!(!requests.busy(), "one request is not a burst at busy_at 2");
+//! let second = requests.enter();
+//! assert!(requests.busy());
+//! let _turn = requests.background_turn().await; // one at a time while busy
+//! drop((first, second));
+//! assert!(!requests.busy());
+//! # });
 //! # Ok::<(), std::io::Error>(())
 //! ```
 
@@ -47,72 +37,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::runtime::{Builder, Runtime};
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Foreground work in flight from which background work yields: a lone request (a client
-/// polling an order, one order placed at a time) is not a burst, and its order's own saga
-/// steps should not wait behind it.
-pub const BUSY_AT: usize = 2;
-
-/// The highest nice value (the lowest priority) Linux knows.
-pub const MAX_NICE: u8 = 19;
-
-/// A multi-thread runtime of `threads` workers named `name`, each `nice` steps below the
-/// priority of the thread that builds it (like `nice -n`; at most [`MAX_NICE`]) on Linux.
-/// Every thread the runtime starts (its blocking pool too) gets that same nice value.
-pub fn background_runtime(name: &str, threads: usize, nice: u8) -> std::io::Result<Runtime> {
-    let target = (current_nice() + i32::from(nice)).min(i32::from(MAX_NICE));
-    Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .thread_name(name)
-        .enable_all()
-        .on_thread_start(move || set_this_thread(target))
-        .build()
-}
-
-/// The nice value of the calling thread (0 where threads have none of their own).
-pub fn current_nice() -> i32 {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: errno is the calling thread's own; getpriority reads the calling thread's
-        // nice value (who = 0 is the calling thread on Linux) and takes no memory. It
-        // answers -1 both for a nice value of -1 and on an error, which only errno tells
-        // apart.
-        unsafe {
-            *libc::__errno_location() = 0;
-            let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-            if nice == -1 && *libc::__errno_location() != 0 {
-                0
-            } else {
-                nice
-            }
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
-    }
-}
-
-fn set_this_thread(nice: i32) {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: setpriority changes the calling thread's nice value (who = 0 is the
-        // calling thread on Linux, whose nice values are per thread); no memory is passed,
-        // and raising a nice value needs no privilege.
-        let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-        if done != 0 {
-            tracing::warn!(
-                nice,
-                error = %std::io::Error::last_os_error(),
-                "cannot lower this thread's CPU priority; it keeps the process's"
-            );
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
-}
+use crate::middleware::{BatchHandlerFn, HandlerFn, Inbound, Middleware};
 
 /// Counts the foreground work in flight (requests), and lets background work (consumers)
 /// take turns while there is any. Cheap to clone; clones share the count.
@@ -124,7 +51,8 @@ pub struct Foreground {
 #[derive(Debug)]
 struct Inner {
     in_flight: AtomicUsize,
-    turns: Semaphore,
+    busy_at: usize,
+    turns: Arc<Semaphore>,
     /// How long a busy turn is held after its job, per second the job took.
     rest_per_work: f64,
 }
@@ -152,30 +80,44 @@ impl Drop for ForegroundGuard {
 #[derive(Debug)]
 pub struct BackgroundTurn<'a> {
     foreground: &'a Foreground,
-    permit: Option<SemaphorePermit<'a>>,
+    permit: Option<OwnedSemaphorePermit>,
     started: tokio::time::Instant,
 }
 
 impl BackgroundTurn<'_> {
-    /// Gives the turn back. When it was taken while the foreground was busy and the
-    /// foreground still is, it is held first for the rest the busy share asks: the job's
-    /// time so far times (1 ÷ share − 1), at most a second.
-    pub async fn finish(self) {
+    /// The rest owed: when the turn was taken while the foreground was busy and the
+    /// foreground still is, the job's time so far times (1 ÷ share − 1), at most a second.
+    fn rest(&self) -> Option<Duration> {
         let rest_per_work = self.foreground.inner.rest_per_work;
-        if self.permit.is_some() && self.foreground.busy() && rest_per_work > 0.0 {
-            let rest = self.started.elapsed().mul_f64(rest_per_work).min(MAX_REST);
+        (self.permit.is_some() && self.foreground.busy() && rest_per_work > 0.0)
+            .then(|| self.started.elapsed().mul_f64(rest_per_work).min(MAX_REST))
+    }
+
+    /// Gives the turn back after the rest owed (see [`Foreground::background`]).
+    pub async fn finish(self) {
+        if let Some(rest) = self.rest() {
             tokio::time::sleep(rest).await;
+        }
+    }
+
+    /// Gives the turn back after the rest owed, without waiting for it: the caller goes on
+    /// (acks its deliveries) while the turn is still held.
+    pub fn finish_detached(mut self) {
+        if let (Some(rest), Some(permit)) = (self.rest(), self.permit.take()) {
+            tokio::spawn(async move {
+                tokio::time::sleep(rest).await;
+                drop(permit);
+            });
         }
     }
 }
 
 impl Foreground {
-    /// While foreground work is in flight, at most `busy_turns` (at least 1) background jobs
-    /// run at once, and jobs run through [`Foreground::background`] take about `busy_share`
-    /// (0 to 1) of the time: after each, its turn is held while the requests use the rest
-    /// (as PostgreSQL's autovacuum sleeps between rounds to leave the disk to queries). A
-    /// share of 1 (or more) never rests; the least is 0.05.
-    pub fn new(busy_turns: usize, busy_share: f64) -> Self {
+    /// Busy while `busy_at` (at least 1) or more units of foreground work are in flight; then
+    /// one background job runs at a time, and jobs take about `busy_share` (0 to 1) of the
+    /// time: after each, its turn is held while the requests use the rest. A share of 1 (or
+    /// more) never rests; the least is 0.05.
+    pub fn new(busy_at: usize, busy_share: f64) -> Self {
         let share = if busy_share.is_finite() {
             busy_share.clamp(0.05, 1.0)
         } else {
@@ -184,7 +126,8 @@ impl Foreground {
         Self {
             inner: Arc::new(Inner {
                 in_flight: AtomicUsize::new(0),
-                turns: Semaphore::new(busy_turns.max(1)),
+                busy_at: busy_at.max(1),
+                turns: Arc::new(Semaphore::new(1)),
                 rest_per_work: 1.0 / share - 1.0,
             }),
         }
@@ -203,17 +146,17 @@ impl Foreground {
         self.inner.in_flight.load(Ordering::Acquire)
     }
 
-    /// Whether the foreground is busy: [`BUSY_AT`] or more units of work in flight.
+    /// Whether the foreground is busy: `busy_at` or more units of work in flight.
     pub fn busy(&self) -> bool {
-        self.in_flight() >= BUSY_AT
+        self.in_flight() >= self.inner.busy_at
     }
 
-    /// A background job's turn: at once while the foreground is idle; otherwise once fewer
-    /// than `busy_turns` background jobs hold one.
+    /// A background job's turn: at once while the foreground is idle; otherwise once no
+    /// other background job holds it.
     pub async fn background_turn(&self) -> BackgroundTurn<'_> {
         let permit = if self.busy() {
             // The semaphore is never closed.
-            self.inner.turns.acquire().await.ok()
+            Arc::clone(&self.inner.turns).acquire_owned().await.ok()
         } else {
             None
         };
@@ -235,6 +178,40 @@ impl Foreground {
     }
 }
 
+/// The route layer that makes a route's work (each batch, or each delivery) background
+/// work of a [`Foreground`]: while it is busy, such jobs take turns and rest; the turn is
+/// waited for inside the route's in-progress acks, and its rest is taken after the acks.
+#[derive(Debug, Clone)]
+pub struct YieldTo(pub Foreground);
+
+impl Middleware for YieldTo {
+    fn wrap(&self, next: HandlerFn) -> HandlerFn {
+        let fg = self.0.clone();
+        Arc::new(move |inbound: Inbound| {
+            let (fg, next) = (fg.clone(), next.clone());
+            Box::pin(async move {
+                let turn = fg.background_turn().await;
+                let outcome = next(inbound).await;
+                turn.finish_detached();
+                outcome
+            })
+        })
+    }
+
+    fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
+        let fg = self.0.clone();
+        Ok(Arc::new(move |batch: Vec<Inbound>| {
+            let (fg, next) = (fg.clone(), next.clone());
+            Box::pin(async move {
+                let turn = fg.background_turn().await;
+                let outcomes = next(batch).await;
+                turn.finish_detached();
+                outcomes
+            })
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,7 +226,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn busy_background_jobs_rest_for_the_share_the_requests_get_and_idle_ones_do_not() {
         let ms = Duration::from_millis;
-        let half = Foreground::new(1, 0.5);
+        let half = Foreground::new(2, 0.5);
         assert_eq!(
             background_takes(&half, ms(100)).await,
             ms(100),
@@ -261,7 +238,7 @@ mod tests {
             ms(200),
             "busy: as long again"
         );
-        let fifth = Foreground::new(1, 0.2);
+        let fifth = Foreground::new(2, 0.2);
         let _others = (fifth.enter(), fifth.enter());
         assert_eq!(
             background_takes(&fifth, ms(100)).await,
@@ -273,7 +250,7 @@ mod tests {
             ms(2000),
             "the rest is at most a second"
         );
-        let whole = Foreground::new(1, 1.0);
+        let whole = Foreground::new(2, 1.0);
         let _thirds = (whole.enter(), whole.enter());
         assert_eq!(
             background_takes(&whole, ms(100)).await,
@@ -298,7 +275,7 @@ mod tests {
 
     #[tokio::test]
     async fn background_jobs_run_side_by_side_when_idle_and_take_turns_while_busy() {
-        let fg = Foreground::new(1, 1.0);
+        let fg = Foreground::new(2, 1.0);
         // Idle: any number of turns at once.
         let (a, b) = (fg.background_turn().await, fg.background_turn().await);
         drop((a, b));
@@ -321,31 +298,26 @@ mod tests {
         let _third = fg.background_turn().await;
     }
 
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_workers_run_at_the_given_nice_value_and_the_caller_keeps_its_own() {
-        let before = current_nice();
-        let rt = background_runtime("nice-test", 2, 7).expect("runtime");
-        let seen = rt.block_on(async {
-            let a = tokio::spawn(async { current_nice() });
-            // A blocking-pool thread is started by a worker, already lowered: it gets the
-            // same value, not seven steps more.
-            let b = tokio::spawn(async { tokio::task::spawn_blocking(current_nice).await });
-            (
-                a.await.expect("task"),
-                b.await.expect("task").expect("blocking"),
-            )
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_yields_while_busy_and_rests_after_answering() {
+        use crate::outcome::Outcome;
+        let fg = Foreground::new(1, 0.5);
+        let work: BatchHandlerFn = Arc::new(|batch: Vec<Inbound>| {
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                vec![Outcome::Ack; batch.len()]
+            })
         });
-        // block_on runs on this thread; spawned tasks run on the workers.
-        assert_eq!(seen, ((before + 7).min(19), (before + 7).min(19)));
-        assert_eq!(current_nice(), before);
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn nice_steps_past_the_lowest_priority_stop_there() {
-        let rt = background_runtime("nice-clamp", 1, 200).expect("runtime");
-        let seen = rt.block_on(async { tokio::spawn(async { current_nice() }).await });
-        assert_eq!(seen.expect("task"), 19);
+        let route = YieldTo(fg.clone()).wrap_batch(work).expect("a batch form");
+        let inbound = || Inbound {
+            payload: bytes::Bytes::new(),
+            meta: crate::DeliveryMeta::new("s"),
+        };
+        let _request = fg.enter();
+        let started = tokio::time::Instant::now();
+        let (a, b) = tokio::join!(route(vec![inbound()]), route(vec![inbound()]));
+        assert_eq!((a.len(), b.len()), (1, 1));
+        // One at a time, and the first one's rest (100 ms) before the second starts.
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
     }
 }

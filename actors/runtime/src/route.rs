@@ -16,7 +16,10 @@ use futures::future::BoxFuture;
 use crate::actor_ref::TrackedRecipient;
 use crate::codec::Decode;
 use crate::delivery::Delivery;
-use crate::middleware::{HandlerFn, Inbound, Middleware, compose, default_stack, handler_fn};
+use crate::middleware::{
+    HandlerFn, Inbound, LayerRefused, Middleware, compose, default_batch_stack, default_stack,
+    handler_fn,
+};
 use crate::outcome::Outcome;
 use crate::topology::ConsumerSpec;
 
@@ -118,6 +121,23 @@ where
     })
 }
 
+/// A shared middleware as a layer of its own.
+struct ArcLayer(Arc<dyn Middleware>);
+
+impl Middleware for ArcLayer {
+    fn wrap(&self, next: HandlerFn) -> HandlerFn {
+        self.0.wrap(next)
+    }
+
+    fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
+        self.0.wrap_batch(next)
+    }
+
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
 impl Route {
     /// A route from `consumer` to the actor behind `recipient`, with the default middleware.
     pub fn new<M>(consumer: ConsumerSpec, recipient: TrackedRecipient<Delivery<M>>) -> Self
@@ -125,7 +145,8 @@ impl Route {
         M: Decode,
     {
         let target = recipient.name().to_string();
-        Self::from_handler(consumer, &target, deliver_to(recipient)).stack(&default_stack())
+        let handler = compose(deliver_to(recipient), &default_stack());
+        Self::from_handler(consumer, &target, handler)
     }
 
     /// A route with a hand-made handler and no middleware.
@@ -141,13 +162,22 @@ impl Route {
         }
     }
 
-    /// A route that hands over batches (see [`TxRoute`](crate::TxRoute), which builds one).
+    /// A route that hands over batches (see [`TxRoute`](crate::TxRoute), which builds one),
+    /// with the [default batch stack](crate::middleware::default_batch_stack).
     pub fn batched(
         consumer: ConsumerSpec,
         target: &str,
         handler: BatchHandlerFn,
         config: BatchConfig,
     ) -> Self {
+        let handler = default_batch_stack()
+            .iter()
+            .rev()
+            .fold(handler, |next, mw| match mw.wrap_batch(next.clone()) {
+                Ok(wrapped) => wrapped,
+                // Every default has a batch form (tested); none is skipped in practice.
+                Err(_) => next,
+            });
         Self {
             consumer,
             handling: Handling::Batch {
@@ -162,21 +192,33 @@ impl Route {
         }
     }
 
-    /// Wraps the handler in one more middleware (it becomes the outermost). Batched routes
-    /// have their policies built in and are left as they are.
-    pub fn layer(mut self, middleware: impl Middleware) -> Self {
-        if let Handling::Each { handler, .. } = &mut self.handling {
-            *handler = middleware.wrap(handler.clone());
+    /// Wraps the handler in one more middleware (it becomes the outermost), on any route:
+    /// one that cannot apply to a batched route is refused with an error that names it,
+    /// never skipped.
+    pub fn layer(mut self, middleware: impl Middleware) -> Result<Self, LayerRefused> {
+        match &mut self.handling {
+            Handling::Each { handler, .. } => *handler = middleware.wrap(handler.clone()),
+            Handling::Batch { handler, .. } => match middleware.wrap_batch(handler.clone()) {
+                Ok(wrapped) => *handler = wrapped,
+                Err(why) => {
+                    return Err(LayerRefused {
+                        route: self.target.clone(),
+                        layer: middleware.name(),
+                        why,
+                    });
+                }
+            },
         }
-        self
+        Ok(self)
     }
 
-    /// Wraps the handler in a whole stack (first element outermost).
-    pub fn stack(mut self, stack: &[Arc<dyn Middleware>]) -> Self {
-        if let Handling::Each { handler, .. } = &mut self.handling {
-            *handler = compose(handler.clone(), stack);
+    /// Wraps the handler in a whole stack (first element outermost), as [`layer`](Self::layer)
+    /// does each.
+    pub fn stack(mut self, stack: &[Arc<dyn Middleware>]) -> Result<Self, LayerRefused> {
+        for middleware in stack.iter().rev() {
+            self = self.layer(ArcLayer(Arc::clone(middleware)))?;
         }
-        self
+        Ok(self)
     }
 
     /// Sets how many deliveries are handled at once (routes that handle one at a time).
@@ -229,5 +271,64 @@ impl Route {
             Handling::Batch { handler, .. } => Some(Arc::clone(handler)),
             Handling::Each { .. } => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::middleware::{
+        ConcurrencyLimit, Correlation, Poison, Recoverer, Retry, Throttle, Timeout,
+    };
+
+    fn batch_route() -> Route {
+        Route::batched(
+            ConsumerSpec::new("S", "d", &[]),
+            "t",
+            Arc::new(|batch: Vec<Inbound>| {
+                Box::pin(async move { vec![Outcome::Ack; batch.len()] })
+            }),
+            BatchConfig::default(),
+        )
+    }
+
+    /// A policy with no batch form.
+    struct OneAtATime;
+
+    impl Middleware for OneAtATime {
+        fn wrap(&self, next: HandlerFn) -> HandlerFn {
+            next
+        }
+    }
+
+    #[test]
+    fn every_policy_of_the_runtime_applies_to_a_batched_route() {
+        let stack: Vec<Arc<dyn Middleware>> = vec![
+            Arc::new(Correlation),
+            Arc::new(Poison::default()),
+            Arc::new(Retry::default()),
+            Arc::new(Timeout(Duration::from_secs(1))),
+            Arc::new(Recoverer),
+            Arc::new(Throttle::per_second(10)),
+            Arc::new(ConcurrencyLimit::new(2)),
+        ];
+        assert!(batch_route().stack(&stack).is_ok());
+        for mw in default_batch_stack().iter().chain(&default_stack()) {
+            assert!(
+                mw.wrap_batch(batch_route().batch_handler().expect("batched"))
+                    .is_ok()
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_without_a_batch_form_is_refused_by_name() {
+        let refused = batch_route().layer(OneAtATime).expect_err("refused");
+        assert_eq!(
+            refused.to_string(),
+            "route t: the OneAtATime layer cannot apply: it has no batch form"
+        );
     }
 }

@@ -359,41 +359,28 @@ pub struct AllArgs {
         help_heading = "Local services"
     )]
     pub nats_sync_always: bool,
-    /// Requests first: while two or more HTTP requests are in flight, the consumers' batches
-    /// take turns and rest, so a burst of orders is accepted at once and the saga works
-    /// through the stream with what is left (false: both share alike).
+    /// Requests first: while this many HTTP requests (or more) are in flight, the standard
+    /// lane's consumers take turns and rest, so a burst of orders is accepted at once and the
+    /// saga works through the stream with what is left; the express lane never waits (0: off,
+    /// both share alike).
     #[arg(
         long,
         env = "JETFLOW_REQUESTS_FIRST",
-        default_value_t = true,
-        action = clap::ArgAction::Set,
-        value_parser = clap::builder::BoolishValueParser::new(),
+        default_value_t = crate::settings::Settings::default().requests_first,
         help_heading = "Consumers"
     )]
-    pub requests_first: bool,
+    pub requests_first: u32,
     /// With requests first: the share of the time (0.05 to 1) the consumers' batches take
     /// while requests are in flight; after each batch its turn is held for the rest (1: never
     /// rests).
     #[arg(
         long,
         env = "JETFLOW_CONSUMER_SHARE",
-        default_value_t = 0.5,
+        default_value_t = crate::settings::Settings::default().consumer_share,
         value_parser = share,
         help_heading = "Consumers"
     )]
     pub consumer_share: f64,
-    /// With requests first: run the consumers on threads of their own this many steps of
-    /// CPU priority (nice values, 0 to 19) below the requests' (0: one runtime for both).
-    /// Pool connections the consumers open serve requests too, and on SQLite a connection's
-    /// thread keeps the nice value of the thread that opened it.
-    #[arg(
-        long,
-        env = "JETFLOW_CONSUMER_NICE",
-        default_value_t = 0,
-        value_parser = clap::value_parser!(u8).range(0..=19),
-        help_heading = "Consumers"
-    )]
-    pub consumer_nice: u8,
 }
 
 /// Options of `jetflow gateway`.

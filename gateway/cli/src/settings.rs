@@ -171,15 +171,13 @@ pub struct Settings {
     pub retention: Retention,
     /// The outbox relay.
     pub relay: RelayConfig,
-    /// When one process serves requests and consumes: whether the consumers take turns
-    /// while requests are in flight.
-    pub requests_first: bool,
+    /// When one process serves requests and consumes: from how many requests in flight the
+    /// standard lane's consumers take turns (0: never). The default, 2: a lone request (one
+    /// order placed and polled at a time) is not a burst, and its own saga runs at full speed.
+    pub requests_first: u32,
     /// With `requests_first`: the share of the time the consumers take while requests are
     /// in flight.
     pub consumer_share: f64,
-    /// With `requests_first`: how many nice steps the consumers' threads run below the
-    /// requests' (0: one runtime for both).
-    pub consumer_nice: u8,
 }
 
 impl Default for Settings {
@@ -193,9 +191,8 @@ impl Default for Settings {
             provider: ProviderSettings::default(),
             retention: Retention::default(),
             relay: RelayConfig::default(),
-            requests_first: false,
-            consumer_share: 1.0,
-            consumer_nice: 0,
+            requests_first: 2,
+            consumer_share: 0.5,
         }
     }
 }
@@ -331,7 +328,6 @@ impl Settings {
         s.provider.addr = a.provider_addr;
         s.requests_first = a.requests_first;
         s.consumer_share = a.consumer_share;
-        s.consumer_nice = a.consumer_nice;
         Ok(s)
     }
 
@@ -482,6 +478,32 @@ pub struct Uses {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One place holds each default: what `jetflow all` runs with when given nothing is
+    /// `Settings::default()` (the command line's defaults are read from it, and this checks
+    /// every other one too).
+    #[test]
+    fn the_command_lines_defaults_are_settings_default() {
+        use clap::Parser;
+        let set: Vec<String> = std::env::vars()
+            .map(|(k, _)| k)
+            .filter(|k| {
+                k.starts_with("JETFLOW_") && !k.starts_with("JETFLOW_TEST_") && k != "JETFLOW_BIN"
+                    || ["NATS_URL", "DATABASE_URL", "PAYMENT_PROVIDER_URL"].contains(&k.as_str())
+            })
+            .collect();
+        assert!(
+            set.is_empty(),
+            "the test reads defaults, but these are set: {set:?}"
+        );
+        let cli = crate::cli::Cli::try_parse_from(["jetflow", "all"]).expect("parses");
+        let crate::cli::Command::All(args) = cli.command else {
+            panic!("jetflow all");
+        };
+        let from_cli = Settings::for_all(&args).expect("valid");
+        let default = Settings::named("all");
+        assert_eq!(format!("{from_cli:#?}"), format!("{default:#?}"));
+    }
 
     fn uses_all() -> Uses {
         Uses {

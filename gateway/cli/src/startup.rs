@@ -106,21 +106,6 @@ pub enum StartupError {
         #[source]
         source: std::io::Error,
     },
-    /// The consumers' threads.
-    #[error("cannot start the consumers' threads: {0}")]
-    Threads(#[source] std::io::Error),
-}
-
-/// The consumers' runtime, shut down without waiting when the application goes (its tasks
-/// have been drained by then; dropping a runtime inside another one would panic).
-struct ConsumerRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for ConsumerRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
 }
 
 impl From<DbError> for StartupError {
@@ -171,8 +156,6 @@ pub struct Application {
     outbox: Option<OutboxHandle>,
     actors: Vec<RoleActors>,
     background: CancellationToken,
-    /// Dropped at the end of a stop, once the bridge and the database are closed.
-    consumer_runtime: ConsumerRuntime,
 }
 
 /// Connects to the database, retrying for up to `patience` (a database that starts a little
@@ -207,27 +190,15 @@ impl Application {
         } else {
             None
         };
-        // One process that answers requests and consumes: the consumers take turns while
-        // requests are in flight and, with JETFLOW_CONSUMER_NICE, run on threads of their own
-        // at a lower CPU priority (see `jetflow_runtime::priority`).
-        let requests_first = (settings.requests_first && roles.gateway && roles.consumes())
-            .then(|| Foreground::new(1, settings.consumer_share));
-        let consumer_runtime = match settings.consumer_nice {
-            n if n > 0 && requests_first.is_some() => {
-                let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-                let rt = jetflow_runtime::priority::background_runtime("jetflow-work", threads, n)
-                    .map_err(StartupError::Threads)?;
-                ConsumerRuntime(Some(rt))
-            }
-            _ => ConsumerRuntime(None),
-        };
+        // One process that answers requests and consumes: the standard lane's consumers
+        // take turns while requests are in flight (`jetflow_runtime::priority`).
+        let requests_first = (settings.requests_first > 0 && roles.gateway && roles.consumes())
+            .then(|| Foreground::new(settings.requests_first as usize, settings.consumer_share));
         let bridge = roles.needs_nats().then(|| {
             let name = format!("jetflow-{}", settings.role_name);
             let mut config =
                 BridgeConfig::new(settings.nats.connection(&name), topology::topology(&saga));
             config.publish_timeout = settings.nats.publish_timeout;
-            config.consumers_on = consumer_runtime.0.as_ref().map(|rt| rt.handle().clone());
-            config.yield_to = requests_first.clone();
             NatsBridge::start(config, health.clone())
         });
 
@@ -242,12 +213,27 @@ impl Application {
                     db: db.clone(),
                     outbox: relay.clone(),
                     config: saga.clone(),
+                    requests_first: requests_first.clone(),
+                };
+                let refused = |e: service::RoleError| {
+                    StartupError::Config(ConfigError {
+                        setting: "JETFLOW_REQUESTS_FIRST",
+                        message: e.to_string(),
+                    })
                 };
                 if roles.orders {
-                    actors.push(service::start_orders(&deps, bridge, &health).await);
+                    actors.push(
+                        service::start_orders(&deps, bridge, &health)
+                            .await
+                            .map_err(refused)?,
+                    );
                 }
                 if roles.inventory {
-                    actors.push(service::start_inventory(&deps, bridge, &health).await);
+                    actors.push(
+                        service::start_inventory(&deps, bridge, &health)
+                            .await
+                            .map_err(refused)?,
+                    );
                 }
                 if roles.payments {
                     let payment = PaymentSettings {
@@ -259,11 +245,12 @@ impl Application {
                     };
                     let started = service::start_payments(&deps, bridge, &health, &payment)
                         .await
-                        .map_err(|e| {
-                            StartupError::Config(ConfigError {
+                        .map_err(|e| match e {
+                            service::RoleError::Provider(e) => StartupError::Config(ConfigError {
                                 setting: "PAYMENT_PROVIDER_URL",
                                 message: e.to_string(),
-                            })
+                            }),
+                            other => refused(other),
                         })?;
                     actors.push(started);
                 }
@@ -390,7 +377,6 @@ impl Application {
             outbox,
             actors,
             background,
-            consumer_runtime,
         })
     }
 
@@ -509,8 +495,6 @@ impl Application {
         {
             clean = false;
         }
-        // The consumers' threads go last: connections made on them are closed by now.
-        drop(self.consumer_runtime);
         let took = started.elapsed();
         tracing::info!(took_ms = took.as_millis() as u64, clean, "stopped");
         StopReport {

@@ -4,7 +4,7 @@
 
 use tracing::Instrument;
 
-use super::{HandlerFn, Inbound, Middleware};
+use super::{BatchHandlerFn, HandlerFn, Inbound, Middleware};
 use crate::span::delivery_span;
 
 /// Runs the handler inside a `delivery` span with the message's identifiers.
@@ -17,6 +17,12 @@ impl Middleware for Correlation {
             let span = delivery_span("route", &inbound.meta);
             Box::pin(next(inbound).instrument(span))
         })
+    }
+
+    /// A batch's deliveries are handled by an actor, each in its own delivery span (with
+    /// its correlation id): the batch needs no span of its own.
+    fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
+        Ok(next)
     }
 }
 

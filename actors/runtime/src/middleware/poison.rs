@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{HandlerFn, Inbound, Middleware};
+use super::{BatchHandlerFn, HandlerFn, Inbound, Middleware, per_delivery};
 use crate::outcome::{DeadLetterReason, Outcome};
 
 /// Dead-letters undecodable messages once they were delivered `deliveries` times.
@@ -37,23 +37,32 @@ impl Poison {
     }
 }
 
+impl Poison {
+    fn apply(&self, outcome: Outcome, delivered: u32) -> Outcome {
+        match outcome {
+            Outcome::DeadLetter(DeadLetterReason::Poison(e)) if delivered < self.deliveries => {
+                Outcome::retry_after(self.delay, format!("poison message: {e}"))
+            }
+            other => other,
+        }
+    }
+}
+
 impl Middleware for Poison {
     fn wrap(&self, next: HandlerFn) -> HandlerFn {
         let policy = *self;
         std::sync::Arc::new(move |inbound: Inbound| {
             let delivered = inbound.meta.delivered;
             let fut = next(inbound);
-            Box::pin(async move {
-                match fut.await {
-                    Outcome::DeadLetter(DeadLetterReason::Poison(e))
-                        if delivered < policy.deliveries =>
-                    {
-                        Outcome::retry_after(policy.delay, format!("poison message: {e}"))
-                    }
-                    other => other,
-                }
-            })
+            Box::pin(async move { policy.apply(fut.await, delivered) })
         })
+    }
+
+    fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
+        let policy = *self;
+        Ok(per_delivery(next, move |o, meta| {
+            policy.apply(o, meta.delivered)
+        }))
     }
 }
 

@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
 
-use super::{HandlerFn, Inbound, Middleware};
+use super::{BatchHandlerFn, HandlerFn, Inbound, Middleware, all};
 use crate::outcome::Outcome;
 use crate::supervisor::panic_message;
 
@@ -36,6 +36,25 @@ impl Middleware for Recoverer {
                 }
             })
         })
+    }
+
+    fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
+        Ok(std::sync::Arc::new(move |batch: Vec<Inbound>| {
+            let n = batch.len();
+            let next = next.clone();
+            Box::pin(async move {
+                let attempt = std::panic::catch_unwind(AssertUnwindSafe(|| next(batch)));
+                let result = match attempt {
+                    Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+                    Err(payload) => Err(payload),
+                };
+                result.unwrap_or_else(|payload| {
+                    let message = panic_message(payload.as_ref());
+                    tracing::error!(panic = %message, deliveries = n, "batch route panicked");
+                    all(n, &Outcome::retry(format!("route panicked: {message}")))
+                })
+            })
+        }))
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{HandlerFn, Inbound, Middleware};
+use super::{BatchHandlerFn, HandlerFn, Inbound, Middleware, per_delivery};
 use crate::backoff::Backoff;
 use crate::outcome::Outcome;
 
@@ -57,6 +57,13 @@ impl Middleware for Retry {
             let fut = next(inbound);
             Box::pin(async move { policy.apply(fut.await, delivered) })
         })
+    }
+
+    fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
+        let policy = *self;
+        Ok(per_delivery(next, move |o, meta| {
+            policy.apply(o, meta.delivered)
+        }))
     }
 }
 

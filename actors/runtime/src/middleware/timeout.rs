@@ -1,9 +1,12 @@
 //! Timeout: a handler that does not answer in time gets the delivery retried, so a hung
 //! dependency shows up as retries and, in the end, a dead letter — never as a stuck consumer.
+//! On a batched route the whole batch is abandoned: nothing of it is acked, the route stops
+//! sending in-progress acks for it, and its deliveries come back (what the actor may still
+//! commit of it is recognised by the inbox when they do).
 
 use std::time::Duration;
 
-use super::{HandlerFn, Inbound, Middleware};
+use super::{BatchHandlerFn, HandlerFn, Inbound, Middleware, all};
 use crate::outcome::Outcome;
 
 /// Retries deliveries whose handler takes longer than the limit.
@@ -30,6 +33,23 @@ impl Middleware for Timeout {
             })
         })
     }
+
+    fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
+        let limit = self.0;
+        Ok(std::sync::Arc::new(move |batch: Vec<Inbound>| {
+            let n = batch.len();
+            let fut = next(batch);
+            Box::pin(async move {
+                match tokio::time::timeout(limit, fut).await {
+                    Ok(outcomes) => outcomes,
+                    Err(_) => all(
+                        n,
+                        &Outcome::retry(format!("batch timed out after {limit:?}; abandoned")),
+                    ),
+                }
+            })
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -48,6 +68,24 @@ mod tests {
             Outcome::Retry { reason, .. } => assert!(reason.contains("timed out"), "{reason}"),
             other => panic!("expected a retry, got {other:?}"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_batch_is_abandoned_whole() {
+        let h = Timeout(Duration::from_millis(20))
+            .wrap_batch(std::sync::Arc::new(|batch: Vec<Inbound>| {
+                Box::pin(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    vec![Outcome::Ack; batch.len()]
+                })
+            }))
+            .expect("a batch form");
+        let out = h(vec![inbound("s", 1, 5), inbound("s", 1, 5)]).await;
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter().all(|o| matches!(o, Outcome::Retry { .. })),
+            "{out:?}"
+        );
     }
 
     #[tokio::test]
