@@ -20,9 +20,29 @@ pub struct Deps {
     pub outbox: OutboxHandle,
     /// The saga's settings.
     pub config: Arc<SagaConfig>,
-    /// Requests in flight that the standard lane's routes yield to (requests first, when
-    /// the process also serves them); the express lane never does.
-    pub requests_first: Option<jetflow_runtime::Foreground>,
+    /// Requests in flight that the consumers yield to (requests first, when the process
+    /// also serves them).
+    pub requests_first: Option<RequestsFirst>,
+}
+
+/// Requests first, per lane: both lanes count the same requests, and each takes its own
+/// turns, so the express lane never waits behind standard work.
+#[derive(Debug, Clone)]
+pub struct RequestsFirst {
+    /// The standard lane's turns (the HTTP middleware counts requests on it).
+    pub standard: jetflow_runtime::Foreground,
+    /// The express lane's turns.
+    pub express: jetflow_runtime::Foreground,
+}
+
+impl RequestsFirst {
+    /// Both lanes of `requests`.
+    pub fn new(requests: jetflow_runtime::Foreground) -> Self {
+        Self {
+            express: requests.lane(),
+            standard: requests,
+        }
+    }
 }
 
 /// Why a domain handler could not finish.

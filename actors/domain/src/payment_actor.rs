@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 
+use jetflow_runtime::pacing::{Paced, Pacer};
 use jetflow_runtime::supervisor::panic_message;
 use jetflow_runtime::{
     ActorRef, BreakerActor, BreakerError, Delivery, DeliveryMeta, PreparedTxHandler, Preparing,
@@ -54,6 +55,12 @@ jetflow_runtime::batch_actor! {
     pub struct PaymentActor(PaymentHandler);
 }
 
+/// The downstream's name in the pacing metrics.
+const PROVIDER: &str = "payment-provider";
+/// Charges in flight at first, and at most (a batch's worth).
+const PACE_INITIAL: usize = 16;
+const PACE_MAX: usize = 256;
+
 /// The payment handler.
 #[derive(Clone)]
 pub struct PaymentHandler {
@@ -61,11 +68,13 @@ pub struct PaymentHandler {
     client: PaymentClient,
     breaker: ActorRef<BreakerActor>,
     voider: ActorRef<PaymentVoider>,
+    /// Paces the charges at the rate the provider grants (shared by both lanes).
+    pacer: Pacer,
 }
 
 impl PaymentHandler {
-    /// A payment handler calling `client` through `breaker`; `voider` voids charges of
-    /// cancelled orders.
+    /// A payment handler calling `client` through `breaker`, paced at the rate the
+    /// provider grants; `voider` voids charges of cancelled orders.
     pub fn new(
         deps: Deps,
         client: PaymentClient,
@@ -77,6 +86,7 @@ impl PaymentHandler {
             client,
             breaker,
             voider,
+            pacer: Pacer::new(PROVIDER, PACE_INITIAL, PACE_MAX),
         }
     }
 }
@@ -168,10 +178,7 @@ impl PreparedTxHandler for PaymentHandler {
             async move {
                 match prepared.await {
                     Ok(result) => result,
-                    Err(panic) => Err(TxError::retry(format!(
-                        "prepare panicked: {}",
-                        panic_message(panic.as_ref())
-                    ))),
+                    Err(panic) => Err(TxError::Panicked(panic_message(panic.as_ref()))),
                 }
             }
             .instrument(p.span.clone())
@@ -298,19 +305,37 @@ impl PaymentHandler {
             None => {}
         }
         let amount = i64::try_from(reserved.amount_cents).unwrap_or(i64::MAX);
-        let call = {
-            let client = self.client.clone();
-            let order_id = order_id.clone();
-            let customer = reserved.customer_id.clone();
-            async move { client.charge(&order_id, &customer, amount).await }
-        };
+        // A push-back (429) is no failure: the pacer slows down and makes the call again,
+        // inside this delivery, and the breaker saw an answer.
+        let answer = self
+            .pacer
+            .run(|| {
+                let call = {
+                    let client = self.client.clone();
+                    let order_id = order_id.clone();
+                    let customer = reserved.customer_id.clone();
+                    async move { client.charge(&order_id, &customer, amount).await }
+                };
+                async move {
+                    match self.breaker.call(call).await {
+                        Ok(ChargeResult::Throttled { retry_after }) => Paced::SlowDown(retry_after),
+                        other => Paced::Done(other),
+                    }
+                }
+            })
+            .await;
         let m = domain_metrics();
-        let err = match self.breaker.call(call).await {
+        let err = match answer {
             Ok(ChargeResult::Succeeded { payment_id }) => return Ok(Step::Charged { payment_id }),
             Ok(ChargeResult::Declined { reason }) => {
                 return Ok(Step::Declined {
                     detail: reason.unwrap_or_else(|| "declined by the provider".to_string()),
                 });
+            }
+            // The pacer makes a pushed-back call again; were one to come through, it is
+            // retried like an unavailable provider.
+            Ok(ChargeResult::Throttled { .. }) => {
+                BreakerError::Failed(ProviderError::Unavailable("pushed back".to_string()))
             }
             Err(err) => err,
         };

@@ -4,7 +4,9 @@
 //! timeout (the provider may have charged and the answer got lost) is answered with the
 //! first result instead of charging twice. A 402 is a decline (a business answer, not a
 //! failure of the provider); 5xx, timeouts and connection errors are failures, which the
-//! circuit breaker counts. Only a connection that was never made, or a 429, proves that
+//! circuit breaker counts. A 429 (or a 503 with `Retry-After`) is neither: the provider
+//! asks us to slow down, and the payment actor's pacer does (see
+//! `jetflow_runtime::pacing`). Only a connection that was never made, or a 429, proves that
 //! nothing was charged: a 5xx may come from a proxy in front of a provider that did charge,
 //! so it counts as uncertain, like a timeout.
 //!
@@ -34,6 +36,13 @@ pub enum ChargeResult {
         /// The provider's reason, if any.
         reason: Option<String>,
     },
+    /// The provider asked us to slow down (`429`, or `503` with `Retry-After`): nothing was
+    /// charged, and it is no failure (the breaker counts it as an answer); the call is made
+    /// again after `retry_after`.
+    Throttled {
+        /// How long the provider asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
 }
 
 /// Why the provider could not give an answer.
@@ -49,6 +58,13 @@ pub enum ProviderError {
     /// An answer that makes no sense (a bug on one side).
     #[error("unexpected payment provider answer: {0}")]
     Unexpected(String),
+}
+
+/// A `Retry-After` in seconds (`2`, or `0.5` from providers that give fractions); an HTTP
+/// date is not used by any provider we know and is read as "not said".
+pub fn retry_after(value: &str) -> Option<Duration> {
+    let secs: f64 = value.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
 }
 
 #[derive(Debug, Serialize)]
@@ -136,8 +152,13 @@ impl PaymentClient {
             .await
             .map_err(send_error)?;
         let status = response.status();
-        if status.as_u16() == 429 {
-            return Err(ProviderError::Unavailable(format!("HTTP {status}")));
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(retry_after);
+        if status.as_u16() == 429 || (status.as_u16() == 503 && retry_after.is_some()) {
+            return Ok(ChargeResult::Throttled { retry_after });
         }
         if status.is_server_error() {
             return Err(ProviderError::Uncertain(format!("HTTP {status}")));
@@ -201,4 +222,17 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_fractions() {
+        assert_eq!(retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after("Wed, 21 Oct 2026 07:28:00 GMT"), None);
+        assert_eq!(retry_after("-1"), None);
+    }
 }

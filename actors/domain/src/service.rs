@@ -117,8 +117,13 @@ impl RoleActors {
                     .route(spec.clone())
                     .batch(deps.config.batch)
                     .double_ack(deps.config.double_ack);
-                if let (Some(requests), false) = (&deps.requests_first, express) {
-                    route = route.layer(YieldTo(requests.clone()))?;
+                if let Some(requests) = &deps.requests_first {
+                    let lane = if express {
+                        &requests.express
+                    } else {
+                        &requests.standard
+                    };
+                    route = route.layer(YieldTo(lane.clone()))?;
                 }
                 if bridge.subscribe(route).await.is_err() {
                     tracing::error!(role = role.name(), "the bridge is gone; cannot subscribe");

@@ -700,7 +700,12 @@ async fn a_batch_moves_each_order_through_every_event_it_holds_in_order() {
 
 /// The simulated provider over real HTTP, and the state it counts with.
 async fn provider() -> (String, ProviderState, actix_web::dev::ServerHandle) {
-    let state = ProviderState::default();
+    provider_with(ProviderState::default()).await
+}
+
+async fn provider_with(
+    state: ProviderState,
+) -> (String, ProviderState, actix_web::dev::ServerHandle) {
     let s = state.clone();
     let server =
         HttpServer::new(move || App::new().configure(jetflow_provider::configure(s.clone())))
@@ -1186,5 +1191,39 @@ async fn the_payment_actor_charges_once_despite_a_duplicate_and_a_panic_after_th
     assert_eq!(a.charges_made, 1, "charged once: {a:?}");
     assert_eq!(k.subjects().await, ["payments.succeeded"]);
     assert_eq!(k.statuses("payments", &id).await, ["succeeded"]);
+    handle.stop(false).await;
+}
+
+/// A provider with a rate limit answers 429 to what is over it: the payment actor slows down
+/// and makes those charges again inside the same deliveries (nothing is retried by
+/// JetStream, nothing counts as a failure), so every order is charged once and succeeds.
+#[actix_rt::test]
+async fn the_payment_actor_slows_down_to_a_rate_limited_provider_without_failing_anything() {
+    let k = kit().await;
+    let (url, state, handle) = provider_with(ProviderState::with_rate_limit(10)).await;
+    let handler = payments(&k, &url);
+    let actor = start::<PaymentActor>(&k, "payment-paced", "payments", handler, None);
+    let ids: Vec<String> = (0..25).map(|_| Uuid::new_v4().to_string()).collect();
+    let batch = ids
+        .iter()
+        .map(|id| typed("inventory.reserved", &reserved_for(id, "c-1"), 1))
+        .collect();
+    for d in TestKit::send_batch(&actor, batch).await {
+        d.assert_ack();
+    }
+    let accounts = state.accounts();
+    assert_eq!(accounts.len(), 25);
+    assert!(
+        accounts.iter().all(|a| a.charges_made == 1),
+        "each charged once: {accounts:?}"
+    );
+    let throttled: u64 = accounts.iter().map(|a| a.throttled_calls).sum();
+    assert!(throttled > 0, "25 charges at 10/s were pushed back");
+    let subjects = k.subjects().await;
+    assert_eq!(subjects.len(), 25);
+    assert!(
+        subjects.iter().all(|s| s == "payments.succeeded"),
+        "{subjects:?}"
+    );
     handle.stop(false).await;
 }

@@ -55,6 +55,7 @@ pub mod metrics;
 pub mod middleware;
 pub mod outbox;
 pub mod outcome;
+pub mod pacing;
 pub mod priority;
 pub mod publisher;
 pub mod relay;

@@ -56,6 +56,12 @@ pub struct Metrics {
     pub breaker_state: IntGaugeVec,
     /// `jetflow_breaker_calls_total{breaker,result}`: calls through a breaker.
     pub breaker_calls: IntCounterVec,
+    /// `jetflow_pace_limit{downstream}`: calls a [`Pacer`](crate::pacing::Pacer) lets in
+    /// flight to a downstream now.
+    pub pace_limit: IntGaugeVec,
+    /// `jetflow_pace_pushbacks_total{downstream}`: calls a downstream pushed back (`429`,
+    /// `503` with `Retry-After`), made again after its pause.
+    pub pace_pushbacks: IntCounterVec,
     /// `jetflow_breaker_transitions_total{breaker,to}`: state changes of a breaker.
     pub breaker_transitions: IntCounterVec,
     /// `jetflow_db_commits_total`: write transactions committed by the runtime (handler
@@ -208,6 +214,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "jetflow_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
             &["breaker"],
+        ),
+        pace_limit: gauge_vec(
+            "jetflow_pace_limit",
+            "Calls let in flight to a downstream now (grows on answers, halves on push-back).",
+            &["downstream"],
+        ),
+        pace_pushbacks: counter_vec(
+            "jetflow_pace_pushbacks_total",
+            "Calls a downstream pushed back (429, or 503 with Retry-After), made again after its pause.",
+            &["downstream"],
         ),
         breaker_calls: counter_vec(
             "jetflow_breaker_calls_total",

@@ -50,7 +50,8 @@ pub struct Foreground {
 
 #[derive(Debug)]
 struct Inner {
-    in_flight: AtomicUsize,
+    /// Shared by every lane of one process.
+    in_flight: Arc<AtomicUsize>,
     busy_at: usize,
     turns: Arc<Semaphore>,
     /// How long a busy turn is held after its job, per second the job took.
@@ -99,17 +100,6 @@ impl BackgroundTurn<'_> {
             tokio::time::sleep(rest).await;
         }
     }
-
-    /// Gives the turn back after the rest owed, without waiting for it: the caller goes on
-    /// (acks its deliveries) while the turn is still held.
-    pub fn finish_detached(mut self) {
-        if let (Some(rest), Some(permit)) = (self.rest(), self.permit.take()) {
-            tokio::spawn(async move {
-                tokio::time::sleep(rest).await;
-                drop(permit);
-            });
-        }
-    }
 }
 
 impl Foreground {
@@ -125,10 +115,24 @@ impl Foreground {
         };
         Self {
             inner: Arc::new(Inner {
-                in_flight: AtomicUsize::new(0),
+                in_flight: Arc::new(AtomicUsize::new(0)),
                 busy_at: busy_at.max(1),
                 turns: Arc::new(Semaphore::new(1)),
                 rest_per_work: 1.0 / share - 1.0,
+            }),
+        }
+    }
+
+    /// Another lane of background work: it counts the same foreground work, but has a turn
+    /// of its own, so its jobs never wait behind this lane's (an express lane beside a
+    /// standard one).
+    pub fn lane(&self) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                in_flight: Arc::clone(&self.inner.in_flight),
+                busy_at: self.inner.busy_at,
+                turns: Arc::new(Semaphore::new(1)),
+                rest_per_work: self.inner.rest_per_work,
             }),
         }
     }
@@ -179,8 +183,10 @@ impl Foreground {
 }
 
 /// The route layer that makes a route's work (each batch, or each delivery) background
-/// work of a [`Foreground`]: while it is busy, such jobs take turns and rest; the turn is
-/// waited for inside the route's in-progress acks, and its rest is taken after the acks.
+/// work of a [`Foreground`]: while it is busy, such jobs take turns and rest. The turn and the
+/// rest are taken inside the route's in-progress acks, before the route pulls again, so the
+/// stream keeps what arrives meanwhile and the next batch takes it all (a route that pulled
+/// during the rest would wait with a small batch, and commit more often).
 #[derive(Debug, Clone)]
 pub struct YieldTo(pub Foreground);
 
@@ -192,7 +198,7 @@ impl Middleware for YieldTo {
             Box::pin(async move {
                 let turn = fg.background_turn().await;
                 let outcome = next(inbound).await;
-                turn.finish_detached();
+                turn.finish().await;
                 outcome
             })
         })
@@ -205,7 +211,7 @@ impl Middleware for YieldTo {
             Box::pin(async move {
                 let turn = fg.background_turn().await;
                 let outcomes = next(batch).await;
-                turn.finish_detached();
+                turn.finish().await;
                 outcomes
             })
         }))
@@ -299,6 +305,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn lanes_count_the_same_requests_and_never_wait_for_each_others_turn() {
+        let standard = Foreground::new(1, 1.0);
+        let express = standard.lane();
+        let _request = standard.enter();
+        assert!(express.busy(), "the express lane sees the same requests");
+        let _held = standard.background_turn().await;
+        let express_turn = express.background_turn();
+        tokio::pin!(express_turn);
+        assert!(
+            futures::poll!(express_turn.as_mut()).is_ready(),
+            "the express lane does not wait behind the standard lane's turn"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn the_layer_yields_while_busy_and_rests_after_answering() {
         use crate::outcome::Outcome;
         let fg = Foreground::new(1, 0.5);
@@ -317,7 +338,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let (a, b) = tokio::join!(route(vec![inbound()]), route(vec![inbound()]));
         assert_eq!((a.len(), b.len()), (1, 1));
-        // One at a time, and the first one's rest (100 ms) before the second starts.
-        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        // One at a time, each followed by its rest (100 ms): the second starts at 200 ms.
+        assert_eq!(started.elapsed(), Duration::from_millis(400));
     }
 }

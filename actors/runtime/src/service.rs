@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bridge::{BridgeConfig, NatsBridge};
+use crate::bridge::{Bridge, BridgeConfig, NatsBridge};
 use crate::connection::NatsConfig;
 use crate::db::{Database, DbConfig};
 use crate::health::Health;
@@ -242,6 +242,7 @@ impl Service {
         let outbox =
             OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
         let mut stops = Vec::with_capacity(self.routes.len());
+        let background = CancellationToken::new();
         for start in self.routes {
             let (route, stop_actors) = start(&outbox, &health);
             stops.push(stop_actors);
@@ -252,33 +253,176 @@ impl Service {
                 });
             }
         }
-        let background = CancellationToken::new();
         Housekeeping::new(db.clone(), self.retention).spawn(background.clone());
         tracing::info!(service = %self.name, "running");
 
-        let died = tokio::select! {
+        let mut stopping = Stopping::new(health.clone(), background);
+        stopping.bridge = Some(bridge);
+        stopping.outbox = Some(outbox);
+        stopping.db = Some(db);
+        for stop_actors in stops {
+            stopping.actor(stop_actors);
+        }
+        let report = stopping.run_until(stop, self.shutdown_timeout).await;
+        match report.failed {
+            Some((component, reason)) => Err(ServiceError::Died { component, reason }),
+            None if !report.clean => Err(ServiceError::StopTimedOut(self.shutdown_timeout)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How a stop went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopReport {
+    /// Whether every step finished within the shutdown timeout.
+    pub clean: bool,
+    /// How long it took.
+    pub took: Duration,
+    /// Outbox rows left for the next start.
+    pub outbox_left: i64,
+    /// The part that gave up, and why, when the service stopped on its own.
+    pub failed: Option<(String, String)>,
+}
+
+/// The component whose readiness a stop takes away.
+const LIFECYCLE: &str = "lifecycle";
+
+/// A running service's parts, and the order they stop in: what [`Service::run`] stops, and
+/// what a process with parts of its own (HTTP servers, the `jetflow` binary's roles) fills in
+/// and stops the same way. Within the shutdown timeout: `/ready` turns 503, the HTTP servers
+/// stop accepting and finish their requests, the consumers stop pulling and what they pulled
+/// is handled and acked, the actors stop, the dependencies of what was drained stop, what was
+/// committed is published, background work ends, NATS and the database close.
+pub struct Stopping {
+    health: Health,
+    background: CancellationToken,
+    /// The bridge: drained, then closed.
+    pub bridge: Option<Bridge>,
+    /// The outbox: flushed.
+    pub outbox: Option<OutboxHandle>,
+    /// The database: closed last.
+    pub db: Option<Database>,
+    servers: Vec<Step>,
+    actors: Vec<Box<dyn Fn()>>,
+    after_drain: Vec<Step>,
+}
+
+/// A stop step that waits (an HTTP server finishing its requests, say).
+type Step = Box<dyn FnOnce() -> futures::future::LocalBoxFuture<'static, ()>>;
+
+impl Stopping {
+    /// Nothing to stop yet but `background` (cancelled after the flush); readiness is
+    /// reported to `health`.
+    pub fn new(health: Health, background: CancellationToken) -> Self {
+        Self {
+            health,
+            background,
+            bridge: None,
+            outbox: None,
+            db: None,
+            servers: Vec::new(),
+            actors: Vec::new(),
+            after_drain: Vec::new(),
+        }
+    }
+
+    /// Something that takes requests: stopped first, all at once (`step` starts its stop and
+    /// resolves once its requests are finished).
+    pub fn server<F>(&mut self, step: impl FnOnce() -> F + 'static)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        self.servers.push(Box::new(move || Box::pin(step())));
+    }
+
+    /// Actors stopped for good once the consumers are drained.
+    pub fn actor(&mut self, stop: impl Fn() + 'static) {
+        self.actors.push(Box::new(stop));
+    }
+
+    /// A dependency of what was drained (a downstream served from this process): stopped
+    /// after the actors.
+    pub fn after_drain<F>(&mut self, step: impl FnOnce() -> F + 'static)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        self.after_drain.push(Box::new(move || Box::pin(step())));
+    }
+
+    /// Runs until `stop` resolves or a part gives up ([`Health::dead`]), then stops.
+    pub async fn run_until(self, stop: impl Future<Output = ()>, timeout: Duration) -> StopReport {
+        let failed = tokio::select! {
             () = stop => None,
-            (component, reason) = health.dead() => {
-                tracing::error!(service = %self.name, %component, %reason, "stopping: a part of the service gave up");
-                Some(ServiceError::Died { component, reason })
+            (component, reason) = self.health.dead() => {
+                tracing::error!(%component, %reason, "stopping: a part of the process gave up");
+                Some((component, reason))
             }
         };
-        let deadline = tokio::time::Instant::now() + self.shutdown_timeout;
+        let mut report = self.stop(timeout).await;
+        report.failed = failed;
+        report
+    }
+
+    /// Stops every part in order, within `timeout`.
+    pub async fn stop(self, timeout: Duration) -> StopReport {
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        tracing::info!(service = %self.name, timeout = ?self.shutdown_timeout, "stopping");
-        let mut clean = bridge.drain(left()).await;
-        for stop_actors in &stops {
+        let mut clean = true;
+        tracing::info!(?timeout, "stopping");
+        // 1. Not ready any more; the servers stop accepting and finish their requests.
+        self.health.set_not_ready(LIFECYCLE, "shutting down");
+        let servers = futures::future::join_all(self.servers.into_iter().map(|step| step()));
+        if tokio::time::timeout(left(), servers).await.is_err() {
+            tracing::warn!("HTTP servers did not finish their requests in time");
+            clean = false;
+        }
+        // 2. Consumers stop pulling; what they pulled is handled and acknowledged.
+        if let Some(bridge) = &self.bridge
+            && !bridge.drain(left()).await
+        {
+            tracing::warn!("consumers did not finish in time; the rest is redelivered");
+            clean = false;
+        }
+        for stop_actors in &self.actors {
             stop_actors();
         }
-        clean &= outbox.flush(left()).await.left == 0;
-        background.cancel();
-        clean &= tokio::time::timeout(left(), bridge.close()).await.is_ok();
-        clean &= tokio::time::timeout(left(), db.close()).await.is_ok();
-        tracing::info!(service = %self.name, clean, "stopped");
-        match died {
-            Some(e) => Err(e),
-            None if !clean => Err(ServiceError::StopTimedOut(self.shutdown_timeout)),
-            None => Ok(()),
+        for step in self.after_drain {
+            let _ = tokio::time::timeout(left(), step()).await;
+        }
+        // 3. What was committed is published.
+        let mut outbox_left = 0;
+        if let Some(outbox) = &self.outbox {
+            outbox_left = outbox.flush(left()).await.left;
+            if outbox_left != 0 {
+                tracing::warn!(
+                    left = outbox_left,
+                    "outbox not empty at stop; published at the next start"
+                );
+                clean = false;
+            }
+        }
+        // 4. Background work ends; connections close.
+        self.background.cancel();
+        let closing = left().max(Duration::from_millis(500));
+        if let Some(bridge) = &self.bridge
+            && tokio::time::timeout(closing, bridge.close()).await.is_err()
+        {
+            clean = false;
+        }
+        if let Some(db) = &self.db
+            && tokio::time::timeout(closing, db.close()).await.is_err()
+        {
+            clean = false;
+        }
+        let took = started.elapsed();
+        tracing::info!(took_ms = took.as_millis() as u64, clean, "stopped");
+        StopReport {
+            clean,
+            took,
+            outbox_left,
+            failed: None,
         }
     }
 }

@@ -138,6 +138,11 @@ pub struct OrdersArgs {
     /// Batch linger of the started system's consumers (JETFLOW_BATCH_LINGER).
     #[arg(long)]
     pub batch_linger: Option<String>,
+    /// Run the payment provider as its own process (as deployed) accepting at most this
+    /// many charges per second (429 with Retry-After over it), and report finished orders
+    /// per second against it. Offer more than that: `--orders` posts a fixed backlog.
+    #[arg(long)]
+    pub provider_rate_limit: Option<u32>,
 }
 
 /// Options of `jetflow bench accept`.
@@ -265,11 +270,29 @@ pub struct OrdersReport {
     /// CPU per order of the raw saga: the nats-server's and its client's (only when the
     /// benchmark started the nats-server).
     pub baseline_cpu_ms: Option<f64>,
+    /// The provider's own process and its limit, when `--provider-rate-limit` ran one.
+    pub provider: Option<ProviderRun>,
+}
+
+/// How the saga fared against a rate-limited provider in its own process.
+#[derive(Debug, Serialize)]
+pub struct ProviderRun {
+    /// Charges per second it accepted at most.
+    pub rate_limit_per_s: u32,
+    /// Finished orders per second ÷ the limit.
+    pub finished_per_limit: f64,
+    /// Times the payment breaker opened during the run (0: the limit never looked like a
+    /// failure).
+    pub breaker_opened: u64,
+    /// Charges the provider pushed back (429), each made again after its Retry-After.
+    pub pushbacks: u64,
 }
 
 /// A system `bench orders` started, removed on drop.
 struct System {
     child: Option<Child>,
+    /// The payment provider's own process, when the bench started one.
+    provider: Option<Child>,
     nats: Option<LocalNats>,
     _dir: tempfile::TempDir,
     pg: Option<(String, String)>,
@@ -337,6 +360,8 @@ struct SystemSpec<'a> {
     sync_always: bool,
     /// Further environment of the jetflow process.
     env: Vec<(&'static str, String)>,
+    /// A payment provider of its own process with this rate limit.
+    provider_rate_limit: Option<u32>,
 }
 
 impl System {
@@ -371,6 +396,27 @@ impl System {
         };
         let port = crate::local_nats::free_port()?;
         let log = dir.path().join("jetflow.log");
+        let mut env = spec.env;
+        let provider = match spec.provider_rate_limit {
+            Some(limit) => {
+                let pport = crate::local_nats::free_port()?;
+                let mut cmd = Command::new(std::env::current_exe()?);
+                cmd.arg("payment-provider")
+                    .env("JETFLOW_HTTP_ADDR", format!("127.0.0.1:{pport}"))
+                    .env("JETFLOW_PROVIDER_RATE_LIMIT", limit.to_string())
+                    .env("RUST_LOG", "warn")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(dir.path().join("provider.log"))?);
+                crate::local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
+                let child = cmd
+                    .spawn()
+                    .context("cannot start jetflow payment-provider")?;
+                env.push(("PAYMENT_PROVIDER_URL", format!("http://127.0.0.1:{pport}")));
+                Some(child)
+            }
+            None => None,
+        };
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg(spec.role)
             .env("NATS_URL", nats.url())
@@ -385,13 +431,14 @@ impl System {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
-        cmd.envs(spec.env);
+        cmd.envs(env);
         crate::local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start jetflow {}", spec.role))?;
         let system = Self {
             child: Some(child),
+            provider,
             nats_url: nats.url().to_string(),
             nats: Some(nats),
             _dir: dir,
@@ -409,6 +456,9 @@ impl System {
         if let Some(mut child) = self.child.take() {
             crate::local_nats::terminate(&mut child, Duration::from_secs(20));
         }
+        if let Some(mut provider) = self.provider.take() {
+            crate::local_nats::terminate(&mut provider, Duration::from_secs(10));
+        }
         self.nats.take();
         if let Some((admin, name)) = self.pg.take() {
             let mut conn = sqlx::postgres::PgConnection::connect(&admin).await?;
@@ -424,7 +474,10 @@ impl System {
 
 impl Drop for System {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for mut child in [self.child.take(), self.provider.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -656,7 +709,7 @@ async fn orders(o: OrdersArgs, json_out: bool) -> anyhow::Result<()> {
     if let Some(l) = &o.batch_linger {
         env.push(("JETFLOW_BATCH_LINGER", l.clone()));
     }
-    let report = drive(&o.load, "all", env, async |system| {
+    let report = drive(&o.load, "all", env, o.provider_rate_limit, async |system| {
         measure(&o, system).await
     })
     .await?;
@@ -680,6 +733,7 @@ async fn drive<R>(
     load: &LoadArgs,
     role: &'static str,
     env: Vec<(&'static str, String)>,
+    provider_rate_limit: Option<u32>,
     measure: impl AsyncFnOnce(Option<&System>) -> anyhow::Result<R>,
 ) -> anyhow::Result<R> {
     let system = match &load.gateway {
@@ -690,6 +744,7 @@ async fn drive<R>(
                 postgres: load.postgres.as_ref(),
                 sync_always: load.sync_always,
                 env,
+                provider_rate_limit,
             })
             .await?,
         ),
@@ -982,6 +1037,17 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     bar.finish_and_clear();
     let finished_per_second = finished as f64 / elapsed.as_secs_f64().max(1e-9);
     let per_order = |n: f64| n / finished.max(1) as f64;
+    let provider = o.provider_rate_limit.map(|limit| {
+        let delta = |name: &str, labels: &[(&str, &str)]| {
+            (metric_sum(&after, name, labels) - metric_sum(&before, name, labels)).max(0.0) as u64
+        };
+        ProviderRun {
+            rate_limit_per_s: limit,
+            finished_per_limit: finished_per_second / f64::from(limit.max(1)),
+            breaker_opened: delta("jetflow_breaker_transitions_total", &[("to", "open")]),
+            pushbacks: delta("jetflow_pace_pushbacks_total", &[]),
+        }
+    });
     Ok(OrdersReport {
         database: database.to_string(),
         sync_always: o.load.sync_always,
@@ -1010,6 +1076,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         baseline,
         cpu: cpu_before.per_order(&cpu_after, finished),
         baseline_cpu_ms,
+        provider,
     })
 }
 
@@ -1037,6 +1104,12 @@ fn print_report(r: &OrdersReport) {
         "  accepted → finished                    p50 {:>7.2} ms   p99 {:>7.2} ms",
         r.end_to_end.p50_ms, r.end_to_end.p99_ms
     );
+    if let Some(p) = &r.provider {
+        println!(
+            "  provider in its own process, {} charges/s at most: finished/limit = {:.2}; breaker opened {} times; {} charges pushed back (429) and made again",
+            p.rate_limit_per_s, p.finished_per_limit, p.breaker_opened, p.pushbacks
+        );
+    }
     print!(
         "  commits per finished order: {:.2} (jetflow)",
         r.commits_per_order
@@ -1098,7 +1171,7 @@ pub struct AcceptReport {
 }
 
 async fn accept(a: AcceptArgs, json_out: bool) -> anyhow::Result<()> {
-    let report = drive(&a.load, "gateway", Vec::new(), async |system| {
+    let report = drive(&a.load, "gateway", Vec::new(), None, async |system| {
         measure_accept(&a, system).await
     })
     .await?;

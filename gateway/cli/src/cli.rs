@@ -475,6 +475,16 @@ pub struct ProviderArgs {
     /// The HTTP and lifecycle settings.
     #[command(flatten, next_help_heading = "HTTP and lifecycle")]
     pub http: HttpArgs,
+    /// Charges accepted per second, as a real payment API's rate limit (0: none). Over it a
+    /// charge is answered 429 with Retry-After and nothing is charged; `PUT /_control
+    /// {"rate_limit_per_s": N}` changes it while running.
+    #[arg(
+        long,
+        env = "JETFLOW_PROVIDER_RATE_LIMIT",
+        default_value_t = 0,
+        help_heading = "Provider"
+    )]
+    pub rate_limit_per_s: u32,
 }
 
 /// `jetflow dlq ...`.

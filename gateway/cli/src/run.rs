@@ -91,8 +91,8 @@ async fn serve(settings: Settings, roles: Roles) -> Result<StopReport, Failure> 
 }
 
 fn stopped(report: StopReport) -> ExitCode {
-    if let Some(why) = &report.failed {
-        eprintln!("jetflow: stopped because {why}");
+    if let Some((component, why)) = &report.failed {
+        eprintln!("jetflow: stopped because {component} gave up: {why}");
         return ExitCode::FAILURE;
     }
     if report.clean {

@@ -128,6 +128,8 @@ pub struct ProviderSettings {
     pub breaker_open: Duration,
     /// Where the simulated provider listens.
     pub addr: SocketAddr,
+    /// The simulated provider's rate limit, charges per second (0: none).
+    pub rate_limit_per_s: u32,
 }
 
 impl Default for ProviderSettings {
@@ -139,6 +141,7 @@ impl Default for ProviderSettings {
             breaker_threshold: 5,
             breaker_open: Duration::from_secs(10),
             addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            rate_limit_per_s: 0,
         }
     }
 }
@@ -381,6 +384,9 @@ impl Settings {
     pub fn for_provider(a: &ProviderArgs) -> Self {
         let mut s = Self::named("payment-provider");
         s.apply_http(&a.http);
+        s.provider.rate_limit_per_s = a.rate_limit_per_s;
+        // A provider has its own limit (above), not the gateway's per-client one.
+        s.http.rate_limit = 0;
         s
     }
 

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, ServerHandle};
+use actix_web::dev::Server;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use backon::Retryable;
@@ -29,6 +29,7 @@ use jetflow_gateway::rate_limit::RateLimiter;
 use jetflow_gateway::routes;
 use jetflow_gateway::{GatewayState, access_log, correlation, error, http_metrics};
 use jetflow_provider::ProviderState;
+use jetflow_runtime::service::Stopping;
 use jetflow_runtime::{
     Backoff, Bridge, BridgeConfig, Database, DbError, Health, Housekeeping, NatsBridge,
     OutboxHandle, OutboxRelay, Publisher, priority::Foreground,
@@ -37,9 +38,6 @@ use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::settings::{ConfigError, Settings, Uses};
-
-/// The readiness component that turns 503 when the process is stopping.
-pub const LIFECYCLE: &str = "lifecycle";
 
 /// Which roles a process runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -127,19 +125,10 @@ impl From<DbError> for StartupError {
     }
 }
 
-/// How a stop went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StopReport {
-    /// Whether every step finished within the shutdown timeout.
-    pub clean: bool,
-    /// How long it took.
-    pub took: Duration,
-    /// Outbox rows left for the next start (-1 if unknown).
-    pub outbox_left: i64,
-    /// Why the process stopped on its own (a part of it gave up, such as an actor that spent
-    /// its restart budget); `None` when it was asked to stop.
-    pub failed: Option<String>,
-}
+/// How a stop went (the runtime's: every role stops as a [`Service`] does).
+///
+/// [`Service`]: jetflow_runtime::Service
+pub use jetflow_runtime::service::StopReport;
 
 /// A built application, not serving yet.
 pub struct Application {
@@ -190,8 +179,8 @@ impl Application {
         } else {
             None
         };
-        // One process that answers requests and consumes: the standard lane's consumers
-        // take turns while requests are in flight (`jetflow_runtime::priority`).
+        // One process that answers requests and consumes: each lane's consumers take turns
+        // (their own) while requests are in flight (`jetflow_runtime::priority`).
         let requests_first = (settings.requests_first > 0 && roles.gateway && roles.consumes())
             .then(|| Foreground::new(settings.requests_first as usize, settings.consumer_share));
         let bridge = roles.needs_nats().then(|| {
@@ -213,7 +202,9 @@ impl Application {
                     db: db.clone(),
                     outbox: relay.clone(),
                     config: saga.clone(),
-                    requests_first: requests_first.clone(),
+                    requests_first: requests_first
+                        .clone()
+                        .map(jetflow_domain::handling::RequestsFirst::new),
                 };
                 let refused = |e: service::RoleError| {
                     StartupError::Config(ConfigError {
@@ -286,7 +277,7 @@ impl Application {
         limiter.spawn_pruning(background.clone());
 
         let provider_only = roles.provider && !roles.needs_nats();
-        let provider_state = ProviderState::default();
+        let provider_state = ProviderState::with_rate_limit(settings.provider.rate_limit_per_s);
         let probes_on_main = settings.http.admin_addr.is_none();
         let h = health.clone();
         let main_provider = provider_only.then(|| provider_state.clone());
@@ -417,92 +408,35 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then stops in order (see the module docs).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> StopReport {
-        let handles: Vec<ServerHandle> = self.servers.iter().map(Server::handle).collect();
-        let provider = self.provider_server.as_ref().map(Server::handle);
-        for server in self.servers.drain(..).chain(self.provider_server.take()) {
+        let mut stopping = Stopping::new(self.health.clone(), self.background.clone());
+        for server in self.servers.drain(..) {
+            let handle = server.handle();
             actix_rt::spawn(async move {
                 if let Err(e) = server.await {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
             });
-        }
-        let failed = tokio::select! {
-            () = shutdown => None,
-            (component, why) = self.health.dead() => {
-                tracing::error!(%component, reason = %why, "stopping: a part of the process gave up");
-                Some(format!("{component}: {why}"))
-            }
-        };
-        let mut report = self.stop(handles, provider).await;
-        report.failed = failed;
-        report
-    }
-
-    async fn stop(self, handles: Vec<ServerHandle>, provider: Option<ServerHandle>) -> StopReport {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.settings.http.shutdown_timeout;
-        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut clean = true;
-        tracing::info!(timeout = ?self.settings.http.shutdown_timeout, "stopping");
-        // 1. Not ready any more.
-        self.health.set_not_ready(LIFECYCLE, "shutting down");
-        // 2. Every HTTP server stops accepting and finishes its requests, together.
-        let stops = futures::future::join_all(handles.iter().map(|h| h.stop(true)));
-        if tokio::time::timeout(left(), stops).await.is_err() {
-            tracing::warn!("HTTP servers did not finish their requests in time");
-            clean = false;
-        }
-        // 3. Consumers stop pulling; what they pulled is handled and acknowledged.
-        if let Some(bridge) = &self.bridge
-            && !bridge.drain(left()).await
-        {
-            tracing::warn!("consumers did not finish in time; the rest is redelivered");
-            clean = false;
-        }
-        for actors in &self.actors {
-            actors.stop();
+            stopping.server(move || async move { handle.stop(true).await });
         }
         // The simulated provider (in `jetflow all`) outlives the payments it answers.
-        if let Some(p) = provider {
-            let _ = tokio::time::timeout(left(), p.stop(true)).await;
+        if let Some(server) = self.provider_server.take() {
+            let handle = server.handle();
+            actix_rt::spawn(async move {
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "provider HTTP server failed");
+                }
+            });
+            stopping.after_drain(move || async move { handle.stop(true).await });
         }
-        // 4. What was committed is published.
-        let mut outbox_left = 0;
-        if let Some(outbox) = &self.outbox {
-            let report = outbox.flush(left()).await;
-            outbox_left = report.left;
-            if report.left != 0 {
-                tracing::warn!(
-                    left = report.left,
-                    "outbox not empty at stop; published at the next start"
-                );
-                clean = false;
-            }
+        stopping.bridge = self.bridge;
+        stopping.outbox = self.outbox;
+        stopping.db = self.db;
+        for actors in self.actors {
+            stopping.actor(move || actors.stop());
         }
-        // 5. Connections close.
-        self.background.cancel();
-        if let Some(bridge) = &self.bridge
-            && tokio::time::timeout(left().max(Duration::from_millis(500)), bridge.close())
-                .await
-                .is_err()
-        {
-            clean = false;
-        }
-        if let Some(db) = &self.db
-            && tokio::time::timeout(left().max(Duration::from_millis(500)), db.close())
-                .await
-                .is_err()
-        {
-            clean = false;
-        }
-        let took = started.elapsed();
-        tracing::info!(took_ms = took.as_millis() as u64, clean, "stopped");
-        StopReport {
-            clean,
-            took,
-            outbox_left,
-            failed: None,
-        }
+        stopping
+            .run_until(shutdown, self.settings.http.shutdown_timeout)
+            .await
     }
 }
 

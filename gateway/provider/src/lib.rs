@@ -4,7 +4,10 @@
 //! `POST /charges` succeeds, or declines (402) customers whose id starts with `declined-`;
 //! `PUT /_control` makes it fail every call with 503, answer slowly, or charge and then
 //! answer 502 (a proxy hiding a success), to exercise the circuit breaker and the handling of
-//! uncertain answers. Like a real processor it honours `Idempotency-Key`: a repeated key gets
+//! uncertain answers. Like every real payment API it can have a rate limit (none unless asked:
+//! `jetflow payment-provider --rate-limit-per-s N`, or `{"rate_limit_per_s": N}` in
+//! `PUT /_control`): a charge over it is answered `429` with `Retry-After` (whole seconds) and
+//! charges nothing. Like a real processor it honours `Idempotency-Key`: a repeated key gets
 //! the first answer and charges nothing more; without a key every call is a new charge.
 //!
 //! It counts what it is asked: `GET /charges/{order_id}` answers the order's status and how
@@ -15,8 +18,12 @@
 #![warn(missing_docs)]
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 use actix_web::{HttpRequest, HttpResponse, web};
 use jetflow_gateway::error::ApiError;
@@ -25,6 +32,10 @@ use serde::{Deserialize, Serialize};
 /// The fault switches of `PUT /_control`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Control {
+    /// Charges accepted per second, as a real provider's rate limit (0: none). Over it a
+    /// charge is answered `429` with `Retry-After` and nothing is charged.
+    #[serde(default)]
+    pub rate_limit_per_s: u32,
     /// Answer every charge and void with 503 (nothing is charged).
     #[serde(default)]
     pub fail: bool,
@@ -82,6 +93,9 @@ pub struct Account {
     /// account says is final only once this is 0.
     #[serde(default)]
     pub in_flight: u64,
+    /// Charge calls answered `429` (over the rate limit; counted in `charge_calls` too).
+    #[serde(default)]
+    pub throttled_calls: u64,
 }
 
 impl Account {
@@ -97,6 +111,7 @@ impl Account {
             void_calls: 0,
             charges_made: 0,
             in_flight: 0,
+            throttled_calls: 0,
         }
     }
 }
@@ -104,6 +119,8 @@ impl Account {
 #[derive(Default)]
 struct Ledger {
     control: Control,
+    /// The rate limiter of `control.rate_limit_per_s`, made anew when it changes.
+    limiter: Option<Arc<DefaultDirectRateLimiter>>,
     accounts: HashMap<String, Account>,
     /// Which order an `Idempotency-Key` was first used for.
     keys: HashMap<String, String>,
@@ -128,6 +145,36 @@ impl ProviderState {
     pub fn accounts(&self) -> Vec<Account> {
         self.with(|l| l.accounts.values().cloned().collect())
     }
+
+    /// A provider that accepts at most `per_second` charges per second (0: no limit).
+    pub fn with_rate_limit(per_second: u32) -> Self {
+        let state = Self::default();
+        state.with(|l| {
+            l.set_control(Control {
+                rate_limit_per_s: per_second,
+                ..Control::default()
+            });
+        });
+        state
+    }
+}
+
+impl Ledger {
+    fn set_control(&mut self, control: Control) {
+        if control.rate_limit_per_s != self.control.rate_limit_per_s || self.limiter.is_none() {
+            self.limiter = NonZeroU32::new(control.rate_limit_per_s)
+                .map(|rate| Arc::new(RateLimiter::direct(Quota::per_second(rate))));
+        }
+        self.control = control;
+    }
+}
+
+/// How long until the limiter lets a charge through, in whole seconds as `Retry-After`
+/// says it (at least 1), or `None` when it does now.
+fn over_limit(limiter: Option<&Arc<DefaultDirectRateLimiter>>) -> Option<u64> {
+    let not_until = limiter?.check().err()?;
+    let wait = not_until.wait_time_from(DefaultClock::default().now());
+    Some(wait.as_secs_f64().ceil().max(1.0) as u64)
 }
 
 fn account<'l>(ledger: &'l mut Ledger, body: &ChargeRequest) -> &'l mut Account {
@@ -164,13 +211,24 @@ async fn charge(
             "amount_cents must not be negative",
         ));
     }
-    // The call counts when it arrives, whatever becomes of it.
-    let control = state.with(|l| {
+    // The call counts when it arrives, whatever becomes of it; over the rate limit it is
+    // answered at once, and nothing is charged.
+    let (control, throttled) = state.with(|l| {
+        let throttled = over_limit(l.limiter.as_ref());
         let acct = account(l, &body);
         acct.charge_calls += 1;
-        acct.in_flight += 1;
-        l.control
+        if throttled.is_some() {
+            acct.throttled_calls += 1;
+        } else {
+            acct.in_flight += 1;
+        }
+        (l.control, throttled)
     });
+    if let Some(secs) = throttled {
+        return Ok(HttpResponse::TooManyRequests()
+            .insert_header(("Retry-After", secs.to_string()))
+            .json(serde_json::json!({"status": "throttled", "reason": format!("over {} charges per second", control.rate_limit_per_s)})));
+    }
     let _in_flight = InFlight {
         state: state.clone(),
         order_id: body.order_id.clone(),
@@ -281,11 +339,12 @@ async fn list_accounts(state: web::Data<ProviderState>) -> HttpResponse {
 
 async fn put_control(state: web::Data<ProviderState>, body: web::Json<Control>) -> HttpResponse {
     let control = body.into_inner();
-    state.with(|l| l.control = control);
+    state.with(|l| l.set_control(control));
     tracing::warn!(
         fail = control.fail,
         latency_ms = control.latency_ms,
         fail_after_charge = control.fail_after_charge,
+        rate_limit_per_s = control.rate_limit_per_s,
         "payment provider control changed"
     );
     HttpResponse::Ok().json(control)
@@ -355,6 +414,43 @@ mod tests {
             .await
             .status()
             .as_u16()
+    }
+
+    #[actix_web::test]
+    async fn over_its_rate_limit_it_answers_429_with_retry_after_and_charges_nothing() {
+        let state = ProviderState::with_rate_limit(2);
+        let app = test::init_service(App::new().configure(configure(state.clone()))).await;
+        assert_eq!(post(&app, Some("k-1"), "c").await, 200);
+        assert_eq!(post(&app, Some("k-2"), "c").await, 200);
+        let req = test::TestRequest::post()
+            .uri("/charges")
+            .insert_header(("Idempotency-Key", "k-3"))
+            .set_json(
+                serde_json::json!({"order_id": "o-1", "customer_id": "c", "amount_cents": 100}),
+            )
+            .to_request();
+        let over = test::call_service(&app, req).await;
+        assert_eq!(over.status().as_u16(), 429);
+        let retry_after = over
+            .headers()
+            .get("Retry-After")
+            .and_then(|v| v.to_str().ok());
+        assert_eq!(retry_after, Some("1"), "whole seconds, at least one");
+        let a = &state.accounts()[0];
+        assert_eq!(
+            (a.charge_calls, a.throttled_calls, a.charges_made),
+            (3, 1, 2),
+            "two keys charged, the third call charged nothing"
+        );
+        // No limit unless asked; PUT /_control sets one and lifts it.
+        let lift = test::TestRequest::put()
+            .uri("/_control")
+            .set_json(serde_json::json!({"rate_limit_per_s": 0}))
+            .to_request();
+        assert_eq!(test::call_service(&app, lift).await.status().as_u16(), 200);
+        for i in 0..20 {
+            assert_eq!(post(&app, Some(&format!("free-{i}")), "c").await, 200);
+        }
     }
 
     #[actix_web::test]
