@@ -1,7 +1,9 @@
 //! The payment provider down, then slow beyond the timeout, then back, under a stream of
 //! orders: the breaker opens (metric), fails fast, half-opens and closes; every order ends
-//! confirmed or `payment_unavailable` with its stock back. (Its own test binary: it reads the
-//! process-wide breaker metrics.)
+//! confirmed or `payment_unavailable` with its stock back. A provider with a rate limit below
+//! the orders' rate slows the saga and never breaks it: the payment actor's mailbox fills and
+//! drains, the breaker never opens, every order is confirmed and charged once. (Its own test
+//! binary: it reads the process-wide breaker and actor metrics, one test at a time.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -13,8 +15,123 @@ use jetflow_integration::{NatsServer, TestAppBuilder, eventually};
 
 const BREAKER: (&str, &str) = ("breaker", "payment-provider");
 
+/// The tests read process-wide metrics: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn alone() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[test]
+fn a_rate_limited_provider_slows_the_saga_and_breaks_nothing() {
+    let _alone = alone();
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let app = TestAppBuilder::new(&nats.url()).start().await;
+        app.wait_ready().await;
+        let products = ["sku-r1", "sku-r2"];
+        let mut initial = BTreeMap::new();
+        for p in products {
+            app.put_stock(p, 1000, 100).await;
+            initial.insert(p.to_string(), 1000);
+        }
+        // 20 charges a second; orders come at 40 a second for 5 s.
+        app.provider_control_json(serde_json::json!({"rate_limit_per_s": 20}))
+            .await;
+        let before = app.metrics().await;
+        let opened = |m: &str| {
+            metric_sum(
+                m,
+                "jetflow_breaker_transitions_total",
+                &[BREAKER, ("to", "open")],
+            )
+        };
+        let mut cfg = LoadConfig::new(&app.address, &products, Duration::from_secs(5));
+        cfg.declined_every = 0;
+        let load = tokio::spawn(load::run(cfg));
+        // The payment actor's mailbox fills while the provider holds it back.
+        let payment_depth = |m: &str| {
+            metric_sum(m, "jetflow_actor_mailbox_depth", &[("actor", "payment")])
+                + metric_sum(
+                    m,
+                    "jetflow_actor_mailbox_depth",
+                    &[("actor", "payment-express")],
+                )
+        };
+        eventually(
+            "the payment actor's mailbox to fill",
+            Duration::from_secs(20),
+            || async {
+                let depth = payment_depth(&app.metrics().await);
+                if depth > 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("depth {depth}"))
+                }
+            },
+        )
+        .await;
+        let report = load.await.expect("the load ran");
+        report.assert_clean(Duration::from_secs(5));
+        let result = invariants::check(&Expectations {
+            api: app.address.clone(),
+            provider: app.provider.clone().expect("provider"),
+            initial_stock: initial,
+            accepted: report.accepted,
+            deadline: Duration::from_secs(90),
+        })
+        .await;
+        assert_eq!(
+            result.count("confirmed"),
+            result.orders.len(),
+            "every order confirmed: {:?}",
+            result.outcomes
+        );
+        // ... and drains to 0 once they are.
+        eventually(
+            "the payment actor's mailbox to drain",
+            Duration::from_secs(10),
+            || async {
+                let depth = payment_depth(&app.metrics().await);
+                if depth == 0.0 {
+                    Ok(())
+                } else {
+                    Err(format!("depth {depth}"))
+                }
+            },
+        )
+        .await;
+        let after = app.metrics().await;
+        assert_eq!(
+            opened(&after) - opened(&before),
+            0.0,
+            "the limit never looked like a failure"
+        );
+        let pushed_back = metric_sum(&after, "jetflow_pace_pushbacks_total", &[])
+            - metric_sum(&before, "jetflow_pace_pushbacks_total", &[]);
+        assert!(pushed_back > 0.0, "the provider pushed back");
+        let charges = app.charges().await;
+        assert!(
+            charges.iter().all(|c| c["charges_made"] == 1),
+            "each order charged once: {charges:?}"
+        );
+        assert!(
+            charges
+                .iter()
+                .any(|c| c["throttled_calls"].as_u64().unwrap_or(0) > 0),
+            "the provider answered 429 and the charge was made again"
+        );
+        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
+        invariants::check_dead_letters(&nats.url(), 0).await;
+        app.stop().await;
+    })
+}
+
 #[test]
 fn provider_down_slow_and_back_trips_and_heals_the_breaker() {
+    let _alone = alone();
     jetflow_integration::run(async {
         let nats = NatsServer::start();
         // Few, quick payment retries, so orders caught by the outage give up within it.
