@@ -31,9 +31,10 @@ use crate::order_store::{self, Advance, Change, NewOrder, OrderStatus};
 pub const CONSUMER: &str = "orders";
 
 jetflow_runtime::batch_actor! {
-    /// The orders actor: a supervised actix actor that applies [`OrderHandler`] to each
-    /// [`Batch`](jetflow_runtime::Batch) of the saga's events in its bounded mailbox, one
-    /// transaction per batch; several instances share the work, sharded by the order's id.
+    /// The order actor: the order state machine and read model. A supervised actix actor
+    /// whose bounded mailbox takes [`Batch`](jetflow_runtime::Batch)es of `orders.created`,
+    /// `inventory.reserved`, `payments.*` and `orders.cancelled`, each applied by
+    /// [`OrderHandler`] in one transaction; it emits `orders.confirmed` and `orders.cancelled`.
     pub struct OrderActor(OrderHandler);
 }
 

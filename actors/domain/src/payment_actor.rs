@@ -49,9 +49,10 @@ use crate::payment_voider::{PaymentVoider, Wake};
 pub const CONSUMER: &str = "payments";
 
 jetflow_runtime::batch_actor! {
-    /// The payments actor: a supervised actix actor that applies [`PaymentHandler`] to each
-    /// [`Batch`](jetflow_runtime::Batch) of the saga's events in its bounded mailbox, one
-    /// transaction per batch; several instances share the work, sharded by the order's id.
+    /// The payment actor: charges reserved orders through the breaker, paced at the rate the
+    /// provider grants, and voids the charges of cancelled orders. [`PaymentHandler`] charges
+    /// a [`Batch`](jetflow_runtime::Batch) outside the transaction, then records it in one,
+    /// emitting `payments.succeeded` or `payments.failed`.
     pub struct PaymentActor(PaymentHandler);
 }
 

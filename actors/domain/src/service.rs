@@ -78,6 +78,34 @@ struct On<'a> {
     health: &'a Health,
 }
 
+impl<'a> On<'a> {
+    fn new(deps: &'a Deps, bridge: &'a Bridge, health: &'a Health) -> Self {
+        Self {
+            deps,
+            bridge,
+            health,
+        }
+    }
+
+    /// A role's saga actor `A`: one pool per lane, and a route from each consumer.
+    async fn role<A: BatchActor>(
+        self,
+        role: Role,
+        name: &str,
+        inbox: &str,
+        handler: A::Handler,
+    ) -> Result<RoleActors, RoleError>
+    where
+        A::Handler: Clone,
+    {
+        let mut actors = RoleActors::default();
+        actors
+            .start_pools::<A>(self, role, name, inbox, handler)
+            .await?;
+        Ok(actors)
+    }
+}
+
 impl RoleActors {
     /// Starts one pool of the actor `A` per lane, each fed by the role's consumers of that
     /// lane (so a backlog of standard orders never delays an express one).
@@ -154,20 +182,8 @@ pub async fn start_orders(
     bridge: &Bridge,
     health: &Health,
 ) -> Result<RoleActors, RoleError> {
-    let mut actors = RoleActors::default();
-    let on = On {
-        deps,
-        bridge,
-        health,
-    };
-    actors
-        .start_pools::<OrderActor>(
-            on,
-            Role::Orders,
-            "order",
-            order_actor::CONSUMER,
-            OrderHandler,
-        )
+    let mut actors = On::new(deps, bridge, health)
+        .role::<OrderActor>(Role::Orders, "order", order_actor::CONSUMER, OrderHandler)
         .await?;
     let d = deps.clone();
     actors.sweeper = Some(
@@ -184,22 +200,14 @@ pub async fn start_inventory(
     bridge: &Bridge,
     health: &Health,
 ) -> Result<RoleActors, RoleError> {
-    let mut actors = RoleActors::default();
-    let on = On {
-        deps,
-        bridge,
-        health,
-    };
-    actors
-        .start_pools::<StockActor>(
-            on,
+    On::new(deps, bridge, health)
+        .role::<StockActor>(
             Role::Inventory,
             "stock",
             stock_actor::CONSUMER,
             StockHandler,
         )
-        .await?;
-    Ok(actors)
+        .await
 }
 
 /// Starts the payments role: one breaker for the provider shared by both lanes, and the
@@ -231,20 +239,8 @@ pub async fn start_payments(
         .health(health.clone())
         .start(move |_| PaymentVoider::new(db, c, every));
     let handler = PaymentHandler::new(deps.clone(), client, breaker, voider.clone());
-    let mut actors = RoleActors::default();
-    let on = On {
-        deps,
-        bridge,
-        health,
-    };
-    actors
-        .start_pools::<PaymentActor>(
-            on,
-            Role::Payments,
-            "payment",
-            payment_actor::CONSUMER,
-            handler,
-        )
+    let mut actors = On::new(deps, bridge, health)
+        .role::<PaymentActor>(Role::Payments, "payment", payment_actor::CONSUMER, handler)
         .await?;
     actors.voider = Some(voider);
     Ok(actors)

@@ -32,9 +32,11 @@ use crate::stock_store::{self, Reservation};
 pub const CONSUMER: &str = "inventory";
 
 jetflow_runtime::batch_actor! {
-    /// The stock actor: a supervised actix actor that applies [`StockHandler`] to each
-    /// [`Batch`](jetflow_runtime::Batch) of the saga's events in its bounded mailbox, one
-    /// transaction per batch; several instances share the work, sharded by the order's id.
+    /// The stock actor: stock levels and reservations. Its bounded mailbox takes
+    /// [`Batch`](jetflow_runtime::Batch)es of `orders.created`, `orders.cancelled` and
+    /// `orders.confirmed`, which [`StockHandler`] turns into reservations, releases and sales
+    /// in one transaction each, emitting `inventory.reserved`, `inventory.released` or
+    /// `orders.cancelled` (no stock).
     pub struct StockActor(StockHandler);
 }
 

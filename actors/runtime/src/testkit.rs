@@ -48,6 +48,16 @@ impl Delivered {
         }
     }
 
+    /// What became of each delivery of a batch (panics unless there is one outcome each).
+    fn each(outcomes: Vec<Outcome>, metas: &[DeliveryMeta]) -> Vec<Self> {
+        assert_eq!(outcomes.len(), metas.len(), "one outcome per delivery");
+        outcomes
+            .into_iter()
+            .zip(metas)
+            .map(|(o, m)| Self::new(o, m))
+            .collect()
+    }
+
     /// Panics unless the bridge would ack.
     #[track_caller]
     pub fn assert_ack(&self) {
@@ -146,13 +156,7 @@ impl TestKit {
         deliveries: Vec<Delivery<<A::Handler as PreparedTxHandler>::Message>>,
     ) -> Vec<Delivered> {
         let metas: Vec<DeliveryMeta> = deliveries.iter().map(|d| d.meta.clone()).collect();
-        let outcomes = actors.deliver(deliveries).await;
-        assert_eq!(outcomes.len(), metas.len(), "one outcome per delivery");
-        outcomes
-            .into_iter()
-            .zip(&metas)
-            .map(|(o, m)| Delivered::new(o, m))
-            .collect()
+        Delivered::each(actors.deliver(deliveries).await, &metas)
     }
 
     /// Waits (at most 5 s) until the actor called `name` has been restarted `n` times in
@@ -260,13 +264,7 @@ impl TxProbe {
             .into_iter()
             .map(|(payload, meta)| Inbound { payload, meta })
             .collect();
-        let outcomes = (self.handler)(inbound).await;
-        assert_eq!(outcomes.len(), metas.len(), "one outcome per delivery");
-        outcomes
-            .into_iter()
-            .zip(&metas)
-            .map(|(o, m)| Delivered::new(o, m))
-            .collect()
+        Delivered::each((self.handler)(inbound).await, &metas)
     }
 }
 
