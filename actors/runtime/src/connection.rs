@@ -174,16 +174,37 @@ impl NatsConfig {
         Ok(())
     }
 
-    /// The seeds, for messages (never contains credentials: they are not in URLs here).
+    /// The seeds, for messages: a user's password or a token given in a URL
+    /// (`nats://user:pass@host`, `nats://token@host`) is shown as `***`.
     pub fn seeds(&self) -> String {
-        self.urls.join(",")
+        self.urls
+            .iter()
+            .map(|u| redact_nats_url(u))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// A NATS URL without its secret: `nats://user:***@host`, `nats://***@host` (a token).
+pub fn redact_nats_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").map_or(("", url), |(s, r)| (s, r));
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    let shown = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_string(),
+    };
+    match scheme {
+        "" => format!("{shown}@{host}"),
+        scheme => format!("{scheme}://{shown}@{host}"),
     }
 }
 
 /// A NATS URL: `nats://`, `tls://`, `ws://`, `wss://` or a bare `host:port`, with a host.
 fn check_url(url: &str) -> Result<(), ConnectError> {
     let bad = |why: &str| ConnectError::BadUrl {
-        url: url.to_string(),
+        url: redact_nats_url(url),
         why: why.to_string(),
     };
     let rest = match url.split_once("://") {
@@ -394,6 +415,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("NATS_TLS_KEY"), "{e}");
+    }
+
+    #[test]
+    fn seeds_never_show_a_password_or_a_token() {
+        let c = NatsConfig::new("nats://alice:pa55@a:4222,tls://s3cr3t-token@b:4222,c:4222");
+        assert_eq!(c.seeds(), "nats://alice:***@a:4222,tls://***@b:4222,c:4222");
+        assert!(!c.seeds().contains("pa55") && !c.seeds().contains("s3cr3t"));
+        let bad = check_url("ftp://bob:hunter2@h:1").expect_err("not a NATS scheme");
+        assert!(!bad.to_string().contains("hunter2"), "{bad}");
     }
 
     #[test]
