@@ -9,7 +9,7 @@ use std::time::Duration;
 use jetflow_integration::{NatsServer, eventually};
 use jetflow_runtime::backoff::Backoff;
 use jetflow_runtime::prelude::*;
-use jetflow_runtime::{metrics::metrics, outbox};
+use jetflow_runtime::{Discard, metrics::metrics, outbox};
 
 async fn bridge_on(nats: &NatsServer, streams: Vec<StreamSpec>) -> Bridge {
     let mut topology = Topology::new();
@@ -115,6 +115,108 @@ fn messages_jetstream_refuses_are_counted_and_dead_lettered_without_blocking_the
             letters[0]
         );
         assert_eq!(metrics().outbox_dead_letters.get() - dead_before, 500);
+        bridge.close().await;
+    })
+}
+
+/// A full stream that refuses new messages (`discard: new`) refuses for now, not for good:
+/// the relay keeps its rows (with backoff) however many times it is refused, and publishes
+/// them once there is room, instead of dead-lettering saga events after its attempts.
+#[test]
+fn a_full_stream_refuses_for_now_and_the_outbox_waits_for_room_without_dead_lettering() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        // Room for one small message only.
+        let full = StreamSpec::new("FULL", &["full.>"]).max_bytes(Some(200), Discard::New);
+        let bridge = bridge_on(&nats, vec![full]).await;
+        let db = Database::connect(&DbConfig::new("sqlite::memory:"))
+            .await
+            .expect("db");
+        let config = RelayConfig {
+            sweep_every: Duration::from_millis(50),
+            min_age: Duration::ZERO,
+            max_attempts: 3,
+            retry: Backoff::exponential(Duration::from_millis(20), Duration::from_millis(50)),
+            ..RelayConfig::default()
+        };
+        let dead_before = metrics().outbox_dead_letters.get();
+        let relay = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), config);
+        let mut uow = UnitOfWork::begin(&db).await.expect("tx");
+        for i in 0..3 {
+            uow.emit(OutgoingMessage::new(
+                format!("full.{i}"),
+                format!("full-{i}"),
+                "x".repeat(60),
+            ));
+        }
+        uow.commit(&relay).await.expect("commit");
+        // Refused well past the attempts that dead-letter a permanent refusal.
+        eventually(
+            "the rows to be refused more than max_attempts times",
+            Duration::from_secs(15),
+            || async {
+                let attempts: i64 =
+                    sqlx::query_scalar("SELECT COALESCE(MIN(attempts), 0) FROM outbox")
+                        .fetch_one(db.pool())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                let left = outbox::pending(&db).await.map_err(|e| e.to_string())?;
+                let dead = metrics().outbox_dead_letters.get() - dead_before;
+                if attempts > 6 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{attempts} attempts, {left} rows left, {dead} dead-lettered"
+                    ))
+                }
+            },
+        )
+        .await;
+        let left = outbox::pending(&db).await.expect("pending");
+        assert!(left >= 1, "the refused rows are kept");
+        assert_eq!(
+            metrics().outbox_dead_letters.get(),
+            dead_before,
+            "nothing dead-lettered"
+        );
+        // Room again: everything is published.
+        let js = bridge.jetstream().expect("connected");
+        let mut cfg = js
+            .get_stream("FULL")
+            .await
+            .expect("stream")
+            .cached_info()
+            .config
+            .clone();
+        cfg.max_bytes = -1;
+        js.update_stream(cfg).await.expect("more room");
+        eventually(
+            "the rows to be published",
+            Duration::from_secs(15),
+            || async {
+                match outbox::pending(&db).await.map_err(|e| e.to_string())? {
+                    0 => Ok(()),
+                    n => Err(format!("{n} left")),
+                }
+            },
+        )
+        .await;
+        let stored = js
+            .get_stream("FULL")
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages;
+        assert_eq!(stored, 3);
+        assert!(
+            jetflow_runtime::dead_letter::list(&js)
+                .await
+                .expect("DLQ")
+                .is_empty()
+        );
         bridge.close().await;
     })
 }

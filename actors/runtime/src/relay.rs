@@ -10,10 +10,14 @@
 //! otherwise (for what another replica left when it crashed). So an idle relay costs one
 //! small query every few seconds.
 //!
-//! A row JetStream refuses (no stream for its subject, too large, …) counts an attempt,
-//! keeps the error and waits longer each time; after `max_attempts` it is moved to the
-//! dead-letter stream with its reason (`outbox_dead_letters_total`). Rows that fail
-//! because NATS is unreachable are only retried: an outage never turns into dead letters.
+//! A row JetStream refuses for good (no stream for its subject, too large, an expectation
+//! not met) counts an attempt, keeps the error and waits longer each time; after
+//! `max_attempts` it is moved to the dead-letter stream with its reason
+//! (`outbox_dead_letters_total`). A refusal for now (a full stream that discards new
+//! messages, any other JetStream error that may pass) is retried with the same growing
+//! wait however often it happens (`outbox_publish_errors_total` counts them), and rows that
+//! fail because NATS is unreachable are only retried: neither an outage nor a full stream
+//! ever turns a saga's event into a dead letter.
 //! Publishing a row twice (a sweep racing a slow publish, two replicas sweeping) is harmless:
 //! JetStream drops the copy by its `Nats-Msg-Id`, and consumers' inboxes drop anything older.
 
@@ -322,7 +326,7 @@ impl OutboxRelay {
                     continue;
                 }
                 let attempts = row.attempts.saturating_add(1);
-                if attempts >= config.max_attempts {
+                if attempts >= config.max_attempts && is_permanent(&error) {
                     if dead_letter_row(&db, publisher.as_ref(), &row, attempts, &error).await {
                         dead += 1;
                     }
@@ -430,10 +434,17 @@ impl OutboxRelay {
     }
 }
 
-/// Whether a failed publish was JetStream's refusal of this message (which counts towards
-/// dead-lettering), rather than NATS being unreachable or slow (which never does).
+/// Whether a failed publish was JetStream's refusal of this message (retried later with a
+/// growing wait), rather than NATS being unreachable or slow (left to the sweep).
 fn counts_as_refusal(error: &PublishError) -> bool {
     matches!(error, PublishError::Rejected(_) | PublishError::Failed(_))
+}
+
+/// Whether a refusal is for good (the message as it is can never be stored: only those are
+/// dead-lettered after `max_attempts`); any other refusal may pass (a full stream that
+/// discards new messages) and is retried however often it happens.
+fn is_permanent(error: &PublishError) -> bool {
+    matches!(error, PublishError::Rejected(_))
 }
 
 /// Moves a row to the dead-letter stream; true once it is there and gone from the outbox.
