@@ -1,6 +1,7 @@
 //! Security: NATS authentication (user/password, a wrong password), secrets kept out of logs,
-//! and the gateway's limits (body size, content type, request rate per client), each
-//! answering its documented status with a JSON error.
+//! the gateway's limits (body size, content type, request rate per client), each answering
+//! its documented status with a JSON error, and the admin token that writes other than order
+//! submission need.
 
 use std::time::Duration;
 
@@ -130,6 +131,85 @@ fn a_wrong_password_keeps_the_service_unready_with_a_clear_error() {
             !log.contains(DB_PASSWORD),
             "the database password was logged"
         );
+    })
+}
+
+const ADMIN_TOKEN: &str = "admin-t0ken-never-logged";
+
+#[test]
+fn stock_writes_need_the_admin_token_and_orders_and_reads_stay_open() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let (mut app, _dir) = JetflowProcess::all(
+            &nats.url(),
+            &[("JETFLOW_ADMIN_TOKEN", ADMIN_TOKEN), ("RUST_LOG", "debug")],
+        );
+        app.until("/ready").await;
+        let client = reqwest::Client::new();
+        let stock = format!("{}/inventory/sku-admin", app.url());
+        let body = json!({"available": 5, "price_cents": 0});
+        // No token: 401, a JSON error, and how to authenticate.
+        let r = client.put(&stock).json(&body).send().await.expect("PUT");
+        assert_eq!(r.status().as_u16(), 401);
+        assert_eq!(
+            r.headers()
+                .get("WWW-Authenticate")
+                .and_then(|v| v.to_str().ok()),
+            Some("Bearer")
+        );
+        let e: Value = r.json().await.expect("a JSON error");
+        assert_eq!(e["error"], "unauthorized", "{e}");
+        // Another token: 403, though the client is on loopback.
+        let r = client
+            .put(&stock)
+            .bearer_auth("guess")
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(r.status().as_u16(), 403);
+        assert_eq!(r.json::<Value>().await.expect("JSON")["error"], "forbidden");
+        // Nothing was written.
+        let r = client.get(&stock).send().await.expect("GET");
+        assert_eq!(r.status().as_u16(), 404);
+        // The token: written; reads and orders need none.
+        let r = client
+            .put(&stock)
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"available": 5, "price_cents": 100}))
+            .send()
+            .await
+            .expect("PUT");
+        assert_eq!(r.status().as_u16(), 200);
+        let r = client.get(&stock).send().await.expect("GET");
+        assert_eq!(r.status().as_u16(), 200);
+        let r = client
+            .post(format!("{}/orders", app.url()))
+            .json(&json!({"customer_id": "c-admin", "items": [{"product_id": "sku-admin", "quantity": 1}]}))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 202);
+        let doc: Value = client
+            .get(format!("{}/openapi.json", app.url()))
+            .send()
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("JSON");
+        assert_eq!(
+            doc["components"]["securitySchemes"]["admin_token"]["scheme"],
+            "bearer"
+        );
+        app.kill();
+        let log = app.log();
+        assert!(
+            log.contains("need the bearer token of JETFLOW_ADMIN_TOKEN"),
+            "{}",
+            app.log_tail()
+        );
+        assert!(!log.contains(ADMIN_TOKEN), "the admin token was logged");
     })
 }
 

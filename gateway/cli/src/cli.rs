@@ -246,6 +246,10 @@ pub struct ConsumerArgs {
 /// What only the gateway uses.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
+    /// The bearer token that writes other than order submission (PUT /inventory) need; with
+    /// none, those writes are accepted only from loopback clients. Never logged.
+    #[arg(long, env = "JETFLOW_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Requests per second allowed per client at the gateway (0: no limit).
     #[arg(long, env = "JETFLOW_RATE_LIMIT", default_value_t = 500)]
     pub rate_limit: u32,

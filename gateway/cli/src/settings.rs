@@ -181,6 +181,8 @@ pub struct Settings {
     /// With `requests_first`: the share of the time the consumers take while requests are
     /// in flight.
     pub consumer_share: f64,
+    /// The bearer token of writes other than order submission (none: loopback clients only).
+    pub admin_token: Option<Secret>,
 }
 
 impl Default for Settings {
@@ -196,6 +198,7 @@ impl Default for Settings {
             relay: RelayConfig::default(),
             requests_first: 2,
             consumer_share: 0.5,
+            admin_token: None,
         }
     }
 }
@@ -282,6 +285,7 @@ impl Settings {
     }
 
     fn apply_api(&mut self, a: &ApiArgs) -> Result<(), ConfigError> {
+        self.admin_token = a.admin_token.clone().map(Secret::new);
         self.http.rate_limit = a.rate_limit;
         self.http.rate_burst = a.rate_burst;
         self.http.trusted_proxies = jetflow_gateway::rate_limit::parse_proxies(&a.trusted_proxies)

@@ -25,6 +25,7 @@ use actix_web::{App, HttpServer, web};
 use backon::Retryable;
 use jetflow_domain::service::{self, PaymentSettings, RoleActors};
 use jetflow_domain::{Deps, topology};
+use jetflow_gateway::admin::AdminAccess;
 use jetflow_gateway::rate_limit::RateLimiter;
 use jetflow_gateway::routes;
 use jetflow_gateway::{GatewayState, access_log, correlation, error, http_metrics};
@@ -282,6 +283,10 @@ impl Application {
         let h = health.clone();
         let main_provider = provider_only.then(|| provider_state.clone());
         let foreground = requests_first.clone();
+        let admin = AdminAccess::new(settings.admin_token.clone());
+        if gateway.is_some() {
+            tracing::info!("{}", admin.describe());
+        }
         let server = HttpServer::new(move || {
             let app = App::new()
                 .wrap(ErrorHandlers::new().default_handler(error::json_errors))
@@ -306,6 +311,7 @@ impl Application {
             let app = match &gateway {
                 Some(state) => app
                     .app_data(web::Data::new(state.clone()))
+                    .app_data(web::Data::new(admin.clone()))
                     .configure(routes::orders::configure)
                     .configure(routes::inventory::configure)
                     .configure(routes::openapi::configure),

@@ -101,6 +101,16 @@ impl ApiError {
         }
     }
 
+    /// 401: the request needs credentials it did not bring (`WWW-Authenticate: Bearer`).
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403: the client may not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     /// 405: the resource does not serve this method; `Allow` lists the ones it does.
     pub fn method_not_allowed(methods: &'static [&'static str]) -> Self {
         Self {
@@ -149,6 +159,9 @@ impl ResponseError for ApiError {
         }
         if let Some(methods) = self.allow {
             response.insert_header((header::ALLOW, methods.join(", ")));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         response.json(self.body())
     }

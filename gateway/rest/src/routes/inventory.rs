@@ -6,6 +6,7 @@ use jetflow_runtime::Database;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::admin::AdminAccess;
 use crate::error::{ApiError, ErrorBody};
 use crate::order_request::json_integer;
 use crate::routes::{MAX_BODY_BYTES, allow, read_body, require_json};
@@ -98,12 +99,15 @@ fn bounded(obj: &serde_json::Map<String, Value>, name: &str, max: i64) -> Result
     params(("product_id" = String, Path, description = "The product: 1 to 64 characters, no control characters",
         min_length = 1, max_length = 64, pattern = r"^[^\u0000-\u001F\u007F-\u009F]{1,64}$", example = "sku-1")),
     request_body = SetStock,
+    security((), ("admin_token" = [])),
     responses(
         (status = 200, description = "The product's stock now", body = StockView,
             links(("GetStock" = (operation_id = "get_stock",
                 parameters(("product_id" = "$request.path.product_id")),
                 description = "The product just stocked")))),
         (status = 400, description = "A bad product id, malformed JSON, a field missing, unknown or out of bounds", body = ErrorBody),
+        (status = 401, description = "JETFLOW_ADMIN_TOKEN is set and no bearer token was given (WWW-Authenticate: Bearer)", body = ErrorBody),
+        (status = 403, description = "Another bearer token than JETFLOW_ADMIN_TOKEN, or, with none set, a client that is not on loopback", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unreachable: nothing changed", body = ErrorBody),
@@ -114,6 +118,7 @@ pub async fn put_stock(
     payload: web::Payload,
     state: web::Data<GatewayState>,
 ) -> Result<HttpResponse, ApiError> {
+    AdminAccess::of(&req).check(&req)?;
     let product_id = product_id(path.into_inner())?;
     require_json(&req)?;
     let body = read_body(&req, payload, MAX_BODY_BYTES).await?;

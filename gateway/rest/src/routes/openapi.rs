@@ -137,6 +137,17 @@ pub struct Middleware;
 impl Modify for Middleware {
     fn modify(&self, doc: &mut openapi::OpenApi) {
         let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            openapi::security::SecurityScheme::Http(
+                openapi::security::HttpBuilder::new()
+                    .scheme(openapi::security::HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "JETFLOW_ADMIN_TOKEN, for writes other than order submission; with none set, those writes are accepted from loopback clients only",
+                    ))
+                    .build(),
+            ),
+        );
         components.parameters.insert(
             "CorrelationId".into(),
             RefOr::T(from_json::<Parameter>(json!({
