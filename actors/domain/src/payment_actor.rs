@@ -92,6 +92,28 @@ impl PaymentHandler {
     }
 }
 
+impl PaymentHandler {
+    /// Reads the payments recorded for `ids` (one query), then records, before any call, that
+    /// the orders with none are about to be charged (one statement): if the transaction that
+    /// would record the answer is lost, a cancellation still knows to void the charge.
+    async fn read_and_mark(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, PaymentRecord>, sqlx::Error> {
+        let mut conn = self.deps.db.pool().acquire().await?;
+        let found = payment_store::get_many(&mut conn, ids).await?;
+        let mut to_charge: Vec<&str> = ids
+            .iter()
+            .copied()
+            .filter(|id| !found.contains_key(*id))
+            .collect();
+        to_charge.sort_unstable();
+        to_charge.dedup();
+        payment_store::mark_attempted(&mut conn, &to_charge).await?;
+        Ok(found)
+    }
+}
+
 /// What `prepare` found out, outside the transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
@@ -131,7 +153,8 @@ impl PreparedTxHandler for PaymentHandler {
     async fn prepare(&self, d: &Delivery<InboundEvent>) -> Result<Step, TxError> {
         let recorded = match &d.message.event {
             AnyEvent::InventoryReserved(e) => {
-                payment_store::get(self.deps.db.pool(), &e.meta.order_id.to_string()).await?
+                let id = e.meta.order_id.to_string();
+                self.read_and_mark(&[id.as_str()]).await?.remove(&id)
             }
             _ => None,
         };
@@ -155,11 +178,7 @@ impl PreparedTxHandler for PaymentHandler {
         let recorded = if ids.is_empty() {
             HashMap::new()
         } else {
-            let found = match self.deps.db.pool().acquire().await {
-                Ok(mut conn) => payment_store::get_many(&mut conn, &ids).await,
-                Err(e) => Err(e),
-            };
-            match found {
+            match self.read_and_mark(&ids).await {
                 Ok(found) => found,
                 Err(e) => {
                     let reason = format!("database: {e}");

@@ -299,6 +299,48 @@ where
     Ok(())
 }
 
+/// Records, before the provider is called, that these orders' charges are about to be
+/// attempted (one statement): whatever becomes of the transaction that would record the
+/// answer (a failed commit, a panic, a last delivery dead-lettered), a cancellation then
+/// knows a charge may exist and has it voided.
+pub async fn mark_attempted(
+    conn: &mut sqlx::AnyConnection,
+    order_ids: &[&str],
+) -> Result<(), sqlx::Error> {
+    if order_ids.is_empty() {
+        return Ok(());
+    }
+    let now = now_ms();
+    let rows: Vec<Vec<db::Param>> = order_ids
+        .iter()
+        .map(|id| vec![db::Param::from(*id), db::Param::Int(Some(now))])
+        .collect();
+    db::insert_rows(
+        conn,
+        "payment_attempts",
+        &["order_id", "uncertain_at"],
+        &rows,
+        "ON CONFLICT (order_id) DO NOTHING",
+    )
+    .await?;
+    Ok(())
+}
+
+/// Forgets charge attempts older than `retention` (housekeeping): by then every order they
+/// belong to has long finished, confirmed or cancelled and voided.
+pub async fn purge_attempts(
+    db: &jetflow_runtime::Database,
+    retention: std::time::Duration,
+) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("DELETE FROM payment_attempts WHERE uncertain_at < $1")
+            .bind(now_ms().saturating_sub(db::millis(retention)))
+            .execute(db.pool())
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// Whether a charge for `order_id` may exist that was never recorded.
 pub async fn was_uncertain<'c, E>(executor: E, order_id: &str) -> Result<bool, sqlx::Error>
 where

@@ -248,6 +248,19 @@ impl Application {
                 }
                 outbox = Some(relay);
             }
+            if roles.payments {
+                // Charge attempts are kept as long as processed events: every order they
+                // belong to has finished by then.
+                let retention = settings.retention.inbox;
+                housekeeping = housekeeping.also(
+                    "payment_attempts",
+                    Arc::new(move |db: Database| {
+                        Box::pin(async move {
+                            jetflow_domain::payment_store::purge_attempts(&db, retention).await
+                        })
+                    }),
+                );
+            }
             if roles.gateway {
                 let retention = saga.idempotency_retention;
                 housekeeping = housekeeping.also(
