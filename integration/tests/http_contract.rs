@@ -1,9 +1,96 @@
 //! The HTTP contract beyond the happy path: a known path with a method it does not serve
 //! answers 405 with `Allow`; HEAD works wherever GET does; the probes and metrics move to
-//! `JETFLOW_ADMIN_ADDR` when it is set.
+//! `JETFLOW_ADMIN_ADDR` when it is set; past the backlog bound, orders are refused with 503
+//! and `Retry-After`, and nothing of them is stored.
 
-use jetflow_integration::{NatsServer, TestAppBuilder};
+use std::time::Duration;
+
+use jetflow_domain::{Role, SagaConfig, topology};
+use jetflow_integration::{NatsServer, TestAppBuilder, eventually};
+use jetflow_schemas::Priority;
 use reqwest::Method;
+use serde_json::{Value, json};
+
+#[test]
+fn past_the_backlog_bound_orders_are_refused_with_503_and_nothing_is_stored() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        // A gateway whose saga does not keep up: its first consumer exists, nobody pulls.
+        let app = TestAppBuilder::new(&nats.url())
+            .roles(jetflow_app::startup::Roles {
+                gateway: true,
+                ..Default::default()
+            })
+            .with(|s| s.max_backlog = 10)
+            .start()
+            .await;
+        app.wait_ready().await;
+        let js = app.bridge().jetstream().expect("connected");
+        let spec = topology::consumer(
+            &SagaConfig::default(),
+            Role::Inventory,
+            topology::ORDERS,
+            Priority::Standard,
+        );
+        jetflow_runtime::topology::ensure_consumer(&js, &spec)
+            .await
+            .expect("the saga's first consumer");
+        app.put_stock("sku-bl", 1000, 100).await;
+        let client = reqwest::Client::new();
+        let post = |i: usize| {
+            let client = client.clone();
+            let url = format!("{}/orders", app.address);
+            async move {
+                client
+                    .post(url)
+                    .json(&json!({"customer_id": format!("c-{i}"), "items": [{"product_id": "sku-bl", "quantity": 1}]}))
+                    .send()
+                    .await
+                    .expect("POST")
+            }
+        };
+        let accepted = std::sync::atomic::AtomicUsize::new(0);
+        for i in 0..15 {
+            assert_eq!(post(i).await.status().as_u16(), 202, "under the bound");
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        // Once the gateway has read the backlog (every second): refused, and told when to
+        // come back.
+        let refused = eventually("orders to be refused", Duration::from_secs(10), || async {
+            let r = post(100).await;
+            match r.status().as_u16() {
+                503 => Ok(r),
+                202 => {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Err("accepted".to_string())
+                }
+                other => Err(format!("{other}")),
+            }
+        })
+        .await;
+        assert!(refused.headers().get("Retry-After").is_some());
+        let e: Value = refused.json().await.expect("a JSON error");
+        assert_eq!(e["error"], "backlogged", "{e}");
+        for i in 0..5 {
+            assert_eq!(post(200 + i).await.status().as_u16(), 503);
+        }
+        // Only what was accepted is in the stream: a 503 stored nothing.
+        let stored = js
+            .get_stream(topology::ORDERS)
+            .await
+            .expect("stream")
+            .info()
+            .await
+            .expect("info")
+            .state
+            .messages;
+        assert_eq!(
+            stored,
+            accepted.load(std::sync::atomic::Ordering::SeqCst) as u64
+        );
+        app.stop().await;
+    })
+}
 
 #[test]
 fn wrong_methods_answer_405_with_allow_and_head_works_wherever_get_does() {

@@ -250,6 +250,11 @@ pub struct ApiArgs {
     /// none, those writes are accepted only from loopback clients. Never logged.
     #[arg(long, env = "JETFLOW_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Orders are refused (503 with Retry-After, nothing stored) while more orders than this
+    /// wait for the saga's first step, so none waits longer than JETFLOW_ORDER_TIMEOUT only
+    /// for being in line (0: no bound).
+    #[arg(long, env = "JETFLOW_MAX_BACKLOG", default_value_t = crate::settings::Settings::default().max_backlog)]
+    pub max_backlog: u64,
     /// Requests per second allowed per client at the gateway (0: no limit).
     #[arg(long, env = "JETFLOW_RATE_LIMIT", default_value_t = 500)]
     pub rate_limit: u32,

@@ -183,6 +183,10 @@ pub struct Settings {
     pub consumer_share: f64,
     /// The bearer token of writes other than order submission (none: loopback clients only).
     pub admin_token: Option<Secret>,
+    /// Orders waiting for the saga past which the gateway refuses new ones (0: no bound).
+    /// 100,000 is under a minute of the saga's pace on a laptop, far inside the 15 minutes
+    /// of the order timeout.
+    pub max_backlog: u64,
 }
 
 impl Default for Settings {
@@ -199,6 +203,7 @@ impl Default for Settings {
             requests_first: 2,
             consumer_share: 0.5,
             admin_token: None,
+            max_backlog: 100_000,
         }
     }
 }
@@ -286,6 +291,7 @@ impl Settings {
 
     fn apply_api(&mut self, a: &ApiArgs) -> Result<(), ConfigError> {
         self.admin_token = a.admin_token.clone().map(Secret::new);
+        self.max_backlog = a.max_backlog;
         self.http.rate_limit = a.rate_limit;
         self.http.rate_burst = a.rate_burst;
         self.http.trusted_proxies = jetflow_gateway::rate_limit::parse_proxies(&a.trusted_proxies)

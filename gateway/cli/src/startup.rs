@@ -24,8 +24,9 @@ use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
 use backon::Retryable;
 use jetflow_domain::service::{self, PaymentSettings, RoleActors};
-use jetflow_domain::{Deps, topology};
+use jetflow_domain::{Deps, Role, topology};
 use jetflow_gateway::admin::AdminAccess;
+use jetflow_gateway::admission::Admission;
 use jetflow_gateway::rate_limit::RateLimiter;
 use jetflow_gateway::routes;
 use jetflow_gateway::{GatewayState, access_log, correlation, error, http_metrics};
@@ -35,6 +36,7 @@ use jetflow_runtime::{
     Backoff, Bridge, BridgeConfig, Database, DbError, Health, Housekeeping, NatsBridge,
     OutboxHandle, OutboxRelay, Publisher, priority::Foreground,
 };
+use jetflow_schemas::Priority;
 use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
@@ -297,6 +299,26 @@ impl Application {
         let main_provider = provider_only.then(|| provider_state.clone());
         let foreground = requests_first.clone();
         let admin = AdminAccess::new(settings.admin_token.clone());
+        let admission = Admission::new(settings.max_backlog);
+        if let (Some(_), Some(bridge), true) = (&gateway, &bridge, settings.max_backlog > 0) {
+            let (bridge, stop) = (bridge.clone(), background.clone());
+            let lanes: Vec<String> = [Priority::Standard, Priority::Express]
+                .into_iter()
+                .map(|lane| {
+                    topology::consumer(&saga, Role::Inventory, topology::ORDERS, lane).durable
+                })
+                .collect();
+            let watch = admission.clone().watch(Duration::from_secs(1), move || {
+                let (bridge, lanes) = (bridge.clone(), lanes.clone());
+                async move { saga_backlog(&bridge, &lanes).await }
+            });
+            actix_rt::spawn(async move {
+                tokio::select! {
+                    () = watch => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
         if gateway.is_some() {
             tracing::info!("{}", admin.describe());
         }
@@ -325,6 +347,7 @@ impl Application {
                 Some(state) => app
                     .app_data(web::Data::new(state.clone()))
                     .app_data(web::Data::new(admin.clone()))
+                    .app_data(web::Data::new(admission.clone()))
                     .configure(routes::orders::configure)
                     .configure(routes::inventory::configure)
                     .configure(routes::openapi::configure),
@@ -457,6 +480,20 @@ impl Application {
             .run_until(shutdown, self.settings.http.shutdown_timeout)
             .await
     }
+}
+
+/// Orders waiting for the saga's first step: the inventory consumers' pending and
+/// unacknowledged `orders.created` (none known while they do not exist yet).
+async fn saga_backlog(bridge: &Bridge, durables: &[String]) -> Option<u64> {
+    let js = bridge.jetstream()?;
+    let stream = js.get_stream_no_info(topology::ORDERS).await.ok()?;
+    let mut backlog = 0;
+    for durable in durables {
+        if let Ok(info) = stream.consumer_info(durable).await {
+            backlog += info.num_pending + info.num_ack_pending as u64;
+        }
+    }
+    Some(backlog)
 }
 
 /// Binds a server (no signal handling of its own: the application stops it).

@@ -101,6 +101,12 @@ impl ApiError {
         }
     }
 
+    /// The same error, asking the client to wait `secs` (`Retry-After`).
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs.max(1));
+        self
+    }
+
     /// 401: the request needs credentials it did not bring (`WWW-Authenticate: Bearer`).
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

@@ -11,6 +11,7 @@
 pub mod accept_writes;
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod correlation;
 pub mod error;
 pub mod http_metrics;

@@ -19,6 +19,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::accept_writes::{AcceptOutput, AcceptWrite};
+use crate::admission::Admission;
 use crate::correlation::CorrelationId;
 use crate::error::{ApiError, ErrorBody};
 use crate::order_request::{self, CreateOrderRequest, ShippingAddressRequest, ValidOrder};
@@ -375,7 +376,7 @@ async fn accept(
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
-        (status = 503, description = "The event or the order could not be stored: nothing was accepted; retrying with the same Idempotency-Key is safe", body = ErrorBody),
+        (status = 503, description = "The event or the order could not be stored, or more orders wait for the saga than JETFLOW_MAX_BACKLOG (`backlogged`, with Retry-After): nothing was accepted; retrying with the same Idempotency-Key is safe", body = ErrorBody),
     ))]
 pub async fn create_order(
     req: HttpRequest,
@@ -394,6 +395,9 @@ pub async fn create_order(
         .headers()
         .get(headers::TRACEPARENT)
         .and_then(|v| v.to_str().ok());
+    if let Some(admission) = Admission::of(&req) {
+        admission.check()?;
+    }
     let draft = draft(&state, &order, correlation_id, parent)?;
     let (order_id, correlation_id) = accept(&state, key, &order, draft).await?;
     tracing::info!(%order_id, %correlation_id, items = order.items.len(), priority = %order.priority, "order accepted");
