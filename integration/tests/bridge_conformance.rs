@@ -737,3 +737,89 @@ fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
         bridge.close().await;
     })
 }
+
+/// Messages that arrive while a batch is handled (longer than the ack wait) are read into
+/// the next batch and kept alive with in-progress acks: none is redelivered behind the
+/// route's back, however long the batch before it takes.
+#[test]
+fn what_arrives_during_a_long_batch_is_kept_alive_and_delivered_once() {
+    use std::sync::Mutex;
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let bridge = plain_bridge(&nats);
+        let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
+        let recorder = seen.clone();
+        let handler: BatchHandlerFn = Arc::new(move |batch: Vec<Inbound>| {
+            let seen = recorder.clone();
+            Box::pin(async move {
+                let first = batch.iter().any(|d| d.meta.subject == "conformance.first");
+                for d in &batch {
+                    if let Ok(mut s) = seen.lock() {
+                        s.push((d.meta.subject.clone(), d.meta.delivered));
+                    }
+                }
+                if first {
+                    // Three times the ack wait.
+                    tokio::time::sleep(Duration::from_millis(3000)).await;
+                }
+                vec![Outcome::Ack; batch.len()]
+            })
+        });
+        let spec = ConsumerSpec::new(STREAM, "during", &["conformance.>"])
+            .ack_wait(Duration::from_secs(1))
+            .max_deliver(5);
+        bridge
+            .subscribe(Route::batched(
+                spec,
+                "during",
+                handler,
+                BatchConfig::default(),
+            ))
+            .await
+            .expect("subscribe");
+        eventually("the bridge to connect", Duration::from_secs(15), || async {
+            bridge.jetstream().map(|_| ()).ok_or("not yet".to_string())
+        })
+        .await;
+        publish_until_stored(&bridge, "conformance.first", "first", "{}").await;
+        eventually(
+            "the long batch to start",
+            Duration::from_secs(10),
+            || async {
+                let started = seen.lock().map(|s| !s.is_empty()).unwrap_or(false);
+                started.then_some(()).ok_or("not yet".to_string())
+            },
+        )
+        .await;
+        for i in 0..5 {
+            publish_until_stored(&bridge, "conformance.later", &format!("later-{i}"), "{}").await;
+        }
+        let js = bridge.jetstream().expect("connected");
+        let info = eventually("all six to be acked", Duration::from_secs(20), || async {
+            let info = js
+                .get_stream(STREAM)
+                .await
+                .map_err(|e| e.to_string())?
+                .consumer_info("during")
+                .await
+                .map_err(|e| e.to_string())?;
+            if info.num_ack_pending == 0 && info.ack_floor.stream_sequence >= 6 {
+                Ok(info)
+            } else {
+                Err(format!("{info:?}"))
+            }
+        })
+        .await;
+        assert_eq!(
+            info.delivered.consumer_sequence, 6,
+            "JetStream delivered something again: {info:?}"
+        );
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        assert_eq!(seen.len(), 6, "{seen:?}");
+        assert!(
+            seen.iter().all(|(_, delivered)| *delivered == 1),
+            "{seen:?}"
+        );
+        bridge.close().await;
+    })
+}

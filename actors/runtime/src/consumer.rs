@@ -165,24 +165,33 @@ struct Batches<'a> {
 }
 
 impl Batches<'_> {
+    /// Pulls a batch's worth at a time. While a batch is handled, what arrives is read into
+    /// the next one (at most a batch) and told to JetStream to be in progress, so nothing
+    /// pulled waits unacknowledged behind a long batch and comes back behind the route's
+    /// back; a stopping route hands over what it read before it returns.
     async fn run(&self, consumer: PullConsumer, stop: &CancellationToken) {
         let config = self.config;
-        let stream = pulls(consumer, (config.max * 2).max(16), stop.clone());
+        let stream = pulls(consumer, config.max, stop.clone());
         tokio::pin!(stream);
+        let every = progress_interval(self.spec);
         let mut busy = false;
         let mut ended = false;
-        while !ended {
-            let Some(first) = stream.next().await else {
-                break;
-            };
-            let mut batch = vec![first];
-            while batch.len() < config.max {
+        let mut carried: Vec<jetstream::Message> = Vec::new();
+        loop {
+            let mut batch = std::mem::take(&mut carried);
+            if batch.is_empty() {
+                if ended {
+                    break;
+                }
+                match stream.next().await {
+                    Some(first) => batch.push(first),
+                    None => break,
+                }
+            }
+            while batch.len() < config.max && !ended {
                 match stream.next().now_or_never() {
                     Some(Some(m)) => batch.push(m),
-                    Some(None) => {
-                        ended = true;
-                        break;
-                    }
+                    Some(None) => ended = true,
                     None => break,
                 }
             }
@@ -200,7 +209,27 @@ impl Batches<'_> {
                 }
             }
             busy = batch.len() > 1;
-            handle_batch(self.js, self.spec, self.handler, batch, self.double_ack).await;
+            let work = handle_batch(self.js, self.spec, self.handler, batch, self.double_ack);
+            tokio::pin!(work);
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    biased;
+                    () = &mut work => break,
+                    _ = ticker.tick() => {
+                        for msg in &carried {
+                            if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                                tracing::debug!(error = %e, "in-progress ack failed");
+                            }
+                        }
+                    }
+                    next = stream.next(), if !ended && carried.len() < config.max => match next {
+                        Some(m) => carried.push(m),
+                        None => ended = true,
+                    },
+                }
+            }
         }
     }
 }
