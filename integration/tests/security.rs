@@ -134,6 +134,53 @@ fn a_wrong_password_keeps_the_service_unready_with_a_clear_error() {
     })
 }
 
+/// A client that sends its headers and part of a body, then nothing, is answered `408` once
+/// the body timeout passes: it holds neither the request (and the consumers that yield to
+/// requests in flight) nor a stop for ever.
+#[test]
+fn a_body_that_stops_arriving_is_answered_408_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let app = jetflow_integration::TestAppBuilder::new(&nats.url())
+            .start()
+            .await;
+        app.wait_ready().await;
+        let addr = app.address.trim_start_matches("http://").to_string();
+        let mut stalled = Vec::new();
+        for _ in 0..2 {
+            let mut conn = tokio::net::TcpStream::connect(&addr)
+                .await
+                .expect("connect");
+            conn.write_all(
+                b"POST /orders HTTP/1.1\r\nHost: jetflow\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"customer_id\"",
+            )
+            .await
+            .expect("write");
+            stalled.push(conn);
+        }
+        let started = std::time::Instant::now();
+        for mut conn in stalled {
+            let mut answer = vec![0u8; 1024];
+            let n = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut answer))
+                .await
+                .expect("answered within the body timeout and then some")
+                .expect("read");
+            let text = String::from_utf8_lossy(&answer[..n]).to_string();
+            assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+            assert!(text.contains("body_timeout"), "{text}");
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(5),
+            "{waited:?}: answered before the timeout"
+        );
+        // Requests are answered meanwhile and after: nothing is stuck.
+        app.put_stock("sku-stall", 1, 100).await;
+        app.stop().await;
+    })
+}
+
 const ADMIN_TOKEN: &str = "admin-t0ken-never-logged";
 
 #[test]

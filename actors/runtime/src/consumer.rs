@@ -211,8 +211,7 @@ impl Batches<'_> {
             busy = batch.len() > 1;
             let work = handle_batch(self.js, self.spec, self.handler, batch, self.double_ack);
             tokio::pin!(work);
-            let mut ticker =
-                tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
             loop {
                 tokio::select! {
                     biased;

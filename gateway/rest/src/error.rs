@@ -107,6 +107,18 @@ impl ApiError {
         self
     }
 
+    /// 408: the request's body did not arrive in time.
+    pub fn request_timeout(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {}s",
+                limit.as_secs()
+            ),
+        )
+    }
+
     /// 401: the request needs credentials it did not bring (`WWW-Authenticate: Bearer`).
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)

@@ -108,6 +108,7 @@ fn bounded(obj: &serde_json::Map<String, Value>, name: &str, max: i64) -> Result
         (status = 400, description = "A bad product id, malformed JSON, a field missing, unknown or out of bounds", body = ErrorBody),
         (status = 401, description = "JETFLOW_ADMIN_TOKEN is set and no bearer token was given (WWW-Authenticate: Bearer)", body = ErrorBody),
         (status = 403, description = "Another bearer token than JETFLOW_ADMIN_TOKEN, or, with none set, a client that is not on loopback", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within 10 s", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 503, description = "The database is unreachable: nothing changed", body = ErrorBody),

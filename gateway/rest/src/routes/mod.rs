@@ -57,21 +57,31 @@ pub async fn read_body(
     {
         return Err(ApiError::payload_too_large(limit));
     }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request(
-                "unreadable_body",
-                format!("request body could not be read: {e}"),
-            )
-        })?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::payload_too_large(limit));
+    let read = async {
+        let mut body = BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::bad_request(
+                    "unreadable_body",
+                    format!("request body could not be read: {e}"),
+                )
+            })?;
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::payload_too_large(limit));
+            }
+            body.extend_from_slice(&chunk);
         }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body.freeze())
+        Ok(body.freeze())
+    };
+    // A client that stops sending its body must not hold the request (and the consumers
+    // that yield to requests in flight, and a stop) for ever.
+    tokio::time::timeout(BODY_TIMEOUT, read)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::request_timeout(BODY_TIMEOUT)))
 }
+
+/// How long a request's body may take to arrive.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A handler for the methods a resource does not serve: 405 with the `Allow` header.
 pub fn allow(

@@ -373,6 +373,7 @@ async fn accept(
                 parameters(("id" = "$response.body#/order_id")),
                 description = "The order just accepted (found at once: it is recorded before the 202)")))),
         (status = 400, description = "Malformed JSON, a field missing, unknown or out of bounds, or a malformed Idempotency-Key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within 10 s", body = ErrorBody),
         (status = 413, description = "Body over 64 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not JSON", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
