@@ -262,3 +262,15 @@ impl Drop for NatsServer {
         self.kill();
     }
 }
+
+/// How many messages `stream` holds now (panics if it cannot be read: a test helper).
+pub async fn stored(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    js.get_stream(stream)
+        .await
+        .expect("stream")
+        .info()
+        .await
+        .expect("stream info")
+        .state
+        .messages
+}

@@ -575,6 +575,34 @@ impl Overlap {
     }
 }
 
+/// The consumer `durable`'s state once nothing is pending an ack and `done` holds (20 s at
+/// most).
+async fn settled(
+    js: &async_nats::jetstream::Context,
+    durable: &str,
+    done: impl Fn(&async_nats::jetstream::consumer::Info) -> bool,
+) -> async_nats::jetstream::consumer::Info {
+    eventually(
+        &format!("{durable}'s deliveries to be acked"),
+        Duration::from_secs(20),
+        || async {
+            let info = js
+                .get_stream(STREAM)
+                .await
+                .map_err(|e| e.to_string())?
+                .consumer_info(durable)
+                .await
+                .map_err(|e| e.to_string())?;
+            if info.num_ack_pending == 0 && done(&info) {
+                Ok(info)
+            } else {
+                Err(format!("{info:?}"))
+            }
+        },
+    )
+    .await
+}
+
 /// A bridge on `nats`.
 fn plain_bridge(nats: &NatsServer) -> Bridge {
     let topology = Topology::new().stream(StreamSpec::new(STREAM, &["conformance.>"]));
@@ -709,25 +737,7 @@ fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
         // Once acked, JetStream's own count says how often it delivered the message: a
         // redelivery past the ack wait, handled or still buffered, would make it 2.
         let js = bridge.jetstream().expect("connected");
-        let info = eventually(
-            "the short delivery to be acked",
-            Duration::from_secs(10),
-            || async {
-                let info = js
-                    .get_stream(STREAM)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .consumer_info("short")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if info.num_ack_pending == 0 && info.ack_floor.consumer_sequence >= 1 {
-                    Ok(info)
-                } else {
-                    Err(format!("{info:?}"))
-                }
-            },
-        )
-        .await;
+        let info = settled(&js, "short", |i| i.ack_floor.consumer_sequence >= 1).await;
         assert_eq!(
             info.delivered.consumer_sequence, 1,
             "JetStream delivered it again: {info:?}"
@@ -795,21 +805,7 @@ fn what_arrives_during_a_long_batch_is_kept_alive_and_delivered_once() {
             publish_until_stored(&bridge, "conformance.later", &format!("later-{i}"), "{}").await;
         }
         let js = bridge.jetstream().expect("connected");
-        let info = eventually("all six to be acked", Duration::from_secs(20), || async {
-            let info = js
-                .get_stream(STREAM)
-                .await
-                .map_err(|e| e.to_string())?
-                .consumer_info("during")
-                .await
-                .map_err(|e| e.to_string())?;
-            if info.num_ack_pending == 0 && info.ack_floor.stream_sequence >= 6 {
-                Ok(info)
-            } else {
-                Err(format!("{info:?}"))
-            }
-        })
-        .await;
+        let info = settled(&js, "during", |i| i.ack_floor.stream_sequence >= 6).await;
         assert_eq!(
             info.delivered.consumer_sequence, 6,
             "JetStream delivered something again: {info:?}"

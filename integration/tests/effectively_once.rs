@@ -27,6 +27,18 @@ async fn bridge_on(nats: &NatsServer, streams: Vec<StreamSpec>) -> Bridge {
     bridge
 }
 
+/// A relay that sweeps every `sweep`, retries from `retry` (up to 4 times that) and
+/// dead-letters a permanent refusal after 3 attempts.
+fn quick_relay(sweep: Duration, retry: Duration) -> RelayConfig {
+    RelayConfig {
+        sweep_every: sweep,
+        min_age: Duration::ZERO,
+        max_attempts: 3,
+        retry: Backoff::exponential(retry, retry * 4),
+        ..RelayConfig::default()
+    }
+}
+
 /// 500 rows nobody can store (no stream has their subject) neither block the rows that can
 /// be stored nor stay forever: their attempts and errors are recorded, and after the bound
 /// they go to the dead-letter stream with their reason.
@@ -38,13 +50,7 @@ fn messages_jetstream_refuses_are_counted_and_dead_lettered_without_blocking_the
         let db = Database::connect(&DbConfig::new("sqlite::memory:"))
             .await
             .expect("db");
-        let config = RelayConfig {
-            sweep_every: Duration::from_millis(100),
-            min_age: Duration::ZERO,
-            max_attempts: 3,
-            retry: Backoff::exponential(Duration::from_millis(50), Duration::from_millis(200)),
-            ..RelayConfig::default()
-        };
+        let config = quick_relay(Duration::from_millis(100), Duration::from_millis(50));
         let dead_before = metrics().outbox_dead_letters.get();
         let relay = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), config);
         // The bad rows first (the oldest), then the good ones: the good ones must not wait.
@@ -132,13 +138,7 @@ fn a_full_stream_refuses_for_now_and_the_outbox_waits_for_room_without_dead_lett
         let db = Database::connect(&DbConfig::new("sqlite::memory:"))
             .await
             .expect("db");
-        let config = RelayConfig {
-            sweep_every: Duration::from_millis(50),
-            min_age: Duration::ZERO,
-            max_attempts: 3,
-            retry: Backoff::exponential(Duration::from_millis(20), Duration::from_millis(50)),
-            ..RelayConfig::default()
-        };
+        let config = quick_relay(Duration::from_millis(50), Duration::from_millis(20));
         let dead_before = metrics().outbox_dead_letters.get();
         let relay = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), config);
         let mut uow = UnitOfWork::begin(&db).await.expect("tx");
@@ -201,15 +201,7 @@ fn a_full_stream_refuses_for_now_and_the_outbox_waits_for_room_without_dead_lett
             },
         )
         .await;
-        let stored = js
-            .get_stream("FULL")
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .state
-            .messages;
+        let stored = jetflow_integration::nats::stored(&js, "FULL").await;
         assert_eq!(stored, 3);
         assert!(
             jetflow_runtime::dead_letter::list(&js)
@@ -291,15 +283,7 @@ fn a_re_publish_after_the_duplicate_window_is_absorbed_by_the_inbox() {
             },
         )
         .await;
-        let stored = js
-            .get_stream("SHORT")
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .state
-            .messages;
+        let stored = jetflow_integration::nats::stored(&js, "SHORT").await;
         assert_eq!(stored, 2, "JetStream kept the late copy");
         // ... and the inbox absorbs it: acked, never applied twice.
         eventually("the copy to be acked", Duration::from_secs(10), || async {

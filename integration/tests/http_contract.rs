@@ -75,15 +75,7 @@ fn past_the_backlog_bound_orders_are_refused_with_503_and_nothing_is_stored() {
             assert_eq!(post(200 + i).await.status().as_u16(), 503);
         }
         // Only what was accepted is in the stream: a 503 stored nothing.
-        let stored = js
-            .get_stream(topology::ORDERS)
-            .await
-            .expect("stream")
-            .info()
-            .await
-            .expect("info")
-            .state
-            .messages;
+        let stored = jetflow_integration::nats::stored(&js, topology::ORDERS).await;
         assert_eq!(
             stored,
             accepted.load(std::sync::atomic::Ordering::SeqCst) as u64
