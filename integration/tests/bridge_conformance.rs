@@ -478,7 +478,8 @@ fn an_actor_that_spends_its_restart_budget_is_reported_dead_and_does_not_spin() 
             .with_label_values(&["conformance.a", "retry"])
             .get()
             - before;
-        assert!(naks <= 6, "{naks} naks in 2 s: a loop");
+        // Two messages, each redelivered about once a second; a loop would be hundreds.
+        assert!(naks <= 10, "{naks} naks in 2 s: a loop");
         assert_eq!(restarts(name), 2);
         bridge.close().await;
     })
