@@ -48,7 +48,8 @@ pub struct RelayConfig {
     pub min_age: Duration,
     /// Rows read per sweep.
     pub batch: usize,
-    /// Refused publishes of one row before it is dead-lettered.
+    /// Refusals for good (no stream, too large) of one row before it is dead-lettered; a
+    /// refusal for now (a full stream) is retried however often.
     pub max_attempts: u32,
     /// The wait before retrying a refused row, doubling per attempt.
     pub retry: Backoff,

@@ -241,28 +241,26 @@ impl Service {
         let bridge = NatsBridge::start(BridgeConfig::new(self.nats, topology), health.clone());
         let outbox =
             OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
-        let mut stops = Vec::with_capacity(self.routes.len());
+        // Everything started from here on is stopped in order, also when the start fails.
         let background = CancellationToken::new();
+        let mut stopping = Stopping::new(health.clone(), background.clone());
+        stopping.bridge = Some(bridge.clone());
+        stopping.outbox = Some(outbox.clone());
+        stopping.db = Some(db.clone());
         for start in self.routes {
             let (route, stop_actors) = start(&outbox, &health);
-            stops.push(stop_actors);
+            stopping.actor(stop_actors);
             if bridge.subscribe(route).await.is_err() {
+                stopping.stop(self.shutdown_timeout).await;
                 return Err(ServiceError::Died {
                     component: "bridge".into(),
                     reason: "stopped before the routes were subscribed".into(),
                 });
             }
         }
-        Housekeeping::new(db.clone(), self.retention).spawn(background.clone());
+        Housekeeping::new(db, self.retention).spawn(background);
         tracing::info!(service = %self.name, "running");
 
-        let mut stopping = Stopping::new(health.clone(), background);
-        stopping.bridge = Some(bridge);
-        stopping.outbox = Some(outbox);
-        stopping.db = Some(db);
-        for stop_actors in stops {
-            stopping.actor(stop_actors);
-        }
         let report = stopping.run_until(stop, self.shutdown_timeout).await;
         match report.failed {
             Some((component, reason)) => Err(ServiceError::Died { component, reason }),

@@ -9,7 +9,7 @@
 //! is the backpressure; nothing is dropped or reordered.
 //!
 //! Several instances of one actor make a [`TxActors`] pool. Deliveries are sharded over the
-//! instances by [`PreparedTxHandler::shard_key`] (the order's id in the reference system), so
+//! instances by [`PreparedTxHandler::shard_key`] (the key a service's state is kept under), so
 //! the deliveries of one key always reach the same instance, in the order they were sent.
 //!
 //! A failing delivery never takes its neighbours down: the transaction is rolled back, that
@@ -48,7 +48,7 @@ use crate::outcome::Outcome;
 use crate::relay::OutboxHandle;
 use crate::route::{BatchConfig, BatchHandlerFn, Route};
 use crate::span;
-use crate::supervisor::{DEFAULT_MAILBOX_CAPACITY, RestartPolicy, Supervisor, panic_message};
+use crate::supervisor::{RestartPolicy, Supervisor, panic_message};
 use crate::topology::ConsumerSpec;
 use crate::tx_route::{PreparedTxHandler, Preparing, TxError};
 use crate::unit_of_work::UnitOfWork;
@@ -119,8 +119,8 @@ impl<H: PreparedTxHandler> TxCore<H> {
     where
         A: Actor<Context = Context<A>>,
     {
-        let n = batch.deliveries.len();
-        let metas: Vec<DeliveryMeta> = batch.deliveries.iter().map(|d| d.meta.clone()).collect();
+        // Only for a batch lost to a panic outside any delivery: its delivery counts.
+        let delivered: Vec<u32> = batch.deliveries.iter().map(|d| d.meta.delivered).collect();
         let inner = Arc::clone(&self.inner);
         let suspects = self.suspects.clone();
         let task = self
@@ -136,7 +136,7 @@ impl<H: PreparedTxHandler> TxCore<H> {
                         "the batch was cancelled".to_string()
                     };
                     tracing::error!(actor = %this.inner.name, %why);
-                    Handled::abandoned(&this.inner, &metas, n, &why)
+                    Handled::abandoned(&this.inner, &delivered, &why)
                 });
                 for key in &handled.cleared {
                     this.suspects.remove(key);
@@ -171,7 +171,7 @@ impl<H: PreparedTxHandler> TxCore<H> {
 /// An actor that applies a transactional handler's batches: it owns a [`TxCore`], runs under
 /// a [`Supervisor`], handles [`Batch`] (with [`TxCore::handle`]) and [`StopActor`]. The
 /// runtime's own is [`TxActor`]; a service names its own to have a type of its own (see the
-/// reference system's `OrderActor`).
+/// example of [`batch_actor!`]).
 pub trait BatchActor:
     Actor<Context = Context<Self>>
     + Supervised
@@ -230,9 +230,8 @@ pub struct TxActorsBuilder<H> {
     inbox: Option<String>,
     retry: Retry,
     instances: usize,
-    mailbox: usize,
-    policy: RestartPolicy,
-    health: Option<Health>,
+    /// What every instance is started under (name, budget, mailbox, health).
+    supervisor: Supervisor,
     fault: Option<Fault>,
 }
 
@@ -267,21 +266,21 @@ impl<H: PreparedTxHandler> TxActorsBuilder<H> {
         self
     }
 
-    /// Each instance's mailbox capacity, in batches (default 64).
+    /// Each instance's mailbox capacity, in batches (as [`Supervisor::mailbox_capacity`]).
     pub fn mailbox(mut self, capacity: usize) -> Self {
-        self.mailbox = capacity.max(1);
+        self.supervisor = self.supervisor.mailbox_capacity(capacity);
         self
     }
 
-    /// The restart budget of each instance.
+    /// The restart budget of each instance (as [`Supervisor::policy`]).
     pub fn policy(mut self, policy: RestartPolicy) -> Self {
-        self.policy = policy;
+        self.supervisor = self.supervisor.policy(policy);
         self
     }
 
-    /// Reports an instance that spent its restart budget to this registry.
+    /// Reports an instance that spent its restart budget (as [`Supervisor::health`]).
     pub fn health(mut self, health: Health) -> Self {
-        self.health = Some(health);
+        self.supervisor = self.supervisor.health(health);
         self
     }
 
@@ -306,21 +305,17 @@ impl<H: PreparedTxHandler> TxActorsBuilder<H> {
         });
         let instances = (0..self.instances)
             .map(|i| {
-                let mut supervisor = Supervisor::new(&self.name)
-                    .shard(i.to_string())
-                    .policy(self.policy)
-                    .mailbox_capacity(self.mailbox);
-                if let Some(health) = &self.health {
-                    supervisor = supervisor.health(health.clone());
-                }
                 let inner = Arc::clone(&inner);
-                supervisor.start(move |_| {
-                    A::from_core(TxCore {
-                        inner,
-                        suspects: HashSet::new(),
-                        runtime: tokio::runtime::Handle::current(),
+                self.supervisor
+                    .clone()
+                    .shard(i.to_string())
+                    .start(move |_| {
+                        A::from_core(TxCore {
+                            inner,
+                            suspects: HashSet::new(),
+                            runtime: tokio::runtime::Handle::current(),
+                        })
                     })
-                })
             })
             .collect();
         TxActors { inner, instances }
@@ -360,16 +355,15 @@ impl TxActors<TxActor<NoHandler>> {
         handler: H,
         outbox: &OutboxHandle,
     ) -> TxActorsBuilder<H> {
+        let name = name.into();
         TxActorsBuilder {
-            name: name.into(),
+            supervisor: Supervisor::new(&name),
+            name,
             handler,
             outbox: outbox.clone(),
             inbox: None,
             retry: Retry::default(),
             instances: 1,
-            mailbox: DEFAULT_MAILBOX_CAPACITY,
-            policy: RestartPolicy::default(),
-            health: None,
             fault: None,
         }
     }
@@ -436,7 +430,7 @@ impl<A: BatchActor> TxActors<A> {
             .filter(|(_, (idx, _))| !idx.is_empty())
             .map(|(s, (idx, deliveries))| {
                 let instance = &self.instances[s];
-                let metas: Vec<DeliveryMeta> = deliveries.iter().map(|d| d.meta.clone()).collect();
+                let delivered: Vec<u32> = deliveries.iter().map(|d| d.meta.delivered).collect();
                 async move {
                     let reply = instance.send_counted_by_caller(Batch { deliveries }).await;
                     let outcomes = match reply {
@@ -451,13 +445,13 @@ impl<A: BatchActor> TxActors<A> {
                             tracing::error!(%why);
                             counted(
                                 &self.inner,
-                                &metas,
+                                &delivered,
                                 Outcome::retry_after(UNAVAILABLE_DELAY, why),
                             )
                         }
                         Err(e) => counted(
                             &self.inner,
-                            &metas,
+                            &delivered,
                             Outcome::retry_after(
                                 UNAVAILABLE_DELAY,
                                 format!("actor {} did not answer: {e}", self.inner.name),
@@ -556,12 +550,13 @@ fn count<H>(inner: &Inner<H>, outcome: &Outcome) {
         .inc();
 }
 
-/// The same outcome for each of `metas`, with the route's retry policy applied, counted.
-fn counted<H>(inner: &Inner<H>, metas: &[DeliveryMeta], outcome: Outcome) -> Vec<Outcome> {
-    metas
+/// The same outcome for deliveries delivered so many times each, with the route's retry
+/// policy applied, counted.
+fn counted<H>(inner: &Inner<H>, delivered: &[u32], outcome: Outcome) -> Vec<Outcome> {
+    delivered
         .iter()
-        .map(|meta| {
-            let o = inner.retry.apply(outcome.clone(), meta.delivered);
+        .map(|&delivered| {
+            let o = inner.retry.apply(outcome.clone(), delivered);
             count(inner, &o);
             o
         })
@@ -581,10 +576,9 @@ struct Handled {
 
 impl Handled {
     /// The batch as a whole was lost to a panic outside any delivery: nothing was acked.
-    fn abandoned<H>(inner: &Inner<H>, metas: &[DeliveryMeta], n: usize, why: &str) -> Self {
-        debug_assert_eq!(metas.len(), n);
+    fn abandoned<H>(inner: &Inner<H>, delivered: &[u32], why: &str) -> Self {
         Self {
-            outcomes: counted(inner, metas, Outcome::retry_after(ABANDONED_DELAY, why)),
+            outcomes: counted(inner, delivered, Outcome::retry_after(ABANDONED_DELAY, why)),
             panicked: Vec::new(),
             cleared: Vec::new(),
             restart: true,

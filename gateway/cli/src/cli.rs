@@ -238,7 +238,8 @@ pub struct ConsumerArgs {
     /// re-publish).
     #[arg(long, env = "JETFLOW_INBOX_RETENTION", default_value = "7d", value_parser = positive_duration)]
     pub inbox_retention: Duration,
-    /// Refused publishes of an outbox event before it is dead-lettered.
+    /// Refusals for good (no stream for its subject, too large) of an outbox event before it
+    /// is dead-lettered; a refusal for now (a full stream) is retried however often.
     #[arg(long, env = "JETFLOW_OUTBOX_MAX_ATTEMPTS", default_value_t = 20, value_parser = at_least_one)]
     pub outbox_max_attempts: u32,
 }
