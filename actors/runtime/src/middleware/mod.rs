@@ -18,6 +18,7 @@ use crate::delivery::DeliveryMeta;
 use crate::outcome::Outcome;
 pub use crate::route::BatchHandlerFn;
 
+mod circuit;
 mod concurrency;
 mod correlation;
 mod poison;
@@ -26,6 +27,7 @@ mod retry;
 mod throttle;
 mod timeout;
 
+pub use circuit::CircuitBreaker;
 pub use concurrency::ConcurrencyLimit;
 pub use correlation::Correlation;
 pub use poison::Poison;
