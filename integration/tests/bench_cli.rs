@@ -22,13 +22,29 @@ fn bench_bridge_reports_both_paths_and_their_ratios() {
         "publish_bridge",
         "consume_raw",
         "consume_bridge",
+        "consume_raw_batches",
+        "consume_route_batches",
     ] {
         assert!(
             broker[key]["per_second"].as_f64().is_some_and(|v| v > 0.0),
             "{key}: {broker}"
         );
     }
-    for key in ["publish_ratio", "consume_ratio"] {
+    // Consume latencies are a distribution of every message, not one figure per run.
+    for key in [
+        "consume_raw",
+        "consume_bridge",
+        "consume_raw_batches",
+        "consume_route_batches",
+    ] {
+        let l = &broker[key]["latency"];
+        let (p50, max) = (l["p50_ms"].as_f64(), l["max_ms"].as_f64());
+        assert!(
+            p50.is_some_and(|p| p > 0.0) && max.is_some_and(|m| Some(m) > p50),
+            "{key}: latencies {l}"
+        );
+    }
+    for key in ["publish_ratio", "consume_ratio", "consume_batches_ratio"] {
         assert!(
             broker[key].as_f64().is_some_and(|v| v > 0.0),
             "{key}: {broker}"

@@ -61,12 +61,13 @@ impl Measurement {
     /// One line for people.
     pub fn line(&self) -> String {
         format!(
-            "  {:<40} {:>10.0}/s   p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms",
+            "  {:<40} {:>10.0}/s   p50 {:>7.2} ms   p90 {:>7.2} ms   p99 {:>7.2} ms   max {:>7.2} ms",
             self.name,
             self.per_second,
             self.latency.p50_ms,
             self.latency.p90_ms,
-            self.latency.p99_ms
+            self.latency.p99_ms,
+            self.latency.max_ms
         )
     }
 }

@@ -231,9 +231,8 @@ impl NatsBridge {
             return;
         }
         if let Some(js) = self.shared.js() {
-            self.shared
-                .tasks
-                .spawn(consumer::run(js, route, self.generation_stop.clone()));
+            let run = consumer::run(js, route, self.generation_stop.clone());
+            actix_rt::spawn(self.shared.tasks.track_future(run));
         }
     }
 

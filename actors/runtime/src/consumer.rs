@@ -59,12 +59,10 @@ pub(crate) async fn run(js: jetstream::Context, route: Route, stop: Cancellation
                 handler,
                 concurrency,
             } => {
-                pulls(consumer, *concurrency, stop.clone())
+                pulls(consumer, *concurrency, true, stop.clone())
                     .for_each_concurrent(*concurrency, |msg| {
-                        let js = js.clone();
-                        let handler = handler.clone();
-                        let spec = &spec;
-                        async move { handle(&js, spec, &handler, msg, double_ack).await }
+                        let (js, spec) = (&js, &spec);
+                        async move { handle(js, spec, handler, msg, double_ack).await }
                     })
                     .await;
             }
@@ -101,53 +99,88 @@ async fn pause(stop: &CancellationToken, d: Duration) -> bool {
 struct Pulls {
     consumer: PullConsumer,
     size: usize,
-    current: Option<jetstream::consumer::pull::Batch>,
+    /// The requests in flight (at most two), read from whichever has a message.
+    active: futures::stream::SelectAll<jetstream::consumer::pull::Batch>,
+    /// Messages taken since the last request was made.
+    since_request: usize,
+    prefetch: bool,
     stop: CancellationToken,
 }
 
-/// The messages of successive pull requests of `size` messages each. Ends at an error that
-/// ends the subscription, or once `stop` is cancelled and the request in flight is done.
+impl Pulls {
+    async fn request(&mut self) -> Option<()> {
+        let batch = self
+            .consumer
+            .batch()
+            .max_messages(self.size)
+            .expires(PULL_EXPIRES)
+            .messages()
+            .await;
+        match batch {
+            Ok(batch) => {
+                self.active.push(batch);
+                self.since_request = 0;
+                Some(())
+            }
+            Err(e) => {
+                tracing::warn!(consumer = ?self.consumer.cached_info().name, error = %e, "pull request failed");
+                None
+            }
+        }
+    }
+}
+
+/// The messages of successive pull requests of `size` messages each. With `prefetch`, the
+/// next request is made once half as many messages were taken since the last one, and both
+/// are read at once (JetStream hands messages to waiting requests in turn): a route that
+/// handles one delivery at a time never waits a round trip between requests, nor for a
+/// request to expire while the other holds messages. At most two requests are in flight,
+/// so at most `2 * size` messages are held. A batched route does not prefetch: what it holds
+/// while a batch runs is kept alive with in-progress acks, and a second request would hold
+/// more than that. Ends at an error that ends the subscription, or once `stop` is cancelled
+/// and the requests in flight are done.
 fn pulls(
     consumer: PullConsumer,
     size: usize,
+    prefetch: bool,
     stop: CancellationToken,
 ) -> impl Stream<Item = jetstream::Message> + Send {
     let state = Pulls {
         consumer,
         size: size.max(1),
-        current: None,
+        active: futures::stream::SelectAll::new(),
+        since_request: 0,
+        prefetch,
         stop,
     };
     futures::stream::unfold(state, |mut st| async move {
         loop {
-            if st.current.is_none() {
+            if st.active.is_empty() {
                 if st.stop.is_cancelled() {
                     return None;
                 }
-                let request = st
-                    .consumer
-                    .batch()
-                    .max_messages(st.size)
-                    .expires(PULL_EXPIRES)
-                    .messages();
-                match request.await {
-                    Ok(batch) => st.current = Some(batch),
-                    Err(e) => {
-                        tracing::warn!(consumer = ?st.consumer.cached_info().name, error = %e, "pull request failed");
-                        return None;
-                    }
-                }
+                st.request().await?;
             }
-            let batch = st.current.as_mut()?;
-            match batch.next().await {
-                Some(Ok(msg)) => return Some((msg, st)),
+            if st.prefetch
+                && st.active.len() < 2
+                && st.since_request * 2 >= st.size
+                && !st.stop.is_cancelled()
+            {
+                st.request().await?;
+            }
+            match st.active.next().await {
+                Some(Ok(msg)) => {
+                    st.since_request += 1;
+                    return Some((msg, st));
+                }
                 Some(Err(e)) => {
                     // The consumer is gone, or the server refuses the request: end here; the
                     // route re-creates the consumer and pulls again after a pause.
                     tracing::warn!(error = %e, "pull error; re-subscribing");
                     return None;
                 }
-                None => st.current = None,
+                // Every request in flight ended: make the next one.
+                None => {}
             }
         }
     })
@@ -171,7 +204,7 @@ impl Batches<'_> {
     /// back; a stopping route hands over what it read before it returns.
     async fn run(&self, consumer: PullConsumer, stop: &CancellationToken) {
         let config = self.config;
-        let stream = pulls(consumer, config.max, stop.clone());
+        let stream = pulls(consumer, config.max, false, stop.clone());
         tokio::pin!(stream);
         let every = progress_interval(self.spec);
         let mut busy = false;
@@ -287,6 +320,25 @@ async fn with_progress<T>(
     }
 }
 
+/// What deciding and acknowledging a delivery needs of it once its handler took the rest.
+struct Facts {
+    subject: String,
+    stream_sequence: u64,
+    delivered: u32,
+    max_deliver: u32,
+}
+
+impl Facts {
+    fn of(meta: &DeliveryMeta) -> Self {
+        Self {
+            subject: meta.subject.clone(),
+            stream_sequence: meta.stream_sequence,
+            delivered: meta.delivered,
+            max_deliver: meta.max_deliver,
+        }
+    }
+}
+
 /// Handles one delivery end to end.
 async fn handle(
     js: &jetstream::Context,
@@ -298,16 +350,17 @@ async fn handle(
     let Some(meta) = meta_of(&msg, spec) else {
         return;
     };
+    let facts = Facts::of(&meta);
     let inbound = Inbound {
         payload: msg.payload.clone(),
-        meta: meta.clone(),
+        meta,
     };
     let outcome = with_progress(handler(inbound), &[&msg], progress_interval(spec)).await;
     if let Outcome::Retry { reason, .. } = &outcome {
-        tracing::debug!(subject = %meta.subject, stream_seq = meta.stream_sequence, delivered = meta.delivered, %reason, "delivery will be retried");
+        tracing::debug!(subject = %facts.subject, stream_seq = facts.stream_sequence, delivered = facts.delivered, %reason, "delivery will be retried");
     }
-    let decision = decide(outcome, meta.delivered, meta.max_deliver);
-    apply(js, &msg, &meta, decision, double_ack).await;
+    let decision = decide(outcome, facts.delivered, facts.max_deliver);
+    apply(js, spec, &msg, &facts, decision, double_ack).await;
 }
 
 /// Handles one batch end to end: one outcome per delivery, then every acknowledgement.
@@ -322,11 +375,12 @@ async fn handle_batch(
     let mut inbound = Vec::with_capacity(msgs.len());
     for msg in msgs {
         if let Some(meta) = meta_of(&msg, spec) {
+            let facts = Facts::of(&meta);
             inbound.push(Inbound {
                 payload: msg.payload.clone(),
-                meta: meta.clone(),
+                meta,
             });
-            kept.push((msg, meta));
+            kept.push((msg, facts));
         }
     }
     if kept.is_empty() {
@@ -339,18 +393,19 @@ async fn handle_batch(
         .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
             Outcome::retry("the batch handler gave no outcome")
         })))
-        .map(|((msg, meta), outcome)| {
-            let decision = decide(outcome, meta.delivered, meta.max_deliver);
-            apply(js, msg, meta, decision, double_ack)
+        .map(|((msg, facts), outcome)| {
+            let decision = decide(outcome, facts.delivered, facts.max_deliver);
+            apply(js, spec, msg, facts, decision, double_ack)
         });
     futures::future::join_all(acks).await;
 }
 
 /// Carries out a decision; records it in `jetflow_nats_consumed_total`.
-pub(crate) async fn apply(
+async fn apply(
     js: &jetstream::Context,
+    spec: &ConsumerSpec,
     msg: &jetstream::Message,
-    meta: &DeliveryMeta,
+    facts: &Facts,
     decision: Decision,
     double_ack: bool,
 ) {
@@ -359,10 +414,17 @@ pub(crate) async fn apply(
         Decision::Ack => ("ack", msg.ack().await),
         Decision::Nak(delay) => ("retry", msg.ack_with(AckKind::Nak(Some(delay))).await),
         Decision::DeadLetter(reason) => {
-            match dead_letter::publish(js, meta, msg.payload.clone(), &reason).await {
-                Ok(_) => ("dead_letter", msg.ack_with(AckKind::Term).await),
+            // The handler took the delivery's facts; read them again (a rare path).
+            let published = match meta_of(msg, spec) {
+                Some(meta) => dead_letter::publish(js, &meta, msg.payload.clone(), &reason)
+                    .await
+                    .map(|_| ()),
+                None => Ok(()),
+            };
+            match published {
+                Ok(()) => ("dead_letter", msg.ack_with(AckKind::Term).await),
                 Err(e) => {
-                    tracing::error!(subject = %meta.subject, stream_seq = meta.stream_sequence, error = %e, "dead-letter publish failed; will retry the delivery");
+                    tracing::error!(subject = %facts.subject, stream_seq = facts.stream_sequence, error = %e, "dead-letter publish failed; will retry the delivery");
                     (
                         "retry",
                         msg.ack_with(AckKind::Nak(Some(DEAD_LETTER_FAILED_DELAY)))
@@ -375,13 +437,13 @@ pub(crate) async fn apply(
     let label = match result {
         Ok(()) => label,
         Err(e) => {
-            tracing::warn!(subject = %meta.subject, stream_seq = meta.stream_sequence, error = %e, "acknowledgement failed; JetStream will redeliver");
+            tracing::warn!(subject = %facts.subject, stream_seq = facts.stream_sequence, error = %e, "acknowledgement failed; JetStream will redeliver");
             "ack_error"
         }
     };
     metrics()
         .nats_consumed
-        .with_label_values(&[meta.subject.as_str(), label])
+        .with_label_values(&[facts.subject.as_str(), label])
         .inc();
 }
 

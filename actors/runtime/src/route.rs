@@ -121,6 +121,66 @@ where
     })
 }
 
+/// The terminal handler of a batched route into a plain actor: decode each delivery (one
+/// that does not decode is dead-lettered alone), send the rest as one [`Batch`], answer the
+/// actor's outcome per delivery.
+///
+/// [`Batch`]: crate::Batch
+pub fn deliver_batches_to<M>(
+    recipient: TrackedRecipient<crate::tx_actor::Batch<M>>,
+) -> BatchHandlerFn
+where
+    M: Decode,
+{
+    Arc::new(move |batch: Vec<Inbound>| {
+        let recipient = recipient.clone();
+        Box::pin(async move {
+            let n = batch.len();
+            let mut outcomes: Vec<Option<Outcome>> = vec![None; n];
+            let mut sent = Vec::with_capacity(n);
+            let mut deliveries = Vec::with_capacity(n);
+            for (i, Inbound { payload, meta }) in batch.into_iter().enumerate() {
+                match M::decode(&meta.subject, &meta.headers, &payload) {
+                    Ok(message) => {
+                        sent.push(i);
+                        deliveries.push(Delivery { message, meta });
+                    }
+                    Err(e) => outcomes[i] = Some(Outcome::poison(e.to_string())),
+                }
+            }
+            if !sent.is_empty() {
+                let reply = recipient.send(crate::tx_actor::Batch { deliveries }).await;
+                let answered = match reply {
+                    Ok(answered) if answered.len() == sent.len() => answered,
+                    Ok(answered) => {
+                        let why = format!(
+                            "actor {} answered {} outcomes for {} deliveries",
+                            recipient.name(),
+                            answered.len(),
+                            sent.len()
+                        );
+                        vec![Outcome::retry(why); sent.len()]
+                    }
+                    Err(_) => vec![
+                        Outcome::retry_after(
+                            ACTOR_UNAVAILABLE_DELAY,
+                            format!("actor {} could not take the batch", recipient.name()),
+                        );
+                        sent.len()
+                    ],
+                };
+                for (i, o) in sent.into_iter().zip(answered) {
+                    outcomes[i] = Some(o);
+                }
+            }
+            outcomes
+                .into_iter()
+                .map(|o| o.unwrap_or_else(|| Outcome::retry("not handled")))
+                .collect()
+        })
+    })
+}
+
 /// A shared middleware as a layer of its own.
 struct ArcLayer(Arc<dyn Middleware>);
 
@@ -147,6 +207,24 @@ impl Route {
         let target = recipient.name().to_string();
         let handler = compose(deliver_to(recipient), &default_stack());
         Self::from_handler(consumer, &target, handler)
+    }
+
+    /// A batched route from `consumer` to a plain actor that handles [`Batch<M>`] (answering
+    /// one outcome per delivery, in order), with the default batch stack: the actor gets
+    /// what is waiting, up to `config.max`, one batch at a time, and every delivery is acked
+    /// after the batch.
+    ///
+    /// [`Batch<M>`]: crate::Batch
+    pub fn batches<M>(
+        consumer: ConsumerSpec,
+        recipient: TrackedRecipient<crate::tx_actor::Batch<M>>,
+        config: BatchConfig,
+    ) -> Self
+    where
+        M: Decode,
+    {
+        let target = recipient.name().to_string();
+        Self::batched(consumer, &target, deliver_batches_to(recipient), config)
     }
 
     /// A route with a hand-made handler and no middleware.

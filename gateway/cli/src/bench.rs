@@ -214,7 +214,19 @@ async fn bridge(b: BridgeArgs, json: bool) -> anyhow::Result<()> {
         println!("{}", r.consume_raw.line());
         println!("{}", r.consume_bridge.line());
         println!("  bridge/raw consume throughput: {:.2}", r.consume_ratio);
+        println!("{}", r.consume_raw_batches.line());
+        println!("{}", r.consume_route_batches.line());
+        println!(
+            "  route/raw batched consume throughput: {:.2}",
+            r.consume_batches_ratio
+        );
     }
+    println!(
+        "\nconsume throughput: draining {} stored messages; consume latency: from publish to \
+         handler, every message of a second run published at {}/s while it is consumed",
+        b.messages,
+        jetflow_bench::bridge::LIVE_RATE
+    );
     Ok(())
 }
 
