@@ -6,14 +6,18 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use futures::future::LocalBoxFuture;
 use jetflow_runtime::middleware::LayerRefused;
 use jetflow_runtime::{
-    ActorRef, BatchActor, BreakerActor, BreakerConfig, Bridge, Health, RestartPolicy, Supervisor,
-    TxActors, YieldTo,
+    ActorRef, BatchActor, BreakerActor, BreakerConfig, Bridge, Database, Health, Part,
+    RestartPolicy, Running, ServiceError, Supervisor, TxActors, YieldTo,
 };
 use jetflow_schemas::Priority;
 
-use crate::handling::Deps;
+use crate::config::SagaConfig;
+use crate::handling::{Deps, RequestsFirst};
 use crate::order_actor::{self, OrderActor, OrderHandler};
 use crate::order_sweeper::OrderSweeper;
 use crate::payment_actor::{self, PaymentActor, PaymentHandler};
@@ -244,4 +248,113 @@ pub async fn start_payments(
         .await?;
     actors.voider = Some(voider);
     Ok(actors)
+}
+
+/// One role of the saga as a part of a [`Service`](jetflow_runtime::Service): its saga actor
+/// (a pool per lane) with a route from each of its consumers, and what the role needs beside
+/// it; stopped with the service once its consumers are drained.
+pub struct RolePart {
+    role: Role,
+    config: Arc<SagaConfig>,
+    requests_first: Option<RequestsFirst>,
+    payment: Option<PaymentSettings>,
+}
+
+impl RolePart {
+    /// The orders role: order actors and the sweeper of overdue orders.
+    pub fn orders(config: Arc<SagaConfig>, requests_first: Option<RequestsFirst>) -> Self {
+        Self {
+            role: Role::Orders,
+            config,
+            requests_first,
+            payment: None,
+        }
+    }
+
+    /// The inventory role: stock actors.
+    pub fn inventory(config: Arc<SagaConfig>, requests_first: Option<RequestsFirst>) -> Self {
+        Self {
+            role: Role::Inventory,
+            ..Self::orders(config, requests_first)
+        }
+    }
+
+    /// The payments role: payment actors, the provider's breaker and the voider, and the
+    /// pruning of charge attempts (kept as long as processed events: every order they belong
+    /// to has finished by then).
+    pub fn payments(
+        config: Arc<SagaConfig>,
+        requests_first: Option<RequestsFirst>,
+        provider: PaymentSettings,
+    ) -> Self {
+        Self {
+            role: Role::Payments,
+            payment: Some(provider),
+            ..Self::orders(config, requests_first)
+        }
+    }
+}
+
+impl Part for RolePart {
+    fn name(&self) -> String {
+        format!("{} role", self.role.name())
+    }
+
+    fn start<'a>(
+        self: Box<Self>,
+        service: &'a mut Running,
+    ) -> LocalBoxFuture<'a, Result<(), ServiceError>> {
+        Box::pin(async move {
+            let name = self.name();
+            let outbox = service.outbox(&name)?;
+            let (Some(db), Some(bridge)) = (service.database().cloned(), service.bridge().cloned())
+            else {
+                return Err(ServiceError::Missing {
+                    part: name,
+                    what: "a database and NATS",
+                });
+            };
+            let health = service.health().clone();
+            let deps = Deps {
+                db,
+                outbox,
+                config: self.config,
+                requests_first: self.requests_first,
+            };
+            let started = match (self.role, &self.payment) {
+                (Role::Orders, _) => start_orders(&deps, &bridge, &health).await,
+                (Role::Inventory, _) => start_inventory(&deps, &bridge, &health).await,
+                (Role::Payments, Some(provider)) => {
+                    let retention = service.retention().inbox;
+                    service.housekeeping(
+                        "payment_attempts",
+                        Arc::new(move |db: Database| {
+                            Box::pin(async move {
+                                crate::payment_store::purge_attempts(&db, retention).await
+                            })
+                        }),
+                    );
+                    start_payments(&deps, &bridge, &health, provider).await
+                }
+                (Role::Payments, None) => {
+                    return Err(ServiceError::Part {
+                        part: name,
+                        reason: "no payment provider settings".into(),
+                    });
+                }
+            };
+            let actors = started.map_err(|e| match e {
+                RoleError::Provider(e) => ServiceError::Config {
+                    setting: "PAYMENT_PROVIDER_URL",
+                    message: e.to_string(),
+                },
+                RoleError::Route(e) => ServiceError::Config {
+                    setting: "JETFLOW_REQUESTS_FIRST",
+                    message: e.to_string(),
+                },
+            })?;
+            service.on_stop(move || actors.stop());
+            Ok(())
+        })
+    }
 }

@@ -88,7 +88,7 @@ pub use priority::{Foreground, YieldTo};
 pub use publisher::{OutgoingMessage, PublishError, PublishReceipt, Publisher};
 pub use relay::{FlushReport, OutboxHandle, OutboxRelay, RelayConfig};
 pub use route::{BatchConfig, Route};
-pub use service::{Service, ServiceError};
+pub use service::{Part, Running, Service, ServiceError};
 pub use supervisor::{RestartPolicy, Supervisor};
 pub use topology::{ConsumerSpec, Discard, StreamSpec, Topology};
 pub use tx_actor::{Batch, BatchActor, TxActor, TxActors, TxCore};

@@ -11,6 +11,13 @@
 //! database close. A part of the service that gives up (an actor that spent its restart
 //! budget) stops it the same way, and `run` returns the error, so the process exits non-zero.
 //!
+//! A service with parts of its own (actors beside its routes, an HTTP server, a role of the
+//! `jetflow` binary) adds them with [`Service::part`]: a [`Part`] starts once the connections
+//! are up, on the [`Running`] service, where it finds the database, the bridge and the outbox,
+//! subscribes routes, and says how it stops; the service stops it in the same order as the
+//! rest. [`Service::start`] returns the [`Running`] service before it waits, for a caller
+//! that wants to know what was started (the addresses it bound, say).
+//!
 //! ```no_run
 //! use jetflow_runtime::prelude::*;
 //!
@@ -33,15 +40,20 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use backon::Retryable;
+use futures::future::LocalBoxFuture;
+use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 
 use crate::bridge::{Bridge, BridgeConfig, NatsBridge};
 use crate::connection::NatsConfig;
 use crate::db::{Database, DbConfig};
 use crate::health::Health;
-use crate::housekeeping::{Housekeeping, Retention};
+use crate::housekeeping::{Housekeeping, PruneFn, Retention};
 use crate::relay::{OutboxHandle, OutboxRelay, RelayConfig};
 use crate::route::{BatchConfig, Route};
 use crate::topology::{ConsumerSpec, StreamSpec, Topology};
@@ -76,6 +88,41 @@ pub enum ServiceError {
     /// The stop did not finish within the shutdown timeout (what was left is redelivered).
     #[error("the stop took longer than {0:?}")]
     StopTimedOut(Duration),
+    /// A part needs something the service was built without (an outbox without a database
+    /// or NATS, say).
+    #[error("{part} needs {what}, which this service was built without")]
+    Missing {
+        /// The part.
+        part: String,
+        /// What it needs.
+        what: &'static str,
+    },
+    /// A part could not start.
+    #[error("{part}: {reason}")]
+    Part {
+        /// The part.
+        part: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A part of a service that is not a route: actors, an HTTP server, a role. It starts once
+/// the service's connections are up, on the [`Running`] service, and registers there how it
+/// stops.
+pub trait Part: 'static {
+    /// The part's name, for errors and logs.
+    fn name(&self) -> String {
+        let full = std::any::type_name::<Self>();
+        full.rsplit("::").next().unwrap_or(full).to_string()
+    }
+
+    /// Starts the part: subscribe its routes, start its actors, and register their stop with
+    /// [`Running::on_stop`] (or [`Running::server`] for what takes requests).
+    fn start<'a>(
+        self: Box<Self>,
+        service: &'a mut Running,
+    ) -> LocalBoxFuture<'a, Result<(), ServiceError>>;
 }
 
 /// Starts a route's actors once the outbox exists: the route, and how to stop them.
@@ -85,11 +132,18 @@ type RouteStarter = Box<dyn FnOnce(&OutboxHandle, &Health) -> (Route, Box<dyn Fn
 /// [module](self)).
 pub struct Service {
     name: String,
-    nats: NatsConfig,
-    database: String,
+    nats: Option<NatsConfig>,
+    publish_timeout: Option<Duration>,
+    database: Option<DbConfig>,
+    connect_patience: Duration,
+    migrator: Option<&'static Migrator>,
     schema: Vec<String>,
     streams: Vec<StreamSpec>,
+    topology: Topology,
     routes: Vec<RouteStarter>,
+    parts: Vec<Box<dyn Part>>,
+    relay: RelayConfig,
+    housekeeping: Vec<(String, PruneFn)>,
     batch: BatchConfig,
     instances: usize,
     retention: Retention,
@@ -102,6 +156,10 @@ impl std::fmt::Debug for Service {
             .field("name", &self.name)
             .field("streams", &self.streams)
             .field("routes", &self.routes.len())
+            .field(
+                "parts",
+                &self.parts.iter().map(|p| p.name()).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -116,12 +174,19 @@ impl Service {
         let database =
             std::env::var("DATABASE_URL").unwrap_or_else(|_| format!("sqlite://{name}.db"));
         Self {
-            nats: NatsConfig::new(&nats).name(format!("jetflow-{name}")),
+            nats: Some(NatsConfig::new(&nats).name(format!("jetflow-{name}"))),
+            publish_timeout: None,
             name,
-            database,
+            database: Some(DbConfig::new(database)),
+            connect_patience: Duration::ZERO,
+            migrator: None,
             schema: Vec::new(),
             streams: Vec::new(),
+            topology: Topology::new(),
             routes: Vec::new(),
+            parts: Vec::new(),
+            relay: RelayConfig::default(),
+            housekeeping: Vec::new(),
             batch: BatchConfig::default(),
             instances: 1,
             retention: Retention::default(),
@@ -131,13 +196,77 @@ impl Service {
 
     /// How to reach NATS (instead of `NATS_URL`).
     pub fn nats(mut self, config: NatsConfig) -> Self {
-        self.nats = config;
+        self.nats = Some(config);
+        self
+    }
+
+    /// No NATS: a service that only serves HTTP, say (it can have no routes).
+    pub fn without_nats(mut self) -> Self {
+        self.nats = None;
+        self
+    }
+
+    /// How long a publish may wait for its PubAck (the bridge's default otherwise).
+    pub fn publish_timeout(mut self, timeout: Duration) -> Self {
+        self.publish_timeout = Some(timeout);
         self
     }
 
     /// The database URL (instead of `DATABASE_URL`).
     pub fn database(mut self, url: impl Into<String>) -> Self {
-        self.database = url.into();
+        self.database = Some(DbConfig::new(url));
+        self
+    }
+
+    /// The database, with its pool settings.
+    pub fn database_config(mut self, config: DbConfig) -> Self {
+        self.database = Some(config);
+        self
+    }
+
+    /// No database (it can have no routes).
+    pub fn without_database(mut self) -> Self {
+        self.database = None;
+        self
+    }
+
+    /// How long to keep trying to reach a database that is not up yet (default 0: fail at
+    /// once). A database that starts a little after the service is normal in compose or
+    /// Kubernetes.
+    pub fn connect_patience(mut self, patience: Duration) -> Self {
+        self.connect_patience = patience;
+        self
+    }
+
+    /// The service's own migrations, run at every start after the framework's.
+    pub fn migrations(mut self, migrator: &'static Migrator) -> Self {
+        self.migrator = Some(migrator);
+        self
+    }
+
+    /// Streams and consumers made at start besides the ones the routes derive.
+    pub fn topology(mut self, topology: Topology) -> Self {
+        self.topology.streams.extend(topology.streams);
+        self.topology.consumers.extend(topology.consumers);
+        self
+    }
+
+    /// How the outbox relay publishes.
+    pub fn relay(mut self, config: RelayConfig) -> Self {
+        self.relay = config;
+        self
+    }
+
+    /// One more pruning job for the housekeeping (besides the inbox's).
+    pub fn housekeeping(mut self, name: impl Into<String>, job: PruneFn) -> Self {
+        self.housekeeping.push((name.into(), job));
+        self
+    }
+
+    /// A part that is not a route (see [`Part`]); parts start in the order they are given,
+    /// after the routes.
+    pub fn part(mut self, part: impl Part) -> Self {
+        self.parts.push(Box::new(part));
         self
     }
 
@@ -220,6 +349,18 @@ impl Service {
 
     /// Runs until `stop` resolves, then stops in order.
     pub async fn run_until(self, stop: impl Future<Output = ()>) -> Result<(), ServiceError> {
+        let timeout = self.shutdown_timeout;
+        let report = self.start().await?.run_until(stop).await;
+        match report.failed {
+            Some((component, reason)) => Err(ServiceError::Died { component, reason }),
+            None if !report.clean => Err(ServiceError::StopTimedOut(timeout)),
+            None => Ok(()),
+        }
+    }
+
+    /// Connects, starts the routes and the parts, and returns the running service (not
+    /// waiting for anything yet). What started before a failure is stopped again.
+    pub async fn start(self) -> Result<Running, ServiceError> {
         let retention_horizon = Duration::from_secs(120);
         if let Err(message) = self.retention.check(retention_horizon) {
             return Err(ServiceError::Config {
@@ -227,46 +368,228 @@ impl Service {
                 message,
             });
         }
-        let db = Database::connect(&DbConfig::new(&self.database)).await?;
-        for statement in &self.schema {
-            sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
-                .execute(db.pool())
-                .await?;
+        if !self.routes.is_empty() && (self.database.is_none() || self.nats.is_none()) {
+            return Err(ServiceError::Missing {
+                part: "a route".into(),
+                what: "a database and NATS",
+            });
         }
         let health = Health::new();
-        let topology = Topology {
-            streams: self.streams.clone(),
-            consumers: Vec::new(),
-        };
-        let bridge = NatsBridge::start(BridgeConfig::new(self.nats, topology), health.clone());
-        let outbox =
-            OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), RelayConfig::default());
-        // Everything started from here on is stopped in order, also when the start fails.
         let background = CancellationToken::new();
-        let mut stopping = Stopping::new(health.clone(), background.clone());
-        stopping.bridge = Some(bridge.clone());
-        stopping.outbox = Some(outbox.clone());
-        stopping.db = Some(db.clone());
-        for start in self.routes {
-            let (route, stop_actors) = start(&outbox, &health);
-            stopping.actor(stop_actors);
-            if bridge.subscribe(route).await.is_err() {
-                stopping.stop(self.shutdown_timeout).await;
-                return Err(ServiceError::Died {
-                    component: "bridge".into(),
-                    reason: "stopped before the routes were subscribed".into(),
-                });
+        let db = match &self.database {
+            Some(config) => {
+                let db = connect(config, self.connect_patience).await?;
+                if let Some(migrator) = self.migrator {
+                    db.migrate(migrator).await?;
+                }
+                for statement in &self.schema {
+                    sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+                        .execute(db.pool())
+                        .await?;
+                }
+                db.spawn_health_probe(health.clone(), Duration::from_secs(5), background.clone());
+                Some(db)
             }
+            None => None,
+        };
+        let bridge = self.nats.map(|nats| {
+            let mut topology = self.topology;
+            for stream in self.streams {
+                if !topology.streams.iter().any(|s| s.name == stream.name) {
+                    topology.streams.push(stream);
+                }
+            }
+            let mut config = BridgeConfig::new(nats, topology);
+            if let Some(timeout) = self.publish_timeout {
+                config.publish_timeout = timeout;
+            }
+            NatsBridge::start(config, health.clone())
+        });
+        let mut stopping = Stopping::new(health.clone(), background.clone());
+        stopping.bridge = bridge.clone();
+        stopping.db = db.clone();
+        let mut running = Running {
+            name: self.name,
+            health,
+            db,
+            bridge,
+            relay: self.relay,
+            background,
+            stopping,
+            housekeeping: self.housekeeping,
+            retention: self.retention,
+            shutdown_timeout: self.shutdown_timeout,
+        };
+        // Everything started from here on is stopped in order, also when the start fails.
+        let started = async {
+            for start in self.routes {
+                let outbox = running.outbox("a route")?;
+                let (route, stop_actors) = start(&outbox, &running.health);
+                running.on_stop(stop_actors);
+                running.subscribe(route).await?;
+            }
+            for part in self.parts {
+                let name = part.name();
+                tracing::debug!(service = %running.name, part = %name, "starting");
+                part.start(&mut running).await?;
+            }
+            Ok::<(), ServiceError>(())
         }
-        Housekeeping::new(db, self.retention).spawn(background);
-        tracing::info!(service = %self.name, "running");
+        .await;
+        if let Err(e) = started {
+            running.stop().await;
+            return Err(e);
+        }
+        if let Some(db) = &running.db {
+            let mut housekeeping = Housekeeping::new(db.clone(), running.retention);
+            for (name, job) in std::mem::take(&mut running.housekeeping) {
+                housekeeping = housekeeping.also(name, job);
+            }
+            housekeeping.spawn(running.background.clone());
+        }
+        tracing::info!(service = %running.name, "running");
+        Ok(running)
+    }
+}
 
-        let report = stopping.run_until(stop, self.shutdown_timeout).await;
-        match report.failed {
-            Some((component, reason)) => Err(ServiceError::Died { component, reason }),
-            None if !report.clean => Err(ServiceError::StopTimedOut(self.shutdown_timeout)),
-            None => Ok(()),
+/// Connects to the database, retrying for up to `patience`.
+async fn connect(config: &DbConfig, patience: Duration) -> Result<Database, crate::db::DbError> {
+    let started = Instant::now();
+    (|| Database::connect(config))
+        .retry(Backoff::exponential(Duration::from_millis(200), Duration::from_secs(3)).builder())
+        .when(|e| matches!(e, crate::db::DbError::Connect { .. }) && started.elapsed() < patience)
+        .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "database not reachable yet"))
+        .await
+}
+
+/// A started service: what its parts find (connections, the outbox) and where they say how
+/// they stop. [`Running::run_until`] waits and stops it in order.
+pub struct Running {
+    name: String,
+    health: Health,
+    db: Option<Database>,
+    bridge: Option<Bridge>,
+    relay: RelayConfig,
+    background: CancellationToken,
+    stopping: Stopping,
+    housekeeping: Vec<(String, PruneFn)>,
+    retention: Retention,
+    shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running").field("name", &self.name).finish()
+    }
+}
+
+impl Running {
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The health registry (`/ready` and `/live` read it).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The database, unless the service has none.
+    pub fn database(&self) -> Option<&Database> {
+        self.db.as_ref()
+    }
+
+    /// The bridge to NATS, unless the service has none.
+    pub fn bridge(&self) -> Option<&Bridge> {
+        self.bridge.as_ref()
+    }
+
+    /// The outbox, started at its first use (it needs the database and NATS; `part` names
+    /// who asks, for the error).
+    pub fn outbox(&mut self, part: &str) -> Result<OutboxHandle, ServiceError> {
+        if let Some(outbox) = &self.stopping.outbox {
+            return Ok(outbox.clone());
         }
+        let (Some(db), Some(bridge)) = (&self.db, &self.bridge) else {
+            return Err(ServiceError::Missing {
+                part: part.to_string(),
+                what: "an outbox (a database and NATS)",
+            });
+        };
+        let outbox = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), self.relay.clone());
+        self.stopping.outbox = Some(outbox.clone());
+        Ok(outbox)
+    }
+
+    /// The outbox, if something started it.
+    pub fn started_outbox(&self) -> Option<&OutboxHandle> {
+        self.stopping.outbox.as_ref()
+    }
+
+    /// Cancelled once the outbox is flushed at stop: background work ends with it.
+    pub fn background(&self) -> CancellationToken {
+        self.background.clone()
+    }
+
+    /// Consumes a route (its consumer is made if needed).
+    pub async fn subscribe(&self, route: Route) -> Result<(), ServiceError> {
+        let Some(bridge) = &self.bridge else {
+            return Err(ServiceError::Missing {
+                part: route.target().to_string(),
+                what: "NATS",
+            });
+        };
+        bridge
+            .subscribe(route)
+            .await
+            .map_err(|_| ServiceError::Died {
+                component: "bridge".into(),
+                reason: "stopped before the routes were subscribed".into(),
+            })
+    }
+
+    /// Actors to stop for good once the consumers are drained.
+    pub fn on_stop(&mut self, stop: impl Fn() + 'static) {
+        self.stopping.actor(stop);
+    }
+
+    /// Something that takes requests (an HTTP server): stopped first (`step` starts its stop
+    /// and resolves once its requests are finished).
+    pub fn server<F>(&mut self, step: impl FnOnce() -> F + 'static)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        self.stopping.server(step);
+    }
+
+    /// A dependency of what was drained (a downstream served from this process): stopped
+    /// after the actors.
+    pub fn after_drain<F>(&mut self, step: impl FnOnce() -> F + 'static)
+    where
+        F: Future<Output = ()> + 'static,
+    {
+        self.stopping.after_drain(step);
+    }
+
+    /// How long processed-message ids are kept.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// One more pruning job, for a part (only while the service starts).
+    pub fn housekeeping(&mut self, name: impl Into<String>, job: PruneFn) {
+        self.housekeeping.push((name.into(), job));
+    }
+
+    /// Runs until `stop` resolves or a part gives up, then stops in order within the
+    /// shutdown timeout.
+    pub async fn run_until(self, stop: impl Future<Output = ()>) -> StopReport {
+        self.stopping.run_until(stop, self.shutdown_timeout).await
+    }
+
+    /// Stops in order now.
+    pub async fn stop(self) -> StopReport {
+        self.stopping.stop(self.shutdown_timeout).await
     }
 }
 

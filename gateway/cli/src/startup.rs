@@ -1,10 +1,12 @@
-//! The composition root: builds what a set of roles needs, serves HTTP, and stops it all in
-//! order.
+//! The composition root: the roles a process runs, as one [`Service`] of the runtime (the
+//! same one a user's service is built on), plus the HTTP servers.
 //!
-//! [`Application::build`] checks the settings, connects (database, NATS), starts each role's
-//! routes and actors and binds the HTTP servers, returning before serving so a caller (the
-//! binary, or a test) learns the bound ports. [`Application::run`] serves until its shutdown
-//! future resolves (a signal, or a test's stop), then stops in the order the design gives:
+//! [`Application::build`] checks the settings and starts the service: it connects (database,
+//! NATS), starts each role as a part of it ([`RolePart`]: the role's saga actors and routes)
+//! and its housekeeping, then binds the HTTP servers, returning before serving so a caller
+//! (the binary, or a test) learns the bound ports. [`Application::run`] serves until its
+//! shutdown future resolves (a signal, or a test's stop), then the service stops in the order
+//! the design gives:
 //!
 //! 1. `/ready` answers 503 (load balancers take the process out);
 //! 2. every HTTP server stops accepting and finishes its requests (all at once);
@@ -17,27 +19,25 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use backon::Retryable;
-use jetflow_domain::service::{self, PaymentSettings, RoleActors};
-use jetflow_domain::{Deps, Role, topology};
+use jetflow_domain::handling::RequestsFirst;
+use jetflow_domain::service::{PaymentSettings, RolePart};
+use jetflow_domain::{Role, topology};
 use jetflow_gateway::admin::AdminAccess;
 use jetflow_gateway::admission::Admission;
 use jetflow_gateway::rate_limit::RateLimiter;
 use jetflow_gateway::routes;
 use jetflow_gateway::{GatewayState, access_log, correlation, error, http_metrics};
 use jetflow_provider::ProviderState;
-use jetflow_runtime::service::Stopping;
 use jetflow_runtime::{
-    Backoff, Bridge, BridgeConfig, Database, DbError, Health, Housekeeping, NatsBridge,
-    OutboxHandle, OutboxRelay, Publisher, priority::Foreground,
+    Bridge, Database, DbError, Health, OutboxHandle, Running, Service, ServiceError,
+    priority::Foreground,
 };
 use jetflow_schemas::Priority;
-use tokio_util::sync::CancellationToken;
 use tracing_actix_web::TracingLogger;
 
 use crate::settings::{ConfigError, Settings, Uses};
@@ -98,6 +98,9 @@ pub enum StartupError {
     /// The database.
     #[error(transparent)]
     Database(DbError),
+    /// The service could not start.
+    #[error(transparent)]
+    Service(ServiceError),
     /// An HTTP address.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -135,148 +138,118 @@ pub use jetflow_runtime::service::StopReport;
 
 /// A built application, not serving yet.
 pub struct Application {
-    settings: Settings,
-    health: Health,
+    running: Running,
     servers: Vec<Server>,
     /// The embedded simulated provider: a dependency of payments, stopped after the drain.
     provider_server: Option<Server>,
     http_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     provider_addr: Option<SocketAddr>,
-    bridge: Option<Bridge>,
-    db: Option<Database>,
-    outbox: Option<OutboxHandle>,
-    actors: Vec<RoleActors>,
-    background: CancellationToken,
 }
 
-/// Connects to the database, retrying for up to `patience` (a database that starts a little
-/// after us is normal in compose or Kubernetes), and runs the migrations.
-async fn connect_database(settings: &Settings, patience: Duration) -> Result<Database, DbError> {
-    let started = Instant::now();
-    let db = (|| Database::connect(&settings.database))
-        .retry(
-            Backoff::exponential(Duration::from_millis(200), Duration::from_secs(3))
-                .builder(),
-        )
-        .when(|e| matches!(e, DbError::Connect { .. }) && started.elapsed() < patience)
-        .notify(|e, d| tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "database not reachable yet"))
-        .await?;
-    db.migrate(&jetflow_domain::MIGRATOR).await?;
-    Ok(db)
+impl From<ServiceError> for StartupError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Config { setting, message } => {
+                StartupError::Config(ConfigError { setting, message })
+            }
+            ServiceError::Connect(e) => e.into(),
+            other => StartupError::Service(other),
+        }
+    }
+}
+
+/// The service that runs `roles`: its connections, and each consuming role as a part.
+fn service(settings: &Settings, roles: Roles, requests_first: Option<&Foreground>) -> Service {
+    let saga = settings.saga();
+    let mut service = Service::new(&settings.role_name)
+        .shutdown_timeout(settings.http.shutdown_timeout)
+        .retention(settings.retention)
+        .relay(settings.relay.clone());
+    service = if roles.uses().database {
+        service
+            .database_config(settings.database.clone())
+            .connect_patience(Duration::from_secs(30))
+            .migrations(&jetflow_domain::MIGRATOR)
+    } else {
+        service.without_database()
+    };
+    service = if roles.needs_nats() {
+        let name = format!("jetflow-{}", settings.role_name);
+        service
+            .nats(settings.nats.connection(&name))
+            .publish_timeout(settings.nats.publish_timeout)
+            .topology(topology::topology(&saga))
+    } else {
+        service.without_nats()
+    };
+    let lanes = requests_first.cloned().map(RequestsFirst::new);
+    if roles.orders {
+        service = service.part(RolePart::orders(saga.clone(), lanes.clone()));
+    }
+    if roles.inventory {
+        service = service.part(RolePart::inventory(saga.clone(), lanes.clone()));
+    }
+    if roles.payments {
+        let provider = PaymentSettings {
+            provider_url: settings.provider.url(),
+            provider_ca: settings.provider.ca.clone(),
+            call_timeout: settings.provider.timeout,
+            breaker_threshold: settings.provider.breaker_threshold,
+            breaker_open: settings.provider.breaker_open,
+        };
+        service = service.part(RolePart::payments(saga.clone(), lanes, provider));
+    }
+    if roles.gateway {
+        let retention = saga.idempotency_retention;
+        service = service.housekeeping(
+            "idempotency_keys",
+            Arc::new(move |db: Database| {
+                Box::pin(async move {
+                    jetflow_domain::idempotency_store::purge_expired(&db, retention).await
+                })
+            }),
+        );
+    }
+    service
 }
 
 impl Application {
-    /// Checks the settings, connects, starts the roles and binds the HTTP servers.
+    /// Checks the settings, starts the service (connections, roles) and binds the HTTP
+    /// servers.
     pub async fn build(settings: Settings, roles: Roles) -> Result<Self, StartupError> {
         settings.validate(roles.uses())?;
         crate::telemetry::register_metrics();
-        let health = Health::new();
-        let background = CancellationToken::new();
-        let saga = settings.saga();
-
-        let db = if roles.uses().database {
-            let db = connect_database(&settings, Duration::from_secs(30)).await?;
-            db.spawn_health_probe(health.clone(), Duration::from_secs(5), background.clone());
-            Some(db)
-        } else {
-            None
-        };
         // One process that answers requests and consumes: each lane's consumers take turns
         // (their own) while requests are in flight (`jetflow_runtime::priority`).
         let requests_first = (settings.requests_first > 0 && roles.gateway && roles.consumes())
             .then(|| Foreground::new(settings.requests_first as usize, settings.consumer_share));
-        let bridge = roles.needs_nats().then(|| {
-            let name = format!("jetflow-{}", settings.role_name);
-            let mut config =
-                BridgeConfig::new(settings.nats.connection(&name), topology::topology(&saga));
-            config.publish_timeout = settings.nats.publish_timeout;
-            NatsBridge::start(config, health.clone())
-        });
-
-        let mut outbox = None;
-        let mut actors = Vec::new();
-        if let (Some(db), Some(bridge)) = (&db, &bridge) {
-            let mut housekeeping = Housekeeping::new(db.clone(), settings.retention);
-            if roles.consumes() {
-                let publisher: Arc<dyn Publisher> = Arc::new(bridge.clone());
-                let relay = OutboxRelay::start(db.clone(), publisher, settings.relay.clone());
-                let deps = Deps {
-                    db: db.clone(),
-                    outbox: relay.clone(),
-                    config: saga.clone(),
-                    requests_first: requests_first
-                        .clone()
-                        .map(jetflow_domain::handling::RequestsFirst::new),
-                };
-                let refused = |e: service::RoleError| {
-                    StartupError::Config(ConfigError {
-                        setting: "JETFLOW_REQUESTS_FIRST",
-                        message: e.to_string(),
-                    })
-                };
-                if roles.orders {
-                    actors.push(
-                        service::start_orders(&deps, bridge, &health)
-                            .await
-                            .map_err(refused)?,
-                    );
-                }
-                if roles.inventory {
-                    actors.push(
-                        service::start_inventory(&deps, bridge, &health)
-                            .await
-                            .map_err(refused)?,
-                    );
-                }
-                if roles.payments {
-                    let payment = PaymentSettings {
-                        provider_url: settings.provider.url(),
-                        provider_ca: settings.provider.ca.clone(),
-                        call_timeout: settings.provider.timeout,
-                        breaker_threshold: settings.provider.breaker_threshold,
-                        breaker_open: settings.provider.breaker_open,
-                    };
-                    let started = service::start_payments(&deps, bridge, &health, &payment)
-                        .await
-                        .map_err(|e| match e {
-                            service::RoleError::Provider(e) => StartupError::Config(ConfigError {
-                                setting: "PAYMENT_PROVIDER_URL",
-                                message: e.to_string(),
-                            }),
-                            other => refused(other),
-                        })?;
-                    actors.push(started);
-                }
-                outbox = Some(relay);
+        let running = service(&settings, roles, requests_first.as_ref())
+            .start()
+            .await?;
+        match Self::serve(&settings, roles, running, requests_first) {
+            Ok(app) => Ok(app),
+            Err((running, e)) => {
+                running.stop().await;
+                Err(e)
             }
-            if roles.payments {
-                // Charge attempts are kept as long as processed events: every order they
-                // belong to has finished by then.
-                let retention = settings.retention.inbox;
-                housekeeping = housekeeping.also(
-                    "payment_attempts",
-                    Arc::new(move |db: Database| {
-                        Box::pin(async move {
-                            jetflow_domain::payment_store::purge_attempts(&db, retention).await
-                        })
-                    }),
-                );
-            }
-            if roles.gateway {
-                let retention = saga.idempotency_retention;
-                housekeeping = housekeeping.also(
-                    "idempotency_keys",
-                    Arc::new(move |db: Database| {
-                        Box::pin(async move {
-                            jetflow_domain::idempotency_store::purge_expired(&db, retention).await
-                        })
-                    }),
-                );
-            }
-            housekeeping.spawn(background.clone());
         }
+    }
 
+    /// Binds the HTTP servers of `roles` beside the running service.
+    #[allow(clippy::result_large_err)]
+    fn serve(
+        settings: &Settings,
+        roles: Roles,
+        running: Running,
+        requests_first: Option<Foreground>,
+    ) -> Result<Self, (Running, StartupError)> {
+        let settings = settings.clone();
+        let saga = settings.saga();
+        let health = running.health().clone();
+        let background = running.background();
+        let db = running.database().cloned();
+        let bridge = running.bridge().cloned();
         let gateway = match (&db, &bridge) {
             (Some(db), Some(bridge)) if roles.gateway => Some(GatewayState::new(
                 db.clone(),
@@ -359,7 +332,10 @@ impl Application {
             }
         });
         let mut servers = Vec::new();
-        let (server, http_addr) = listen(server, &settings, settings.http.addr, None)?;
+        let (server, http_addr) = match listen(server, &settings, settings.http.addr, None) {
+            Ok(bound) => bound,
+            Err(e) => return Err((running, e)),
+        };
         servers.push(server);
 
         let mut admin_addr = None;
@@ -373,7 +349,10 @@ impl Application {
                     .configure(routes::health::configure)
                     .default_service(web::to(not_found))
             });
-            let (server, bound) = listen(server, &settings, addr, Some(1))?;
+            let (server, bound) = match listen(server, &settings, addr, Some(1)) {
+                Ok(bound) => bound,
+                Err(e) => return Err((running, e)),
+            };
             servers.push(server);
             admin_addr = Some(bound);
         }
@@ -392,24 +371,21 @@ impl Application {
                     .configure(jetflow_provider::configure(state.clone()))
                     .default_service(web::to(not_found))
             });
-            let (server, bound) = listen(server, &settings, settings.provider.addr, Some(1))?;
+            let (server, bound) = match listen(server, &settings, settings.provider.addr, Some(1)) {
+                Ok(bound) => bound,
+                Err(e) => return Err((running, e)),
+            };
             provider_server = Some(server);
             provider_addr = Some(bound);
         }
         tracing::info!(%http_addr, ?admin_addr, ?provider_addr, ?roles, "jetflow started");
         Ok(Self {
-            settings,
-            health,
+            running,
             servers,
             provider_server,
             http_addr,
             admin_addr,
             provider_addr,
-            bridge,
-            db,
-            outbox,
-            actors,
-            background,
         })
     }
 
@@ -430,27 +406,26 @@ impl Application {
 
     /// The health registry.
     pub fn health(&self) -> &Health {
-        &self.health
+        self.running.health()
     }
 
     /// The bridge, when the roles use NATS.
     pub fn bridge(&self) -> Option<&Bridge> {
-        self.bridge.as_ref()
+        self.running.bridge()
     }
 
     /// The database, when the roles use one.
     pub fn database(&self) -> Option<&Database> {
-        self.db.as_ref()
+        self.running.database()
     }
 
     /// The outbox relay, when the roles have one.
     pub fn outbox(&self) -> Option<&OutboxHandle> {
-        self.outbox.as_ref()
+        self.running.started_outbox()
     }
 
     /// Serves until `shutdown` resolves, then stops in order (see the module docs).
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> StopReport {
-        let mut stopping = Stopping::new(self.health.clone(), self.background.clone());
         for server in self.servers.drain(..) {
             let handle = server.handle();
             actix_rt::spawn(async move {
@@ -458,7 +433,8 @@ impl Application {
                     tracing::error!(error = %e, "HTTP server failed");
                 }
             });
-            stopping.server(move || async move { handle.stop(true).await });
+            self.running
+                .server(move || async move { handle.stop(true).await });
         }
         // The simulated provider (in `jetflow all`) outlives the payments it answers.
         if let Some(server) = self.provider_server.take() {
@@ -468,17 +444,10 @@ impl Application {
                     tracing::error!(error = %e, "provider HTTP server failed");
                 }
             });
-            stopping.after_drain(move || async move { handle.stop(true).await });
+            self.running
+                .after_drain(move || async move { handle.stop(true).await });
         }
-        stopping.bridge = self.bridge;
-        stopping.outbox = self.outbox;
-        stopping.db = self.db;
-        for actors in self.actors {
-            stopping.actor(move || actors.stop());
-        }
-        stopping
-            .run_until(shutdown, self.settings.http.shutdown_timeout)
-            .await
+        self.running.run_until(shutdown).await
     }
 }
 
