@@ -325,6 +325,11 @@ impl Route {
         self
     }
 
+    /// Whether the route hands over one delivery at a time (not batches).
+    pub(crate) fn is_each(&self) -> bool {
+        matches!(self.handling, Handling::Each { .. })
+    }
+
     /// Whether acks are confirmed.
     pub fn acks_confirmed(&self) -> bool {
         self.double_ack
