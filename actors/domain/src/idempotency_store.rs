@@ -126,11 +126,13 @@ pub async fn mark_published(conn: &mut AnyConnection, key: &str) -> Result<(), s
 
 /// Forgets keys older than `retention`.
 pub async fn purge_expired(db: &Database, retention: Duration) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM idempotency_keys WHERE created_at < $1")
-            .bind(now_ms().saturating_sub(jetflow_runtime::db::millis(retention)))
-            .execute(db.pool())
-            .await?
-            .rows_affected(),
+    let before = now_ms().saturating_sub(jetflow_runtime::db::millis(retention));
+    jetflow_runtime::db::delete_older_than(
+        db,
+        "idempotency_keys",
+        "idempotency_key",
+        "created_at",
+        before,
     )
+    .await
 }

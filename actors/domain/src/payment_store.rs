@@ -332,13 +332,8 @@ pub async fn purge_attempts(
     db: &jetflow_runtime::Database,
     retention: std::time::Duration,
 ) -> Result<u64, sqlx::Error> {
-    Ok(
-        sqlx::query("DELETE FROM payment_attempts WHERE uncertain_at < $1")
-            .bind(now_ms().saturating_sub(db::millis(retention)))
-            .execute(db.pool())
-            .await?
-            .rows_affected(),
-    )
+    let before = now_ms().saturating_sub(db::millis(retention));
+    db::delete_older_than(db, "payment_attempts", "order_id", "uncertain_at", before).await
 }
 
 /// Whether a charge for `order_id` may exist that was never recorded.

@@ -477,6 +477,44 @@ pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// Rows a pruning statement deletes at most: each chunk is a write transaction of its own, so
+/// a writer waits for one chunk at most, never for a whole day's rows (on SQLite a long delete
+/// holds the only write lock, and writers beside it fail with `SQLITE_BUSY`).
+pub const PRUNE_CHUNK: i64 = 1_000;
+
+/// Deletes the rows of `table` whose `column` is below `before`, [`PRUNE_CHUNK`] rows at a
+/// time, each chunk in a write transaction of its own (taking its turn with the other writers
+/// of this process); `key` is the table's primary key (`a` or `a, b`). Returns how many rows
+/// went. `table`, `key` and `column` are identifiers written in the code, never input.
+pub async fn delete_older_than(
+    db: &Database,
+    table: &str,
+    key: &str,
+    column: &str,
+    before: i64,
+) -> Result<u64, sqlx::Error> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE ({key}) IN \
+         (SELECT {key} FROM {table} WHERE {column} < $1 LIMIT {PRUNE_CHUNK})"
+    );
+    let mut total = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let n = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        Database::commit(tx).await?;
+        total += n;
+        if n < PRUNE_CHUNK as u64 {
+            return Ok(total);
+        }
+        // Let the writers that waited for this chunk go first.
+        tokio::task::yield_now().await;
+    }
+}
+
 /// A duration in milliseconds, as stored.
 pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)

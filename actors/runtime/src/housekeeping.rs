@@ -139,6 +139,55 @@ mod tests {
         assert!(e.contains("inbox retention"), "{e}");
     }
 
+    /// A day's keys pruned while the saga writes: the prune goes a chunk at a time, each its
+    /// own short transaction, so a writer gets in between chunks instead of waiting for (or,
+    /// on SQLite, failing with `SQLITE_BUSY` behind) one long delete.
+    #[tokio::test]
+    async fn a_writer_gets_in_while_a_large_prune_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("prune.db").display());
+        let db = Database::connect_url(&url).await.unwrap();
+        let rows = 100 * crate::db::PRUNE_CHUNK;
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+             INSERT INTO inbox (consumer, message_key, processed_at) \
+             SELECT 'c', 'k' || i, 1 FROM n",
+        )
+        .bind(rows)
+        .execute(db.pool())
+        .await
+        .unwrap();
+        let count = |db: Database| async move {
+            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM inbox")
+                .fetch_one(db.pool())
+                .await
+                .unwrap()
+        };
+        let d = db.clone();
+        let prune = tokio::spawn(async move { inbox::prune(&d, 2).await });
+        // Once the first chunk is gone, a writer takes its turn while most rows are still
+        // there (one long delete would have taken them all before anyone saw a change).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while count(db.clone()).await == rows {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the prune never started"
+            );
+            tokio::task::yield_now().await;
+        }
+        let mut tx = db.begin().await.unwrap();
+        assert!(inbox::claim(&mut tx, "c", "fresh").await.unwrap());
+        Database::commit(tx).await.unwrap();
+        let left = count(db.clone()).await;
+        assert!(
+            left > rows / 2,
+            "the writer got in only after {} of {rows} rows were deleted",
+            rows + 1 - left
+        );
+        assert_eq!(prune.await.unwrap().unwrap(), rows as u64);
+        assert_eq!(count(db.clone()).await, 1, "only the fresh key is left");
+    }
+
     #[tokio::test]
     async fn old_keys_go_and_recent_ones_stay() {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();

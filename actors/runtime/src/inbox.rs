@@ -55,11 +55,14 @@ pub async fn claim_all(
 
 /// Forgets keys processed before `before_ms`; returns how many.
 pub async fn prune(db: &Database, before_ms: i64) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM inbox WHERE processed_at < $1")
-        .bind(before_ms)
-        .execute(db.pool())
-        .await?
-        .rows_affected())
+    crate::db::delete_older_than(
+        db,
+        "inbox",
+        "consumer, message_key",
+        "processed_at",
+        before_ms,
+    )
+    .await
 }
 
 #[cfg(test)]
