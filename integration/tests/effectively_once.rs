@@ -9,7 +9,7 @@ use std::time::Duration;
 use jetflow_integration::{NatsServer, eventually};
 use jetflow_runtime::backoff::Backoff;
 use jetflow_runtime::prelude::*;
-use jetflow_runtime::{Discard, metrics::metrics, outbox};
+use jetflow_runtime::{Discard, PublishError, PublishReceipt, metrics::metrics, outbox};
 
 async fn bridge_on(nats: &NatsServer, streams: Vec<StreamSpec>) -> Bridge {
     let mut topology = Topology::new();
@@ -208,6 +208,93 @@ fn a_full_stream_refuses_for_now_and_the_outbox_waits_for_room_without_dead_lett
                 .await
                 .expect("DLQ")
                 .is_empty()
+        );
+        bridge.close().await;
+    })
+}
+
+/// Counts the publishes the relay makes through it.
+struct Counting {
+    inner: Bridge,
+    publishes: Arc<AtomicUsize>,
+}
+
+impl Publisher for Counting {
+    fn publish(
+        &self,
+        message: OutgoingMessage,
+    ) -> futures::future::BoxFuture<'static, Result<PublishReceipt, PublishError>> {
+        self.publishes.fetch_add(1, Ordering::SeqCst);
+        self.inner.publish(message)
+    }
+}
+
+/// A row too large for any message cannot be published, and neither can a dead letter that
+/// carries it: the letter goes without the payload (its size in a header), the row stays in
+/// the outbox parked, with its error, and the relay stops trying (before, it published the
+/// row and its letter every sweep, for ever).
+#[test]
+fn a_row_too_large_for_any_message_is_dead_lettered_without_its_payload_and_parked() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::builder()
+            .config_extra("max_payload: 4096\n")
+            .start();
+        let bridge = bridge_on(&nats, vec![StreamSpec::new("BIG", &["big.>"])]).await;
+        let db = Database::connect(&DbConfig::new("sqlite::memory:"))
+            .await
+            .expect("db");
+        let publishes = Arc::new(AtomicUsize::new(0));
+        let counting = Counting {
+            inner: bridge.clone(),
+            publishes: publishes.clone(),
+        };
+        let config = quick_relay(Duration::from_millis(50), Duration::from_millis(20));
+        let relay = OutboxRelay::start(db.clone(), Arc::new(counting), config);
+        let mut uow = UnitOfWork::begin(&db).await.expect("tx");
+        uow.emit(OutgoingMessage::new("big.1", "big-1", "x".repeat(5000)));
+        uow.emit(OutgoingMessage::new("big.2", "big-2", "small"));
+        uow.commit(&relay).await.expect("commit");
+        let js = bridge.jetstream().expect("connected");
+        eventually("the dead letter", Duration::from_secs(15), || async {
+            match jetflow_runtime::dead_letter::list(&js).await {
+                Ok(letters) if !letters.is_empty() => Ok(()),
+                Ok(_) => Err(format!(
+                    "none yet; {} publishes",
+                    publishes.load(Ordering::SeqCst)
+                )),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await;
+        let letters = jetflow_runtime::dead_letter::list(&js).await.expect("DLQ");
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        let letter = &letters[0];
+        assert_eq!(letter.subject, "big.1");
+        assert_eq!(letter.reason, "unpublishable");
+        assert!(letter.error.contains("5000 bytes"), "{}", letter.error);
+        assert!(letter.raw_payload.is_empty(), "the payload stays behind");
+        assert_eq!(
+            jetflow_integration::nats::stored(&js, "BIG").await,
+            1,
+            "the small row"
+        );
+        // The big row is parked with its error, not waiting, and no longer tried.
+        let (parked, error): (i64, String) =
+            sqlx::query_as("SELECT next_attempt_at, last_error FROM outbox WHERE id = 'big-1'")
+                .fetch_one(db.pool())
+                .await
+                .expect("the row is kept");
+        assert_eq!(parked, outbox::PARKED);
+        assert!(error.contains("parked"), "{error}");
+        assert_eq!(outbox::pending(&db).await.expect("pending"), 0);
+        let after = publishes.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            relay.sweep_now().await;
+        }
+        assert_eq!(
+            publishes.load(Ordering::SeqCst),
+            after,
+            "a parked row is not tried again"
         );
         bridge.close().await;
     })

@@ -27,6 +27,9 @@ pub const DLQ_ERROR: &str = "Jetflow-Dlq-Error";
 pub const DLQ_TIME: &str = "Jetflow-Dlq-Time";
 /// Dead letters: the original `Nats-Msg-Id`, if it had one.
 pub const DLQ_MSG_ID: &str = "Jetflow-Dlq-Msg-Id";
+/// On a dead letter whose payload could not travel with it (the letter was refused too, too
+/// large): the payload's size in bytes. The payload stays in the outbox row (parked).
+pub const DLQ_PAYLOAD_OMITTED: &str = "Jetflow-Dlq-Payload-Omitted";
 /// A replayed message: the dead-letter sequence it was replayed from.
 pub const REPLAYED_FROM: &str = "Jetflow-Replayed-From";
 /// A replayed message: the `Nats-Msg-Id` it was first published with (inboxes key on it, so

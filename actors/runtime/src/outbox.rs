@@ -125,9 +125,26 @@ pub async fn record_failure(
     Ok(())
 }
 
-/// Rows waiting in the outbox.
+/// `next_attempt_at` of a parked row: never due again.
+pub const PARKED: i64 = i64::MAX;
+
+/// Parks row `id`: it is never published again and stays in the table, with `error`, for an
+/// operator (`SELECT * FROM outbox WHERE next_attempt_at = 9223372036854775807`).
+pub async fn park(db: &Database, id: &str, error: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 WHERE id = $1",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(PARKED)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+/// Rows waiting in the outbox (parked rows are not waiting).
 pub async fn pending(db: &Database) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) AS n FROM outbox")
+    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE next_attempt_at < 9223372036854775807")
         .fetch_one(db.pool())
         .await?
         .try_get::<i64, _>("n")

@@ -13,7 +13,9 @@
 //! A row JetStream refuses for good (no stream for its subject, too large, an expectation
 //! not met) counts an attempt, keeps the error and waits longer each time; after
 //! `max_attempts` it is moved to the dead-letter stream with its reason
-//! (`outbox_dead_letters_total`). A refusal for now (a full stream that discards new
+//! (`outbox_dead_letters_total`); when the letter is refused for good too (a payload too
+//! large for any message), the letter goes without the payload and the row stays in the
+//! table, parked, never published again. A refusal for now (a full stream that discards new
 //! messages, any other JetStream error that may pass) is retried with the same growing
 //! wait however often it happens (`outbox_publish_errors_total` counts them), and rows that
 //! fail because NATS is unreachable are only retried: neither an outage nor a full stream
@@ -31,6 +33,7 @@ use crate::actor_ref::ActorRef;
 use crate::backoff::Backoff;
 use crate::db::{Database, millis, now_ms};
 use crate::dead_letter;
+use crate::headers;
 use crate::metrics::metrics;
 use crate::outbox::{self, OutboxRow};
 use crate::outcome::{DeadLetterReason, ReplyOutcome};
@@ -328,7 +331,9 @@ impl OutboxRelay {
                 }
                 let attempts = row.attempts.saturating_add(1);
                 if attempts >= config.max_attempts && is_permanent(&error) {
-                    if dead_letter_row(&db, publisher.as_ref(), &row, attempts, &error).await {
+                    let wait = config.retry.delay_for(attempts);
+                    if dead_letter_row(&db, publisher.as_ref(), &row, attempts, &error, wait).await
+                    {
                         dead += 1;
                     }
                     continue;
@@ -449,39 +454,78 @@ fn is_permanent(error: &PublishError) -> bool {
 }
 
 /// Moves a row to the dead-letter stream; true once it is there and gone from the outbox.
+/// A letter refused for good itself (the payload is too large for any message, say) goes
+/// without the payload, which stays in the outbox row, parked (never published again); if
+/// even that fails, the row waits its retry delay like any refused row.
 async fn dead_letter_row(
     db: &Database,
     publisher: &dyn Publisher,
     row: &OutboxRow,
     attempts: u32,
     error: &PublishError,
+    retry_in: Duration,
 ) -> bool {
     let reason = DeadLetterReason::Unpublishable {
         attempts,
         last_error: error.to_string(),
     };
     let letter = dead_letter::for_outbox_row(row, &reason);
-    match publisher.publish(letter).await {
-        Ok(receipt) => {
-            if let Err(e) = outbox::delete(db, std::slice::from_ref(&row.message.msg_id)).await {
-                tracing::warn!(error = %e, "deleting a dead-lettered outbox row failed");
-                return false;
+    let (receipt, parked) = match publisher.publish(letter).await {
+        Ok(receipt) => (receipt, None),
+        Err(refused @ PublishError::Rejected(_)) => {
+            let size = row.message.payload.len();
+            let why = format!(
+                "{error}; the dead letter was refused too ({refused}): its payload ({size} bytes) \
+                 stays in the outbox row {}, parked",
+                row.message.msg_id
+            );
+            let reason = DeadLetterReason::Unpublishable {
+                attempts,
+                last_error: why.clone(),
+            };
+            let mut stub = dead_letter::for_outbox_row(row, &reason);
+            stub.payload = bytes::Bytes::new();
+            stub = stub.header(headers::DLQ_PAYLOAD_OMITTED, size.to_string());
+            match publisher.publish(stub).await {
+                Ok(receipt) => (receipt, Some(why)),
+                Err(e) => {
+                    tracing::warn!(msg_id = %row.message.msg_id, error = %e, "dead-lettering an outbox row failed; retrying later");
+                    let _ = outbox::record_failure(db, &row.message.msg_id, &why, retry_in).await;
+                    return false;
+                }
             }
-            if !receipt.duplicate {
-                metrics().outbox_dead_letters.inc();
-                metrics()
-                    .dlq_messages
-                    .with_label_values(&[row.message.subject.as_str()])
-                    .inc();
-            }
-            tracing::debug!(msg_id = %row.message.msg_id, subject = %row.message.subject, attempts, %error, "outbox message dead-lettered");
-            true
         }
         Err(e) => {
             tracing::warn!(msg_id = %row.message.msg_id, error = %e, "dead-lettering an outbox row failed; retrying later");
-            false
+            let _ =
+                outbox::record_failure(db, &row.message.msg_id, &error.to_string(), retry_in).await;
+            return false;
+        }
+    };
+    let gone = match &parked {
+        Some(why) => outbox::park(db, &row.message.msg_id, why).await,
+        None => outbox::delete(db, std::slice::from_ref(&row.message.msg_id)).await,
+    };
+    if let Err(e) = gone {
+        tracing::warn!(error = %e, "removing a dead-lettered outbox row failed");
+        return false;
+    }
+    if !receipt.duplicate {
+        metrics().outbox_dead_letters.inc();
+        metrics()
+            .dlq_messages
+            .with_label_values(&[row.message.subject.as_str()])
+            .inc();
+    }
+    match parked {
+        Some(why) => {
+            tracing::error!(msg_id = %row.message.msg_id, subject = %row.message.subject, %why, "outbox message dead-lettered without its payload; the row is parked")
+        }
+        None => {
+            tracing::debug!(msg_id = %row.message.msg_id, subject = %row.message.subject, attempts, %error, "outbox message dead-lettered")
         }
     }
+    true
 }
 
 impl Actor for OutboxRelay {
