@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use jetflow_integration::{NatsServer, TestApp, eventually};
+use jetflow_app::startup::Roles;
+use jetflow_integration::{NatsServer, TestApp, TestAppBuilder, eventually};
 use serde_json::{Value, json};
 
 #[test]
@@ -80,6 +81,66 @@ fn an_accepted_order_is_an_event_in_the_stream_with_its_headers() {
         // The event validates against its published schema.
         jetflow_schemas::decode("orders.created.v2", &msg.payload)
             .expect("the event matches its schema");
+        app.stop().await;
+    })
+}
+
+/// A publish whose PubAck does not come in time may have been stored: the saga may already
+/// run the order. The gateway keeps the order (it never withdraws it), hands its events to
+/// the outbox (the same ids, so JetStream keeps one of each however often they go again) and
+/// answers 202. Before, it deleted the order and answered 503 "not accepted", and a client
+/// that believed it and retried without a key got a second order (and a second charge).
+#[test]
+fn an_unconfirmed_publish_is_accepted_through_the_outbox_and_never_withdrawn() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let gateway = Roles {
+            gateway: true,
+            ..Roles::default()
+        };
+        // No PubAck ever arrives in time; every publish is sent, and stored.
+        let app = TestAppBuilder::new(&nats.url())
+            .roles(gateway)
+            .with(|s| s.nats.publish_timeout = Duration::from_nanos(1))
+            .start()
+            .await;
+        app.wait_ready().await;
+        let r = app
+            .post_order(&json!({"customer_id": "c-unconfirmed", "items": [{"product_id": "sku-1", "quantity": 1}]}))
+            .await;
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("JSON");
+        assert_eq!(status, 202, "{body}");
+        let order_id = body["order_id"].as_str().expect("order_id").to_string();
+        let (status, order) = app.get_order(&order_id).await;
+        assert_eq!(
+            (status, order["status"].as_str()),
+            (200, Some("pending")),
+            "{order}"
+        );
+        // Its events are stored once each, however often the outbox publishes them again.
+        let client = async_nats::connect(nats.url()).await.expect("connect");
+        let js = jetstream::new(client);
+        let versions = app.settings.saga.created_versions.len() as u64;
+        eventually(
+            "the events to be stored",
+            Duration::from_secs(10),
+            || async {
+                match jetflow_integration::nats::stored(&js, "ORDERS").await {
+                    n if n == versions => Ok(()),
+                    n => Err(format!("{n} stored")),
+                }
+            },
+        )
+        .await;
+        let outbox = app.outbox().expect("the gateway has an outbox");
+        for _ in 0..3 {
+            outbox.sweep_now().await;
+        }
+        assert_eq!(
+            jetflow_integration::nats::stored(&js, "ORDERS").await,
+            versions
+        );
         app.stop().await;
     })
 }

@@ -241,7 +241,7 @@ impl Application {
     fn serve(
         settings: &Settings,
         roles: Roles,
-        running: Running,
+        mut running: Running,
         requests_first: Option<Foreground>,
     ) -> Result<Self, (Running, StartupError)> {
         let settings = settings.clone();
@@ -251,11 +251,14 @@ impl Application {
         let db = running.database().cloned();
         let bridge = running.bridge().cloned();
         let gateway = match (&db, &bridge) {
-            (Some(db), Some(bridge)) if roles.gateway => Some(GatewayState::new(
-                db.clone(),
-                Arc::new(bridge.clone()),
-                saga.clone(),
-            )),
+            (Some(db), Some(bridge)) if roles.gateway => {
+                let state = GatewayState::new(db.clone(), Arc::new(bridge.clone()), saga.clone());
+                // Events whose PubAck did not come go through the outbox (the same ids).
+                match running.outbox("gateway") {
+                    Ok(outbox) => Some(state.with_outbox(outbox)),
+                    Err(e) => return Err((running, e.into())),
+                }
+            }
             _ => None,
         };
         let limiter = RateLimiter::new(

@@ -18,6 +18,9 @@ pub struct GatewayState {
     pub publisher: Arc<dyn Publisher>,
     /// The saga's settings (which `orders.created` versions to publish).
     pub saga: Arc<SagaConfig>,
+    /// Where an order's events go when their publish may have been stored but was not
+    /// confirmed (a PubAck that timed out): the relay publishes them again with the same ids.
+    pub outbox: Option<jetflow_runtime::OutboxHandle>,
 }
 
 impl GatewayState {
@@ -34,6 +37,13 @@ impl GatewayState {
             db,
             publisher,
             saga,
+            outbox: None,
         }
+    }
+
+    /// Hands unconfirmed publishes to `outbox` instead of refusing their orders.
+    pub fn with_outbox(mut self, outbox: jetflow_runtime::OutboxHandle) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 }

@@ -230,31 +230,78 @@ fn draft(
     })
 }
 
-/// Stores the events in JetStream (all pipelined); 503 unless every one was acknowledged.
+/// Why an order's events were not all acknowledged.
+enum NotStored {
+    /// None of them can have been stored (nothing was sent, or JetStream refused them).
+    Surely(ApiError),
+    /// Some may have been: a PubAck that did not come in time, or some were acknowledged.
+    Maybe(PublishError),
+}
+
+/// Stores the events in JetStream (all pipelined).
 #[tracing::instrument(level = "debug", skip_all)]
-async fn publish(state: &GatewayState, messages: Vec<OutgoingMessage>) -> Result<(), ApiError> {
+async fn publish(state: &GatewayState, messages: Vec<OutgoingMessage>) -> Result<(), NotStored> {
     let results = state.publisher.publish_many(messages).await;
-    match results.into_iter().find_map(Result::err) {
-        None => Ok(()),
-        Some(e) => {
-            let why = match e {
-                PublishError::NotConnected | PublishError::BridgeGone => {
-                    "the event stream is unreachable"
-                }
-                PublishError::Timeout(_) => "the event stream did not confirm in time",
-                PublishError::Rejected(_) | PublishError::Failed(_) => {
-                    "the event stream refused the event"
-                }
-            };
-            tracing::warn!(error = %e, "orders.created not stored");
-            Err(ApiError::unavailable(
-                "event_store_unavailable",
-                format!(
-                    "{why}; the order was not accepted. Retrying with the same Idempotency-Key is safe"
-                ),
-            ))
+    let stored_some = results.iter().any(Result::is_ok);
+    let Some(e) = results.into_iter().find_map(Result::err) else {
+        return Ok(());
+    };
+    if stored_some || matches!(e, PublishError::Timeout(_)) {
+        return Err(NotStored::Maybe(e));
+    }
+    let why = match e {
+        PublishError::NotConnected | PublishError::BridgeGone => "the event stream is unreachable",
+        PublishError::Timeout(_) => "the event stream did not confirm in time",
+        PublishError::Rejected(_) | PublishError::Failed(_) => "the event stream refused the event",
+    };
+    tracing::warn!(error = %e, "orders.created not stored");
+    Err(NotStored::Surely(ApiError::unavailable(
+        "event_store_unavailable",
+        format!(
+            "{why}; the order was not accepted. Retrying with the same Idempotency-Key is safe"
+        ),
+    )))
+}
+
+/// Events whose publish may have been stored: the outbox publishes them again with the same
+/// ids (JetStream keeps one of each), so the order stands and is accepted. Fails only when
+/// the outbox cannot take them.
+async fn hand_to_outbox(
+    state: &GatewayState,
+    messages: Vec<OutgoingMessage>,
+    why: &PublishError,
+) -> Result<(), ApiError> {
+    let Some(outbox) = &state.outbox else {
+        return Err(uncertain(why));
+    };
+    let enqueued = async {
+        let mut tx = state.db.begin().await?;
+        jetflow_runtime::outbox::enqueue(&mut tx, &messages).await?;
+        jetflow_runtime::Database::commit(tx).await
+    }
+    .await;
+    match enqueued {
+        Ok(()) => {
+            tracing::warn!(error = %why, "orders.created not confirmed; handed to the outbox");
+            outbox.committed(messages);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "orders.created not confirmed, and the outbox is unreachable");
+            Err(uncertain(why))
         }
     }
+}
+
+/// The answer when an order's events may or may not be stored and nothing can make sure.
+fn uncertain(why: &PublishError) -> ApiError {
+    ApiError::unavailable(
+        "event_store_uncertain",
+        format!(
+            "the event stream did not confirm the order ({why}); it may still be accepted. \
+             Retry with the same Idempotency-Key: it answers with this order, never a second one"
+        ),
+    )
 }
 
 fn store_unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -328,17 +375,23 @@ async fn accept(
         ),
     };
     if !published {
-        if let Err(refused) = publish(state, messages).await {
-            if inserted {
-                let withdraw = AcceptWrite::Withdraw {
-                    order_id: order_id.to_string(),
-                };
-                if let Err(e) = state.writes.submit(withdraw).await {
-                    // The order sweeper cancels it once it timed out.
-                    tracing::warn!(error = %e, %order_id, "cannot withdraw the order that was not accepted");
+        match publish(state, messages.clone()).await {
+            Ok(()) => {}
+            Err(NotStored::Surely(refused)) => {
+                if inserted {
+                    let withdraw = AcceptWrite::Withdraw {
+                        order_id: order_id.to_string(),
+                    };
+                    if let Err(e) = state.writes.submit(withdraw).await {
+                        // The order sweeper cancels it once it timed out.
+                        tracing::warn!(error = %e, %order_id, "cannot withdraw the order that was not accepted");
+                    }
                 }
+                return Err(refused);
             }
-            return Err(refused);
+            // The saga may already run this order: it stands (never withdrawn), and its
+            // events are made sure of through the outbox.
+            Err(NotStored::Maybe(e)) => hand_to_outbox(state, messages, &e).await?,
         }
         if let Some(key) = key
             && let Err(e) = state.writes.submit(AcceptWrite::Published { key }).await
