@@ -213,6 +213,56 @@ fn a_full_stream_refuses_for_now_and_the_outbox_waits_for_room_without_dead_lett
     })
 }
 
+/// More PubAcks awaited at once than async-nats keeps (5,000): a pipelined publish of 6,000
+/// (a relay catching up after an outage) beside a stream of single publishes (requests).
+/// Every one is stored; none fails with "max ack pending" and nothing waits for ever.
+/// Before, publishes past the 5,000th failed at once.
+#[test]
+fn a_huge_pipelined_publish_beside_single_publishes_stores_every_message() {
+    jetflow_integration::run(async {
+        let nats = NatsServer::start();
+        let bridge = bridge_on(&nats, vec![StreamSpec::new("MANY", &["many.>"])]).await;
+        let batch: Vec<OutgoingMessage> = (0..6_000)
+            .map(|i| OutgoingMessage::new(format!("many.batch.{i}"), format!("b-{i}"), "x"))
+            .collect();
+        let singles = (0..200).map(|i| {
+            let bridge = bridge.clone();
+            async move {
+                bridge
+                    .publish(OutgoingMessage::new(
+                        format!("many.single.{i}"),
+                        format!("s-{i}"),
+                        "y",
+                    ))
+                    .await
+            }
+        });
+        let (batch, singles) = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures::future::join(
+                bridge.publish_many(batch),
+                futures::future::join_all(singles),
+            ),
+        )
+        .await
+        .expect("every publish ends");
+        let failed: Vec<String> = batch
+            .iter()
+            .chain(singles.iter())
+            .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} failed, first: {:?}",
+            failed.len(),
+            failed.first()
+        );
+        let js = bridge.jetstream().expect("connected");
+        assert_eq!(jetflow_integration::nats::stored(&js, "MANY").await, 6_200);
+        bridge.close().await;
+    })
+}
+
 /// Counts the publishes the relay makes through it.
 struct Counting {
     inner: Bridge,

@@ -134,6 +134,8 @@ struct ConnectionEvent {
 struct Shared {
     connection: RwLock<Option<(Client, jetstream::Context)>>,
     publish_timeout: Duration,
+    /// Places for PubAcks awaited at once, fewer than async-nats keeps (`PUBACKS_IN_FLIGHT`).
+    pubacks: Arc<tokio::sync::Semaphore>,
     stop_routes: CancellationToken,
     tasks: TaskTracker,
 }
@@ -193,6 +195,7 @@ impl NatsBridge {
         let shared = Arc::new(Shared {
             connection: RwLock::new(None),
             publish_timeout: config.publish_timeout,
+            pubacks: Arc::new(tokio::sync::Semaphore::new(PUBACKS_IN_FLIGHT)),
             stop_routes: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
@@ -422,8 +425,40 @@ pub async fn publish_with_ack(
     record(&subject, started, result)
 }
 
-/// Publishes every message (all sent first, then every PubAck awaited together).
+/// PubAcks the bridge awaits at once, over every caller: below async-nats' own limit
+/// (5,000, beyond which a publish fails at once with "max ack pending"), so a large
+/// pipelined publish (the relay's, after an outage) never makes a request's publish fail.
+const PUBACKS_IN_FLIGHT: usize = 4_096;
+
+/// Messages one pipelined publish sends before it awaits their PubAcks.
+const PIPELINE_WINDOW: usize = 256;
+
+/// Publishes every message, a window at a time (the window's messages all sent, then their
+/// PubAcks awaited together). A window takes its places among `pubacks` all at once before it
+/// sends anything, so callers never hold some places while waiting for more (no deadlock),
+/// and all of them together never await more PubAcks than async-nats allows.
 pub async fn publish_pipelined(
+    js: &jetstream::Context,
+    messages: Vec<OutgoingMessage>,
+    timeout: Duration,
+    pubacks: &tokio::sync::Semaphore,
+) -> Vec<Result<PublishReceipt, PublishError>> {
+    let mut results = Vec::with_capacity(messages.len());
+    let mut messages = messages.into_iter().peekable();
+    while messages.peek().is_some() {
+        let window: Vec<OutgoingMessage> = messages.by_ref().take(PIPELINE_WINDOW).collect();
+        let places = u32::try_from(window.len()).unwrap_or(u32::MAX);
+        let Ok(_places) = pubacks.acquire_many(places).await else {
+            results.extend(window.iter().map(|_| Err(PublishError::BridgeGone)));
+            continue;
+        };
+        results.extend(publish_window(js, window, timeout).await);
+    }
+    results
+}
+
+/// Sends every message, then awaits every PubAck together.
+async fn publish_window(
     js: &jetstream::Context,
     messages: Vec<OutgoingMessage>,
     timeout: Duration,
@@ -515,6 +550,9 @@ impl Bridge {
                 .inc();
             return Err(PublishError::NotConnected);
         };
+        let Ok(_place) = shared.pubacks.acquire().await else {
+            return Err(PublishError::BridgeGone);
+        };
         publish_with_ack(&js, message, shared.publish_timeout).await
     }
 
@@ -595,7 +633,7 @@ impl Publisher for Bridge {
                     })
                     .collect();
             };
-            publish_pipelined(&js, messages, shared.publish_timeout).await
+            publish_pipelined(&js, messages, shared.publish_timeout, &shared.pubacks).await
         })
     }
 }
