@@ -606,6 +606,9 @@ pub struct StopReport {
     pub failed: Option<(String, String)>,
 }
 
+/// How long closing the connections may take when the budget is spent.
+const CLOSE_GRACE: Duration = Duration::from_millis(200);
+
 /// The component whose readiness a stop takes away.
 const LIFECYCLE: &str = "lifecycle";
 
@@ -692,10 +695,14 @@ impl Stopping {
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut clean = true;
         tracing::info!(?timeout, "stopping");
-        // 1. Not ready any more; the servers stop accepting and finish their requests.
+        // 1. Not ready any more; the servers stop accepting and finish their requests, in
+        // half the budget at most: a stalled upload never leaves the consumers no time.
         self.health.set_not_ready(LIFECYCLE, "shutting down");
         let servers = futures::future::join_all(self.servers.into_iter().map(|step| step()));
-        if tokio::time::timeout(left(), servers).await.is_err() {
+        if tokio::time::timeout(left().min(timeout / 2), servers)
+            .await
+            .is_err()
+        {
             tracing::warn!("HTTP servers did not finish their requests in time");
             clean = false;
         }
@@ -712,10 +719,18 @@ impl Stopping {
         for step in self.after_drain {
             let _ = tokio::time::timeout(left(), step()).await;
         }
-        // 3. What was committed is published.
+        // 3. What was committed is published, within what is left of the budget (every
+        // database call of the flush too: a database that stopped answering cannot hold the
+        // stop past its deadline).
         let mut outbox_left = 0;
         if let Some(outbox) = &self.outbox {
-            outbox_left = outbox.flush(left()).await.left;
+            outbox_left = match tokio::time::timeout(left(), outbox.flush(left())).await {
+                Ok(report) => report.left,
+                Err(_) => {
+                    tracing::warn!("the outbox flush did not finish in time");
+                    -1
+                }
+            };
             if outbox_left != 0 {
                 tracing::warn!(
                     left = outbox_left,
@@ -726,7 +741,8 @@ impl Stopping {
         }
         // 4. Background work ends; connections close.
         self.background.cancel();
-        let closing = left().max(Duration::from_millis(500));
+        // Closing gets what is left, and a moment more when nothing is.
+        let closing = left().max(CLOSE_GRACE);
         if let Some(bridge) = &self.bridge
             && tokio::time::timeout(closing, bridge.close()).await.is_err()
         {
@@ -786,6 +802,49 @@ mod tests {
         async fn handle(&self, _: &mut UnitOfWork, _: &Delivery<Json<u32>>) -> Result<(), TxError> {
             Ok(())
         }
+    }
+
+    /// Publishes nothing, and says so.
+    struct Nowhere;
+
+    impl crate::publisher::Publisher for Nowhere {
+        fn publish(
+            &self,
+            _: crate::publisher::OutgoingMessage,
+        ) -> futures::future::BoxFuture<
+            'static,
+            Result<crate::publisher::PublishReceipt, crate::publisher::PublishError>,
+        > {
+            Box::pin(async { Err(crate::publisher::PublishError::NotConnected) })
+        }
+    }
+
+    /// The database stops answering (its only connection is taken; a query waits 30 s for
+    /// one): the stop still ends within its budget (and a moment to close), not clean.
+    #[actix::test]
+    async fn a_database_that_stopped_answering_cannot_hold_the_stop_past_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            DbConfig::new(format!("sqlite://{}", dir.path().join("stop.db").display()));
+        config.max_connections = Some(1);
+        config.acquire_timeout = Duration::from_secs(30);
+        let db = Database::connect(&config).await.unwrap();
+        let outbox = OutboxRelay::start(db.clone(), Arc::new(Nowhere), RelayConfig::default());
+        let mut stopping = Stopping::new(Health::new(), CancellationToken::new());
+        stopping.outbox = Some(outbox);
+        stopping.db = Some(db.clone());
+        let held = db.pool().acquire().await.unwrap();
+        let budget = Duration::from_secs(1);
+        let report = tokio::time::timeout(Duration::from_secs(20), stopping.stop(budget))
+            .await
+            .expect("the stop ended");
+        drop(held);
+        assert!(!report.clean);
+        assert!(
+            report.took < budget + CLOSE_GRACE * 2 + Duration::from_millis(300),
+            "took {:?}",
+            report.took
+        );
     }
 
     #[test]
