@@ -3,6 +3,7 @@
 //! then having another restarted. Each ends with the invariant check.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jetflow_integration::invariants::{self, Expectations};
@@ -129,5 +130,102 @@ fn a_three_node_cluster_survives_a_node_loss_and_a_restart() {
         invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
         invariants::check_dead_letters(&cluster.node(2).url(), 0).await;
         app.stop().await;
+    })
+}
+
+/// While an R3 stream elects a new leader (its leader was killed), publishing to it is
+/// answered "no responders", which async-nats reports as "stream not found". The outbox relay
+/// treats that as a refusal for now (the stream exists: JetStream says so), waits and
+/// publishes once a leader is elected, and dead-letters nothing, even with a bound of three
+/// attempts that an election outlasts. Before, such rows went to the dead-letter stream.
+#[test]
+fn rows_published_while_a_stream_elects_its_leader_are_stored_not_dead_lettered() {
+    use jetflow_runtime::backoff::Backoff;
+    use jetflow_runtime::prelude::*;
+    jetflow_integration::run(async {
+        let mut cluster = NatsCluster::start(3);
+        let stream = StreamSpec::new("ELECT", &["elect.>"]).replicas(3);
+        let bridge = NatsBridge::start(
+            BridgeConfig::new(
+                NatsConfig::new(&cluster.urls()),
+                Topology::new().stream(stream),
+            ),
+            Health::new(),
+        );
+        jetflow_integration::eventually("the bridge", Duration::from_secs(30), || async {
+            bridge.jetstream().map(|_| ()).ok_or("not yet".to_string())
+        })
+        .await;
+        let js = bridge.jetstream().expect("connected");
+        let db = Database::connect(&DbConfig::new("sqlite::memory:"))
+            .await
+            .expect("db");
+        let config = RelayConfig {
+            sweep_every: Duration::from_millis(50),
+            min_age: Duration::ZERO,
+            max_attempts: 3,
+            retry: Backoff::exponential(Duration::from_millis(20), Duration::from_millis(80)),
+            ..RelayConfig::default()
+        };
+        let relay = OutboxRelay::start(db.clone(), Arc::new(bridge.clone()), config);
+        let dead_before = jetflow_runtime::metrics::metrics()
+            .outbox_dead_letters
+            .get();
+        let mut elect = js.get_stream("ELECT").await.expect("stream");
+        let leader = elect
+            .info()
+            .await
+            .expect("info")
+            .cluster
+            .clone()
+            .and_then(|c| c.leader)
+            .expect("a leader");
+        let node = (0..cluster.len())
+            .find(|&i| cluster.node(i).name() == leader)
+            .expect("the leader is a node");
+        // Rows committed before, during and after the election.
+        let mut emitted = 0;
+        for round in 0..30 {
+            if round == 10 {
+                cluster.node(node).kill();
+            }
+            let mut uow = UnitOfWork::begin(&db).await.expect("tx");
+            for _ in 0..5 {
+                emitted += 1;
+                uow.emit(OutgoingMessage::new(
+                    format!("elect.{emitted}"),
+                    format!("elect-{emitted}"),
+                    "x",
+                ));
+            }
+            uow.commit(&relay).await.expect("commit");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        jetflow_integration::eventually("every row stored", Duration::from_secs(60), || async {
+            let left = jetflow_runtime::outbox::pending(&db)
+                .await
+                .map_err(|e| e.to_string())?;
+            let dead = jetflow_runtime::metrics::metrics()
+                .outbox_dead_letters
+                .get()
+                - dead_before;
+            match left {
+                0 => Ok(()),
+                n => Err(format!("{n} rows left, {dead} dead-lettered so far")),
+            }
+        })
+        .await;
+        let stored = jetflow_integration::nats::stored(&js, "ELECT").await;
+        assert_eq!(stored, emitted as u64, "every row stored once");
+        assert_eq!(
+            jetflow_runtime::metrics::metrics()
+                .outbox_dead_letters
+                .get()
+                - dead_before,
+            0,
+            "nothing dead-lettered"
+        );
+        cluster.node(node).restart();
+        bridge.close().await;
     })
 }

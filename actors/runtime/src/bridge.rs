@@ -415,14 +415,42 @@ pub async fn publish_with_ack(
     let headers = message.header_map();
     let result = tokio::time::timeout(timeout, async {
         js.publish_with_headers(message.subject, headers, message.payload)
+            .await?
             .await
-            .map_err(publish_error)?
-            .await
-            .map_err(publish_error)
     })
-    .await
-    .unwrap_or(Err(PublishError::Timeout(timeout)));
+    .await;
+    let result = match result {
+        Ok(Ok(ack)) => Ok(ack),
+        Ok(Err(e)) => Err(classify(js, &subject, e).await),
+        Err(_) => Err(PublishError::Timeout(timeout)),
+    };
     record(&subject, started, result)
+}
+
+/// What a refused publish means. async-nats reports "no responders" as "stream not found",
+/// and that is also what a stream answers while it elects a leader (a node of the cluster
+/// went away): the publish is refused for good only when JetStream itself says that no
+/// stream holds the subject; otherwise it is a refusal for now, and is tried again.
+async fn classify(
+    js: &jetstream::Context,
+    subject: &str,
+    e: async_nats::jetstream::context::PublishError,
+) -> PublishError {
+    use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishErrorKind};
+    if e.kind() != PublishErrorKind::StreamNotFound {
+        return publish_error(e);
+    }
+    match js.stream_by_subject(subject).await {
+        Err(lookup) if matches!(lookup.kind(), GetStreamByNameErrorKind::NotFound) => {
+            PublishError::Rejected(format!("no stream holds {subject}"))
+        }
+        Ok(stream) => PublishError::Failed(format!(
+            "stream {stream} did not answer (no responders: electing a leader?)"
+        )),
+        Err(lookup) => PublishError::Failed(format!(
+            "no responders for {subject}, and JetStream could not say which stream holds it: {lookup}"
+        )),
+    }
 }
 
 /// PubAcks the bridge awaits at once, over every caller: below async-nats' own limit
@@ -475,15 +503,12 @@ async fn publish_window(
     }
     let acks = pending.into_iter().map(|(subject, sent)| async move {
         let result = match sent {
-            Ok(ack) => tokio::time::timeout(timeout, ack)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(async_nats::jetstream::context::PublishError::new(
-                        async_nats::jetstream::context::PublishErrorKind::TimedOut,
-                    ))
-                })
-                .map_err(publish_error),
-            Err(e) => Err(publish_error(e)),
+            Ok(ack) => match tokio::time::timeout(timeout, ack).await {
+                Ok(Ok(ack)) => Ok(ack),
+                Ok(Err(e)) => Err(classify(js, &subject, e).await),
+                Err(_) => Err(PublishError::Timeout(timeout)),
+            },
+            Err(e) => Err(classify(js, &subject, e).await),
         };
         record(&subject, started, result)
     });
