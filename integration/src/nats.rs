@@ -225,6 +225,28 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its connections stay open and nothing is answered, as
+    /// a server stalled by its disk or a long pause would.
+    pub fn pause(&mut self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&mut self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&mut self, which: &str) {
+        if let Some(c) = &self.child {
+            let status = std::process::Command::new("kill")
+                .arg(which)
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill runs");
+            assert!(status.success(), "kill {which} failed");
+        }
+    }
+
     /// SIGTERM, then SIGKILL after 5 s.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -229,3 +229,52 @@ fn rows_published_while_a_stream_elects_its_leader_are_stored_not_dead_lettered(
         bridge.close().await;
     })
 }
+
+/// nats-server frozen (SIGSTOP) for 3 s under a stream of orders: publishes wait past their
+/// PubAck timeout. An order whose event may have been stored is accepted through the outbox
+/// (202) and completes; a 503 leaves nothing behind. Counted: every accepted order ends, the
+/// orders table holds exactly the accepted orders, stock and charges add up, nothing is
+/// dead-lettered.
+#[test]
+fn nats_paused_mid_load_every_202_completes_and_a_503_leaves_nothing() {
+    jetflow_integration::run(async {
+        let mut nats = NatsServer::start();
+        let app = TestApp::spawn(&nats.url()).await;
+        app.wait_ready().await;
+        let products = ["sku-p1", "sku-p2"];
+        let initial = stock(&app, &products, 80).await;
+        let load = tokio::spawn(load::run(LoadConfig::new(
+            &app.address,
+            &products,
+            Duration::from_secs(6),
+        )));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        nats.pause();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        nats.resume();
+        let report = load.await.expect("the load ran");
+        report.assert_clean(Duration::from_secs(8));
+        let result = invariants::check(&Expectations {
+            api: app.address.clone(),
+            provider: app.provider.clone().expect("provider"),
+            initial_stock: initial,
+            accepted: report.accepted.clone(),
+            deadline: Duration::from_secs(90),
+        })
+        .await;
+        assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
+        let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
+            .fetch_one(app.db().pool())
+            .await
+            .expect("count");
+        assert_eq!(
+            orders as usize,
+            report.accepted.len(),
+            "only accepted orders exist ({} answers were 503)",
+            report.unavailable
+        );
+        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
+        invariants::check_dead_letters(&nats.url(), 0).await;
+        app.stop().await;
+    })
+}
