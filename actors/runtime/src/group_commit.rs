@@ -6,9 +6,10 @@
 //! order they came, commits, and answers each caller. While it commits, new jobs queue up and
 //! form the next group, so under load a commit serves many callers, and a lone caller is
 //! served at once: grouping never adds a wait of its own. A job type may also write a whole
-//! group in fewer statements ([`Job::run_group`]: one multi-row insert, say). A job that
-//! fails is answered with its error and the others run again without it, so one bad write
-//! never fails its neighbours.
+//! group in fewer statements ([`Job::run_group`]: one multi-row insert, say). A group that
+//! fails is halved until the job to blame is alone ([`settle`](crate::settle), as the
+//! actors' batches are): only that job is answered with the error, so one bad write never
+//! fails its neighbours.
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use sqlx::AnyConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::db::{self, Database};
+use crate::settle::{self, Verdict};
 
 /// One write to commit with others.
 pub trait Job: Send + Sync + 'static {
@@ -33,8 +35,8 @@ pub trait Job: Send + Sync + 'static {
     /// Runs a whole group in the shared transaction and answers each job, in the group's
     /// order. The default runs each job with [`Job::run`], one after the other; override it
     /// to write what a group's jobs have in common in fewer statements. If it fails (and the
-    /// connection did not), the transaction is rolled back and the group runs again one job
-    /// at a time with [`Job::run`], so that only the job to blame is answered with an error.
+    /// connection did not), the transaction is rolled back and each half of the group runs
+    /// again on its own, halving until the job to blame is alone and answered with the error.
     fn run_group<'c>(
         jobs: &'c [&'c Self],
         conn: &'c mut AnyConnection,
@@ -63,10 +65,7 @@ pub enum GroupCommitError {
     Stopped,
 }
 
-type Pending<J> = (
-    J,
-    oneshot::Sender<Result<<J as Job>::Output, GroupCommitError>>,
-);
+type Pending<J> = (J, Reply<J>);
 
 /// The handle callers submit jobs through (cheap to clone).
 pub struct GroupCommit<J: Job> {
@@ -144,108 +143,91 @@ async fn work<J: Job>(db: Database, rx: Arc<Mutex<mpsc::Receiver<Pending<J>>>>, 
     }
 }
 
-/// How many times in a row a group is run again at once after losing a conflict with
-/// another transaction (a deadlock, a busy lock).
-const CONFLICT_RETRIES: u32 = 3;
+/// Commits a group ([`settle`](crate::settle)): together first ([`Job::run_group`]); a group
+/// refused as a whole is halved until the bad job is alone, and only it is answered with
+/// the error.
+async fn commit_group<J: Job>(db: &Database, group: Vec<Pending<J>>) {
+    let members = (0..group.len()).collect();
+    let mut settling = Settling {
+        db,
+        jobs: group
+            .into_iter()
+            .map(|(job, reply)| (job, Some(reply)))
+            .collect(),
+    };
+    settle::settle(&mut settling, members).await;
+}
 
-/// Commits a group; a failing job is answered alone and the rest tried again.
-async fn commit_group<J: Job>(db: &Database, mut group: Vec<Pending<J>>) {
-    let mut conflicts = 0;
-    // Together first ([`Job::run_group`]); one job at a time once that failed.
-    let mut together = true;
-    while !group.is_empty() {
-        let result = if together {
-            run_together(db, &group).await
-        } else {
-            run_each(db, &group).await
-        };
-        match result {
-            Err(Failure::Job(_, e) | Failure::Group(e) | Failure::Transaction(e))
-                if db::is_conflict(&e) && conflicts < CONFLICT_RETRIES =>
-            {
-                conflicts += 1;
-                tracing::debug!(error = %e, conflicts, "group commit lost a conflict; running it again");
-            }
-            Ok(outputs) => {
-                for ((_, reply), output) in group.into_iter().zip(outputs) {
-                    let _ = reply.send(Ok(output));
-                }
-                return;
-            }
-            Err(Failure::Group(e)) if !db::is_connection(&e) => {
-                tracing::debug!(error = %e, jobs = group.len(), "a group's combined write failed; running its jobs one at a time");
-                together = false;
-            }
-            Err(Failure::Job(i, e)) => {
-                let (_, reply) = group.remove(i);
-                let _ = reply.send(Err(GroupCommitError::Database(e)));
-            }
-            Err(Failure::Group(e) | Failure::Transaction(e)) => {
-                let text = e.to_string();
-                for (_, reply) in group {
-                    let _ = reply.send(Err(GroupCommitError::Database(sqlx::Error::Protocol(
-                        text.clone(),
-                    ))));
-                }
-                return;
-            }
+/// A group being committed: its jobs and the callers still waiting for an answer.
+struct Settling<'a, J: Job> {
+    db: &'a Database,
+    jobs: Vec<(J, Option<Reply<J>>)>,
+}
+
+/// Where a caller waits for its job's answer.
+type Reply<J> = oneshot::Sender<Result<<J as Job>::Output, GroupCommitError>>;
+
+impl<J: Job> Settling<'_, J> {
+    fn answer(&mut self, member: usize, result: Result<J::Output, GroupCommitError>) {
+        if let Some(reply) = self.jobs[member].1.take() {
+            let _ = reply.send(result);
         }
     }
 }
 
-enum Failure {
-    /// This job failed.
-    Job(usize, sqlx::Error),
-    /// [`Job::run_group`] failed: which job is to blame is unknown.
-    Group(sqlx::Error),
-    /// Beginning or committing the transaction failed.
-    Transaction(sqlx::Error),
-}
+impl<J: Job> settle::Group for Settling<'_, J> {
+    type Error = String;
 
-/// Runs the group with [`Job::run_group`] in one transaction.
-async fn run_together<J: Job>(
-    db: &Database,
-    group: &[Pending<J>],
-) -> Result<Vec<J::Output>, Failure> {
-    let mut tx = db.begin().await.map_err(Failure::Transaction)?;
-    let jobs: Vec<&J> = group.iter().map(|(job, _)| job).collect();
-    let outputs = match J::run_group(&jobs, &mut tx).await {
-        Ok(outputs) if outputs.len() == jobs.len() => outputs,
-        Ok(outputs) => {
-            let _ = tx.rollback().await;
-            return Err(Failure::Group(sqlx::Error::Decode(
-                format!(
+    async fn attempt(&mut self, members: &[usize]) -> Verdict<String> {
+        let verdict = |e: sqlx::Error, whole: bool| {
+            let text = e.to_string();
+            if db::is_conflict(&e) {
+                Verdict::Conflict(text)
+            } else if whole && !db::is_connection(&e) {
+                Verdict::Refused(text)
+            } else {
+                Verdict::Failed(text)
+            }
+        };
+        let mut tx = match self.db.begin().await {
+            Ok(tx) => tx,
+            Err(e) => return verdict(e, false),
+        };
+        let jobs: Vec<&J> = members.iter().map(|&m| &self.jobs[m].0).collect();
+        let outputs = match J::run_group(&jobs, &mut tx).await {
+            Ok(outputs) if outputs.len() == jobs.len() => outputs,
+            Ok(outputs) => {
+                let _ = tx.rollback().await;
+                return Verdict::Refused(format!(
                     "run_group answered {} of {} jobs",
                     outputs.len(),
                     jobs.len()
-                )
-                .into(),
-            )));
-        }
-        Err(e) => {
-            let _ = tx.rollback().await;
-            return Err(Failure::Group(e));
-        }
-    };
-    Database::commit(tx).await.map_err(Failure::Transaction)?;
-    Ok(outputs)
-}
-
-/// Runs the group one job at a time with [`Job::run`] in one transaction.
-async fn run_each<J: Job>(db: &Database, group: &[Pending<J>]) -> Result<Vec<J::Output>, Failure> {
-    let mut tx = db.begin().await.map_err(Failure::Transaction)?;
-    let mut outputs = Vec::with_capacity(group.len());
-    for (i, (job, _)) in group.iter().enumerate() {
-        match job.run(&mut tx).await {
-            Ok(o) => outputs.push(o),
+                ));
+            }
             Err(e) => {
                 let _ = tx.rollback().await;
-                return Err(Failure::Job(i, e));
+                return verdict(e, true);
             }
+        };
+        if let Err(e) = Database::commit(tx).await {
+            return verdict(e, true);
         }
+        for (&m, output) in members.iter().zip(outputs) {
+            self.answer(m, Ok(output));
+        }
+        Verdict::Done
     }
-    Database::commit(tx).await.map_err(Failure::Transaction)?;
-    Ok(outputs)
+
+    fn done(&mut self, _: &[usize]) {
+        // Answered with their outputs in `attempt`.
+    }
+
+    fn failed(&mut self, member: usize, error: String) {
+        self.answer(
+            member,
+            Err(GroupCommitError::Database(sqlx::Error::Protocol(error))),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -365,7 +347,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_group_written_together_falls_back_to_one_job_at_a_time_to_fail_only_the_bad_one() {
+    async fn a_group_written_together_is_halved_to_fail_only_the_bad_job() {
         let max_group = 64;
         let results = two_hundred_writes_with_one_duplicate("b", max_group, Batched).await;
         assert_eq!(results[10].as_ref().ok(), Some(&10));
@@ -373,10 +355,7 @@ mod tests {
             GROUP_CALLS.load(std::sync::atomic::Ordering::SeqCst),
             SINGLE_CALLS.load(std::sync::atomic::Ordering::SeqCst),
         );
+        assert_eq!(singles, 0, "every write went through run_group");
         assert!(groups >= 1, "the groups were written together");
-        // Only the group that held the duplicate ran one job at a time (twice at most: with
-        // it, then without it if it was not last).
-        assert!(singles <= 2 * max_group, "{singles} jobs ran alone");
-        assert!(singles >= 1, "the bad job was isolated by running alone");
     }
 }

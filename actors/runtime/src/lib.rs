@@ -61,6 +61,7 @@ pub mod publisher;
 pub mod relay;
 pub mod route;
 pub mod service;
+mod settle;
 pub mod span;
 pub mod supervisor;
 pub mod testkit;

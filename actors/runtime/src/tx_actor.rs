@@ -15,7 +15,7 @@
 //! A failing delivery never takes its neighbours down: the transaction is rolled back, that
 //! delivery gets its own outcome (retry later, or dead letter), and the others are applied
 //! again without it. A batch refused as a whole (a statement of `begin_batch` or of the
-//! commit) is applied one delivery at a time, so only the one to blame is retried.
+//! commit) is halved until the delivery to blame is alone, so only it is retried.
 //!
 //! **A panic is a bug, and restarts the actor.** Nothing of the batch is committed (the
 //! transaction is rolled back), no delivery of it is acked (they come back after a short
@@ -47,6 +47,7 @@ use crate::middleware::{Inbound, Retry};
 use crate::outcome::Outcome;
 use crate::relay::OutboxHandle;
 use crate::route::{BatchConfig, BatchHandlerFn, Route};
+use crate::settle::{self, Verdict};
 use crate::span;
 use crate::supervisor::{RestartPolicy, Supervisor, panic_message};
 use crate::topology::ConsumerSpec;
@@ -60,9 +61,6 @@ const ABANDONED_DELAY: Duration = Duration::from_millis(250);
 const UNAVAILABLE_DELAY: Duration = Duration::from_secs(1);
 /// How many suspects an actor remembers (a bound, not a target).
 const MAX_SUSPECTS: usize = 4096;
-/// How many times in a row a batch is applied again at once after losing a conflict,
-/// before its deliveries are left to the route's backoff.
-const CONFLICT_RETRIES: u32 = 3;
 
 /// A batch of decoded deliveries for a [`TxActor`]; the reply has one outcome per delivery,
 /// in order.
@@ -596,11 +594,8 @@ struct Item<M, P> {
 
 /// What one attempt at a transaction came to.
 enum Attempt {
-    /// Committed: these items were applied, those were duplicates.
-    Committed {
-        applied: Vec<usize>,
-        duplicates: Vec<usize>,
-    },
+    /// Committed: every item was applied or found a duplicate (these).
+    Committed { duplicates: Vec<usize> },
     /// The handler failed on this item; everything was rolled back.
     ItemFailed { item: usize, outcome: Outcome },
     /// The handler panicked on this item; everything was rolled back.
@@ -611,8 +606,8 @@ enum Attempt {
     Failed(String),
     /// Something the whole batch does was refused (the database rejected a statement of
     /// `begin_batch` or of the commit, such as a deferred write, or a row did not decode;
-    /// `begin_batch` failed): which delivery is to blame is unknown, so they are applied one
-    /// at a time.
+    /// `begin_batch` failed): which delivery is to blame is unknown, so the batch is halved
+    /// until it is alone.
     Rejected(String),
     /// The database chose this transaction as the victim of a conflict with another one
     /// (a deadlock, a serialization failure, a busy lock); everything was rolled back, and
@@ -626,6 +621,8 @@ struct Run<'a, H: PreparedTxHandler> {
     items: Vec<Item<H::Message, H::Prepared>>,
     outcomes: Vec<Option<Outcome>>,
     panicked: Vec<String>,
+    /// The deliveries being settled now (abandoned together after a panic).
+    settling: Vec<usize>,
 }
 
 impl<H: PreparedTxHandler> Run<'_, H> {
@@ -707,88 +704,60 @@ impl<H: PreparedTxHandler> Run<'_, H> {
     }
 
     /// Applies `pending` in one transaction, taking out each delivery that fails; a batch
-    /// refused as a whole is applied one at a time. False after a panic.
-    async fn apply(&mut self, mut pending: Vec<usize>) -> bool {
-        let all = pending.clone();
-        let mut conflicts = 0;
-        while !pending.is_empty() {
-            match attempt(self.inner, &self.items, &pending).await {
-                Attempt::Committed {
-                    applied,
-                    duplicates,
-                } => {
-                    count_duplicates(self.inner, duplicates.len());
-                    for i in applied.into_iter().chain(duplicates) {
-                        self.outcomes[i] = Some(Outcome::Ack);
-                    }
-                    break;
-                }
-                Attempt::ItemFailed { item, outcome } => {
-                    self.outcomes[item] = Some(outcome);
-                    pending.retain(|&p| p != item);
-                }
-                Attempt::ItemPanicked { item, message } => {
-                    self.panicked(item, &message);
-                    self.abandon(&all, &format!("handler panicked: {message}"));
-                    return false;
-                }
-                Attempt::BatchPanicked(message) => {
-                    for &i in &pending {
-                        self.panicked(i, &message);
-                    }
-                    self.abandon(&all, &format!("begin_batch panicked: {message}"));
-                    return false;
-                }
-                Attempt::Conflict(reason) if conflicts < CONFLICT_RETRIES => {
-                    conflicts += 1;
-                    tracing::debug!(route = %self.inner.name, %reason, conflicts, "transaction lost a conflict; applying the batch again");
-                }
-                Attempt::Rejected(reason) if pending.len() > 1 => {
-                    tracing::debug!(route = %self.inner.name, %reason, deliveries = pending.len(), "the batch was refused as a whole; applying its deliveries one at a time");
-                    for p in std::mem::take(&mut pending) {
-                        if !self.apply_alone(p).await {
-                            self.abandon(&all, "a delivery panicked");
-                            return false;
-                        }
-                    }
-                }
-                Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
-                    for &p in &pending {
-                        self.outcomes[p] = Some(Outcome::retry(reason.clone()));
-                    }
-                    break;
-                }
-            }
-        }
-        true
+    /// refused as a whole is halved until the delivery to blame is alone
+    /// ([`settle`](crate::settle)). False after a panic.
+    async fn apply(&mut self, pending: Vec<usize>) -> bool {
+        self.settling = pending.clone();
+        settle::settle(self, pending).await
     }
 }
 
-impl<H: PreparedTxHandler> Run<'_, H> {
-    /// Applies one delivery in a transaction of its own. False after a panic.
-    async fn apply_alone(&mut self, p: usize) -> bool {
-        let mut conflicts = 0;
-        loop {
-            match attempt(self.inner, &self.items, &[p]).await {
-                Attempt::Committed { duplicates, .. } => {
-                    count_duplicates(self.inner, duplicates.len());
-                    self.outcomes[p] = Some(Outcome::Ack);
-                }
-                Attempt::ItemFailed { outcome, .. } => self.outcomes[p] = Some(outcome),
-                Attempt::ItemPanicked { message, .. } | Attempt::BatchPanicked(message) => {
-                    self.panicked(p, &message);
-                    return false;
-                }
-                Attempt::Conflict(_) if conflicts < CONFLICT_RETRIES => {
-                    conflicts += 1;
-                    continue;
-                }
-                Attempt::Failed(reason) | Attempt::Conflict(reason) | Attempt::Rejected(reason) => {
-                    self.outcomes[p] = Some(Outcome::retry(reason));
-                }
+impl<H: PreparedTxHandler> settle::Group for Run<'_, H> {
+    type Error = Outcome;
+
+    async fn attempt(&mut self, members: &[usize]) -> Verdict<Outcome> {
+        match attempt(self.inner, &self.items, members).await {
+            Attempt::Committed { duplicates, .. } => {
+                count_duplicates(self.inner, duplicates.len());
+                Verdict::Done
             }
-            return true;
+            Attempt::ItemFailed { item, outcome } => Verdict::Blame(item, outcome),
+            Attempt::ItemPanicked { item, message } => {
+                self.panicked(item, &message);
+                let all = std::mem::take(&mut self.settling);
+                self.abandon(&all, &format!("handler panicked: {message}"));
+                Verdict::Halt
+            }
+            Attempt::BatchPanicked(message) => {
+                for &i in members {
+                    self.panicked(i, &message);
+                }
+                let all = std::mem::take(&mut self.settling);
+                self.abandon(&all, &format!("begin_batch panicked: {message}"));
+                Verdict::Halt
+            }
+            Attempt::Conflict(reason) => {
+                tracing::debug!(route = %self.inner.name, %reason, "transaction lost a conflict; applying the batch again");
+                Verdict::Conflict(Outcome::retry(reason))
+            }
+            Attempt::Rejected(reason) => {
+                if members.len() > 1 {
+                    tracing::debug!(route = %self.inner.name, %reason, deliveries = members.len(), "the batch was refused as a whole; applying its halves apart");
+                }
+                Verdict::Refused(Outcome::retry(reason))
+            }
+            Attempt::Failed(reason) => Verdict::Failed(Outcome::retry(reason)),
         }
+    }
+
+    fn done(&mut self, members: &[usize]) {
+        for &i in members {
+            self.outcomes[i] = Some(Outcome::Ack);
+        }
+    }
+
+    fn failed(&mut self, member: usize, outcome: Outcome) {
+        self.outcomes[member] = Some(outcome);
     }
 }
 
@@ -824,6 +793,7 @@ async fn process<H: PreparedTxHandler>(
         items,
         outcomes: vec![None; n],
         panicked: Vec::new(),
+        settling: Vec::new(),
     };
     // The others together; if that panics, nothing more is tried before the restart.
     let ok = match run.prepare(&together).await {
@@ -932,7 +902,6 @@ async fn attempt<H: PreparedTxHandler>(
             return Attempt::BatchPanicked(panic_message(panic.as_ref()));
         }
     }
-    let mut applied = Vec::with_capacity(todo.len());
     let handle_seconds = metrics()
         .actor_handle_seconds
         .with_label_values(&[inner.name.as_str()]);
@@ -960,7 +929,6 @@ async fn attempt<H: PreparedTxHandler>(
         handle_seconds.observe(started.elapsed().as_secs_f64());
         let outcome = match result {
             Ok(Ok(())) => {
-                applied.push(p);
                 continue;
             }
             Ok(Err(TxError::Database(e))) if db::is_conflict(&e) => {
@@ -985,10 +953,7 @@ async fn attempt<H: PreparedTxHandler>(
     }
     uow.caused_by(None);
     match uow.commit(&inner.outbox).await {
-        Ok(()) => Attempt::Committed {
-            applied,
-            duplicates,
-        },
+        Ok(()) => Attempt::Committed { duplicates },
         Err(e) if db::is_conflict(&e) => Attempt::Conflict(format!("commit failed: {e}")),
         Err(e) if db::is_connection(&e) => Attempt::Failed(format!("commit failed: {e}")),
         Err(e) => Attempt::Rejected(format!("commit failed: {e}")),
