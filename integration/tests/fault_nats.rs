@@ -19,6 +19,28 @@ async fn stock(app: &TestApp, products: &[&str], each: i64) -> BTreeMap<String, 
     initial
 }
 
+/// The end of every test here: every accepted order finished (some confirmed), stock and
+/// charges add up, the outbox drained, no dead letter on the server at `nats_url`.
+async fn check_settled(
+    app: &TestApp,
+    report: &load::LoadReport,
+    initial: BTreeMap<String, i64>,
+    nats_url: &str,
+    deadline: Duration,
+) {
+    let result = invariants::check(&Expectations {
+        api: app.address.clone(),
+        provider: app.provider.clone().expect("provider"),
+        initial_stock: initial,
+        accepted: report.accepted.clone(),
+        deadline,
+    })
+    .await;
+    assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
+    invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
+    invariants::check_dead_letters(nats_url, 0).await;
+}
+
 async fn ready_status(app: &TestApp) -> u16 {
     match app
         .client
@@ -71,17 +93,7 @@ fn nats_killed_and_restarted_on_its_store_loses_nothing() {
             "the bridge reconnected by itself"
         );
 
-        let result = invariants::check(&Expectations {
-            api: app.address.clone(),
-            provider: app.provider.clone().expect("provider"),
-            initial_stock: initial,
-            accepted: report.accepted.clone(),
-            deadline: Duration::from_secs(60),
-        })
-        .await;
-        assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
-        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
-        invariants::check_dead_letters(&nats.url(), 0).await;
+        check_settled(&app, &report, initial, &nats.url(), Duration::from_secs(60)).await;
         app.stop().await;
     })
 }
@@ -118,17 +130,8 @@ fn a_three_node_cluster_survives_a_node_loss_and_a_restart() {
         report.assert_clean(Duration::from_secs(8));
         cluster.wait_ready();
 
-        let result = invariants::check(&Expectations {
-            api: app.address.clone(),
-            provider: app.provider.clone().expect("provider"),
-            initial_stock: initial,
-            accepted: report.accepted.clone(),
-            deadline: Duration::from_secs(90),
-        })
-        .await;
-        assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
-        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
-        invariants::check_dead_letters(&cluster.node(2).url(), 0).await;
+        let url = cluster.node(2).url();
+        check_settled(&app, &report, initial, &url, Duration::from_secs(90)).await;
         app.stop().await;
     })
 }
@@ -254,15 +257,7 @@ fn nats_paused_mid_load_every_202_completes_and_a_503_leaves_nothing() {
         nats.resume();
         let report = load.await.expect("the load ran");
         report.assert_clean(Duration::from_secs(8));
-        let result = invariants::check(&Expectations {
-            api: app.address.clone(),
-            provider: app.provider.clone().expect("provider"),
-            initial_stock: initial,
-            accepted: report.accepted.clone(),
-            deadline: Duration::from_secs(90),
-        })
-        .await;
-        assert!(result.count("confirmed") > 0, "{:?}", result.outcomes);
+        check_settled(&app, &report, initial, &nats.url(), Duration::from_secs(90)).await;
         let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
             .fetch_one(app.db().pool())
             .await
@@ -273,8 +268,6 @@ fn nats_paused_mid_load_every_202_completes_and_a_503_leaves_nothing() {
             "only accepted orders exist ({} answers were 503)",
             report.unavailable
         );
-        invariants::check_outbox_drained(&app.address, Duration::from_secs(10)).await;
-        invariants::check_dead_letters(&nats.url(), 0).await;
         app.stop().await;
     })
 }
