@@ -33,6 +33,11 @@ const DEAD_LETTER_FAILED_DELAY: Duration = Duration::from_secs(5);
 /// How long one pull request waits for messages: also the longest a stopping route waits
 /// for the request in flight to end.
 const PULL_EXPIRES: Duration = Duration::from_secs(2);
+/// A route prefetches only while its handlers are quick: when half a request took longer
+/// than this to be taken, the next request waits until this one is done, so messages never
+/// sit in a second request's buffer (where nothing keeps them in progress) behind slow
+/// handlers; async-nats ends a request 5 s after its expiry, whatever it still buffers.
+const PREFETCH_WITHIN: Duration = Duration::from_millis(500);
 
 /// Runs a route until `stop` is cancelled (then finishes what was pulled) or the future is
 /// dropped.
@@ -103,6 +108,8 @@ struct Pulls {
     active: futures::stream::SelectAll<jetstream::consumer::pull::Batch>,
     /// Messages taken since the last request was made.
     since_request: usize,
+    /// When the last request was made.
+    requested_at: tokio::time::Instant,
     prefetch: bool,
     stop: CancellationToken,
 }
@@ -120,6 +127,7 @@ impl Pulls {
             Ok(batch) => {
                 self.active.push(batch);
                 self.since_request = 0;
+                self.requested_at = tokio::time::Instant::now();
                 Some(())
             }
             Err(e) => {
@@ -135,7 +143,7 @@ impl Pulls {
 /// are read at once (JetStream hands messages to waiting requests in turn): a route that
 /// handles one delivery at a time never waits a round trip between requests, nor for a
 /// request to expire while the other holds messages. At most two requests are in flight,
-/// so at most `2 * size` messages are held. A batched route does not prefetch: what it holds
+/// and the second is made only while the handlers are quick (`PREFETCH_WITHIN`). A batched route does not prefetch: what it holds
 /// while a batch runs is kept alive with in-progress acks, and a second request would hold
 /// more than that. Ends at an error that ends the subscription, or once `stop` is cancelled
 /// and the requests in flight are done.
@@ -150,6 +158,7 @@ fn pulls(
         size: size.max(1),
         active: futures::stream::SelectAll::new(),
         since_request: 0,
+        requested_at: tokio::time::Instant::now(),
         prefetch,
         stop,
     };
@@ -164,6 +173,7 @@ fn pulls(
             if st.prefetch
                 && st.active.len() < 2
                 && st.since_request * 2 >= st.size
+                && st.requested_at.elapsed() < PREFETCH_WITHIN
                 && !st.stop.is_cancelled()
             {
                 st.request().await?;
