@@ -440,7 +440,13 @@ async fn classify(
     if e.kind() != PublishErrorKind::StreamNotFound {
         return publish_error(e);
     }
-    match js.stream_by_subject(subject).await {
+    let lookup = tokio::time::timeout(Duration::from_secs(2), js.stream_by_subject(subject)).await;
+    let Ok(lookup) = lookup else {
+        return PublishError::Failed(format!(
+            "no responders for {subject}, and JetStream did not say in time which stream holds it"
+        ));
+    };
+    match lookup {
         Err(lookup) if matches!(lookup.kind(), GetStreamByNameErrorKind::NotFound) => {
             PublishError::Rejected(format!("no stream holds {subject}"))
         }
@@ -476,8 +482,13 @@ pub async fn publish_pipelined(
     while messages.peek().is_some() {
         let window: Vec<OutgoingMessage> = messages.by_ref().take(PIPELINE_WINDOW).collect();
         let places = u32::try_from(window.len()).unwrap_or(u32::MAX);
-        let Ok(_places) = pubacks.acquire_many(places).await else {
-            results.extend(window.iter().map(|_| Err(PublishError::BridgeGone)));
+        let Ok(Ok(_places)) = tokio::time::timeout(timeout, pubacks.acquire_many(places)).await
+        else {
+            results.extend(window.iter().map(|_| {
+                Err(PublishError::Failed(
+                    "too many publishes waiting for their PubAck; nothing was sent".into(),
+                ))
+            }));
             continue;
         };
         results.extend(publish_window(js, window, timeout).await);
@@ -549,7 +560,9 @@ fn publish_error(e: async_nats::jetstream::context::PublishError) -> PublishErro
         | K::WrongLastSequence
         | K::MaxPayloadExceeded => PublishError::Rejected(e.to_string()),
         K::TimedOut => PublishError::Timeout(Duration::ZERO),
-        K::BrokenPipe => PublishError::NotConnected,
+        // The request went out and its reply channel closed (the connection broke, or the
+        // client is draining): the message may be stored, like a PubAck that never came.
+        K::BrokenPipe => PublishError::Timeout(Duration::ZERO),
         _ => PublishError::Failed(e.to_string()),
     }
 }
@@ -575,8 +588,13 @@ impl Bridge {
                 .inc();
             return Err(PublishError::NotConnected);
         };
-        let Ok(_place) = shared.pubacks.acquire().await else {
-            return Err(PublishError::BridgeGone);
+        // Waiting for a place counts against the publish's timeout; nothing was sent if the
+        // wait runs out.
+        let place = tokio::time::timeout(shared.publish_timeout, shared.pubacks.acquire()).await;
+        let Ok(Ok(_place)) = place else {
+            return Err(PublishError::Failed(
+                "too many publishes waiting for their PubAck; nothing was sent".into(),
+            ));
         };
         publish_with_ack(&js, message, shared.publish_timeout).await
     }
