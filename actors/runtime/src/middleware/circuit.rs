@@ -1,18 +1,19 @@
 //! Circuit breaker: a route whose handler keeps failing (a downstream that is down) stops
-//! being called for a while, so the downstream gets room to recover and the deliveries wait
-//! in the stream instead of burning their attempts.
+//! being called for a while, so the downstream gets room to recover.
 //!
 //! Every call of the handler goes through a [`BreakerActor`] (which counts, opens, probes and
 //! exports `jetflow_breaker_state`). A call fails when it answers a retry (a dead letter or an
-//! ack means the handler worked). While the circuit is open the handler is not called: each
-//! delivery is answered "retry when the circuit lets a probe through". On a batched route a
-//! batch is one call, and it fails when every delivery in it asks for a retry; a batch the
-//! breaker cuts short (its call timeout) is abandoned as a whole, like [`Timeout`] does.
+//! ack means the handler worked). While the circuit is open the handler is not called: the
+//! delivery is held (its in-progress acks keep it alive, so it spends no delivery attempt)
+//! until the breaker lets a call through again, for at most the layer's hold (60 s by
+//! default), after which it is answered "retry later". On a batched route a batch is one call,
+//! and it fails when every delivery in it asks for a retry; a batch the breaker cuts short
+//! (its call timeout) is abandoned as a whole, like [`Timeout`] does.
 //!
 //! [`Timeout`]: super::Timeout
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{BatchHandlerFn, HandlerFn, Inbound, Middleware, all};
 use crate::actor_ref::ActorRef;
@@ -21,6 +22,8 @@ use crate::outcome::Outcome;
 
 /// The least delay asked of JetStream for a delivery refused by an open circuit.
 const MIN_RETRY: Duration = Duration::from_millis(100);
+/// How long a delivery is held by an open circuit by default.
+const HOLD: Duration = Duration::from_secs(60);
 
 /// Calls the handler through a circuit breaker; clones (and routes given the same breaker)
 /// share the circuit.
@@ -28,6 +31,7 @@ const MIN_RETRY: Duration = Duration::from_millis(100);
 pub struct CircuitBreaker {
     breaker: ActorRef<BreakerActor>,
     name: String,
+    hold: Duration,
 }
 
 impl std::fmt::Debug for CircuitBreaker {
@@ -45,7 +49,15 @@ impl CircuitBreaker {
         Self {
             breaker: BreakerActor::start(config),
             name,
+            hold: HOLD,
         }
+    }
+
+    /// How long a delivery waits for an open circuit before it is answered "retry later"
+    /// (spending a delivery attempt); 60 s unless told.
+    pub fn hold(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
     }
 
     /// Uses a breaker that is already running (shared with other callers of the downstream).
@@ -53,6 +65,7 @@ impl CircuitBreaker {
         Self {
             breaker,
             name: name.into(),
+            hold: HOLD,
         }
     }
 
@@ -76,55 +89,78 @@ fn refused(name: &str, e: &BreakerError<()>) -> Outcome {
     }
 }
 
+/// Calls `call()` through `breaker` until it is let through, holding while the circuit is
+/// open for at most `hold`; `refuse` builds the answer for a call that never went.
+async fn through<T, F, Fut>(
+    breaker: &ActorRef<BreakerActor>,
+    hold: Duration,
+    call: F,
+    refuse: impl Fn(BreakerError<()>) -> T,
+) -> T
+where
+    T: Send + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, T>> + Send + 'static,
+{
+    let held_since = Instant::now();
+    loop {
+        match breaker.call(call()).await {
+            Ok(o) | Err(BreakerError::Failed(o)) => return o,
+            Err(BreakerError::Timeout(d)) => return refuse(BreakerError::Timeout(d)),
+            Err(BreakerError::Open { retry_in }) => {
+                let wait = retry_in.max(MIN_RETRY);
+                if held_since.elapsed() + wait > hold {
+                    return refuse(BreakerError::Open { retry_in });
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
 impl Middleware for CircuitBreaker {
     fn wrap(&self, next: HandlerFn) -> HandlerFn {
         let (breaker, name) = (self.breaker.clone(), Arc::<str>::from(self.name.as_str()));
+        let hold = self.hold;
         Arc::new(move |inbound: Inbound| {
             let (next, breaker, name) = (next.clone(), breaker.clone(), Arc::clone(&name));
             Box::pin(async move {
                 // The handler is called inside the breaker's call: not at all while open.
-                let call = async move {
-                    match next(inbound).await {
-                        o @ Outcome::Retry { .. } => Err(o),
-                        o => Ok(o),
+                let call = || {
+                    let (next, inbound) = (next.clone(), inbound.clone());
+                    async move {
+                        match next(inbound).await {
+                            o @ Outcome::Retry { .. } => Err(o),
+                            o => Ok(o),
+                        }
                     }
                 };
-                match breaker.call(call).await {
-                    Ok(o) | Err(BreakerError::Failed(o)) => o,
-                    Err(BreakerError::Open { retry_in }) => {
-                        refused(&name, &BreakerError::Open { retry_in })
-                    }
-                    Err(BreakerError::Timeout(d)) => refused(&name, &BreakerError::Timeout(d)),
-                }
+                through(&breaker, hold, call, |e| refused(&name, &e)).await
             })
         })
     }
 
     fn wrap_batch(&self, next: BatchHandlerFn) -> Result<BatchHandlerFn, &'static str> {
         let (breaker, name) = (self.breaker.clone(), Arc::<str>::from(self.name.as_str()));
+        let hold = self.hold;
         Ok(Arc::new(move |batch: Vec<Inbound>| {
             let n = batch.len();
             let (next, breaker, name) = (next.clone(), breaker.clone(), Arc::clone(&name));
             Box::pin(async move {
-                let call = async move {
-                    let outcomes = next(batch).await;
-                    if !outcomes.is_empty()
-                        && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }))
-                    {
-                        Err(outcomes)
-                    } else {
-                        Ok(outcomes)
+                let call = || {
+                    let (next, batch) = (next.clone(), batch.clone());
+                    async move {
+                        let outcomes = next(batch).await;
+                        if !outcomes.is_empty()
+                            && outcomes.iter().all(|o| matches!(o, Outcome::Retry { .. }))
+                        {
+                            Err(outcomes)
+                        } else {
+                            Ok(outcomes)
+                        }
                     }
                 };
-                match breaker.call(call).await {
-                    Ok(o) | Err(BreakerError::Failed(o)) => o,
-                    Err(BreakerError::Open { retry_in }) => {
-                        all(n, &refused(&name, &BreakerError::Open { retry_in }))
-                    }
-                    Err(BreakerError::Timeout(d)) => {
-                        all(n, &refused(&name, &BreakerError::Timeout(d)))
-                    }
-                }
+                through(&breaker, hold, call, |e| all(n, &refused(&name, &e))).await
             })
         }))
     }
@@ -161,8 +197,9 @@ mod tests {
     }
 
     #[actix::test]
-    async fn an_open_circuit_stops_calling_the_batch_handler_then_a_probe_closes_it() {
-        let layer = CircuitBreaker::new(config(3, Duration::from_millis(300)));
+    async fn an_open_circuit_holds_a_batch_without_calling_the_handler_until_a_probe_goes() {
+        let open = Duration::from_millis(300);
+        let layer = CircuitBreaker::new(config(3, open));
         let calls = Arc::new(AtomicUsize::new(0));
         let ok = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let h = layer
@@ -176,37 +213,18 @@ mod tests {
             );
         }
         assert_eq!(layer.breaker().state().await.ok(), Some(BreakerState::Open));
-        // Open: the handler is not called; each delivery waits for the probe.
-        let out = h(vec![inbound("s", 1, 5), inbound("s", 1, 5)]).await;
-        assert_eq!(calls.load(Ordering::SeqCst), 3, "no call while open");
-        assert_eq!(out.len(), 2);
-        for o in &out {
-            match o {
-                Outcome::Retry {
-                    delay: Some(d),
-                    reason,
-                } => {
-                    assert!(*d >= MIN_RETRY && *d <= Duration::from_millis(300), "{d:?}");
-                    assert!(reason.contains("open"), "{reason}");
-                }
-                other => panic!("expected a delayed retry, got {other:?}"),
-            }
-        }
-        // After the open timeout one probe goes through; its success closes the circuit.
+        let opened = std::time::Instant::now();
+        // The downstream is back; the next batch waits for the probe instead of being
+        // answered "retry" (which would spend a delivery attempt), then is handled.
         ok.store(true, Ordering::SeqCst);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let out = h(vec![inbound("s", 1, 5)]).await;
-            if out == vec![Outcome::Ack] {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the circuit never closed"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(calls.load(Ordering::SeqCst), 4, "exactly one probe call");
+        let out = h(vec![inbound("s", 1, 5), inbound("s", 1, 5)]).await;
+        assert_eq!(out, vec![Outcome::Ack, Outcome::Ack]);
+        assert!(opened.elapsed() >= open / 2, "held: {:?}", opened.elapsed());
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            4,
+            "no call while open, then one probe"
+        );
         assert_eq!(
             layer.breaker().state().await.ok(),
             Some(BreakerState::Closed)
@@ -236,7 +254,8 @@ mod tests {
 
     #[actix::test]
     async fn one_delivery_at_a_time_dead_letters_do_not_open_the_circuit() {
-        let layer = CircuitBreaker::new(config(2, Duration::from_secs(60)));
+        let layer = CircuitBreaker::new(config(2, Duration::from_millis(200)))
+            .hold(Duration::from_millis(700));
         let poison = layer.wrap(always(Outcome::poison("bad json")));
         for _ in 0..3 {
             assert!(matches!(
@@ -252,6 +271,23 @@ mod tests {
         failing(inbound("s", 1, 5)).await;
         failing(inbound("s", 1, 5)).await;
         assert_eq!(layer.breaker().state().await.ok(), Some(BreakerState::Open));
+        // Held until the probe, which is a real call: it fails, and that is the answer.
+        let started = std::time::Instant::now();
+        let out = failing(inbound("s", 1, 5)).await;
+        assert!(
+            matches!(&out, Outcome::Retry { reason, .. } if reason == "down"),
+            "{out:?}"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+        // A circuit that stays open longer than the hold answers "retry later" at once.
+        let long = CircuitBreaker::new(config(1, Duration::from_secs(60)))
+            .hold(Duration::from_millis(300));
+        let failing = long.wrap(always(Outcome::retry("down")));
+        failing(inbound("s", 1, 5)).await;
         let out = failing(inbound("s", 1, 5)).await;
         assert!(
             matches!(&out, Outcome::Retry { delay: Some(_), reason } if reason.contains("open")),
