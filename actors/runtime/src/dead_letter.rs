@@ -152,7 +152,16 @@ pub fn for_outbox_row(row: &OutboxRow, reason: &DeadLetterReason) -> OutgoingMes
     meta.stream = "outbox".to_string();
     meta.consumer = "outbox-relay".to_string();
     meta.delivered = 0;
-    meta.headers = row.message.header_map();
+    // Without the row's publish expectations (`Nats-Expected-*`): they are about the
+    // original stream, and would refuse the letter too.
+    let mut kept = HeaderMap::new();
+    for (k, v) in &row.message.headers {
+        if !k.starts_with("Nats-Expected") {
+            kept.append(k.as_str(), v.as_str());
+        }
+    }
+    kept.insert(headers::MSG_ID, row.message.msg_id.as_str());
+    meta.headers = kept;
     let mut letter = message_for(&meta, row.message.payload.clone(), reason);
     letter.msg_id = format!("dlq:outbox:{}", row.message.msg_id);
     letter

@@ -182,7 +182,8 @@ impl OutboxHandle {
         let mut published = 0;
         // 2. Publish whatever is left, whatever its age or retry time.
         loop {
-            let rows = match outbox::due(&self.db, i64::MAX, i64::MAX, 1000).await {
+            // Everything but parked rows (never due).
+            let rows = match outbox::due(&self.db, i64::MAX, outbox::PARKED - 1, 1000).await {
                 Ok(rows) => rows,
                 Err(e) => {
                     tracing::warn!(error = %e, "reading the outbox for the flush failed");

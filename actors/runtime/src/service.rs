@@ -607,7 +607,7 @@ pub struct StopReport {
 }
 
 /// How long closing the connections may take when the budget is spent.
-const CLOSE_GRACE: Duration = Duration::from_millis(200);
+const CLOSE_GRACE: Duration = Duration::from_millis(500);
 
 /// The component whose readiness a stop takes away.
 const LIFECYCLE: &str = "lifecycle";
