@@ -49,12 +49,23 @@ pub(crate) trait Group {
 pub(crate) const CONFLICT_RETRIES: u32 = 3;
 
 /// Settles `members` of `group` (see the [module](self)); false if it was halted.
+///
+/// Halving finds one bad member in about `2 log2 n` attempts. A group refused whatever its
+/// members (a read-only database, a statement timeout) would take `2n - 1`; past a bound of
+/// a few bad members' worth of refusals, what is left fails with the last refusal instead
+/// (the deliveries come back later; nothing is lost).
 pub(crate) async fn settle<G: Group>(group: &mut G, members: Vec<usize>) -> bool {
+    let depth = (usize::BITS - members.len().leading_zeros()) as usize;
+    let mut refusals_left = 4 * depth + 2;
     let mut stack = vec![members];
     while let Some(mut members) = stack.pop() {
         let mut conflicts = 0;
         while !members.is_empty() {
-            match group.attempt(&members).await {
+            let verdict = group.attempt(&members).await;
+            if matches!(verdict, Verdict::Refused(_)) {
+                refusals_left = refusals_left.saturating_sub(1);
+            }
+            match verdict {
                 Verdict::Done => {
                     group.done(&members);
                     break;
@@ -64,6 +75,12 @@ pub(crate) async fn settle<G: Group>(group: &mut G, members: Vec<usize>) -> bool
                     members.retain(|&m| m != member);
                 }
                 Verdict::Conflict(_) if conflicts < CONFLICT_RETRIES => conflicts += 1,
+                Verdict::Refused(e) if refusals_left == 0 => {
+                    for m in members.iter().chain(stack.iter().flatten()) {
+                        group.failed(*m, e.clone());
+                    }
+                    return true;
+                }
                 Verdict::Refused(_) if members.len() > 1 => {
                     // Each half on its own, the first half first (kept in order).
                     let second = members.split_off(members.len() / 2);
@@ -147,6 +164,15 @@ mod tests {
         assert_eq!(g.failed, vec![3, 9]);
         assert_eq!(g.done.len(), 14);
         assert_eq!(g.attempts, 3);
+    }
+
+    #[tokio::test]
+    async fn a_group_refused_whatever_its_members_is_given_up_after_a_bounded_number_of_tries() {
+        let mut g = numbers(&(0..256).collect::<Vec<_>>(), false);
+        assert!(settle(&mut g, (0..256).collect()).await);
+        assert_eq!(g.failed.len(), 256, "every member answered");
+        assert!(g.done.is_empty());
+        assert!(g.attempts <= 40, "{} attempts, not 511", g.attempts);
     }
 
     struct Conflicted(usize);
