@@ -1164,24 +1164,38 @@ async fn the_stock_actor_reserves_from_a_typed_batch_once_despite_a_duplicate_an
     assert_eq!(panics(name), 1);
 }
 
-#[actix_rt::test]
-async fn the_payment_actor_charges_once_despite_a_duplicate_and_a_panic_after_the_charge() {
-    let k = kit().await;
+/// A payment actor `name` on a fresh provider whose handling panics right after it charged
+/// one order's `inventory.reserved` (delivery 1, answered "retry"), and that was restarted.
+/// Returns the actor, the order id and its event, and the provider.
+async fn charged_then_panicked(
+    k: &Kit,
+    name: &str,
+) -> (
+    TxActors<PaymentActor>,
+    (String, Bytes),
+    (ProviderState, actix_web::dev::ServerHandle),
+) {
     let (url, state, handle) = provider().await;
     let id = Uuid::new_v4().to_string();
     let reserved = reserved_for(&id, "c-1");
-    let name = "payment-unit";
     let actor = start::<PaymentActor>(
-        &k,
+        k,
         name,
         "payments",
-        payments(&k, &url),
+        payments(k, &url),
         Some(event_id(&reserved)),
     );
-    // The charge is made (prepare), then handling panics: nothing is recorded or acked.
     let out = TestKit::send_batch(&actor, vec![typed("inventory.reserved", &reserved, 1)]).await;
     out[0].assert_retry();
     TestKit::restarted(name, 1).await;
+    (actor, (id, reserved), (state, handle))
+}
+
+#[actix_rt::test]
+async fn the_payment_actor_charges_once_despite_a_duplicate_and_a_panic_after_the_charge() {
+    let k = kit().await;
+    // The charge is made (prepare), then handling panics: nothing is recorded or acked.
+    let (actor, (id, reserved), (state, handle)) = charged_then_panicked(&k, "payment-unit").await;
     assert!(k.subjects().await.is_empty());
     // It comes back, and once more as a duplicate: one charge at the provider, one success.
     for n in [2, 3] {
@@ -1238,20 +1252,7 @@ async fn the_payment_actor_slows_down_to_a_rate_limited_provider_without_failing
 #[actix_rt::test]
 async fn a_charge_whose_batch_was_lost_is_voided_when_its_order_is_cancelled() {
     let k = kit().await;
-    let (url, state, handle) = provider().await;
-    let id = Uuid::new_v4().to_string();
-    let reserved = reserved_for(&id, "c-1");
-    let name = "payment-lost";
-    let actor = start::<PaymentActor>(
-        &k,
-        name,
-        "payments",
-        payments(&k, &url),
-        Some(event_id(&reserved)),
-    );
-    let out = TestKit::send_batch(&actor, vec![typed("inventory.reserved", &reserved, 1)]).await;
-    out[0].assert_retry();
-    TestKit::restarted(name, 1).await;
+    let (actor, (id, reserved), (state, handle)) = charged_then_panicked(&k, "payment-lost").await;
     assert_eq!(account(&state, &id).expect("charged").charges_made, 1);
     assert!(
         k.statuses("payments", &id).await.is_empty(),
