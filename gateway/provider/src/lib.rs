@@ -25,9 +25,69 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use jetflow_gateway::error::ApiError;
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use serde::{Deserialize, Serialize};
+
+/// An error the provider answers, as JSON `{"error": "<code>", "message": "…"}` (the shape
+/// jetflow's gateway answers too; the provider stands for another company's API, so it
+/// shares no code with the gateway).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{status} {code}: {message}")]
+pub struct ProviderError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    allow: Option<&'static [&'static str]>,
+}
+
+impl ProviderError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 404.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 405, with `Allow`.
+    pub fn method_not_allowed(methods: &'static [&'static str]) -> Self {
+        Self {
+            allow: Some(methods),
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this resource serves {}", methods.join(", ")),
+            )
+        }
+    }
+}
+
+impl ResponseError for ProviderError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        if let Some(methods) = self.allow {
+            response.insert_header((header::ALLOW, methods.join(", ")));
+        }
+        response.json(serde_json::json!({"error": self.code, "message": self.message}))
+    }
+}
 
 /// The fault switches of `PUT /_control`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,9 +264,9 @@ async fn charge(
     state: web::Data<ProviderState>,
     req: HttpRequest,
     body: web::Json<ChargeRequest>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, ProviderError> {
     if body.amount_cents < 0 {
-        return Err(ApiError::bad_request(
+        return Err(ProviderError::bad_request(
             "invalid_field",
             "amount_cents must not be negative",
         ));
@@ -318,13 +378,13 @@ async fn void_charge(state: web::Data<ProviderState>, order_id: web::Path<String
 async fn get_account(
     state: web::Data<ProviderState>,
     order_id: web::Path<String>,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<HttpResponse, ProviderError> {
     let order_id = order_id.into_inner();
     state
         .with(|l| l.accounts.get(&order_id).cloned())
         .map(|a| HttpResponse::Ok().json(a))
         .ok_or_else(|| {
-            ApiError::not_found(
+            ProviderError::not_found(
                 "charge_not_found",
                 format!("no charge was ever asked for order {order_id:?}"),
             )
@@ -356,8 +416,8 @@ async fn get_control(state: web::Data<ProviderState>) -> HttpResponse {
 
 fn allow(
     methods: &'static [&'static str],
-) -> impl Fn() -> std::future::Ready<Result<HttpResponse, ApiError>> + Clone {
-    jetflow_gateway::routes::allow(methods)
+) -> impl Fn() -> std::future::Ready<Result<HttpResponse, ProviderError>> + Clone {
+    move || std::future::ready(Err(ProviderError::method_not_allowed(methods)))
 }
 
 /// Mounts the provider's routes.
