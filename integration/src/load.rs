@@ -1,7 +1,7 @@
 //! A steady stream of orders, as a well-behaved client sends them while things break.
 //!
 //! Every order carries its own `Idempotency-Key`; on a 503 or a connection error the client
-//! retries with the same key (what API.md promises is safe) until it gets a 202 or its
+//! retries with the same key (what the API documents as safe) until it gets a 202 or its
 //! deadline passes. So the set of accepted orders is exact: an order whose event was stored
 //! but whose 202 was lost is accepted on the retry, under the same id. Anything other than 202
 //! or 503 is recorded as unexpected: the fault tests assert there is none (no 500, no hang).

@@ -1,7 +1,7 @@
 //! Prometheus metrics of the runtime.
 //!
 //! Every metric the framework exports is declared here, once, so that the names in
-//! DESIGN.md, the Grafana dashboards and the code cannot drift apart. They live in the
+//! the metrics table of `docs/operations.md`, the Grafana dashboard and the alerts cannot drift from the code. They live in the
 //! process-wide default registry: one process exports one `/metrics` page, whatever roles
 //! it runs, and applications register their own metrics beside these.
 

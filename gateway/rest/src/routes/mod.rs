@@ -12,7 +12,7 @@ use futures::StreamExt;
 
 use crate::error::ApiError;
 
-/// Largest request body accepted (API.md: 64 KiB).
+/// Largest request body accepted (64 KiB, as the OpenAPI document says).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Refuses a request whose `Content-Type` is not JSON.
