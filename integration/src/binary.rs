@@ -12,10 +12,10 @@ fn workspace_root() -> PathBuf {
 
 /// A nats-server of version 2.10 or newer: `NATS_SERVER_BIN`, the workspace's
 /// `.tools/bin/nats-server`, or `PATH` (the binary's own lookup,
-/// [`jetflow_app::local_nats::find_binary_with`]). Panics with what to do otherwise.
+/// [`jetflow_runtime::local_nats::find_binary_with`]). Panics with what to do otherwise.
 pub fn nats_server_bin() -> PathBuf {
     let tools = workspace_root().join(".tools/bin/nats-server");
-    jetflow_app::local_nats::find_binary_with(&[tools])
+    jetflow_runtime::local_nats::find_binary_with(&[tools])
         .unwrap_or_else(|e| panic!("{e} (Debian's 2.9.10 is too old: it lacks sync_interval)"))
 }
 

@@ -150,7 +150,7 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // Dies with the test, even one that panicked or aborted.
-        jetflow_app::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
+        jetflow_runtime::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
         self.child = Some(cmd.spawn().expect("nats-server starts"));
     }
 

@@ -72,7 +72,7 @@ impl JetflowProcess {
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
         // Dies with the test, even one that panicked or aborted.
-        jetflow_app::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
+        jetflow_runtime::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
         self.child = Some(cmd.spawn().expect("jetflow starts"));
     }
 

@@ -23,19 +23,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::bridge::{self as bridge_bench, BridgeBench};
+use crate::report::{Measurement, Percentiles};
+use crate::saga;
 use anyhow::{Context as _, anyhow, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use jetflow_bench::bridge::{self as bridge_bench, BridgeBench};
-use jetflow_bench::report::{Measurement, Percentiles};
-use jetflow_bench::saga;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 
-use crate::cli::{NatsArgs, parse_duration, positive_duration};
+use jetflow_runtime::local_nats::{self, LocalNats};
+
 use crate::cpu_use::{CpuPerOrder, CpuSample};
-use crate::local_nats::LocalNats;
 
 /// Options of `jetflow bench`.
 #[derive(Debug, Clone, Args)]
@@ -63,9 +63,11 @@ pub enum BenchMode {
 /// Options of `jetflow bench bridge`.
 #[derive(Debug, Clone, Args)]
 pub struct BridgeArgs {
-    /// The NATS (unset: start local servers) settings.
-    #[command(flatten, next_help_heading = "NATS (unset: start local servers)")]
-    pub nats: NatsArgs,
+    /// The broker to measure on (no credentials or TLS: a broker of its own is what a
+    /// benchmark wants); unset: start local nats-servers, one with the default flush policy
+    /// and one with `sync_interval: always`.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
     /// Messages per measurement.
     #[arg(long, default_value_t = 20_000)]
     pub messages: usize,
@@ -101,7 +103,7 @@ pub struct LoadArgs {
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
     /// How long the clients post (ignored with --orders).
-    #[arg(long, default_value = "10s", value_parser = positive_duration)]
+    #[arg(long, default_value = "10s", value_parser = positive)]
     pub duration: Duration,
     /// Post exactly this many orders instead of posting for --duration.
     #[arg(long)]
@@ -124,10 +126,10 @@ pub struct OrdersArgs {
     #[arg(long, default_value_t = 0.1)]
     pub express: f64,
     /// How long to wait for every accepted order to finish.
-    #[arg(long, default_value = "180s", value_parser = positive_duration)]
+    #[arg(long, default_value = "180s", value_parser = positive)]
     pub timeout: Duration,
     /// How long the idle process is watched for commits.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub idle: Duration,
     /// Orders the raw saga baseline takes through (0: skip it).
     #[arg(long, default_value_t = 20_000)]
@@ -156,6 +158,17 @@ pub struct AcceptArgs {
     pub baseline_messages: usize,
 }
 
+/// A duration such as `10s` or `3m` (humantime) that is longer than zero.
+fn positive(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text.trim()) {
+        Ok(d) if d.is_zero() => Err(format!("{text:?}: must be longer than zero")),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!(
+            "{text:?} is not a duration such as 10s or 3m ({e})"
+        )),
+    }
+}
+
 /// Runs a benchmark.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.mode {
@@ -174,7 +187,7 @@ async fn bridge(b: BridgeArgs, json: bool) -> anyhow::Result<()> {
         in_flight: b.in_flight.max(1),
     };
     let mut reports = Vec::new();
-    match &b.nats.nats_url {
+    match &b.nats_url {
         Some(url) => {
             reports.push(bridge_bench::run(url, &format!("NATS_URL {url}"), &config).await?)
         }
@@ -225,7 +238,7 @@ async fn bridge(b: BridgeArgs, json: bool) -> anyhow::Result<()> {
         "\nconsume throughput: draining {} stored messages; consume latency: from publish to \
          handler, every message of a second run published at {}/s while it is consumed",
         b.messages,
-        jetflow_bench::bridge::LIVE_RATE
+        crate::bridge::LIVE_RATE
     );
     Ok(())
 }
@@ -406,12 +419,12 @@ impl System {
                 (with_database(admin, &name)?, Some((admin.clone(), name)))
             }
         };
-        let port = crate::local_nats::free_port()?;
+        let port = local_nats::free_port()?;
         let log = dir.path().join("jetflow.log");
         let mut env = spec.env;
         let provider = match spec.provider_rate_limit {
             Some(limit) => {
-                let pport = crate::local_nats::free_port()?;
+                let pport = local_nats::free_port()?;
                 let mut cmd = Command::new(std::env::current_exe()?);
                 cmd.arg("payment-provider")
                     .env("JETFLOW_HTTP_ADDR", format!("127.0.0.1:{pport}"))
@@ -420,7 +433,7 @@ impl System {
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
                     .stderr(std::fs::File::create(dir.path().join("provider.log"))?);
-                crate::local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
+                local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
                 let child = cmd
                     .spawn()
                     .context("cannot start jetflow payment-provider")?;
@@ -436,7 +449,7 @@ impl System {
             .env("JETFLOW_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env(
                 "JETFLOW_PROVIDER_ADDR",
-                format!("127.0.0.1:{}", crate::local_nats::free_port()?),
+                format!("127.0.0.1:{}", local_nats::free_port()?),
             )
             .env("JETFLOW_RATE_LIMIT", "0")
             .env("RUST_LOG", "warn")
@@ -444,7 +457,7 @@ impl System {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
         cmd.envs(env);
-        crate::local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
+        local_nats::die_with_parent(&mut cmd, libc::SIGTERM);
         let child = cmd
             .spawn()
             .with_context(|| format!("cannot start jetflow {}", spec.role))?;
@@ -466,10 +479,10 @@ impl System {
     /// database.
     async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            crate::local_nats::terminate(&mut child, Duration::from_secs(20));
+            local_nats::terminate(&mut child, Duration::from_secs(20));
         }
         if let Some(mut provider) = self.provider.take() {
-            crate::local_nats::terminate(&mut provider, Duration::from_secs(10));
+            local_nats::terminate(&mut provider, Duration::from_secs(10));
         }
         self.nats.take();
         if let Some((admin, name)) = self.pg.take() {

@@ -8,10 +8,16 @@
 //! * [`saga`]: a hand-written async-nats 4-event saga (created → reserved → paid → confirmed,
 //!   no HTTP, no database): the ceiling of the order pipeline on a broker.
 //! * [`report`]: percentiles and throughput.
+//! * [`command`]: `jetflow bench` (`bridge`, `orders`, `accept`): the command line of these,
+//!   and the orders benchmark, which starts a whole system (a nats-server, a database, a
+//!   `jetflow all` process) and measures it end to end, with [`cpu_use`] for the CPU an
+//!   order costs.
 
 #![warn(missing_docs)]
 
 pub mod bridge;
+pub mod command;
+pub mod cpu_use;
 pub mod report;
 pub mod saga;
 

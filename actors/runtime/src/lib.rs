@@ -50,6 +50,7 @@ pub mod headers;
 pub mod health;
 pub mod housekeeping;
 pub mod inbox;
+pub mod local_nats;
 pub mod lookup;
 pub mod metrics;
 pub mod middleware;

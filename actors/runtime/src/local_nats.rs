@@ -1,4 +1,5 @@
-//! The local nats-server that `jetflow all` starts when no `NATS_URL` is given.
+//! A local nats-server as a child process: what `jetflow all` starts when no `NATS_URL` is
+//! given, and what `jetflow bench` starts to measure on.
 //!
 //! It runs as a child process with JetStream on (data under `./data/nats`), listening on
 //! 127.0.0.1 only, and is stopped when jetflow exits (and, on Linux, when jetflow dies: the

@@ -117,7 +117,7 @@ pub enum Command {
     Dlq(DlqCommand),
     /// Drive load and report throughput and latency, with a baseline measured in the same
     /// run.
-    Bench(crate::bench::BenchArgs),
+    Bench(jetflow_bench::command::BenchArgs),
     /// GET a URL and exit 0 on a 200 (container health checks: `jetflow probe
     /// http://127.0.0.1:8080/ready`).
     Probe {

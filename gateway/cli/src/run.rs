@@ -14,10 +14,10 @@ use anyhow::Context as _;
 use clap::{CommandFactory, Parser};
 
 use crate::cli::{Cli, Command};
-use crate::local_nats::LocalNats;
 use crate::settings::{ConfigError, Settings, Uses};
 use crate::startup::{Application, Roles, StartupError, StopReport};
 use crate::telemetry;
+use jetflow_runtime::local_nats::LocalNats;
 
 /// How a command failed.
 enum Failure {
@@ -184,7 +184,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(rt.block_on(crate::dlq::run(&settings, command))?)
         }
         Command::Bench(args) => {
-            rt.block_on(crate::bench::run(args))?;
+            rt.block_on(jetflow_bench::command::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Probe { .. } => Ok(ExitCode::SUCCESS),
