@@ -1,5 +1,5 @@
 //! The saga's scenarios, written once and run against SQLite and against PostgreSQL
-//! (`tests/saga_sqlite.rs`, `tests/saga_postgres.rs`). Each one starts from a fresh nats-server
+//! (`tests/saga/sqlite.rs`, `tests/saga/postgres.rs`). Each one starts from a fresh nats-server
 //! and a fresh database, drives the system only through its public interfaces (REST, NATS
 //! subjects, the DLQ) and ends with the invariant check.
 
@@ -604,7 +604,7 @@ pub async fn poison_and_replay(backend: Backend) {
 
 /// Reads a counter's value for `labels` out of a Prometheus text page (sum over matching
 /// lines): the same reading as `jetflow bench`'s.
-pub use jetflow_app::bench::metric_sum;
+pub use jetflow_bench::command::metric_sum;
 
 /// Two inventory replicas (this app and a `jetflow inventory` process) share the inventory
 /// role's durable consumers: both do work, nothing is done twice, nothing is oversold.

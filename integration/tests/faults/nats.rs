@@ -55,6 +55,7 @@ async fn ready_status(app: &TestApp) -> u16 {
 
 #[test]
 fn nats_killed_and_restarted_on_its_store_loses_nothing() {
+    let _shared = super::beside_others();
     jetflow_integration::run(async {
         let mut nats = NatsServer::builder().sync_always(true).start();
         let app = TestAppBuilder::new(&nats.url()).start().await;
@@ -100,6 +101,7 @@ fn nats_killed_and_restarted_on_its_store_loses_nothing() {
 
 #[test]
 fn a_three_node_cluster_survives_a_node_loss_and_a_restart() {
+    let _shared = super::beside_others();
     jetflow_integration::run(async {
         let mut cluster = NatsCluster::start(3);
         let app = TestAppBuilder::new(&cluster.urls())
@@ -143,6 +145,7 @@ fn a_three_node_cluster_survives_a_node_loss_and_a_restart() {
 /// attempts that an election outlasts. Before, such rows went to the dead-letter stream.
 #[test]
 fn rows_published_while_a_stream_elects_its_leader_are_stored_not_dead_lettered() {
+    let _shared = super::beside_others();
     use jetflow_runtime::backoff::Backoff;
     use jetflow_runtime::prelude::*;
     jetflow_integration::run(async {
@@ -240,6 +243,7 @@ fn rows_published_while_a_stream_elects_its_leader_are_stored_not_dead_lettered(
 /// dead-lettered.
 #[test]
 fn nats_paused_mid_load_every_202_completes_and_a_503_leaves_nothing() {
+    let _shared = super::beside_others();
     jetflow_integration::run(async {
         let mut nats = NatsServer::start();
         let app = TestApp::spawn(&nats.url()).await;

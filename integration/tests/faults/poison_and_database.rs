@@ -9,6 +9,7 @@ use jetflow_integration::{eventually, invariants};
 
 #[test]
 fn poison_lands_in_the_dlq_with_a_reason_and_the_consumers_keep_going() {
+    let _shared = super::beside_others();
     jetflow_integration::run(async {
         let mut env = Env::start(Backend::Sqlite, |b| b).await;
         env.stock("sku-q1", 100, 120).await;
@@ -90,6 +91,7 @@ fn poison_lands_in_the_dlq_with_a_reason_and_the_consumers_keep_going() {
 
 #[test]
 fn a_database_outage_is_reported_and_nothing_is_acked_that_was_not_committed() {
+    let _shared = super::beside_others();
     jetflow_integration::run(async {
         let mut env = Env::start(Backend::Postgres, |b| b).await;
         env.stock("sku-o1", 100, 120).await;

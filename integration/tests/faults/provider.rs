@@ -15,14 +15,7 @@ use jetflow_integration::{NatsServer, TestAppBuilder, eventually};
 
 const BREAKER: (&str, &str) = ("breaker", "payment-provider");
 
-/// The tests read process-wide metrics: one at a time.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn alone() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+use super::alone;
 
 #[test]
 fn a_rate_limited_provider_slows_the_saga_and_breaks_nothing() {

@@ -21,7 +21,7 @@ impl Example {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        jetflow_app::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
+        jetflow_runtime::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
         Self {
             child: cmd.spawn().expect("the example starts"),
         }

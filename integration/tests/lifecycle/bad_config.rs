@@ -28,7 +28,7 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> Outcome {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    jetflow_app::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
+    jetflow_runtime::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
     let started = Instant::now();
     let mut child = cmd.spawn().expect("jetflow starts");
     let code = loop {

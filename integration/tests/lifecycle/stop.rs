@@ -64,7 +64,7 @@ fn standalone_nats(nats_data: &std::path::Path) -> std::process::Child {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    jetflow_app::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
+    jetflow_runtime::local_nats::die_with_parent(&mut cmd, libc::SIGKILL);
     cmd.spawn().expect("nats-server")
 }
 

@@ -3,6 +3,8 @@
 //! its documented status with a JSON error, and the admin token that writes other than order
 //! submission need.
 
+mod tls;
+
 use std::time::Duration;
 
 use jetflow_integration::{JetflowProcess, NatsServer, TestDatabase};
