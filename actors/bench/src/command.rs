@@ -3,14 +3,14 @@
 //! * `jetflow bench bridge` compares the framework with raw async-nats on the same broker
 //!   (publishing with PubAck, consuming with ack). With no `NATS_URL` it starts its own
 //!   nats-server twice, with the default flush policy and with `sync_interval: always`.
-//! * `jetflow bench orders` measures the whole pipeline. With no `--gateway` it starts
+//! * `jetflow bench orders` measures the whole pipeline. With no `--gateway-url` it starts
 //!   everything itself: a local nats-server (`--sync-always` for fsync on every write), a fresh
 //!   database (SQLite, or a fresh PostgreSQL database on the `--postgres` server, dropped
 //!   afterwards) and a `jetflow all` process. It measures one order at a time unloaded, then
 //!   `--clients` clients posting orders as fast as they are answered for `--duration`, waits
 //!   until every accepted order finished, counts the database commits per finished order and
 //!   the commits of the idle process, and finally runs the raw async-nats 4-event saga on the
-//!   same broker as the ratio's baseline. `--gateway` drives a system that runs elsewhere.
+//!   same broker as the ratio's baseline. `--gateway-url` drives a system that runs elsewhere.
 //! * `jetflow bench accept` measures the accept path alone: it starts `jetflow gateway` only
 //!   (nothing consumes the events), posts orders with `--clients` clients, and compares with
 //!   raw JetStream publishes with PubAck at the same concurrency on the same broker. It is
@@ -87,17 +87,17 @@ pub struct BridgeArgs {
 pub struct LoadArgs {
     /// Drive the gateway at this URL instead of starting a system.
     #[arg(long, env = "JETFLOW_GATEWAY_URL")]
-    pub gateway: Option<String>,
-    /// With --gateway: the system's NATS URL, for the baseline on the same broker.
-    #[arg(long, requires = "gateway")]
+    pub gateway_url: Option<String>,
+    /// With --gateway-url: the system's NATS URL, for the baseline on the same broker.
+    #[arg(long, requires = "gateway_url")]
     pub nats_url: Option<String>,
-    /// PostgreSQL: without --gateway, the admin URL of a server to create a fresh database
-    /// on (SQLite otherwise); with --gateway, the system's database (its commits, and its
+    /// PostgreSQL: without --gateway-url, the admin URL of a server to create a fresh database
+    /// on (SQLite otherwise); with --gateway-url, the system's database (its commits, and its
     /// CPU when it runs on this machine, are counted).
     #[arg(long, value_parser = postgres_url)]
     pub postgres: Option<String>,
     /// Start the local nats-server with `sync_interval: always` (fsync every write).
-    #[arg(long, conflicts_with = "gateway")]
+    #[arg(long, conflicts_with = "gateway_url")]
     pub sync_always: bool,
     /// Clients posting orders at once.
     #[arg(long, default_value_t = 64)]
@@ -137,9 +137,6 @@ pub struct OrdersArgs {
     /// Batch size of the started system's consumers (JETFLOW_BATCH_MAX).
     #[arg(long)]
     pub batch_max: Option<u32>,
-    /// Batch linger of the started system's consumers (JETFLOW_BATCH_LINGER).
-    #[arg(long)]
-    pub batch_linger: Option<String>,
     /// Run the payment provider as its own process (as deployed) accepting at most this
     /// many charges per second (429 with Retry-After over it), and report finished orders
     /// per second against it. Offer more than that: `--orders` posts a fixed backlog.
@@ -731,9 +728,6 @@ async fn orders(o: OrdersArgs, json_out: bool) -> anyhow::Result<()> {
     if let Some(n) = o.batch_max {
         env.push(("JETFLOW_BATCH_MAX", n.to_string()));
     }
-    if let Some(l) = &o.batch_linger {
-        env.push(("JETFLOW_BATCH_LINGER", l.clone()));
-    }
     let report = drive(&o.load, "all", env, o.provider_rate_limit, async |system| {
         measure(&o, system).await
     })
@@ -752,7 +746,7 @@ fn show<R: Serialize>(report: &R, json: bool, print: fn(&R)) -> anyhow::Result<(
 }
 
 /// Starts `jetflow <role>` with a local nats-server and a fresh database (unless
-/// `--gateway` points at a system running elsewhere), measures it, shows the end of its log
+/// `--gateway-url` points at a system running elsewhere), measures it, shows the end of its log
 /// if the measurement failed, and stops it.
 async fn drive<R>(
     load: &LoadArgs,
@@ -761,7 +755,7 @@ async fn drive<R>(
     provider_rate_limit: Option<u32>,
     measure: impl AsyncFnOnce(Option<&System>) -> anyhow::Result<R>,
 ) -> anyhow::Result<R> {
-    let system = match &load.gateway {
+    let system = match &load.gateway_url {
         Some(_) => None,
         None => Some(
             System::start(SystemSpec {
@@ -826,7 +820,7 @@ impl Driven {
             .build()?;
         let base = system
             .map(|s| s.gateway.clone())
-            .or_else(|| load.gateway.clone())
+            .or_else(|| load.gateway_url.clone())
             .ok_or_else(|| anyhow!("no gateway"))?
             .trim_end_matches('/')
             .to_string();

@@ -60,15 +60,6 @@ pub fn max_deliver(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Parses a share of the time, from 0.05 to 1.
-pub fn share(text: &str) -> Result<f64, String> {
-    match text.trim().parse::<f64>() {
-        Ok(x) if (0.05..=1.0).contains(&x) => Ok(x),
-        Ok(_) => Err("must be from 0.05 to 1".into()),
-        Err(_) => Err(format!("{text:?} is not a number such as 0.5")),
-    }
-}
-
 /// Parses a non-empty text (an empty environment variable is a mistake, not a value).
 pub fn non_empty(text: &str) -> Result<String, String> {
     if text.trim().is_empty() {
@@ -175,9 +166,6 @@ pub struct HttpArgs {
     /// Serve /health, /ready and /metrics here instead of on the HTTP address.
     #[arg(long, env = "JETFLOW_ADMIN_ADDR", value_parser = parse_addr)]
     pub admin_addr: Option<SocketAddr>,
-    /// HTTP worker threads (default: one per core).
-    #[arg(long, env = "JETFLOW_HTTP_WORKERS", value_parser = at_least_one)]
-    pub http_workers: Option<u32>,
     /// How long a stop (SIGTERM, SIGINT) may take: drain HTTP, consumers and the outbox.
     #[arg(long, env = "JETFLOW_SHUTDOWN_TIMEOUT", default_value = "15s", value_parser = positive_duration)]
     pub shutdown_timeout: Duration,
@@ -226,22 +214,6 @@ pub struct ConsumerArgs {
     /// Most deliveries handled in one transaction.
     #[arg(long, env = "JETFLOW_BATCH_MAX", default_value_t = 256, value_parser = at_least_one)]
     pub batch_max: u32,
-    /// How long a busy consumer waits for more deliveries to fill a batch (an idle one never
-    /// waits).
-    #[arg(long, env = "JETFLOW_BATCH_LINGER", default_value = "1ms", value_parser = parse_duration)]
-    pub batch_linger: Duration,
-    /// Wait for JetStream to confirm every ack (a lost ack only costs a redelivery, which
-    /// the inbox absorbs).
-    #[arg(long, env = "JETFLOW_DOUBLE_ACK")]
-    pub double_ack: bool,
-    /// How long processed events are remembered (must outlive every redelivery and
-    /// re-publish).
-    #[arg(long, env = "JETFLOW_INBOX_RETENTION", default_value = "7d", value_parser = positive_duration)]
-    pub inbox_retention: Duration,
-    /// Refusals for good (no stream for its subject, too large) of an outbox event before it
-    /// is dead-lettered; a refusal for now (a full stream) is retried however often.
-    #[arg(long, env = "JETFLOW_OUTBOX_MAX_ATTEMPTS", default_value_t = 20, value_parser = at_least_one)]
-    pub outbox_max_attempts: u32,
 }
 
 /// What only the gateway uses.
@@ -256,12 +228,10 @@ pub struct ApiArgs {
     /// for being in line (0: no bound).
     #[arg(long, env = "JETFLOW_MAX_BACKLOG", default_value_t = crate::settings::Settings::default().max_backlog)]
     pub max_backlog: u64,
-    /// Requests per second allowed per client at the gateway (0: no limit).
+    /// Requests per second allowed per client at the gateway, with a burst of twice as many
+    /// (0: no limit).
     #[arg(long, env = "JETFLOW_RATE_LIMIT", default_value_t = 500)]
     pub rate_limit: u32,
-    /// Burst allowed above the rate per client.
-    #[arg(long, env = "JETFLOW_RATE_BURST", default_value_t = 1000)]
-    pub rate_burst: u32,
     /// Proxies whose X-Forwarded-For is believed (comma-separated CIDRs): the rate limit
     /// then keys on the real client.
     #[arg(long, env = "JETFLOW_TRUSTED_PROXIES", default_value = "")]
@@ -269,20 +239,15 @@ pub struct ApiArgs {
     /// Versions of orders.created to publish: v1, v2, or both (dual publishing).
     #[arg(long, env = "JETFLOW_ORDERS_CREATED_VERSIONS", default_value = "v2")]
     pub orders_created_versions: String,
-    /// How long an Idempotency-Key is remembered.
-    #[arg(long, env = "JETFLOW_IDEMPOTENCY_RETENTION", default_value = "24h", value_parser = positive_duration)]
-    pub idempotency_retention: Duration,
 }
 
 /// What only the orders role uses.
 #[derive(Debug, Clone, Args)]
 pub struct OrderArgs {
-    /// Orders not finished after this long are cancelled as timed_out.
+    /// Orders not finished after this long are cancelled as timed_out (they are looked for
+    /// every sixtieth of it, at least every second and at most every 15s).
     #[arg(long, env = "JETFLOW_ORDER_TIMEOUT", default_value = "15m", value_parser = positive_duration)]
     pub order_timeout: Duration,
-    /// How often overdue orders are looked for.
-    #[arg(long, env = "JETFLOW_ORDER_SWEEP_INTERVAL", default_value = "15s", value_parser = positive_duration)]
-    pub order_sweep_interval: Duration,
 }
 
 /// What only the payments role uses.
@@ -302,18 +267,14 @@ pub struct PaymentArgs {
     #[arg(long, env = "JETFLOW_PAYMENT_MAX_DELIVER", default_value_t = 5, value_parser = max_deliver)]
     pub payment_max_deliver: u32,
     /// First delay before retrying a payment while the provider is down (doubles, at most
-    /// 30s).
+    /// 30s); charges of cancelled orders that could not be voided yet are retried every 15
+    /// of these.
     #[arg(long, env = "JETFLOW_PAYMENT_RETRY", default_value = "2s", value_parser = positive_duration)]
     pub payment_retry: Duration,
-    /// Consecutive provider failures that open the circuit breaker.
+    /// Consecutive provider failures that open the circuit breaker (it stays open five
+    /// payment timeouts before a probe).
     #[arg(long, env = "JETFLOW_BREAKER_THRESHOLD", default_value_t = 5, value_parser = at_least_one)]
     pub breaker_threshold: u32,
-    /// How long the breaker stays open before a probe.
-    #[arg(long, env = "JETFLOW_BREAKER_OPEN", default_value = "10s", value_parser = positive_duration)]
-    pub breaker_open: Duration,
-    /// How often charges of cancelled orders that could not be voided yet are retried.
-    #[arg(long, env = "JETFLOW_VOID_SCAN_INTERVAL", default_value = "30s", value_parser = positive_duration)]
-    pub void_scan_interval: Duration,
 }
 
 /// Options of `jetflow all`.
@@ -380,17 +341,6 @@ pub struct AllArgs {
         help_heading = "Consumers"
     )]
     pub requests_first: u32,
-    /// With requests first: the share of the time (0.05 to 1) the consumers' batches take
-    /// while requests are in flight; after each batch its turn is held for the rest (1: never
-    /// rests).
-    #[arg(
-        long,
-        env = "JETFLOW_CONSUMER_SHARE",
-        default_value_t = crate::settings::Settings::default().consumer_share,
-        value_parser = share,
-        help_heading = "Consumers"
-    )]
-    pub consumer_share: f64,
 }
 
 /// Options of `jetflow gateway`.
@@ -494,7 +444,7 @@ pub struct ProviderArgs {
         default_value_t = 0,
         help_heading = "Provider"
     )]
-    pub rate_limit_per_s: u32,
+    pub provider_rate_limit: u32,
 }
 
 /// `jetflow dlq ...`.

@@ -77,6 +77,34 @@ pub fn markdown() -> String {
 mod tests {
     use super::*;
 
+    /// One name per setting: the flag is the variable without `JETFLOW_`, in lower case with
+    /// dashes (`JETFLOW_ORDER_TIMEOUT` is `--order-timeout`, `NATS_URL` is `--nats-url`), in
+    /// every command that takes it.
+    #[test]
+    fn every_flag_is_named_after_its_variable() {
+        fn check(cmd: &clap::Command, wrong: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                    continue;
+                };
+                let env = env.to_string_lossy();
+                let want = env
+                    .trim_start_matches("JETFLOW_")
+                    .to_lowercase()
+                    .replace('_', "-");
+                if long != want {
+                    wrong.push(format!("{} {env}: --{long}, not --{want}", cmd.get_name()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                check(sub, wrong);
+            }
+        }
+        let mut wrong = Vec::new();
+        check(&Cli::command(), &mut wrong);
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
     #[test]
     fn every_setting_is_listed_once_with_its_commands() {
         let md = markdown();

@@ -262,7 +262,6 @@ impl Settings {
     fn apply_http(&mut self, a: &HttpArgs) {
         self.http.addr = a.http_addr;
         self.http.admin_addr = a.admin_addr;
-        self.http.workers = a.http_workers.map(|n| n as usize);
         self.http.shutdown_timeout = a.shutdown_timeout;
     }
 
@@ -282,29 +281,34 @@ impl Settings {
         self.saga.max_deliver = a.max_deliver;
         self.saga.batch = BatchConfig {
             max: a.batch_max as usize,
-            linger: a.batch_linger,
+            ..self.saga.batch
         };
-        self.saga.double_ack = a.double_ack;
-        self.retention.inbox = a.inbox_retention;
-        self.relay.max_attempts = a.outbox_max_attempts;
+    }
+
+    /// What follows from the settings given: the inbox remembers an event twice as long as it
+    /// can come back (at least the default week), so no setting can make it forget too soon.
+    fn derive(&mut self) {
+        let horizon = self.saga.redelivery_horizon();
+        self.retention.inbox = Retention::default().inbox.max(horizon.saturating_mul(2));
     }
 
     fn apply_api(&mut self, a: &ApiArgs) -> Result<(), ConfigError> {
         self.admin_token = a.admin_token.clone().map(Secret::new);
         self.max_backlog = a.max_backlog;
         self.http.rate_limit = a.rate_limit;
-        self.http.rate_burst = a.rate_burst;
+        self.http.rate_burst = a.rate_limit.saturating_mul(2);
         self.http.trusted_proxies = jetflow_gateway::rate_limit::parse_proxies(&a.trusted_proxies)
             .map_err(|e| ConfigError::new("JETFLOW_TRUSTED_PROXIES", e))?;
         self.saga.created_versions = SagaConfig::parse_versions(&a.orders_created_versions)
             .map_err(|e| ConfigError::new("JETFLOW_ORDERS_CREATED_VERSIONS", e))?;
-        self.saga.idempotency_retention = a.idempotency_retention;
         Ok(())
     }
 
     fn apply_orders(&mut self, a: &OrderArgs) {
         self.saga.order_timeout = a.order_timeout;
-        self.saga.order_sweep_interval = a.order_sweep_interval;
+        self.saga.order_sweep_interval = (a.order_timeout / 60)
+            .clamp(Duration::from_secs(1), Duration::from_secs(15))
+            .min(a.order_timeout);
     }
 
     fn apply_payments(&mut self, a: &PaymentArgs) {
@@ -312,11 +316,11 @@ impl Settings {
         self.provider.ca = a.payment_provider_ca.clone();
         self.provider.timeout = a.payment_timeout;
         self.provider.breaker_threshold = a.breaker_threshold;
-        self.provider.breaker_open = a.breaker_open;
+        self.provider.breaker_open = a.payment_timeout.saturating_mul(5);
         self.saga.payment_max_deliver = a.payment_max_deliver;
         self.saga.payment_retry_base = a.payment_retry;
         self.saga.payment_retry_max = Duration::from_secs(30).max(a.payment_retry);
-        self.saga.void_scan_interval = a.void_scan_interval;
+        self.saga.void_scan_interval = a.payment_retry.saturating_mul(15);
     }
 
     fn named(role: &str) -> Self {
@@ -340,7 +344,7 @@ impl Settings {
         s.apply_payments(&a.payments);
         s.provider.addr = a.provider_addr;
         s.requests_first = a.requests_first;
-        s.consumer_share = a.consumer_share;
+        s.derive();
         Ok(s)
     }
 
@@ -364,6 +368,7 @@ impl Settings {
         s.apply_streams(&a.streams);
         s.apply_consumers(&a.consumers);
         s.apply_orders(&a.orders);
+        s.derive();
         Ok(s)
     }
 
@@ -375,6 +380,7 @@ impl Settings {
         s.apply_http(&a.http);
         s.apply_streams(&a.streams);
         s.apply_consumers(&a.consumers);
+        s.derive();
         Ok(s)
     }
 
@@ -387,6 +393,7 @@ impl Settings {
         s.apply_streams(&a.streams);
         s.apply_consumers(&a.consumers);
         s.apply_payments(&a.payments);
+        s.derive();
         Ok(s)
     }
 
@@ -394,7 +401,7 @@ impl Settings {
     pub fn for_provider(a: &ProviderArgs) -> Self {
         let mut s = Self::named("payment-provider");
         s.apply_http(&a.http);
-        s.provider.rate_limit_per_s = a.rate_limit_per_s;
+        s.provider.rate_limit_per_s = a.provider_rate_limit;
         // A provider has its own limit (above), not the gateway's per-client one.
         s.http.rate_limit = 0;
         s
@@ -422,7 +429,7 @@ impl Settings {
             let horizon = self.saga.redelivery_horizon();
             self.retention
                 .check(horizon)
-                .map_err(|e| ConfigError::new("JETFLOW_INBOX_RETENTION", e))?;
+                .map_err(|e| ConfigError::new("inbox retention", e))?;
         }
         if uses.payments {
             match &self.provider.url {
@@ -553,7 +560,7 @@ mod tests {
         s.retention.inbox = Duration::from_secs(60);
         assert_eq!(
             s.validate(uses_all()).unwrap_err().setting,
-            "JETFLOW_INBOX_RETENTION"
+            "inbox retention"
         );
         s.retention = Retention::default();
         s.provider.url = Some("ftp://x".into());

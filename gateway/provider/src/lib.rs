@@ -5,7 +5,7 @@
 //! `PUT /_control` makes it fail every call with 503, answer slowly, or charge and then
 //! answer 502 (a proxy hiding a success), to exercise the circuit breaker and the handling of
 //! uncertain answers. Like every real payment API it can have a rate limit (none unless asked:
-//! `jetflow payment-provider --rate-limit-per-s N`, or `{"rate_limit_per_s": N}` in
+//! `jetflow payment-provider --provider-rate-limit N`, or `{"rate_limit_per_s": N}` in
 //! `PUT /_control`): a charge over it is answered `429` with `Retry-After` (whole seconds) and
 //! charges nothing. Like a real processor it honours `Idempotency-Key`: a repeated key gets
 //! the first answer and charges nothing more; without a key every call is a new charge.

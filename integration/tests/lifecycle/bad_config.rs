@@ -99,9 +99,9 @@ fn every_bad_setting_stops_the_command_with_exit_2_and_one_line_naming_it() {
             vec![NATS, SQLITE, ("JETFLOW_ORDER_TIMEOUT", "0")],
         ),
         (
-            "JETFLOW_ORDER_SWEEP_INTERVAL",
-            vec!["orders"],
-            vec![NATS, SQLITE, ("JETFLOW_ORDER_SWEEP_INTERVAL", "0s")],
+            "JETFLOW_PAYMENT_RETRY",
+            vec!["payments"],
+            vec![NATS, SQLITE, ("JETFLOW_PAYMENT_RETRY", "0s")],
         ),
         (
             "JETFLOW_ACK_WAIT",
@@ -114,9 +114,9 @@ fn every_bad_setting_stops_the_command_with_exit_2_and_one_line_naming_it() {
             vec![NATS, SQLITE, ("JETFLOW_MAX_DELIVER", "1")],
         ),
         (
-            "JETFLOW_INBOX_RETENTION",
+            "JETFLOW_STREAM_MAX_AGE",
             vec!["inventory"],
-            vec![NATS, SQLITE, ("JETFLOW_INBOX_RETENTION", "1m")],
+            vec![NATS, SQLITE, ("JETFLOW_STREAM_MAX_AGE", "soon")],
         ),
         (
             "DATABASE_URL",
@@ -183,9 +183,9 @@ fn every_bad_setting_stops_the_command_with_exit_2_and_one_line_naming_it() {
             vec![NATS, SQLITE, ("JETFLOW_REQUESTS_FIRST", "sometimes")],
         ),
         (
-            "JETFLOW_CONSUMER_SHARE",
+            "JETFLOW_BATCH_MAX",
             vec!["all"],
-            vec![NATS, SQLITE, ("JETFLOW_CONSUMER_SHARE", "0")],
+            vec![NATS, SQLITE, ("JETFLOW_BATCH_MAX", "0")],
         ),
         ("NATS_URL", vec!["dlq", "list"], vec![("NATS_URL", "")]),
     ];
@@ -253,9 +253,24 @@ fn help_shows_each_command_only_the_flags_it_uses() {
             && !inventory.contains("JETFLOW_REQUESTS_FIRST")
     );
     let all = help(&["all"]);
-    for setting in ["JETFLOW_REQUESTS_FIRST", "JETFLOW_CONSUMER_SHARE"] {
-        assert!(all.contains(setting), "all --help lacks {setting}");
+    assert!(
+        all.contains("JETFLOW_REQUESTS_FIRST"),
+        "all --help lacks JETFLOW_REQUESTS_FIRST"
+    );
+    // What no user needs to decide is derived, not asked.
+    for derived in [
+        "JETFLOW_CONSUMER_SHARE",
+        "JETFLOW_INBOX_RETENTION",
+        "JETFLOW_RATE_BURST",
+        "JETFLOW_ORDER_SWEEP_INTERVAL",
+    ] {
+        assert!(!all.contains(derived), "all --help shows {derived}");
     }
+    let settings = all.matches("[env: ").count();
+    assert!(
+        settings <= 37,
+        "jetflow all takes {settings} settings; every new one must be one a user has to decide"
+    );
     assert!(
         !all.contains("JETFLOW_CONSUMER_NICE"),
         "the consumers no longer run on threads of their own"
