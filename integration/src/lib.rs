@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod invariants;
 pub mod load;
 pub mod nats;
+pub mod otlp;
 pub mod pki;
 pub mod ports;
 pub mod postgres;

@@ -54,6 +54,7 @@ pub mod local_nats;
 pub mod lookup;
 pub mod metrics;
 pub mod middleware;
+pub mod otel;
 pub mod outbox;
 pub mod outcome;
 pub mod pacing;

@@ -10,7 +10,7 @@ use crate::trace;
 
 /// The span of one delivery to `target` (a handler or actor name).
 pub fn delivery_span(target: &str, meta: &DeliveryMeta) -> tracing::Span {
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "delivery",
         target,
         subject = %meta.subject,
@@ -18,7 +18,9 @@ pub fn delivery_span(target: &str, meta: &DeliveryMeta) -> tracing::Span {
         delivered = meta.delivered,
         correlation_id = meta.correlation_id().unwrap_or(""),
         trace_id = meta.traceparent().and_then(trace::trace_id).unwrap_or(""),
-    )
+    );
+    crate::otel::continue_trace(&span, meta.traceparent());
+    span
 }
 
 /// Logs what became of a delivery (inside its span): acks at debug (they are the normal

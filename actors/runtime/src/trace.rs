@@ -48,6 +48,23 @@ pub fn child_of(parent: Option<&str>) -> String {
     }
 }
 
+/// The `traceparent` of a message sent now, caused by a message or request whose
+/// `traceparent` is `parent`: when spans are exported ([`crate::otel`]), the span that is
+/// current is its parent, so a trace links span to span across processes; otherwise a new
+/// span id in the parent's trace ([`child_of`]).
+pub fn for_message(parent: Option<&str>) -> String {
+    if let Some(here) = crate::otel::current_traceparent() {
+        let same_trace = match parent.and_then(trace_id) {
+            Some(cause) => here.split('-').nth(1) == Some(cause),
+            None => true,
+        };
+        if same_trace {
+            return here;
+        }
+    }
+    child_of(parent)
+}
+
 /// The trace id of a valid `traceparent`.
 pub fn trace_id(tp: &str) -> Option<&str> {
     is_valid(tp).then(|| tp.split('-').nth(1)).flatten()

@@ -142,7 +142,7 @@ impl UnitOfWork {
             if message.header_value(headers::TRACEPARENT).is_none() {
                 message = message.header(
                     headers::TRACEPARENT,
-                    trace::child_of(cause.traceparent.as_deref()),
+                    trace::for_message(cause.traceparent.as_deref()),
                 );
             }
             if message.header_value(headers::CORRELATION_ID).is_none()

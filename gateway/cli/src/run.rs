@@ -258,8 +258,22 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    telemetry::init(cli.log_format, "info");
-    match run(cli) {
+    let service = match &cli.command {
+        Command::All(_) => "jetflow-all",
+        Command::Gateway(_) => "jetflow-gateway",
+        Command::Orders(_) => "jetflow-orders",
+        Command::Inventory(_) => "jetflow-inventory",
+        Command::Payments(_) => "jetflow-payments",
+        Command::PaymentProvider(_) => "jetflow-payment-provider",
+        Command::Dlq(_) | Command::Bench(_) | Command::Probe { .. } => "jetflow",
+    };
+    if let Err(e) = telemetry::init(cli.log_format, "info", service) {
+        eprintln!("jetflow: {e}");
+        return ExitCode::from(2);
+    }
+    let outcome = run(cli);
+    jetflow_runtime::otel::shutdown();
+    match outcome {
         Ok(code) => code,
         Err(Failure::Config(e)) => {
             eprintln!("jetflow: {e}");

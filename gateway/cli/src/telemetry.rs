@@ -7,9 +7,13 @@
 //! JSON lines carry the fields of every enclosing span (a delivery's correlation id, an HTTP
 //! request's id), so one `jq` over the logs follows one order through every role. Panics
 //! are logged through tracing too, so they reach the same place as everything else.
+//!
+//! Traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, every span is also exported over OTLP
+//! ([`jetflow_runtime::otel`]), one trace per order across every role.
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::prelude::*;
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -20,25 +24,44 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber (once; later calls are ignored) and the panic hook.
-pub fn init(format: LogFormat, default_filter: &str) {
+/// Installs the global subscriber (once; later calls are ignored) and the panic hook; with
+/// the `OTEL_*` variables set, spans are exported over OTLP as `service` (unless
+/// `OTEL_SERVICE_NAME` names it).
+pub fn init(
+    format: LogFormat,
+    default_filter: &str,
+    service: &str,
+) -> Result<(), jetflow_runtime::otel::OtelError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let result = match format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_span_events(FmtSpan::NONE)
-            .with_writer(std::io::stderr)
-            .try_init(),
-        LogFormat::Pretty => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_ansi(false)
-            .with_writer(std::io::stderr)
-            .try_init(),
+    let (json, pretty) = match format {
+        LogFormat::Json => (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_span_events(FmtSpan::NONE)
+                    .with_writer(std::io::stderr),
+            ),
+            None,
+        ),
+        LogFormat::Pretty => (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(std::io::stderr),
+            ),
+        ),
     };
+    let otlp = jetflow_runtime::otel::layer(service)?;
+    let result = tracing_subscriber::registry()
+        .with(filter)
+        .with(json)
+        .with(pretty)
+        .with(otlp)
+        .try_init();
     if result.is_ok() {
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
@@ -52,6 +75,7 @@ pub fn init(format: LogFormat, default_filter: &str) {
             }
         }));
     }
+    Ok(())
 }
 
 /// Registers every metric family at start, each known series at 0 (so the first dead letter

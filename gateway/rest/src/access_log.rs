@@ -52,12 +52,19 @@ impl tracing_actix_web::RootSpanBuilder for RequestSpan {
         let route = request
             .match_pattern()
             .unwrap_or_else(|| "unmatched".to_string());
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "request",
             method = %request.method(),
             route,
             request_id = %uuid::Uuid::new_v4(),
-        )
+        );
+        // When spans are exported, the caller's trace continues here.
+        let caller = request
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok());
+        jetflow_runtime::otel::continue_trace(&span, caller);
+        span
     }
 
     fn on_request_end<B: MessageBody>(

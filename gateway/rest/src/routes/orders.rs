@@ -186,7 +186,7 @@ fn draft(
         correlation_id: correlation_id.clone(),
         occurred_at: Utc::now(),
     };
-    let traceparent = trace::child_of(parent_trace);
+    let traceparent = trace::for_message(parent_trace);
     let internal = |e: jetflow_schemas::SchemaError| {
         tracing::error!(error = %e, "a validated order does not fit its event schema");
         ApiError::bad_request("invalid_field", e.to_string())
