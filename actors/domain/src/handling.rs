@@ -22,22 +22,22 @@ pub struct Deps {
     pub config: Arc<SagaConfig>,
     /// Requests in flight that the consumers yield to (requests first, when the process
     /// also serves them).
-    pub requests_first: Option<RequestsFirst>,
+    pub requests_first: Option<LaneTurns>,
 }
 
 /// Requests first, per lane: both lanes count the same requests, and each takes its own
 /// turns, so the express lane never waits behind standard work.
 #[derive(Debug, Clone)]
-pub struct RequestsFirst {
+pub struct LaneTurns {
     /// The standard lane's turns (the HTTP middleware counts requests on it).
-    pub standard: jetflow_runtime::Foreground,
+    pub standard: jetflow_runtime::RequestsFirst,
     /// The express lane's turns.
-    pub express: jetflow_runtime::Foreground,
+    pub express: jetflow_runtime::RequestsFirst,
 }
 
-impl RequestsFirst {
+impl LaneTurns {
     /// Both lanes of `requests`.
-    pub fn new(requests: jetflow_runtime::Foreground) -> Self {
+    pub fn new(requests: jetflow_runtime::RequestsFirst) -> Self {
         Self {
             express: requests.lane(),
             standard: requests,

@@ -17,7 +17,7 @@ use jetflow_runtime::{
 use jetflow_schemas::Priority;
 
 use crate::config::SagaConfig;
-use crate::handling::{Deps, RequestsFirst};
+use crate::handling::{Deps, LaneTurns};
 use crate::order_actor::{self, OrderActor, OrderHandler};
 use crate::order_sweeper::OrderSweeper;
 use crate::payment_actor::{self, PaymentActor, PaymentHandler};
@@ -256,13 +256,13 @@ pub async fn start_payments(
 pub struct RolePart {
     role: Role,
     config: Arc<SagaConfig>,
-    requests_first: Option<RequestsFirst>,
+    requests_first: Option<LaneTurns>,
     payment: Option<PaymentSettings>,
 }
 
 impl RolePart {
     /// The orders role: order actors and the sweeper of overdue orders.
-    pub fn orders(config: Arc<SagaConfig>, requests_first: Option<RequestsFirst>) -> Self {
+    pub fn orders(config: Arc<SagaConfig>, requests_first: Option<LaneTurns>) -> Self {
         Self {
             role: Role::Orders,
             config,
@@ -272,7 +272,7 @@ impl RolePart {
     }
 
     /// The inventory role: stock actors.
-    pub fn inventory(config: Arc<SagaConfig>, requests_first: Option<RequestsFirst>) -> Self {
+    pub fn inventory(config: Arc<SagaConfig>, requests_first: Option<LaneTurns>) -> Self {
         Self {
             role: Role::Inventory,
             ..Self::orders(config, requests_first)
@@ -284,7 +284,7 @@ impl RolePart {
     /// to has finished by then).
     pub fn payments(
         config: Arc<SagaConfig>,
-        requests_first: Option<RequestsFirst>,
+        requests_first: Option<LaneTurns>,
         provider: PaymentSettings,
     ) -> Self {
         Self {

@@ -87,7 +87,7 @@ pub use health::Health;
 pub use housekeeping::{Housekeeping, Retention};
 pub use lookup::Lookup;
 pub use outcome::{DeadLetterReason, Decision, Outcome, ReplyOutcome};
-pub use priority::{Foreground, YieldTo};
+pub use priority::{RequestsFirst, YieldTo};
 pub use publisher::{OutgoingMessage, PublishError, PublishReceipt, Publisher};
 pub use relay::{FlushReport, OutboxHandle, OutboxRelay, RelayConfig};
 pub use route::{BatchConfig, Route};

@@ -4,7 +4,7 @@
 //! gateway and the saga's consumers) shares its cores, its database and its broker between
 //! the two. Under a burst, sharing them fairly makes every request wait behind the
 //! backlog's work, although that work could as well wait in the stream, where it is
-//! durable. [`Foreground`] counts the requests in flight ([`Foreground::enter`], from an HTTP
+//! durable. [`RequestsFirst`] counts the requests in flight ([`RequestsFirst::enter`], from an HTTP
 //! middleware, say); [`YieldTo`] is the route layer that makes a route's work (each batch, or
 //! each delivery) background work of it: while `busy_at` or more requests are in flight,
 //! the routes that carry the layer take turns, one job at a time, and after each job its
@@ -17,10 +17,10 @@
 //! its turn like it waits for a free core, inside the route's in-progress acks.
 //!
 //! ```
-//! use jetflow_runtime::priority::Foreground;
+//! use jetflow_runtime::priority::RequestsFirst;
 //!
 //! # tokio::runtime::Runtime::new()?.block_on(async {
-//! let requests = Foreground::new(2, 0.5);
+//! let requests = RequestsFirst::new(2, 0.5);
 //! let first = requests.enter();
 //! assert!(!requests.busy(), "one request is not a burst at busy_at 2");
 //! let second = requests.enter();
@@ -44,7 +44,7 @@ use crate::middleware::{BatchHandlerFn, HandlerFn, Inbound, Middleware};
 /// Counts the foreground work in flight (requests), and lets background work (consumers)
 /// take turns while there is any. Cheap to clone; clones share the count.
 #[derive(Debug, Clone)]
-pub struct Foreground {
+pub struct RequestsFirst {
     inner: Arc<Inner>,
 }
 
@@ -65,11 +65,11 @@ const MAX_REST: Duration = Duration::from_secs(1);
 /// One unit of foreground work in flight, until dropped.
 #[derive(Debug)]
 #[must_use = "the work counts as in flight until the guard is dropped"]
-pub struct ForegroundGuard {
+pub struct InFlightRequest {
     inner: Arc<Inner>,
 }
 
-impl Drop for ForegroundGuard {
+impl Drop for InFlightRequest {
     fn drop(&mut self) {
         self.inner.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
@@ -80,7 +80,7 @@ impl Drop for ForegroundGuard {
 /// (no rest). Empty when the foreground was idle.
 #[derive(Debug)]
 pub struct BackgroundTurn<'a> {
-    foreground: &'a Foreground,
+    foreground: &'a RequestsFirst,
     permit: Option<OwnedSemaphorePermit>,
     started: tokio::time::Instant,
 }
@@ -94,7 +94,7 @@ impl BackgroundTurn<'_> {
             .then(|| self.started.elapsed().mul_f64(rest_per_work).min(MAX_REST))
     }
 
-    /// Gives the turn back after the rest owed (see [`Foreground::background`]).
+    /// Gives the turn back after the rest owed (see [`RequestsFirst::background`]).
     pub async fn finish(self) {
         if let Some(rest) = self.rest() {
             tokio::time::sleep(rest).await;
@@ -102,7 +102,7 @@ impl BackgroundTurn<'_> {
     }
 }
 
-impl Foreground {
+impl RequestsFirst {
     /// Busy while `busy_at` (at least 1) or more units of foreground work are in flight; then
     /// one background job runs at a time, and jobs take about `busy_share` (0 to 1) of the
     /// time: after each, its turn is held while the requests use the rest. A share of 1 (or
@@ -138,14 +138,14 @@ impl Foreground {
     }
 
     /// Marks one unit of foreground work in flight until the guard is dropped.
-    pub fn enter(&self) -> ForegroundGuard {
+    pub fn enter(&self) -> InFlightRequest {
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        ForegroundGuard {
+        InFlightRequest {
             inner: self.inner.clone(),
         }
     }
 
-    /// Foreground work in flight now.
+    /// RequestsFirst work in flight now.
     pub fn in_flight(&self) -> usize {
         self.inner.in_flight.load(Ordering::Acquire)
     }
@@ -171,7 +171,7 @@ impl Foreground {
         }
     }
 
-    /// Runs `work` as a background job: in its turn ([`Foreground::background_turn`]), given
+    /// Runs `work` as a background job: in its turn ([`RequestsFirst::background_turn`]), given
     /// back with [`BackgroundTurn::finish`], so that while the foreground is busy the
     /// requests get the rest of the time. Idle, it runs at once and rests not at all.
     pub async fn background<F: Future>(&self, work: F) -> F::Output {
@@ -183,12 +183,12 @@ impl Foreground {
 }
 
 /// The route layer that makes a route's work (each batch, or each delivery) background
-/// work of a [`Foreground`]: while it is busy, such jobs take turns and rest. The turn and the
+/// work of a [`RequestsFirst`]: while it is busy, such jobs take turns and rest. The turn and the
 /// rest are taken inside the route's in-progress acks, before the route pulls again, so the
 /// stream keeps what arrives meanwhile and the next batch takes it all (a route that pulled
 /// during the rest would wait with a small batch, and commit more often).
 #[derive(Debug, Clone)]
-pub struct YieldTo(pub Foreground);
+pub struct YieldTo(pub RequestsFirst);
 
 impl Middleware for YieldTo {
     fn wrap(&self, next: HandlerFn) -> HandlerFn {
@@ -223,7 +223,7 @@ mod tests {
     use super::*;
 
     /// How long `fg.background` takes for a job of `work` (on tokio's paused clock).
-    async fn background_takes(fg: &Foreground, work: Duration) -> Duration {
+    async fn background_takes(fg: &RequestsFirst, work: Duration) -> Duration {
         let started = tokio::time::Instant::now();
         fg.background(tokio::time::sleep(work)).await;
         started.elapsed()
@@ -232,7 +232,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn busy_background_jobs_rest_for_the_share_the_requests_get_and_idle_ones_do_not() {
         let ms = Duration::from_millis;
-        let half = Foreground::new(2, 0.5);
+        let half = RequestsFirst::new(2, 0.5);
         assert_eq!(
             background_takes(&half, ms(100)).await,
             ms(100),
@@ -244,7 +244,7 @@ mod tests {
             ms(200),
             "busy: as long again"
         );
-        let fifth = Foreground::new(2, 0.2);
+        let fifth = RequestsFirst::new(2, 0.2);
         let _others = (fifth.enter(), fifth.enter());
         assert_eq!(
             background_takes(&fifth, ms(100)).await,
@@ -256,7 +256,7 @@ mod tests {
             ms(2000),
             "the rest is at most a second"
         );
-        let whole = Foreground::new(2, 1.0);
+        let whole = RequestsFirst::new(2, 1.0);
         let _thirds = (whole.enter(), whole.enter());
         assert_eq!(
             background_takes(&whole, ms(100)).await,
@@ -281,7 +281,7 @@ mod tests {
 
     #[tokio::test]
     async fn background_jobs_run_side_by_side_when_idle_and_take_turns_while_busy() {
-        let fg = Foreground::new(2, 1.0);
+        let fg = RequestsFirst::new(2, 1.0);
         // Idle: any number of turns at once.
         let (a, b) = (fg.background_turn().await, fg.background_turn().await);
         drop((a, b));
@@ -306,7 +306,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn lanes_count_the_same_requests_and_never_wait_for_each_others_turn() {
-        let standard = Foreground::new(1, 1.0);
+        let standard = RequestsFirst::new(1, 1.0);
         let express = standard.lane();
         let _request = standard.enter();
         assert!(express.busy(), "the express lane sees the same requests");
@@ -322,7 +322,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_layer_yields_while_busy_and_rests_after_answering() {
         use crate::outcome::Outcome;
-        let fg = Foreground::new(1, 0.5);
+        let fg = RequestsFirst::new(1, 0.5);
         let work: BatchHandlerFn = Arc::new(|batch: Vec<Inbound>| {
             Box::pin(async move {
                 tokio::time::sleep(Duration::from_millis(100)).await;

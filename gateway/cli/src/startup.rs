@@ -24,7 +24,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::{ErrorHandlers, from_fn};
 use actix_web::{App, HttpServer, web};
-use jetflow_domain::handling::RequestsFirst;
+use jetflow_domain::handling::LaneTurns;
 use jetflow_domain::service::{PaymentSettings, RolePart};
 use jetflow_domain::{Role, topology};
 use jetflow_gateway::admin::AdminAccess;
@@ -35,7 +35,7 @@ use jetflow_gateway::{GatewayState, access_log, correlation, error, http_metrics
 use jetflow_provider::ProviderState;
 use jetflow_runtime::{
     Bridge, Database, DbError, Health, OutboxHandle, Running, Service, ServiceError,
-    priority::Foreground,
+    priority::RequestsFirst,
 };
 use jetflow_schemas::Priority;
 use tracing_actix_web::TracingLogger;
@@ -160,7 +160,7 @@ impl From<ServiceError> for StartupError {
 }
 
 /// The service that runs `roles`: its connections, and each consuming role as a part.
-fn service(settings: &Settings, roles: Roles, requests_first: Option<&Foreground>) -> Service {
+fn service(settings: &Settings, roles: Roles, requests_first: Option<&RequestsFirst>) -> Service {
     let saga = settings.saga();
     let mut service = Service::new(&settings.role_name)
         .shutdown_timeout(settings.http.shutdown_timeout)
@@ -183,7 +183,7 @@ fn service(settings: &Settings, roles: Roles, requests_first: Option<&Foreground
     } else {
         service.without_nats()
     };
-    let lanes = requests_first.cloned().map(RequestsFirst::new);
+    let lanes = requests_first.cloned().map(LaneTurns::new);
     if roles.orders {
         service = service.part(RolePart::orders(saga.clone(), lanes.clone()));
     }
@@ -223,7 +223,7 @@ impl Application {
         // One process that answers requests and consumes: each lane's consumers take turns
         // (their own) while requests are in flight (`jetflow_runtime::priority`).
         let requests_first = (settings.requests_first > 0 && roles.gateway && roles.consumes())
-            .then(|| Foreground::new(settings.requests_first as usize, settings.consumer_share));
+            .then(|| RequestsFirst::new(settings.requests_first as usize, settings.consumer_share));
         let running = service(&settings, roles, requests_first.as_ref())
             .start()
             .await?;
@@ -242,7 +242,7 @@ impl Application {
         settings: &Settings,
         roles: Roles,
         mut running: Running,
-        requests_first: Option<Foreground>,
+        requests_first: Option<RequestsFirst>,
     ) -> Result<Self, (Running, StartupError)> {
         let settings = settings.clone();
         let saga = settings.saga();

@@ -1,20 +1,22 @@
-//! Counts the requests in flight for [`Foreground`], so that consumers in the same process
+//! Counts the requests in flight for [`RequestsFirst`], so that consumers in the same process
 //! take turns while requests wait for the database and the broker (see
 //! `jetflow_runtime::priority`). Wrap the server's app with [`middleware`] and give it the
-//! `Foreground` as app data; without it, requests pass untouched.
+//! `RequestsFirst` as app data; without it, requests pass untouched.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::web;
-use jetflow_runtime::priority::Foreground;
+use jetflow_runtime::priority::RequestsFirst;
 
-/// Marks each request in flight for the app's [`Foreground`] until its response is ready.
+/// Marks each request in flight for the app's [`RequestsFirst`] until its response is ready.
 pub async fn middleware(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let _in_flight = req.app_data::<web::Data<Foreground>>().map(|f| f.enter());
+    let _in_flight = req
+        .app_data::<web::Data<RequestsFirst>>()
+        .map(|f| f.enter());
     next.call(req).await
 }
 
@@ -26,7 +28,7 @@ mod tests {
 
     #[actix_web::test]
     async fn a_request_is_in_flight_while_it_is_handled_and_not_after() {
-        let fg = Foreground::new(1, 1.0);
+        let fg = RequestsFirst::new(1, 1.0);
         let seen = fg.clone();
         let app = test::init_service(
             App::new()

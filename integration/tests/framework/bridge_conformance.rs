@@ -12,7 +12,7 @@ use jetflow_integration::{NatsServer, eventually};
 use jetflow_runtime::middleware::Inbound;
 use jetflow_runtime::prelude::*;
 use jetflow_runtime::route::BatchHandlerFn;
-use jetflow_runtime::{Foreground, YieldTo};
+use jetflow_runtime::{RequestsFirst, YieldTo};
 use serde::Deserialize;
 use sqlx::Row;
 
@@ -538,7 +538,7 @@ struct Overlap {
 
 impl Overlap {
     /// A route that yields to `requests`.
-    fn route(self: &Arc<Self>, durable: &str, subject: &str, requests: &Foreground) -> Route {
+    fn route(self: &Arc<Self>, durable: &str, subject: &str, requests: &RequestsFirst) -> Route {
         use std::sync::atomic::Ordering::SeqCst;
         let me = self.clone();
         let handler: BatchHandlerFn = Arc::new(move |batch: Vec<Inbound>| {
@@ -618,7 +618,7 @@ fn consumers_take_turns_while_requests_are_in_flight_and_run_side_by_side_after(
     use std::sync::atomic::Ordering::SeqCst;
     jetflow_integration::run(async {
         let nats = NatsServer::start();
-        let requests = Foreground::new(2, 1.0);
+        let requests = RequestsFirst::new(2, 1.0);
         let bridge = plain_bridge(&nats);
         let overlap = Arc::new(Overlap {
             running: 0.into(),
@@ -668,7 +668,7 @@ fn a_delivery_waiting_for_its_turn_is_not_redelivered() {
     use std::sync::Mutex;
     jetflow_integration::run(async {
         let nats = NatsServer::start();
-        let requests = Foreground::new(2, 1.0);
+        let requests = RequestsFirst::new(2, 1.0);
         let bridge = plain_bridge(&nats);
         // Every delivery's (subject, delivered) as its handler saw it.
         let seen = Arc::new(Mutex::new(Vec::<(String, u32)>::new()));
