@@ -39,6 +39,30 @@ pub enum OtelError {
     /// The exporter could not be built from the `OTEL_*` variables.
     #[error("OTEL_EXPORTER_OTLP_ENDPOINT: cannot export traces: {0}")]
     Exporter(String),
+    /// The protocol is not one this build speaks.
+    #[error("{variable}: {value:?} is not grpc or http/protobuf")]
+    Protocol {
+        /// The variable that names it.
+        variable: &'static str,
+        /// What it says.
+        value: String,
+    },
+}
+
+/// Checks the protocol the variables ask for (the exporter would quietly use another).
+fn check_protocol() -> Result<(), OtelError> {
+    for variable in [
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        "OTEL_EXPORTER_OTLP_PROTOCOL",
+    ] {
+        if let Ok(value) = std::env::var(variable) {
+            return match value.trim() {
+                "grpc" | "http/protobuf" => Ok(()),
+                _ => Err(OtelError::Protocol { variable, value }),
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Whether spans are exported (checked before any per-delivery work).
@@ -79,6 +103,7 @@ where
     if !configured() {
         return Ok(None);
     }
+    check_protocol()?;
     // An https:// endpoint needs a TLS provider; the process may not have chosen one yet.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The gRPC client needs a Tokio runtime of its own, alive as long as the process.

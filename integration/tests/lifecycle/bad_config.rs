@@ -183,6 +183,21 @@ fn every_bad_setting_stops_the_command_with_exit_2_and_one_line_naming_it() {
             vec![NATS, SQLITE, ("JETFLOW_REQUESTS_FIRST", "sometimes")],
         ),
         (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            vec!["orders"],
+            vec![NATS, SQLITE, ("OTEL_EXPORTER_OTLP_ENDPOINT", "::not a url")],
+        ),
+        (
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            vec!["inventory"],
+            vec![
+                NATS,
+                SQLITE,
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/thrift"),
+            ],
+        ),
+        (
             "JETFLOW_BATCH_MAX",
             vec!["all"],
             vec![NATS, SQLITE, ("JETFLOW_BATCH_MAX", "0")],
