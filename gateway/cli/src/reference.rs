@@ -77,6 +77,60 @@ pub fn markdown() -> String {
 mod tests {
     use super::*;
 
+    /// Every `JETFLOW_*` variable the docs, the deploy files and the scripts name is a setting
+    /// of the command line (or one of the few the tooling reads), so no document keeps a
+    /// setting that was renamed or removed.
+    #[test]
+    fn every_variable_the_docs_name_is_a_setting() {
+        const NOT_SETTINGS: &[&str] = &[
+            "JETFLOW_TAG",               // docker-compose's image tag
+            "JETFLOW_BLESS",             // regenerates this table
+            "JETFLOW_SKIP_LINT",         // .ci/test.sh
+            "JETFLOW_PID",               // .ci scripts
+            "JETFLOW_TEST_PG_ADMIN_URL", // the PostgreSQL tests
+        ];
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        let mut files = vec![
+            format!("{root}/README.md"),
+            format!("{root}/docker-compose.yml"),
+            format!("{root}/deploy/README.md"),
+        ];
+        for dir in ["docs", "deploy/k8s", ".ci"] {
+            for entry in std::fs::read_dir(format!("{root}/{dir}"))
+                .expect(dir)
+                .flatten()
+            {
+                let path = entry.path();
+                // The performance notebook names settings of the time it measured.
+                if path.is_file() && !path.ends_with("performance.md") {
+                    files.push(path.display().to_string());
+                }
+            }
+        }
+        let mut settings = BTreeMap::new();
+        collect(&Cli::command(), "", &mut settings);
+        let mut unknown = Vec::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap_or_default();
+            for (at, _) in text.match_indices("JETFLOW_") {
+                let name: String = text[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_uppercase() || *c == '_')
+                    .collect();
+                let name = name.trim_end_matches('_');
+                if name == "JETFLOW" {
+                    continue; // a pattern (`JETFLOW_*`), not a name
+                }
+                if !settings.contains_key(name) && !NOT_SETTINGS.contains(&name) {
+                    unknown.push(format!("{file}: {name}"));
+                }
+            }
+        }
+        unknown.sort();
+        unknown.dedup();
+        assert!(unknown.is_empty(), "not a setting: {unknown:#?}");
+    }
+
     /// One name per setting: the flag is the variable without `JETFLOW_`, in lower case with
     /// dashes (`JETFLOW_ORDER_TIMEOUT` is `--order-timeout`, `NATS_URL` is `--nats-url`), in
     /// every command that takes it.
