@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+mod book;
 pub mod config;
 pub mod events;
 pub mod handling;

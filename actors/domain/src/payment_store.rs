@@ -186,8 +186,14 @@ impl Deferred for PaymentBook {
                     })
                 })
                 .collect();
-            db::insert_absent(
-                &mut *conn,
+            let moved = self
+                .rows
+                .iter()
+                .filter(|(_, b)| b.moved)
+                .map(|(id, b)| (id.as_str(), b.status.as_str()))
+                .collect();
+            crate::book::write_back(
+                conn,
                 "payments",
                 &[
                     "order_id",
@@ -199,20 +205,8 @@ impl Deferred for PaymentBook {
                     "updated_at",
                 ],
                 &new,
-            )
-            .await?;
-            let moved: Vec<Vec<Param>> = self
-                .rows
-                .iter()
-                .filter(|(_, b)| b.moved)
-                .map(|(id, b)| vec![id.as_str().into(), b.status.as_str().into(), now.into()])
-                .collect();
-            db::update_from_values(
-                conn,
-                "payments",
-                &["order_id", "status", "at"],
-                "status = moved.status, updated_at = moved.at",
-                &moved,
+                moved,
+                now,
             )
             .await
         })

@@ -208,8 +208,14 @@ impl Deferred for ReservationBook {
                     })
                 })
                 .collect();
-            db::insert_absent(
-                &mut *conn,
+            let moved = self
+                .rows
+                .iter()
+                .filter(|(_, b)| b.moved)
+                .map(|(id, b)| (id.as_str(), b.status.as_str()))
+                .collect();
+            crate::book::write_back(
+                conn,
                 "reservations",
                 &[
                     "order_id",
@@ -220,20 +226,8 @@ impl Deferred for ReservationBook {
                     "updated_at",
                 ],
                 &new,
-            )
-            .await?;
-            let moved: Vec<Vec<Param>> = self
-                .rows
-                .iter()
-                .filter(|(_, b)| b.moved)
-                .map(|(id, b)| vec![id.as_str().into(), b.status.as_str().into(), now.into()])
-                .collect();
-            db::update_from_values(
-                conn,
-                "reservations",
-                &["order_id", "status", "at"],
-                "status = moved.status, updated_at = moved.at",
-                &moved,
+                moved,
+                now,
             )
             .await
         })
