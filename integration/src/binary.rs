@@ -32,19 +32,7 @@ pub fn jetflow_bin() -> PathBuf {
         .and_then(Path::parent)
         .expect("test executables live in target/<profile>/deps");
     static BUILD: std::sync::Once = std::sync::Once::new();
-    BUILD.call_once(|| {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "--quiet", "-p", "jetflow", "--bin", "jetflow"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        match cmd.status() {
-            Ok(s) if s.success() => {}
-            other => panic!("building the jetflow binary failed: {other:?}"),
-        }
-    });
+    BUILD.call_once(|| cargo_build(&["--bin", "jetflow"], profile_dir));
     let bin = profile_dir.join("jetflow");
     assert!(
         bin.is_file(),
@@ -63,24 +51,45 @@ pub fn runtime_example(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("test executables live in target/<profile>/deps")
         .to_path_buf();
+    cargo_build(&["--example", name], &profile_dir);
+    let bin = profile_dir.join("examples").join(name);
+    assert!(bin.is_file(), "{} does not exist", bin.display());
+    bin
+}
+
+/// `cargo build` of one target of this workspace, for the profile the tests run in.
+fn cargo_build(target: &[&str], profile_dir: &Path) {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root()).args([
-        "build",
-        "--quiet",
-        "-p",
-        "jetflow-runtime",
-        "--example",
-        name,
-    ]);
+    // With the whole workspace's features, as `.ci/test.sh` built it before the tests, and
+    // without the variables cargo sets for this test (`ring`'s build script reruns when
+    // CARGO_MANIFEST_DIR changes): otherwise half the dependencies and the target were
+    // compiled again, about 25 s, in every test process.
+    cmd.current_dir(workspace_root())
+        .args(["build", "--quiet", "--workspace"])
+        .args(target);
+    for (var, _) in std::env::vars_os() {
+        let var = var.to_string_lossy();
+        let set_by_cargo_for_this_test = var.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&var.as_ref());
+        if set_by_cargo_for_this_test {
+            cmd.env_remove(var.as_ref());
+        }
+    }
     if profile_dir.file_name().is_some_and(|n| n == "release") {
         cmd.arg("--release");
     }
     match cmd.status() {
         Ok(s) if s.success() => {}
-        other => panic!("building the example {name} failed: {other:?}"),
+        other => panic!("cargo build {target:?} failed: {other:?}"),
     }
-    let bin = profile_dir.join("examples").join(name);
-    assert!(bin.is_file(), "{} does not exist", bin.display());
-    bin
 }
