@@ -49,13 +49,18 @@ pub enum OtelError {
     },
 }
 
+/// The environment, as the checks below read it (tests give them a map instead).
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 /// Checks the protocol the variables ask for (the exporter would quietly use another).
-fn check_protocol() -> Result<(), OtelError> {
+fn check_protocol(env: impl Fn(&str) -> Option<String>) -> Result<(), OtelError> {
     for variable in [
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
     ] {
-        if let Ok(value) = std::env::var(variable) {
+        if let Some(value) = env(variable) {
             return match value.trim() {
                 "grpc" | "http/protobuf" => Ok(()),
                 _ => Err(OtelError::Protocol { variable, value }),
@@ -78,9 +83,13 @@ static INSTALLED: OnceLock<Installed> = OnceLock::new();
 
 /// Whether the environment asks for OTLP traces.
 pub fn configured() -> bool {
-    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    let off = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-        || std::env::var("OTEL_TRACES_EXPORTER").is_ok_and(|v| v.eq_ignore_ascii_case("none"));
+    configured_by(env)
+}
+
+fn configured_by(env: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+    let is = |name: &str, value: &str| env(name).is_some_and(|v| v.eq_ignore_ascii_case(value));
+    let off = is("OTEL_SDK_DISABLED", "true") || is("OTEL_TRACES_EXPORTER", "none");
     !off && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
@@ -103,7 +112,7 @@ where
     if !configured() {
         return Ok(None);
     }
-    check_protocol()?;
+    check_protocol(env)?;
     // An https:// endpoint needs a TLS provider; the process may not have chosen one yet.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // The gRPC client needs a Tokio runtime of its own, alive as long as the process.
@@ -218,10 +227,62 @@ mod tests {
         assert!(span_context("00-xyz-00f067aa0ba902b7-01").is_none());
     }
 
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
     #[test]
-    fn nothing_is_exported_unless_asked() {
-        // The test environment sets no OTEL_* variable.
-        assert!(!enabled());
-        assert_eq!(current_traceparent(), None);
+    fn the_standard_variables_turn_it_on_and_off() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
+        assert!(!configured_by(vars(&[])));
+        assert!(configured_by(vars(&[endpoint])));
+        assert!(configured_by(vars(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://127.0.0.1:4318/v1/traces"
+        )])));
+        assert!(!configured_by(vars(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            " "
+        )])));
+        assert!(!configured_by(vars(&[
+            endpoint,
+            ("OTEL_SDK_DISABLED", "TRUE")
+        ])));
+        assert!(!configured_by(vars(&[
+            endpoint,
+            ("OTEL_TRACES_EXPORTER", "none")
+        ])));
+        assert!(configured_by(vars(&[
+            endpoint,
+            ("OTEL_SDK_DISABLED", "false")
+        ])));
+    }
+
+    #[test]
+    fn only_the_protocols_this_build_speaks_are_taken() {
+        assert!(check_protocol(vars(&[])).is_ok());
+        assert!(check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).is_ok());
+        assert!(check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).is_ok());
+        let e = check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]))
+            .expect_err("no JSON exporter in this build");
+        assert!(
+            e.to_string().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL: "),
+            "{e}"
+        );
+        // The traces' own variable wins over the general one.
+        let e = check_protocol(vars(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "thrift"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ]))
+        .expect_err("thrift");
+        assert!(
+            e.to_string()
+                .starts_with("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"),
+            "{e}"
+        );
     }
 }
