@@ -12,9 +12,12 @@
 //!
 //! ```no_run
 //! use tracing_subscriber::prelude::*;
-//! let otlp = jetflow_runtime::otel::layer("my-service").expect("OTLP settings");
+//! let exported = jetflow_runtime::otel::jetflow_spans().with_target("my_service", tracing::Level::INFO);
+//! let otlp = jetflow_runtime::otel::layer("my-service")
+//!     .expect("OTLP settings")
+//!     .map(|layer| layer.with_filter(exported));
 //! tracing_subscriber::registry()
-//!     .with(tracing_subscriber::fmt::layer())
+//!     .with(tracing_subscriber::fmt::layer().with_filter(tracing_subscriber::EnvFilter::from_default_env()))
 //!     .with(otlp)
 //!     .init();
 //! // ... run the service, then flush what is left:
@@ -60,11 +63,16 @@ fn check_protocol(env: impl Fn(&str) -> Option<String>) -> Result<(), OtelError>
         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
         "OTEL_EXPORTER_OTLP_PROTOCOL",
     ] {
-        if let Some(value) = env(variable) {
-            return match value.trim() {
-                "grpc" | "http/protobuf" => Ok(()),
-                _ => Err(OtelError::Protocol { variable, value }),
-            };
+        // As the exporter reads them: an empty value is unset, case does not matter.
+        match env(variable) {
+            Some(value) if value.is_empty() => continue,
+            Some(value) => {
+                return match value.to_lowercase().as_str() {
+                    "grpc" | "http/protobuf" => Ok(()),
+                    _ => Err(OtelError::Protocol { variable, value }),
+                };
+            }
+            None => continue,
         }
     }
     Ok(())
@@ -146,6 +154,23 @@ where
     }
     ON.store(true, Ordering::Relaxed);
     Ok(Some(tracing_opentelemetry::layer().with_tracer(tracer)))
+}
+
+/// The spans worth exporting: those of the jetflow crates at `info` and above (a request, a
+/// delivery, a handler). Give the [`layer`] a filter of its own, this one plus a service's own
+/// crates, so that `RUST_LOG` decides what is logged but not what is exported, and the
+/// exporter's own HTTP and gRPC spans are never exported.
+pub fn jetflow_spans() -> tracing_subscriber::filter::Targets {
+    tracing_subscriber::filter::Targets::new().with_targets(
+        [
+            "jetflow_runtime",
+            "jetflow_domain",
+            "jetflow_gateway",
+            "jetflow_provider",
+            "jetflow_app",
+        ]
+        .map(|crate_name| (crate_name, tracing::Level::INFO)),
+    )
 }
 
 /// Exports what is left (within 5 s) and stops exporting. Call once, when the process stops.
@@ -265,6 +290,10 @@ mod tests {
     #[test]
     fn only_the_protocols_this_build_speaks_are_taken() {
         assert!(check_protocol(vars(&[])).is_ok());
+        assert!(check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "")])).is_ok());
+        assert!(check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "GRPC")])).is_ok());
+        // The exporter would ignore a value with spaces and use another protocol.
+        assert!(check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", " grpc")])).is_err());
         assert!(check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")])).is_ok());
         assert!(check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")])).is_ok());
         let e = check_protocol(vars(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]))

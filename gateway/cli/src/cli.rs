@@ -245,7 +245,8 @@ pub struct ApiArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OrderArgs {
     /// Orders not finished after this long are cancelled as timed_out (they are looked for
-    /// every sixtieth of it, at least every second and at most every 15s).
+    /// every sixtieth of it, but not more often than once a second nor less often than every
+    /// 15s).
     #[arg(long, env = "JETFLOW_ORDER_TIMEOUT", default_value = "15m", value_parser = positive_duration)]
     pub order_timeout: Duration,
 }

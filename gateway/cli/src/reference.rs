@@ -77,9 +77,10 @@ pub fn markdown() -> String {
 mod tests {
     use super::*;
 
-    /// Every `JETFLOW_*` variable the docs, the deploy files and the scripts name is a setting
-    /// of the command line (or one of the few the tooling reads), so no document keeps a
-    /// setting that was renamed or removed.
+    /// Every `JETFLOW_*` variable that the README, `docs/` (but the performance notebook),
+    /// `deploy/README.md`, the Kubernetes manifests, `docker-compose.yml` and the `.ci`
+    /// scripts name is a setting of the command line (or one of the few the tooling reads), so
+    /// no document keeps a setting that was renamed or removed.
     #[test]
     fn every_variable_the_docs_name_is_a_setting() {
         const NOT_SETTINGS: &[&str] = &[

@@ -429,7 +429,7 @@ impl Settings {
             let horizon = self.saga.redelivery_horizon();
             self.retention
                 .check(horizon)
-                .map_err(|e| ConfigError::new("inbox retention", e))?;
+                .map_err(|e| ConfigError::new("JETFLOW_ACK_WAIT", e))?;
         }
         if uses.payments {
             match &self.provider.url {
@@ -560,7 +560,7 @@ mod tests {
         s.retention.inbox = Duration::from_secs(60);
         assert_eq!(
             s.validate(uses_all()).unwrap_err().setting,
-            "inbox retention"
+            "JETFLOW_ACK_WAIT"
         );
         s.retention = Retention::default();
         s.provider.url = Some("ftp://x".into());

@@ -11,9 +11,9 @@
 //! Traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, every span is also exported over OTLP
 //! ([`jetflow_runtime::otel`]), one trace per order across every role.
 
-use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,32 +34,25 @@ pub fn init(
 ) -> Result<(), jetflow_runtime::otel::OtelError> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let (json, pretty) = match format {
-        LogFormat::Json => (
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(true)
-                    .with_span_list(true)
-                    .with_span_events(FmtSpan::NONE)
-                    .with_writer(std::io::stderr),
-            ),
-            None,
-        ),
-        LogFormat::Pretty => (
-            None,
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(std::io::stderr),
-            ),
-        ),
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_span_events(FmtSpan::NONE)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
-    let otlp = jetflow_runtime::otel::layer(service)?;
+    // RUST_LOG decides what is logged, not what is exported: the spans of the jetflow crates
+    // are exported whatever it says, and never the exporter's own HTTP and gRPC spans.
+    let otlp = jetflow_runtime::otel::layer(service)?
+        .map(|layer| layer.with_filter(jetflow_runtime::otel::jetflow_spans()));
     let result = tracing_subscriber::registry()
-        .with(filter)
-        .with(json)
-        .with(pretty)
+        .with(logs.with_filter(filter))
         .with(otlp)
         .try_init();
     if result.is_ok() {

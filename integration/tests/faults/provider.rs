@@ -2,8 +2,8 @@
 //! orders: the breaker opens (metric), fails fast, half-opens and closes; every order ends
 //! confirmed or `payment_unavailable` with its stock back. A provider with a rate limit below
 //! the orders' rate slows the saga and never breaks it: the payment actor's mailbox fills and
-//! drains, the breaker never opens, every order is confirmed and charged once. (Its own test
-//! binary: it reads the process-wide breaker and actor metrics, one test at a time.)
+//! drains, the breaker never opens, every order is confirmed and charged once. (The tests that
+//! read the process-wide breaker and actor metrics run alone: `super::alone`.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -263,6 +263,7 @@ fn provider_down_slow_and_back_trips_and_heals_the_breaker() {
 
 #[test]
 fn an_order_that_times_out_while_its_charge_is_in_flight_is_cancelled_and_the_charge_voided() {
+    let _shared = super::beside_others();
     jetflow_integration::run(async {
         let nats = NatsServer::start();
         let app = TestAppBuilder::new(&nats.url())

@@ -1,9 +1,8 @@
 //! OpenTelemetry traces: with `OTEL_EXPORTER_OTLP_ENDPOINT` set, `jetflow all` exports its
 //! spans over OTLP (`http/protobuf` and `grpc`) to a real receiver, and one order is one trace,
 //! from the HTTP request (continuing the caller's `traceparent`) through every event of the
-//! saga to its final status, every span's parent among the spans received.
+//! saga to its final status: each delivery's parents, span by span, arrive and lead to the request.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use jetflow_integration::otlp::{OtlpReceiver, ReceivedSpan};
@@ -83,10 +82,10 @@ async fn one_order_is_one_trace(protocol: &'static str) {
     })
     .await;
 
-    let consumed =
-        |spans: &[ReceivedSpan], event: &str| spans.iter().any(|s| delivery_of(s, event));
+    // Spans are exported as they end, in batches: wait until the request span and a delivery
+    // span of each event are there, each delivery's chain of parents reaching the request.
     let trace = eventually(
-        "every span of the order at the receiver",
+        "the order's trace at the receiver",
         Duration::from_secs(30),
         || {
             let spans: Vec<ReceivedSpan> = receiver
@@ -95,22 +94,15 @@ async fn one_order_is_one_trace(protocol: &'static str) {
                 .filter(|s| s.trace_id == TRACE)
                 .collect();
             async move {
-                let request = spans.iter().any(|s| s.name == "request");
-                let missing: Vec<&str> = EVENTS
-                    .iter()
-                    .copied()
-                    .filter(|e| !consumed(&spans, e))
-                    .collect();
-                if request && missing.is_empty() {
-                    Ok(spans)
-                } else {
-                    let seen: Vec<String> = spans
-                        .iter()
-                        .map(|s| format!("{} {:?}", s.name, s.attributes.get("subject")))
-                        .collect();
-                    Err(format!(
-                        "request span: {request}; no delivery span yet for {missing:?}; the trace so far: {seen:?}"
-                    ))
+                match chains(&spans) {
+                    Ok(()) => Ok(spans),
+                    Err(why) => {
+                        let seen: Vec<String> = spans
+                            .iter()
+                            .map(|s| format!("{} {:?}", s.name, s.attributes.get("subject")))
+                            .collect();
+                        Err(format!("{why}; the trace so far: {seen:?}"))
+                    }
                 }
             }
         },
@@ -135,36 +127,37 @@ async fn one_order_is_one_trace(protocol: &'static str) {
         request.attributes.get("route").map(String::as_str),
         Some("/orders")
     );
-    // One trace, not fragments: every span's parent arrived too (the caller's is outside).
-    let ids: HashSet<&str> = trace.iter().map(|s| s.span_id.as_str()).collect();
-    let orphans: Vec<&ReceivedSpan> = trace
+}
+
+/// Whether the spans hold the request and a delivery of each event whose parents lead, span
+/// by span, to the request: one trace, not fragments.
+fn chains(spans: &[ReceivedSpan]) -> Result<(), String> {
+    let request = spans
         .iter()
-        .filter(|s| s.parent_span_id != CALLER_SPAN && !ids.contains(s.parent_span_id.as_str()))
-        .collect();
-    assert!(
-        orphans.is_empty(),
-        "spans whose parent never arrived: {orphans:#?}"
-    );
-    // The events follow each other: each delivery descends from the request.
+        .find(|s| s.name == "request")
+        .ok_or("no request span yet")?;
     let parent_of = |id: &str| {
-        trace
+        spans
             .iter()
             .find(|s| s.span_id == id)
-            .map(|s| s.parent_span_id.clone())
+            .map(|s| s.parent_span_id.as_str())
     };
     for event in EVENTS {
-        let delivery = trace
+        let delivery = spans
             .iter()
             .find(|s| delivery_of(s, event))
-            .expect("a delivery span");
-        let mut at = delivery.span_id.clone();
+            .ok_or_else(|| format!("no delivery span of {event} yet"))?;
+        let mut at = delivery.span_id.as_str();
         let mut hops = 0;
         while at != request.span_id {
-            at = parent_of(&at).unwrap_or_else(|| panic!("{event}'s chain breaks at {at}"));
+            at = parent_of(at).ok_or_else(|| format!("{event}'s chain breaks at {at}"))?;
             hops += 1;
-            assert!(hops < 64, "{event}'s chain does not reach the request");
+            if hops > 64 {
+                return Err(format!("{event}'s chain does not reach the request"));
+            }
         }
     }
+    Ok(())
 }
 
 #[test]
