@@ -12,7 +12,7 @@
 //!
 //! ```no_run
 //! use tracing_subscriber::prelude::*;
-//! let exported = jetflow_runtime::otel::jetflow_spans().with_target("my_service", tracing::Level::INFO);
+//! let exported = jetflow_runtime::otel::spans_of(&["my_service"]);
 //! let otlp = jetflow_runtime::otel::layer("my-service")
 //!     .expect("OTLP settings")
 //!     .map(|layer| layer.with_filter(exported));
@@ -156,20 +156,15 @@ where
     Ok(Some(tracing_opentelemetry::layer().with_tracer(tracer)))
 }
 
-/// The spans worth exporting: those of the jetflow crates at `info` and above (a request, a
-/// delivery, a handler). Give the [`layer`] a filter of its own, this one plus a service's own
-/// crates, so that `RUST_LOG` decides what is logged but not what is exported, and the
-/// exporter's own HTTP and gRPC spans are never exported.
-pub fn jetflow_spans() -> tracing_subscriber::filter::Targets {
+/// The spans worth exporting: those of the runtime and of the service's own `crates`, at
+/// `info` and above (a request, a delivery, a handler). Give the [`layer`] this filter, so
+/// that `RUST_LOG` decides what is logged but not what is exported, and the exporter's own
+/// HTTP and gRPC spans are never exported.
+pub fn spans_of(crates: &[&str]) -> tracing_subscriber::filter::Targets {
     tracing_subscriber::filter::Targets::new().with_targets(
-        [
-            "jetflow_runtime",
-            "jetflow_domain",
-            "jetflow_gateway",
-            "jetflow_provider",
-            "jetflow_app",
-        ]
-        .map(|crate_name| (crate_name, tracing::Level::INFO)),
+        std::iter::once("jetflow_runtime")
+            .chain(crates.iter().copied())
+            .map(|name| (name.to_string(), tracing::Level::INFO)),
     )
 }
 

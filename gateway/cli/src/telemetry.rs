@@ -15,6 +15,14 @@ use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+/// The crates of the reference system whose spans are exported (with the runtime's).
+const SPAN_CRATES: &[&str] = &[
+    "jetflow_domain",
+    "jetflow_gateway",
+    "jetflow_provider",
+    "jetflow_app",
+];
+
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -50,7 +58,7 @@ pub fn init(
     // RUST_LOG decides what is logged, not what is exported: the spans of the jetflow crates
     // are exported whatever it says, and never the exporter's own HTTP and gRPC spans.
     let otlp = jetflow_runtime::otel::layer(service)?
-        .map(|layer| layer.with_filter(jetflow_runtime::otel::jetflow_spans()));
+        .map(|layer| layer.with_filter(jetflow_runtime::otel::spans_of(SPAN_CRATES)));
     let result = tracing_subscriber::registry()
         .with(logs.with_filter(filter))
         .with(otlp)

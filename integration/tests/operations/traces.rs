@@ -64,23 +64,8 @@ async fn one_order_is_one_trace(protocol: &'static str) {
         .as_str()
         .expect("an order id")
         .to_string();
-    eventually("the order to be confirmed", Duration::from_secs(30), || {
-        let (client, url) = (client.clone(), format!("{}/orders/{order_id}", app.url()));
-        async move {
-            let order: Value = client
-                .get(url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            (order["status"] == "confirmed")
-                .then_some(())
-                .ok_or_else(|| format!("{order}"))
-        }
-    })
-    .await;
+    let order = app.wait_finished(&order_id, Duration::from_secs(30)).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
 
     // Spans are exported as they end, in batches: wait until the request span and a delivery
     // span of each event are there, each delivery's chain of parents reaching the request.
