@@ -567,7 +567,7 @@ pub async fn poison_and_replay(backend: Backend) {
     // A valid order whose handling cannot commit (a table is missing) is retried, then
     // dead-lettered as exhausted; after the repair, replaying it completes the order.
     let db = env.app.db().clone();
-    let sql = |q: &'static str| sqlx::raw_sql(sqlx::AssertSqlSafe(q)).execute(db.pool());
+    let sql = |q: &'static str| jetflow_runtime::db::query(q).execute(db.pool());
     sql("ALTER TABLE reservations RENAME TO reservations_broken")
         .await
         .expect("break the database");

@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
+use jetflow_runtime::db::{Conn, query};
 use jetflow_runtime::{Database, OutgoingMessage};
 use serde::{Deserialize, Serialize};
-use sqlx::{AnyConnection, Row};
 
 use crate::now_ms;
 
@@ -76,13 +76,13 @@ pub enum Claim {
 
 /// Claims `key` for `record`, or returns what it already stands for.
 pub async fn claim(
-    conn: &mut AnyConnection,
+    mut conn: Conn<'_>,
     key: &str,
     record: &IdempotencyRecord,
 ) -> Result<Claim, sqlx::Error> {
     let messages =
         serde_json::to_string(&record.messages).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-    let inserted = sqlx::query(
+    let inserted = query(
         "INSERT INTO idempotency_keys (idempotency_key, request, order_id, correlation_id, messages, published, created_at) \
          VALUES ($1, $2, $3, $4, $5, 0, $6) ON CONFLICT (idempotency_key) DO NOTHING",
     )
@@ -92,18 +92,18 @@ pub async fn claim(
     .bind(&record.correlation_id)
     .bind(messages)
     .bind(now_ms())
-    .execute(&mut *conn)
+    .execute(conn.reborrow())
     .await?
     .rows_affected()
         == 1;
     if inserted {
         return Ok(Claim::New);
     }
-    let row = sqlx::query(
+    let row = query(
         "SELECT request, order_id, correlation_id, messages, published FROM idempotency_keys WHERE idempotency_key = $1",
     )
     .bind(key)
-    .fetch_one(&mut *conn)
+    .fetch_one(conn.reborrow())
     .await?;
     let messages: String = row.try_get("messages")?;
     Ok(Claim::Existing(IdempotencyRecord {
@@ -116,8 +116,8 @@ pub async fn claim(
 }
 
 /// Notes that the key's events were acknowledged by JetStream.
-pub async fn mark_published(conn: &mut AnyConnection, key: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE idempotency_keys SET published = 1 WHERE idempotency_key = $1")
+pub async fn mark_published(conn: Conn<'_>, key: &str) -> Result<(), sqlx::Error> {
+    query("UPDATE idempotency_keys SET published = 1 WHERE idempotency_key = $1")
         .bind(key)
         .execute(conn)
         .await?;

@@ -12,10 +12,10 @@ use std::collections::HashSet;
 
 use futures::future::BoxFuture;
 use jetflow_runtime::db::{self, Param};
+use jetflow_runtime::db::{Conn, Executor, query};
 use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
 use jetflow_schemas::Priority;
 use serde::Serialize;
-use sqlx::{AnyConnection, Row};
 
 use crate::now_ms;
 
@@ -144,10 +144,7 @@ pub struct NewOrder {
 /// Records a new order as pending, unless it is known already. Returns true if it was new.
 /// The gateway calls this before it publishes the order's `orders.created`, so the order
 /// handler finds the row there and has nothing to write.
-pub async fn insert_pending(
-    conn: &mut AnyConnection,
-    order: &NewOrder,
-) -> Result<bool, sqlx::Error> {
+pub async fn insert_pending(conn: Conn<'_>, order: &NewOrder) -> Result<bool, sqlx::Error> {
     // Its `pending` entry is its creation time: no history row needed.
     Ok(insert_pending_many(conn, &[order])
         .await?
@@ -157,7 +154,7 @@ pub async fn insert_pending(
 /// Records new orders as pending, one statement per 500 orders (the gateway's accepted
 /// orders of one group commit), skipping those known already. Returns the ids inserted.
 pub async fn insert_pending_many(
-    conn: &mut AnyConnection,
+    conn: Conn<'_>,
     orders: &[&NewOrder],
 ) -> Result<HashSet<String>, sqlx::Error> {
     let rows: Vec<Vec<Param>> = orders
@@ -212,7 +209,7 @@ pub async fn record_created(uow: &mut UnitOfWork, order: &NewOrder) -> Result<bo
     match uow.deferred::<OrderBook>().orders.get(&order.order_id) {
         Some(held) if held.full => Ok(false),
         Some(_) => {
-            sqlx::query(
+            query(
                 "UPDATE orders SET customer_id = COALESCE(customer_id, $2), items = COALESCE(items, $3), \
                  priority = $4, shipping_address = COALESCE(shipping_address, $5), \
                  correlation_id = COALESCE(correlation_id, $6) WHERE order_id = $1",
@@ -246,19 +243,19 @@ pub async fn record_created(uow: &mut UnitOfWork, order: &NewOrder) -> Result<bo
 
 /// Removes an order that was recorded but never accepted (its `orders.created` could not be
 /// stored), as long as nothing happened to it since. Returns true if it was removed.
-pub async fn withdraw(conn: &mut AnyConnection, order_id: &str) -> Result<bool, sqlx::Error> {
-    let removed = sqlx::query("DELETE FROM orders WHERE order_id = $1 AND status = 'pending'")
+pub async fn withdraw(mut conn: Conn<'_>, order_id: &str) -> Result<bool, sqlx::Error> {
+    let removed = query("DELETE FROM orders WHERE order_id = $1 AND status = 'pending'")
         .bind(order_id)
-        .execute(&mut *conn)
+        .execute(conn.reborrow())
         .await?
         .rows_affected()
         == 1;
     if removed {
         // Nothing but `pending` happened to it, so it has no history rows; old databases
         // kept one.
-        sqlx::query("DELETE FROM order_history WHERE order_id = $1")
+        query("DELETE FROM order_history WHERE order_id = $1")
             .bind(order_id)
-            .execute(&mut *conn)
+            .execute(conn.reborrow())
             .await?;
     }
     Ok(removed)
@@ -276,7 +273,7 @@ impl History {
 }
 
 impl Deferred for History {
-    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let rows: Vec<Vec<Param>> = self
                 .0
@@ -366,7 +363,7 @@ impl OrderBook {
 }
 
 impl Deferred for OrderBook {
-    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let moved: Vec<Vec<Param>> = self
                 .orders
@@ -493,7 +490,7 @@ pub async fn advance_via(
         return Ok(Advance::Applied);
     }
     // First news of this order: record it at the new status.
-    let inserted = sqlx::query(
+    let inserted = query(
         "INSERT INTO orders (order_id, status, reason, detail, amount_cents, correlation_id, created_at, updated_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (order_id) DO NOTHING",
     )
@@ -529,9 +526,9 @@ fn record_history(uow: &mut UnitOfWork, order_id: &str, steps: &[OrderStatus], a
 /// One order with its history.
 pub async fn get<'c, E>(executor: E, order_id: &str) -> Result<Option<OrderRecord>, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any> + Copy,
+    E: Executor<'c> + Copy,
 {
-    let Some(row) = sqlx::query(
+    let Some(row) = query(
         "SELECT order_id, customer_id, items, priority, shipping_address, status, reason, detail, amount_cents, \
          correlation_id, created_at, updated_at FROM orders WHERE order_id = $1",
     )
@@ -542,7 +539,7 @@ where
         return Ok(None);
     };
     let history =
-        sqlx::query("SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY at, status")
+        query("SELECT status, at FROM order_history WHERE order_id = $1 ORDER BY at, status")
             .bind(order_id)
             .fetch_all(executor)
             .await?
@@ -595,9 +592,9 @@ where
 /// Orders per status.
 pub async fn count_by_status<'c, E>(executor: E) -> Result<Vec<(String, i64)>, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
+    query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
         .fetch_all(executor)
         .await?
         .iter()
@@ -612,9 +609,9 @@ pub async fn stale<'c, E>(
     limit: i64,
 ) -> Result<Vec<(String, Option<String>)>, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    sqlx::query(
+    query(
         "SELECT order_id, priority FROM orders WHERE status IN ('pending', 'reserved', 'paid') AND updated_at < $1 \
          ORDER BY updated_at LIMIT $2",
     )

@@ -100,8 +100,8 @@ impl PaymentHandler {
         &self,
         ids: &[&str],
     ) -> Result<HashMap<String, PaymentRecord>, sqlx::Error> {
-        let mut conn = self.deps.db.pool().acquire().await?;
-        let found = payment_store::get_many(&mut conn, ids).await?;
+        let mut pooled = self.deps.db.acquire().await?;
+        let found = payment_store::get_many(pooled.conn(), ids).await?;
         let mut to_charge: Vec<&str> = ids
             .iter()
             .copied()
@@ -109,7 +109,7 @@ impl PaymentHandler {
             .collect();
         to_charge.sort_unstable();
         to_charge.dedup();
-        payment_store::mark_attempted(&mut conn, &to_charge).await?;
+        payment_store::mark_attempted(pooled.conn(), &to_charge).await?;
         Ok(found)
     }
 }

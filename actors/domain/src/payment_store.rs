@@ -10,8 +10,8 @@ use std::collections::HashMap;
 
 use futures::future::BoxFuture;
 use jetflow_runtime::db::{self, Param};
+use jetflow_runtime::db::{Conn, Executor, query};
 use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
-use sqlx::{AnyConnection, Row};
 
 use crate::now_ms;
 
@@ -92,17 +92,16 @@ pub struct NewPayment<'a> {
 /// The payment of an order, if one was recorded.
 pub async fn get<'c, E>(executor: E, order_id: &str) -> Result<Option<PaymentRecord>, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    let row =
-        sqlx::query("SELECT status, amount_cents, payment_id FROM payments WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(executor)
-            .await?;
+    let row = query("SELECT status, amount_cents, payment_id FROM payments WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(executor)
+        .await?;
     row.as_ref().map(record_of).transpose()
 }
 
-fn record_of(r: &sqlx::any::AnyRow) -> Result<PaymentRecord, sqlx::Error> {
+fn record_of(r: &jetflow_runtime::db::Row) -> Result<PaymentRecord, sqlx::Error> {
     let status: String = r.try_get("status")?;
     Ok(PaymentRecord {
         status: PaymentStatus::parse(&status).ok_or_else(|| {
@@ -115,7 +114,7 @@ fn record_of(r: &sqlx::any::AnyRow) -> Result<PaymentRecord, sqlx::Error> {
 
 /// The payments recorded for these orders, by order id (one statement per 500 orders).
 pub async fn get_many(
-    conn: &mut AnyConnection,
+    conn: Conn<'_>,
     order_ids: &[&str],
 ) -> Result<HashMap<String, PaymentRecord>, sqlx::Error> {
     let rows = db::fetch_in(conn, order_ids, |list| {
@@ -166,7 +165,7 @@ struct NewRow {
 }
 
 impl Deferred for PaymentBook {
-    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let now = now_ms();
             let new: Vec<Vec<Param>> = self
@@ -280,9 +279,9 @@ pub async fn record(uow: &mut UnitOfWork, p: &NewPayment<'_>) -> Result<bool, sq
 /// with this marker has its charge voided.
 pub async fn mark_uncertain<'c, E>(executor: E, order_id: &str) -> Result<(), sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    sqlx::query(
+    query(
         "INSERT INTO payment_attempts (order_id, uncertain_at) VALUES ($1, $2) \
          ON CONFLICT (order_id) DO NOTHING",
     )
@@ -297,10 +296,7 @@ where
 /// attempted (one statement): whatever becomes of the transaction that would record the
 /// answer (a failed commit, a panic, a last delivery dead-lettered), a cancellation then
 /// knows a charge may exist and has it voided.
-pub async fn mark_attempted(
-    conn: &mut sqlx::AnyConnection,
-    order_ids: &[&str],
-) -> Result<(), sqlx::Error> {
+pub async fn mark_attempted(conn: Conn<'_>, order_ids: &[&str]) -> Result<(), sqlx::Error> {
     if order_ids.is_empty() {
         return Ok(());
     }
@@ -333,9 +329,9 @@ pub async fn purge_attempts(
 /// Whether a charge for `order_id` may exist that was never recorded.
 pub async fn was_uncertain<'c, E>(executor: E, order_id: &str) -> Result<bool, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    let row = sqlx::query("SELECT order_id FROM payment_attempts WHERE order_id = $1")
+    let row = query("SELECT order_id FROM payment_attempts WHERE order_id = $1")
         .bind(order_id)
         .fetch_optional(executor)
         .await?;
@@ -363,9 +359,9 @@ pub async fn request_void(
 /// Orders whose charge waits to be voided, oldest first.
 pub async fn void_pending<'c, E>(executor: E, limit: i64) -> Result<Vec<String>, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    sqlx::query(
+    query(
         "SELECT order_id FROM payments WHERE status = 'void_pending' ORDER BY updated_at LIMIT $1",
     )
     .bind(limit)
@@ -379,9 +375,9 @@ where
 /// Records that the provider voided the order's charge: true if it was waiting for that.
 pub async fn mark_voided<'c, E>(executor: E, order_id: &str) -> Result<bool, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    Ok(sqlx::query(
+    Ok(query(
         "UPDATE payments SET status = 'voided', updated_at = $2 WHERE order_id = $1 AND status = 'void_pending'",
     )
     .bind(order_id)

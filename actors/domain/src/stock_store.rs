@@ -26,8 +26,8 @@ use futures::future::BoxFuture;
 use jetflow_runtime::db::{self, Param};
 use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
 
+use jetflow_runtime::db::{Conn, Executor, query};
 use serde::Serialize;
-use sqlx::{AnyConnection, Row};
 
 use crate::now_ms;
 
@@ -46,7 +46,7 @@ pub struct Product {
     pub price_cents: i64,
 }
 
-fn product_of(row: &sqlx::any::AnyRow) -> Result<Product, sqlx::Error> {
+fn product_of(row: &jetflow_runtime::db::Row) -> Result<Product, sqlx::Error> {
     Ok(Product {
         product_id: row.try_get("product_id")?,
         available: row.try_get("available")?,
@@ -59,9 +59,9 @@ fn product_of(row: &sqlx::any::AnyRow) -> Result<Product, sqlx::Error> {
 /// A product's stock.
 pub async fn get<'c, E>(executor: E, product_id: &str) -> Result<Option<Product>, sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    let row = sqlx::query(
+    let row = query(
         "SELECT product_id, available, reserved, sold, price_cents FROM products WHERE product_id = $1",
     )
     .bind(product_id)
@@ -73,12 +73,12 @@ where
 /// Sets a product's available stock and price (creating it), keeping what is reserved and
 /// sold.
 pub async fn put(
-    conn: &mut AnyConnection,
+    mut conn: Conn<'_>,
     product_id: &str,
     available: i64,
     price_cents: i64,
 ) -> Result<Product, sqlx::Error> {
-    sqlx::query(
+    query(
         "INSERT INTO products (product_id, available, reserved, sold, price_cents, updated_at) \
          VALUES ($1, $2, 0, 0, $3, $4) \
          ON CONFLICT (product_id) DO UPDATE SET available = excluded.available, \
@@ -88,9 +88,9 @@ pub async fn put(
     .bind(available)
     .bind(price_cents)
     .bind(now_ms())
-    .execute(&mut *conn)
+    .execute(conn.reborrow())
     .await?;
-    get(&mut *conn, product_id)
+    get(conn.reborrow(), product_id)
         .await?
         .ok_or(sqlx::Error::RowNotFound)
 }
@@ -189,7 +189,7 @@ impl ReservationBook {
 }
 
 impl Deferred for ReservationBook {
-    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let now = now_ms();
             let new: Vec<Vec<Param>> = self
@@ -430,7 +430,7 @@ struct Moved {
 }
 
 impl Deferred for StockLedger {
-    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let now = now_ms();
             let moved: Vec<Vec<Param>> = self
@@ -469,7 +469,7 @@ impl Deferred for StockLedger {
 struct HeldItems(Vec<(String, String, i64, i64)>);
 
 impl Deferred for HeldItems {
-    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         Box::pin(async move {
             let rows: Vec<Vec<Param>> = self
                 .0
@@ -543,7 +543,7 @@ enum Move {
 /// (`None` for a reservation made before they were kept there: then from
 /// `reservation_items`).
 async fn held_items(
-    conn: &mut AnyConnection,
+    conn: Conn<'_>,
     order_id: &str,
     items: Option<String>,
 ) -> Result<Vec<(String, i64)>, sqlx::Error> {
@@ -552,7 +552,7 @@ async fn held_items(
             serde_json::from_str(&items).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
         return Ok(priced.into_iter().map(|(p, q, _)| (p, q)).collect());
     }
-    let rows = sqlx::query(
+    let rows = query(
         "SELECT product_id, quantity FROM reservation_items WHERE order_id = $1 ORDER BY product_id",
     )
     .bind(order_id)
@@ -618,9 +618,9 @@ async fn finish(
 /// Totals over all products, for invariant checks: (available, reserved, sold).
 pub async fn totals<'c, E>(executor: E) -> Result<(i64, i64, i64), sqlx::Error>
 where
-    E: sqlx::Executor<'c, Database = sqlx::Any>,
+    E: Executor<'c>,
 {
-    let row = sqlx::query(
+    let row = query(
         "SELECT CAST(COALESCE(SUM(available), 0) AS BIGINT) AS a, CAST(COALESCE(SUM(reserved), 0) AS BIGINT) AS r, \
          CAST(COALESCE(SUM(sold), 0) AS BIGINT) AS s FROM products",
     )

@@ -71,8 +71,8 @@ impl Kit {
     }
 
     async fn put(&self, product: &str, available: i64, price: i64) {
-        let mut conn = self.deps.db.pool().acquire().await.expect("conn");
-        stock_store::put(&mut conn, product, available, price)
+        let mut conn = self.deps.db.acquire().await.expect("conn");
+        stock_store::put(conn.conn(), product, available, price)
             .await
             .expect("put");
     }
@@ -94,11 +94,14 @@ impl Kit {
     /// The statuses of an order's rows in `table` (reservations, payments): one at most.
     async fn statuses(&self, table: &str, order_id: &str) -> Vec<String> {
         let sql = format!("SELECT status FROM {table} WHERE order_id = $1");
-        sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+        jetflow_runtime::db::query(sqlx::AssertSqlSafe(sql))
             .bind(order_id)
             .fetch_all(self.deps.db.pool())
             .await
             .expect("read")
+            .iter()
+            .map(|r| r.try_get("status").expect("status"))
+            .collect()
     }
 
     /// Everything committed so far is published (the relay has nothing in flight): the
@@ -374,12 +377,16 @@ async fn a_batch_of_orders_sharing_a_product_never_oversells() {
         "the mixed order took nothing"
     );
     // The items are also where the previous version looks for them (a rolling upgrade).
-    let held: Vec<(String, i64)> =
-        sqlx::query_as("SELECT product_id, quantity FROM reservation_items WHERE order_id = $1")
-            .bind(ids[0].as_str())
-            .fetch_all(k.deps.db.pool())
-            .await
-            .expect("items");
+    let held: Vec<(String, i64)> = jetflow_runtime::db::query(
+        "SELECT product_id, quantity FROM reservation_items WHERE order_id = $1",
+    )
+    .bind(ids[0].as_str())
+    .fetch_all(k.deps.db.pool())
+    .await
+    .expect("items")
+    .iter()
+    .map(|r| r.decode().expect("an item"))
+    .collect();
     assert_eq!(held, [("a".to_string(), 2)]);
     // Confirm the first, cancel the second, in one batch.
     let batch = vec![
@@ -407,20 +414,20 @@ async fn a_reservation_from_before_the_items_column_is_sold_and_released() {
     k.put("a", 10, 100).await;
     let (keep, drop) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
     {
-        let mut conn = k.deps.db.pool().acquire().await.expect("conn");
+        let mut conn = k.deps.db.acquire().await.expect("conn");
         for id in [&keep, &drop] {
-            sqlx::query("UPDATE products SET available = available - 3, reserved = reserved + 3 WHERE product_id = 'a'")
-                .execute(&mut *conn)
+            jetflow_runtime::db::query("UPDATE products SET available = available - 3, reserved = reserved + 3 WHERE product_id = 'a'")
+                .execute(conn.conn())
                 .await
                 .expect("hold");
-            sqlx::query("INSERT INTO reservations (order_id, status, lane, amount_cents, updated_at) VALUES ($1, 'reserved', 'standard', 300, 0)")
+            jetflow_runtime::db::query("INSERT INTO reservations (order_id, status, lane, amount_cents, updated_at) VALUES ($1, 'reserved', 'standard', 300, 0)")
                 .bind(id.as_str())
-                .execute(&mut *conn)
+                .execute(conn.conn())
                 .await
                 .expect("reservation");
-            sqlx::query("INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES ($1, 'a', 3, 100)")
+            jetflow_runtime::db::query("INSERT INTO reservation_items (order_id, product_id, quantity, unit_price_cents) VALUES ($1, 'a', 3, 100)")
                 .bind(id.as_str())
-                .execute(&mut *conn)
+                .execute(conn.conn())
                 .await
                 .expect("items");
         }
@@ -1283,14 +1290,14 @@ async fn a_charge_whose_batch_was_lost_is_voided_when_its_order_is_cancelled() {
 #[actix_rt::test]
 async fn charge_attempts_are_forgotten_after_their_retention() {
     let k = kit().await;
-    let mut conn = k.deps.db.pool().acquire().await.expect("conn");
-    jetflow_domain::payment_store::mark_attempted(&mut conn, &["fresh", "old"])
+    let mut conn = k.deps.db.acquire().await.expect("conn");
+    jetflow_domain::payment_store::mark_attempted(conn.conn(), &["fresh", "old"])
         .await
         .expect("marked");
-    sqlx::query(
+    jetflow_runtime::db::query(
         "UPDATE payment_attempts SET uncertain_at = uncertain_at - 7200000 WHERE order_id = 'old'",
     )
-    .execute(&mut *conn)
+    .execute(conn.conn())
     .await
     .expect("aged");
     drop(conn);

@@ -34,7 +34,7 @@ impl TxHandler for Counter {
 
     async fn handle(&self, uow: &mut UnitOfWork, d: &Delivery<Json<u64>>) -> Result<(), TxError> {
         let sensor = format!("s{}", d.message.0 % 32);
-        sqlx::query(
+        jetflow_runtime::db::query(
             "INSERT INTO bench_counts (sensor, n) VALUES ($1, 1) \
              ON CONFLICT (sensor) DO UPDATE SET n = bench_counts.n + 1",
         )
@@ -49,14 +49,16 @@ impl TxHandler for Counter {
 
 /// A route on `db` whose outbox publishes to `recorder`, and the outbox.
 async fn probe(db: &Database, recorder: &Arc<RecordingPublisher>) -> (TxProbe, OutboxHandle) {
-    sqlx::query("DROP TABLE IF EXISTS bench_counts")
+    jetflow_runtime::db::query("DROP TABLE IF EXISTS bench_counts")
         .execute(db.pool())
         .await
         .expect("drop the bench table");
-    sqlx::query("CREATE TABLE bench_counts (sensor TEXT PRIMARY KEY, n BIGINT NOT NULL)")
-        .execute(db.pool())
-        .await
-        .expect("create the bench table");
+    jetflow_runtime::db::query(
+        "CREATE TABLE bench_counts (sensor TEXT PRIMARY KEY, n BIGINT NOT NULL)",
+    )
+    .execute(db.pool())
+    .await
+    .expect("create the bench table");
     let outbox = OutboxRelay::start(db.clone(), recorder.clone(), RelayConfig::default());
     let probe = TestKit::tx(TxRoute::new(
         ConsumerSpec::new("BENCH", "bench", &["readings.>"]),

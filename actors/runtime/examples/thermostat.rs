@@ -35,12 +35,11 @@ impl TxHandler for Thermostat {
     ) -> Result<(), TxError> {
         let sensor = d.meta.subject.trim_start_matches("readings.").to_string();
         let now = d.message.0.celsius;
-        let before: Option<f64> =
-            sqlx::query_scalar("SELECT celsius FROM sensors WHERE sensor = $1")
-                .bind(&sensor)
-                .fetch_optional(uow.conn())
-                .await?;
-        sqlx::query(
+        let before: Option<f64> = query("SELECT celsius FROM sensors WHERE sensor = $1")
+            .bind(&sensor)
+            .fetch_optional_scalar(uow.conn())
+            .await?;
+        query(
             "INSERT INTO sensors (sensor, celsius) VALUES ($1, $2) \
              ON CONFLICT (sensor) DO UPDATE SET celsius = excluded.celsius",
         )

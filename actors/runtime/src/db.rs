@@ -1,10 +1,13 @@
 //! The database behind effectively-once handling: SQLite on a laptop, PostgreSQL in
 //! production, one code path for both.
 //!
-//! Everything goes through sqlx's `Any` driver with portable SQL (TEXT, BIGINT, BYTEA, `$n`
-//! parameters, `ON CONFLICT`, `RETURNING`); the statements over a batch's keys and rows
-//! ([`fetch_locked`], [`insert_rows`], [`update_from_values`], …) differ only where an engine
-//! does better another way (PostgreSQL's inserts take their rows as one JSON array). [`Database::connect`] runs the framework's own
+//! Each engine is reached through its own sqlx driver. A handler's SQL is written once, in the
+//! SQL both take (TEXT, BIGINT, BYTEA, `$n` parameters, `ON CONFLICT`, `RETURNING`), and runs
+//! on either through [`query`] and a [`Conn`]; the statements over a batch's keys and rows
+//! ([`fetch_locked`], [`insert_rows`], [`update_from_values`], …) are written for each engine:
+//! on PostgreSQL a batch's keys and rows travel as arrays (`= ANY($1)`, `UNNEST`), so one
+//! statement whose text never changes serves any batch; on SQLite as `IN` and `VALUES` lists.
+//! [`Database::connect`] runs the framework's own
 //! migrations (the inbox and the outbox, recorded in `_jetflow_migrations`);
 //! an application runs its own with [`Database::migrate`]. SQLite allows one writer at a
 //! time, so its write transactions start with `BEGIN IMMEDIATE`: they queue for the write lock
@@ -14,11 +17,14 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::migrate::Migrator;
+use std::str::FromStr;
 use std::sync::Arc;
 
-use sqlx::{Any, AnyConnection, AnyPool, Transaction};
+use sqlx::migrate::Migrator;
+use sqlx::pool::{PoolConnection, PoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePool};
+use sqlx::{Postgres, Sqlite, Transaction};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::health::Health;
@@ -155,10 +161,65 @@ pub fn is_sqlite_memory(url: &str) -> bool {
     path == ":memory:" || path.is_empty() || query.split('&').any(|kv| kv == "mode=memory")
 }
 
+/// The connections to one database, of either engine.
+#[derive(Debug, Clone)]
+pub enum Pool {
+    /// PostgreSQL's.
+    Postgres(PgPool),
+    /// SQLite's.
+    Sqlite(SqlitePool),
+}
+
+impl Pool {
+    /// Takes a connection, for reads outside a write transaction.
+    pub async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
+        Ok(match self {
+            Pool::Postgres(p) => Pooled::Postgres(p.acquire().await?),
+            Pool::Sqlite(p) => Pooled::Sqlite(p.acquire().await?),
+        })
+    }
+
+    /// The PostgreSQL pool, if that is the engine.
+    pub fn postgres(&self) -> Option<&PgPool> {
+        match self {
+            Pool::Postgres(p) => Some(p),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool, if that is the engine.
+    pub fn sqlite(&self) -> Option<&SqlitePool> {
+        match self {
+            Pool::Sqlite(p) => Some(p),
+            Pool::Postgres(_) => None,
+        }
+    }
+}
+
+/// A connection taken from the pool (back to it when dropped), for reads outside a write
+/// transaction.
+#[derive(Debug)]
+pub enum Pooled {
+    /// A PostgreSQL connection.
+    Postgres(PoolConnection<Postgres>),
+    /// A SQLite connection.
+    Sqlite(PoolConnection<Sqlite>),
+}
+
+impl Pooled {
+    /// The connection, for [`query`] and the batch statements.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Pooled::Postgres(c) => Conn::Postgres(c),
+            Pooled::Sqlite(c) => Conn::Sqlite(c),
+        }
+    }
+}
+
 /// A pool and the engine behind it.
 #[derive(Debug, Clone)]
 pub struct Database {
-    pool: AnyPool,
+    pool: Pool,
     backend: Backend,
     url: String,
     /// SQLite has one writer at a time: write transactions of this process queue here, in
@@ -166,32 +227,36 @@ pub struct Database {
     writer: Option<Arc<Semaphore>>,
 }
 
-/// A write transaction (it derefs to the connection for queries). On SQLite it holds the
-/// process's turn to write until it commits or is dropped.
+/// A write transaction ([`WriteTx::conn`] for its queries). On SQLite it holds the
+/// process's turn to write until it commits or is dropped; dropped without a commit, it rolls
+/// back.
 #[derive(Debug)]
 pub struct WriteTx {
-    tx: Transaction<'static, Any>,
+    tx: Tx,
     _turn: Option<OwnedSemaphorePermit>,
 }
 
+#[derive(Debug)]
+enum Tx {
+    Postgres(Transaction<'static, Postgres>),
+    Sqlite(Transaction<'static, Sqlite>),
+}
+
 impl WriteTx {
+    /// The transaction's connection.
+    pub fn conn(&mut self) -> Conn<'_> {
+        match &mut self.tx {
+            Tx::Postgres(t) => Conn::Postgres(t),
+            Tx::Sqlite(t) => Conn::Sqlite(t),
+        }
+    }
+
     /// Abandons every change.
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        self.tx.rollback().await
-    }
-}
-
-impl std::ops::Deref for WriteTx {
-    type Target = AnyConnection;
-
-    fn deref(&self) -> &AnyConnection {
-        &self.tx
-    }
-}
-
-impl std::ops::DerefMut for WriteTx {
-    fn deref_mut(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+        match self.tx {
+            Tx::Postgres(t) => t.rollback().await,
+            Tx::Sqlite(t) => t.rollback().await,
+        }
     }
 }
 
@@ -221,7 +286,6 @@ impl Database {
     /// migrations.
     pub async fn connect(config: &DbConfig) -> Result<Self, DbError> {
         config.validate()?;
-        sqlx::any::install_default_drivers();
         let backend = config.backend()?;
         let memory = backend == Backend::Sqlite && is_sqlite_memory(&config.url);
         let url = match backend {
@@ -229,40 +293,48 @@ impl Database {
             Backend::Postgres => config.url.clone(),
         };
         let redacted = redact_url(&url);
-        let options: AnyConnectOptions = url
-            .parse()
-            .map_err(|e| DbError::Invalid(format!("{redacted} cannot be used: {e}")))?;
+        let unusable = |e: sqlx::Error| DbError::Invalid(format!("{redacted} cannot be used: {e}"));
+        let connect_failed = |source| DbError::Connect {
+            url: redacted.clone(),
+            source,
+        };
         let max = match (backend, memory) {
             (Backend::Sqlite, true) => 1,
             (Backend::Sqlite, false) => config.max_connections.unwrap_or(8),
             (Backend::Postgres, _) => config.max_connections.unwrap_or(16),
         };
-        // No ping before each use (a round trip per transaction): a broken connection fails
-        // its statement, the transaction is retried, and the pool replaces the connection.
-        let mut pool_options = AnyPoolOptions::new()
-            .acquire_timeout(config.acquire_timeout)
-            .test_before_acquire(false)
-            .max_connections(max);
-        if memory {
-            // The database lives as long as its one connection: never let it go.
-            pool_options = pool_options
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
-        }
-        let pool = pool_options
-            .connect_with(options)
-            .await
-            .map_err(|source| DbError::Connect {
-                url: redacted.clone(),
-                source,
-            })?;
-        if backend == Backend::Sqlite && !memory {
-            // WAL lets readers run beside the writer; it is a property of the file.
-            sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&pool)
-                .await?;
-        }
+        let pool = match backend {
+            Backend::Postgres => {
+                // Every statement is planned for the values it is given: a batch's keys and
+                // rows are arrays, and a plan made once for any array (PostgreSQL's generic
+                // plan, cached after five executions) guesses their length and the table's
+                // size when it was made, so one made while a table was small scans it ever
+                // after. Parsing is still done once per connection.
+                let options = PgConnectOptions::from_str(&url)
+                    .map_err(unusable)?
+                    .options([("plan_cache_mode", "force_custom_plan")]);
+                Pool::Postgres(
+                    pool_options(config, max, memory)
+                        .connect_with(options)
+                        .await
+                        .map_err(connect_failed)?,
+                )
+            }
+            Backend::Sqlite => {
+                let options = SqliteConnectOptions::from_str(&url).map_err(unusable)?;
+                let pool: SqlitePool = pool_options(config, max, memory)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_failed)?;
+                if !memory {
+                    // WAL lets readers run beside the writer; it is a property of the file.
+                    sqlx::query("PRAGMA journal_mode = WAL")
+                        .execute(&pool)
+                        .await?;
+                }
+                Pool::Sqlite(pool)
+            }
+        };
         let db = Self {
             pool,
             backend,
@@ -282,13 +354,21 @@ impl Database {
     /// Runs an application's migrations (each migrator keeps its own table, so the
     /// framework's and the application's never collide).
     pub async fn migrate(&self, migrator: &Migrator) -> Result<(), DbError> {
-        migrator.run(&self.pool).await?;
+        match &self.pool {
+            Pool::Postgres(p) => migrator.run(p).await?,
+            Pool::Sqlite(p) => migrator.run(p).await?,
+        }
         Ok(())
     }
 
     /// The pool.
-    pub fn pool(&self) -> &AnyPool {
+    pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Takes a connection from the pool, for reads outside a write transaction.
+    pub async fn acquire(&self) -> Result<Pooled, sqlx::Error> {
+        self.pool.acquire().await
     }
 
     /// The engine.
@@ -312,26 +392,26 @@ impl Database {
             ),
             None => None,
         };
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+        let tx = match &self.pool {
+            Pool::Sqlite(p) => Tx::Sqlite(p.begin_with("BEGIN IMMEDIATE").await?),
+            Pool::Postgres(p) => Tx::Postgres(p.begin().await?),
         };
         Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Commits a write transaction and counts it in `jetflow_db_commits_total`.
     pub async fn commit(tx: WriteTx) -> Result<(), sqlx::Error> {
-        tx.tx.commit().await?;
+        match tx.tx {
+            Tx::Postgres(t) => t.commit().await?,
+            Tx::Sqlite(t) => t.commit().await?,
+        }
         metrics().db_commits.inc();
         Ok(())
     }
 
     /// Checks that the database answers.
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+        query("SELECT 1").execute(self).await.map(|_| ())
     }
 
     /// Pings every `every` and reports the result as the `database` readiness component,
@@ -360,7 +440,29 @@ impl Database {
 
     /// Closes every connection (waits for the ones in use).
     pub async fn close(&self) {
-        self.pool.close().await;
+        match &self.pool {
+            Pool::Postgres(p) => p.close().await,
+            Pool::Sqlite(p) => p.close().await,
+        }
+    }
+}
+
+/// The pool's settings: no ping before each use (a round trip per transaction: a broken
+/// connection fails its statement, the transaction is retried, and the pool replaces the
+/// connection); an in-memory SQLite database lives as long as its one connection, which is
+/// never let go.
+fn pool_options<DB: sqlx::Database>(config: &DbConfig, max: u32, memory: bool) -> PoolOptions<DB> {
+    let options = PoolOptions::<DB>::new()
+        .acquire_timeout(config.acquire_timeout)
+        .test_before_acquire(false)
+        .max_connections(max);
+    if memory {
+        options
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+    } else {
+        options
     }
 }
 
@@ -500,9 +602,9 @@ pub async fn delete_older_than(
     let mut total = 0;
     loop {
         let mut tx = db.begin().await?;
-        let n = sqlx::query(sqlx::AssertSqlSafe(sql.as_str()))
+        let n = query(sqlx::AssertSqlSafe(sql.as_str()))
             .bind(before)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?
             .rows_affected();
         Database::commit(tx).await?;
@@ -520,20 +622,13 @@ pub fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// The engine a connection talks to.
-pub fn connection_backend(conn: &AnyConnection) -> Backend {
-    if conn.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME {
-        Backend::Postgres
-    } else {
-        Backend::Sqlite
-    }
-}
-
+mod portable;
 mod statements;
 
+pub use portable::{Conn, Executed, Executor, Param, Query, Record, Row, Value, query};
 pub use statements::{
-    Param, execute_in, fetch_in, fetch_locked, for_update, insert_absent, insert_rows,
-    placeholders, update_from_values,
+    execute_in, fetch_in, fetch_locked, for_update, insert_absent, insert_rows, placeholders,
+    update_from_values,
 };
 
 #[cfg(test)]
@@ -593,8 +688,8 @@ mod tests {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();
         for _ in 0..5 {
             // Every query sees the framework's tables: one connection, one database.
-            sqlx::query("SELECT COUNT(*) FROM outbox")
-                .execute(db.pool())
+            query("SELECT COUNT(*) FROM outbox")
+                .execute(&db)
                 .await
                 .unwrap();
         }

@@ -14,10 +14,9 @@
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use sqlx::AnyConnection;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::db::{self, Database};
+use crate::db::{self, Conn, Database};
 use crate::settle::{self, Verdict};
 
 /// One write to commit with others.
@@ -27,10 +26,7 @@ pub trait Job: Send + Sync + 'static {
 
     /// Runs the write in the shared transaction. It may run again (in a later transaction)
     /// if a neighbour failed, so it must not have effects outside the database.
-    fn run<'c>(
-        &'c self,
-        conn: &'c mut AnyConnection,
-    ) -> BoxFuture<'c, Result<Self::Output, sqlx::Error>>;
+    fn run<'c>(&'c self, conn: Conn<'c>) -> BoxFuture<'c, Result<Self::Output, sqlx::Error>>;
 
     /// Runs a whole group in the shared transaction and answers each job, in the group's
     /// order. The default runs each job with [`Job::run`], one after the other; override it
@@ -39,15 +35,16 @@ pub trait Job: Send + Sync + 'static {
     /// again on its own, halving until the job to blame is alone and answered with the error.
     fn run_group<'c>(
         jobs: &'c [&'c Self],
-        conn: &'c mut AnyConnection,
+        conn: Conn<'c>,
     ) -> BoxFuture<'c, Result<Vec<Self::Output>, sqlx::Error>>
     where
         Self: Sized,
     {
         Box::pin(async move {
+            let mut conn = conn;
             let mut outputs = Vec::with_capacity(jobs.len());
             for job in jobs {
-                outputs.push(job.run(&mut *conn).await?);
+                outputs.push(job.run(conn.reborrow()).await?);
             }
             Ok(outputs)
         })
@@ -194,7 +191,7 @@ impl<J: Job> settle::Group for Settling<'_, J> {
             Err(e) => return verdict(e, false),
         };
         let jobs: Vec<&J> = members.iter().map(|&m| &self.jobs[m].0).collect();
-        let outputs = match J::run_group(&jobs, &mut tx).await {
+        let outputs = match J::run_group(&jobs, tx.conn()).await {
             Ok(outputs) if outputs.len() == jobs.len() => outputs,
             Ok(outputs) => {
                 let _ = tx.rollback().await;
@@ -239,12 +236,9 @@ mod tests {
     impl Job for Insert {
         type Output = i64;
 
-        fn run<'c>(
-            &'c self,
-            conn: &'c mut AnyConnection,
-        ) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
+        fn run<'c>(&'c self, conn: Conn<'c>) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
             Box::pin(async move {
-                sqlx::query("INSERT INTO t (n) VALUES ($1)")
+                db::query("INSERT INTO t (n) VALUES ($1)")
                     .bind(self.0)
                     .execute(conn)
                     .await?;
@@ -262,10 +256,10 @@ mod tests {
         job: impl Fn(i64) -> J,
     ) -> Vec<Result<i64, GroupCommitError>> {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();
-        sqlx::query(sqlx::AssertSqlSafe(format!(
+        db::query(sqlx::AssertSqlSafe(format!(
             "CREATE TABLE {table} (n BIGINT PRIMARY KEY)"
         )))
-        .execute(db.pool())
+        .execute(&db)
         .await
         .unwrap();
         let gc = GroupCommit::start(db.clone(), max_group);
@@ -282,11 +276,10 @@ mod tests {
             .collect();
         assert_eq!(failed.len(), 1, "{failed:?}");
         assert!(failed[0] == 3 || failed[0] == 150, "{failed:?}");
-        let n: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(db.pool())
-                .await
-                .unwrap();
+        let n: i64 = db::query(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+            .fetch_scalar(&db)
+            .await
+            .unwrap();
         assert_eq!(n, 199);
         results
     }
@@ -309,13 +302,10 @@ mod tests {
     impl Job for Batched {
         type Output = i64;
 
-        fn run<'c>(
-            &'c self,
-            conn: &'c mut AnyConnection,
-        ) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
+        fn run<'c>(&'c self, conn: Conn<'c>) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
             SINGLE_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Box::pin(async move {
-                sqlx::query("INSERT INTO b (n) VALUES ($1)")
+                db::query("INSERT INTO b (n) VALUES ($1)")
                     .bind(self.0)
                     .execute(conn)
                     .await?;
@@ -325,7 +315,7 @@ mod tests {
 
         fn run_group<'c>(
             jobs: &'c [&'c Self],
-            conn: &'c mut AnyConnection,
+            conn: Conn<'c>,
         ) -> BoxFuture<'c, Result<Vec<i64>, sqlx::Error>> {
             GROUP_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             Box::pin(async move {
@@ -336,7 +326,7 @@ mod tests {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                let mut q = db::query(sqlx::AssertSqlSafe(sql));
                 for job in jobs {
                     q = q.bind(job.0);
                 }

@@ -148,7 +148,7 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("prune.db").display());
         let db = Database::connect_url(&url).await.unwrap();
         let rows = 100 * crate::db::PRUNE_CHUNK;
-        sqlx::query(
+        crate::db::query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
              INSERT INTO inbox (consumer, message_key, processed_at) \
              SELECT 'c', 'k' || i, 1 FROM n",
@@ -158,8 +158,8 @@ mod tests {
         .await
         .unwrap();
         let count = |db: Database| async move {
-            sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM inbox")
-                .fetch_one(db.pool())
+            crate::db::query("SELECT COUNT(*) FROM inbox")
+                .fetch_scalar::<i64>(db.pool())
                 .await
                 .unwrap()
         };
@@ -176,7 +176,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let mut tx = db.begin().await.unwrap();
-        assert!(inbox::claim(&mut tx, "c", "fresh").await.unwrap());
+        assert!(inbox::claim(tx.conn(), "c", "fresh").await.unwrap());
         Database::commit(tx).await.unwrap();
         let left = count(db.clone()).await;
         assert!(
@@ -191,7 +191,7 @@ mod tests {
     #[tokio::test]
     async fn old_keys_go_and_recent_ones_stay() {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();
-        sqlx::query(
+        crate::db::query(
             "INSERT INTO inbox (consumer, message_key, processed_at) VALUES ('c', 'old', $1), ('c', 'new', $2)",
         )
         .bind(now_ms() - 10_000)
@@ -210,11 +210,11 @@ mod tests {
         assert_eq!(out[0].1.as_ref().ok(), Some(&1));
         let mut tx = db.begin().await.unwrap();
         assert!(
-            inbox::claim(&mut tx, "c", "old").await.unwrap(),
+            inbox::claim(tx.conn(), "c", "old").await.unwrap(),
             "forgotten"
         );
         assert!(
-            !inbox::claim(&mut tx, "c", "new").await.unwrap(),
+            !inbox::claim(tx.conn(), "c", "new").await.unwrap(),
             "remembered"
         );
     }

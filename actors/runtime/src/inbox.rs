@@ -8,23 +8,17 @@
 
 use std::collections::HashSet;
 
-use sqlx::{AnyConnection, Row};
-
-use crate::db::{Database, Param, insert_rows, now_ms};
+use crate::db::{Conn, Database, Param, insert_rows, now_ms};
 
 /// Claims `key` for `consumer`. `false`: it was applied before, do nothing.
-pub async fn claim(
-    conn: &mut AnyConnection,
-    consumer: &str,
-    key: &str,
-) -> Result<bool, sqlx::Error> {
+pub async fn claim(conn: Conn<'_>, consumer: &str, key: &str) -> Result<bool, sqlx::Error> {
     Ok(claim_all(conn, consumer, &[key]).await?.contains(key))
 }
 
 /// Claims every key for `consumer` in as few statements as possible; returns the keys that
 /// were new (the others were applied before). Duplicates within `keys` are claimed once.
 pub async fn claim_all(
-    conn: &mut AnyConnection,
+    conn: Conn<'_>,
     consumer: &str,
     keys: &[&str],
 ) -> Result<HashSet<String>, sqlx::Error> {
@@ -73,11 +67,14 @@ mod tests {
     async fn a_key_is_claimed_once_per_consumer() {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();
         let mut tx = db.begin().await.unwrap();
-        let claimed = claim_all(&mut tx, "c1", &["a", "b", "a"]).await.unwrap();
+        let claimed = claim_all(tx.conn(), "c1", &["a", "b", "a"]).await.unwrap();
         assert_eq!(claimed.len(), 2);
-        assert!(!claim(&mut tx, "c1", "a").await.unwrap());
-        assert!(claim(&mut tx, "c2", "a").await.unwrap(), "another consumer");
-        let again = claim_all(&mut tx, "c1", &["a", "c"]).await.unwrap();
+        assert!(!claim(tx.conn(), "c1", "a").await.unwrap());
+        assert!(
+            claim(tx.conn(), "c2", "a").await.unwrap(),
+            "another consumer"
+        );
+        let again = claim_all(tx.conn(), "c1", &["a", "c"]).await.unwrap();
         assert_eq!(again, HashSet::from(["c".to_string()]));
         Database::commit(tx).await.unwrap();
         assert_eq!(prune(&db, now_ms() + 1).await.unwrap(), 4);
@@ -87,9 +84,9 @@ mod tests {
     async fn a_rolled_back_claim_is_forgotten() {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();
         let mut tx = db.begin().await.unwrap();
-        assert!(claim(&mut tx, "c", "k").await.unwrap());
+        assert!(claim(tx.conn(), "c", "k").await.unwrap());
         tx.rollback().await.unwrap();
         let mut tx = db.begin().await.unwrap();
-        assert!(claim(&mut tx, "c", "k").await.unwrap());
+        assert!(claim(tx.conn(), "c", "k").await.unwrap());
     }
 }

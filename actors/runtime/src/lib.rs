@@ -104,6 +104,7 @@ pub use actix as __actix;
 
 /// What a service built on jetflow usually needs, in one `use`.
 pub mod prelude {
+    pub use crate::db::query;
     pub use crate::{
         ActorRef, BatchConfig, Bridge, BridgeConfig, ConsumerSpec, Database, DbConfig, Decode,
         DecodeError, Deferred, Delivery, DeliveryMeta, Health, Json, Lookup, NatsBridge,

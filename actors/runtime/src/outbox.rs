@@ -7,9 +7,7 @@
 //! few bad rows never hold up the good ones) and is moved to the dead-letter stream after a
 //! bound.
 
-use sqlx::{AnyConnection, Row};
-
-use crate::db::{Database, Param, execute_in, insert_rows, millis, now_ms};
+use crate::db::{Conn, Database, Param, Row, execute_in, insert_rows, millis, now_ms, query};
 use crate::publisher::OutgoingMessage;
 
 /// A row waiting to be published.
@@ -26,10 +24,7 @@ pub struct OutboxRow {
 }
 
 /// Writes `messages` to the outbox inside the caller's transaction.
-pub async fn enqueue(
-    conn: &mut AnyConnection,
-    messages: &[OutgoingMessage],
-) -> Result<(), sqlx::Error> {
+pub async fn enqueue(conn: Conn<'_>, messages: &[OutgoingMessage]) -> Result<(), sqlx::Error> {
     let now = now_ms();
     let rows: Vec<Vec<Param>> = messages
         .iter()
@@ -55,7 +50,7 @@ pub async fn enqueue(
     Ok(())
 }
 
-fn row_of(row: &sqlx::any::AnyRow) -> Result<OutboxRow, sqlx::Error> {
+fn row_of(row: &Row) -> Result<OutboxRow, sqlx::Error> {
     let headers: Vec<(String, String)> =
         serde_json::from_str(&row.try_get::<String, _>("headers")?).unwrap_or_default();
     Ok(OutboxRow {
@@ -79,14 +74,14 @@ pub async fn due(
     now: i64,
     limit: usize,
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
-    sqlx::query(
+    query(
         "SELECT id, subject, payload, headers, created_at, attempts, last_error FROM outbox \
          WHERE created_at <= $1 AND next_attempt_at <= $2 ORDER BY next_attempt_at, created_at LIMIT $3",
     )
     .bind(committed_before)
     .bind(now)
     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-    .fetch_all(db.pool())
+    .fetch_all(db)
     .await?
     .iter()
     .map(row_of)
@@ -99,8 +94,7 @@ pub async fn delete(db: &Database, ids: &[String]) -> Result<(), sqlx::Error> {
         return Ok(());
     }
     let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
-    let mut conn = db.pool().acquire().await?;
-    execute_in(&mut conn, &keys, |list| {
+    execute_in(db.acquire().await?.conn(), &keys, |list| {
         format!("DELETE FROM outbox WHERE id IN ({list})")
     })
     .await?;
@@ -114,13 +108,13 @@ pub async fn record_failure(
     error: &str,
     retry_in: std::time::Duration,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    query(
         "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 WHERE id = $1",
     )
     .bind(id)
     .bind(error)
     .bind(now_ms().saturating_add(millis(retry_in)))
-    .execute(db.pool())
+    .execute(db)
     .await?;
     Ok(())
 }
@@ -131,21 +125,21 @@ pub const PARKED: i64 = i64::MAX;
 /// Parks row `id`: it is never published again and stays in the table, with `error`, for an
 /// operator (`SELECT * FROM outbox WHERE next_attempt_at = 9223372036854775807`).
 pub async fn park(db: &Database, id: &str, error: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    query(
         "UPDATE outbox SET attempts = attempts + 1, last_error = $2, next_attempt_at = $3 WHERE id = $1",
     )
     .bind(id)
     .bind(error)
     .bind(PARKED)
-    .execute(db.pool())
+    .execute(db)
     .await?;
     Ok(())
 }
 
 /// Rows waiting in the outbox (parked rows are not waiting).
 pub async fn pending(db: &Database) -> Result<i64, sqlx::Error> {
-    sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE next_attempt_at < 9223372036854775807")
-        .fetch_one(db.pool())
+    query("SELECT COUNT(*) AS n FROM outbox WHERE next_attempt_at < 9223372036854775807")
+        .fetch_one(db)
         .await?
         .try_get::<i64, _>("n")
 }
@@ -165,7 +159,7 @@ mod tests {
                     .correlation_id("c")
             })
             .collect();
-        enqueue(&mut tx, &messages).await.unwrap();
+        enqueue(tx.conn(), &messages).await.unwrap();
         Database::commit(tx).await.unwrap();
         assert_eq!(pending(&db).await.unwrap(), 450);
         let rows = due(&db, now_ms(), now_ms(), 1000).await.unwrap();

@@ -383,7 +383,7 @@ impl Service {
                     db.migrate(migrator).await?;
                 }
                 for statement in &self.schema {
-                    sqlx::query(sqlx::AssertSqlSafe(statement.as_str()))
+                    crate::db::query(sqlx::AssertSqlSafe(statement.as_str()))
                         .execute(db.pool())
                         .await?;
                 }
@@ -833,7 +833,7 @@ mod tests {
         let mut stopping = Stopping::new(Health::new(), CancellationToken::new());
         stopping.outbox = Some(outbox);
         stopping.db = Some(db.clone());
-        let held = db.pool().acquire().await.unwrap();
+        let held = db.acquire().await.unwrap();
         let budget = Duration::from_secs(1);
         let report = tokio::time::timeout(Duration::from_secs(20), stopping.stop(budget))
             .await

@@ -117,7 +117,7 @@ pub fn default_key(meta: &DeliveryMeta) -> String {
 ///
 ///     async fn handle(&self, uow: &mut UnitOfWork, d: &Delivery<Json<String>>) -> Result<(), TxError> {
 ///         let name = &d.message.0;
-///         sqlx::query("UPDATE greetings SET n = n + 1 WHERE name = $1")
+///         query("UPDATE greetings SET n = n + 1 WHERE name = $1")
 ///             .bind(name)
 ///             .execute(uow.conn())
 ///             .await?;
@@ -534,12 +534,12 @@ mod tests {
     impl crate::Deferred for Doomed {
         fn write(
             self,
-            conn: &mut sqlx::AnyConnection,
+            conn: crate::db::Conn<'_>,
         ) -> futures::future::BoxFuture<'_, Result<(), sqlx::Error>> {
             Box::pin(async move {
                 if self.0 {
-                    sqlx::query("INSERT INTO no_such_table (n) VALUES (66)")
-                        .execute(&mut *conn)
+                    crate::db::query("INSERT INTO no_such_table (n) VALUES (66)")
+                        .execute(conn)
                         .await?;
                 }
                 Ok(())

@@ -12,9 +12,8 @@ use std::any::{Any, TypeId};
 use std::collections::HashMap;
 
 use futures::future::BoxFuture;
-use sqlx::AnyConnection;
 
-use crate::db::{Backend, Database, WriteTx};
+use crate::db::{Backend, Conn, Database, WriteTx};
 use crate::delivery::DeliveryMeta;
 use crate::headers;
 use crate::outbox;
@@ -32,15 +31,14 @@ type AfterCommit = Box<dyn FnOnce() + Send>;
 /// ```
 /// use futures::future::BoxFuture;
 /// use jetflow_runtime::Deferred;
-/// use jetflow_runtime::db::{self, Param};
-/// use sqlx::AnyConnection;
+/// use jetflow_runtime::db::{self, Conn, Param};
 ///
 /// /// Audit lines, inserted in one statement at commit.
 /// #[derive(Default)]
 /// struct Audit(Vec<String>);
 ///
 /// impl Deferred for Audit {
-///     fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+///     fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
 ///         Box::pin(async move {
 ///             let rows: Vec<Vec<Param>> = self.0.into_iter().map(|l| vec![l.into()]).collect();
 ///             db::insert_rows(conn, "audit", &["line"], &rows, "").await?;
@@ -53,16 +51,13 @@ type AfterCommit = Box<dyn FnOnce() + Send>;
 /// ```
 pub trait Deferred: Default + Send + 'static {
     /// Writes what was gathered, in the unit of work's transaction.
-    fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 }
 
 /// A [`Deferred`] of any type.
 trait AnyDeferred: Send {
     fn as_any(&mut self) -> &mut dyn Any;
-    fn write_boxed(
-        self: Box<Self>,
-        conn: &mut AnyConnection,
-    ) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    fn write_boxed(self: Box<Self>, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 }
 
 impl<T: Deferred> AnyDeferred for T {
@@ -70,10 +65,7 @@ impl<T: Deferred> AnyDeferred for T {
         self
     }
 
-    fn write_boxed(
-        self: Box<Self>,
-        conn: &mut AnyConnection,
-    ) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+    fn write_boxed(self: Box<Self>, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         (*self).write(conn)
     }
 }
@@ -125,8 +117,8 @@ impl UnitOfWork {
     }
 
     /// The transaction's connection, for the handler's queries.
-    pub fn conn(&mut self) -> &mut AnyConnection {
-        &mut self.tx
+    pub fn conn(&mut self) -> Conn<'_> {
+        self.tx.conn()
     }
 
     /// The engine (for the rare query that must differ, such as `FOR UPDATE`).
@@ -225,10 +217,10 @@ impl UnitOfWork {
     pub async fn commit(mut self, relay: &OutboxHandle) -> Result<(), sqlx::Error> {
         for id in std::mem::take(&mut self.deferred_order) {
             if let Some(rows) = self.deferred.remove(&id) {
-                rows.write_boxed(&mut self.tx).await?;
+                rows.write_boxed(self.tx.conn()).await?;
             }
         }
-        outbox::enqueue(&mut self.tx, &self.emitted).await?;
+        outbox::enqueue(self.tx.conn(), &self.emitted).await?;
         Database::commit(self.tx).await?;
         relay.committed(self.emitted);
         for f in self.after_commit {
@@ -248,9 +240,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use sqlx::Row;
-
     use super::*;
+    use crate::db::query;
     use crate::relay::{OutboxRelay, RelayConfig};
     use crate::testkit::{RecordingPublisher, TestKit};
 
@@ -259,7 +250,7 @@ mod tests {
     struct Lines(Vec<String>);
 
     impl Deferred for Lines {
-        fn write(self, conn: &mut AnyConnection) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
             Box::pin(async move {
                 let rows: Vec<Vec<crate::db::Param>> =
                     self.0.into_iter().map(|line| vec![line.into()]).collect();
@@ -270,20 +261,20 @@ mod tests {
     }
 
     async fn lines(db: &Database) -> Vec<String> {
-        sqlx::query("SELECT line FROM lines ORDER BY line")
-            .fetch_all(db.pool())
+        query("SELECT line FROM lines ORDER BY line")
+            .fetch_all(db)
             .await
             .expect("select")
             .iter()
-            .map(|r| r.get::<String, _>("line"))
+            .map(|r| r.try_get::<String, _>("line").expect("line"))
             .collect()
     }
 
     #[actix::test]
     async fn deferred_rows_are_written_at_commit_and_dropped_on_rollback() {
         let db = TestKit::database().await;
-        sqlx::query("CREATE TABLE lines (line TEXT NOT NULL)")
-            .execute(db.pool())
+        query("CREATE TABLE lines (line TEXT NOT NULL)")
+            .execute(&db)
             .await
             .expect("table");
         let relay = OutboxRelay::start(

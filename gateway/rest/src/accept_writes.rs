@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use jetflow_domain::idempotency_store::{self, Claim, IdempotencyRecord};
 use jetflow_domain::order_store::{self, NewOrder};
 use jetflow_runtime::Job;
-use sqlx::AnyConnection;
+use jetflow_runtime::db::Conn;
 
 /// One request's write.
 #[derive(Debug, Clone)]
@@ -56,19 +56,17 @@ pub enum AcceptOutput {
 impl Job for AcceptWrite {
     type Output = AcceptOutput;
 
-    fn run<'c>(
-        &'c self,
-        conn: &'c mut AnyConnection,
-    ) -> BoxFuture<'c, Result<AcceptOutput, sqlx::Error>> {
+    fn run<'c>(&'c self, conn: Conn<'c>) -> BoxFuture<'c, Result<AcceptOutput, sqlx::Error>> {
         Box::pin(async move {
+            let mut conn = conn;
             match self {
                 AcceptWrite::Record { order, claim } => {
                     let result = match claim {
                         None => Claim::New,
-                        Some(c) => idempotency_store::claim(conn, &c.0, &c.1).await?,
+                        Some(c) => idempotency_store::claim(conn.reborrow(), &c.0, &c.1).await?,
                     };
                     let inserted = match &result {
-                        Claim::New => order_store::insert_pending(conn, order).await?,
+                        Claim::New => order_store::insert_pending(conn.reborrow(), order).await?,
                         // A retry of a request whose events were never stored: the key's order
                         // is recorded again (the same request, so the same order but its id).
                         Claim::Existing(existing)
@@ -106,9 +104,10 @@ impl Job for AcceptWrite {
     /// its own, in the group's order.
     fn run_group<'c>(
         jobs: &'c [&'c Self],
-        conn: &'c mut AnyConnection,
+        conn: Conn<'c>,
     ) -> BoxFuture<'c, Result<Vec<AcceptOutput>, sqlx::Error>> {
         Box::pin(async move {
+            let mut conn = conn;
             let keyless: Vec<&NewOrder> = jobs
                 .iter()
                 .filter_map(|job| match job {
@@ -119,7 +118,7 @@ impl Job for AcceptWrite {
             let inserted = if keyless.is_empty() {
                 Default::default()
             } else {
-                order_store::insert_pending_many(conn, &keyless).await?
+                order_store::insert_pending_many(conn.reborrow(), &keyless).await?
             };
             let mut outputs = Vec::with_capacity(jobs.len());
             for job in jobs {
@@ -128,7 +127,7 @@ impl Job for AcceptWrite {
                         claim: Claim::New,
                         inserted: inserted.contains(&order.order_id),
                     },
-                    other => other.run(&mut *conn).await?,
+                    other => other.run(conn.reborrow()).await?,
                 });
             }
             Ok(outputs)
@@ -140,6 +139,7 @@ impl Job for AcceptWrite {
 mod tests {
     use super::*;
     use jetflow_domain::MIGRATOR;
+    use jetflow_runtime::db::query;
     use jetflow_runtime::testkit::TestKit;
     use jetflow_runtime::{Database, GroupCommit};
     use jetflow_schemas::Priority;
@@ -173,8 +173,8 @@ mod tests {
     }
 
     async fn recorded(db: &Database) -> i64 {
-        sqlx::query_scalar("SELECT COUNT(*) FROM orders")
-            .fetch_one(db.pool())
+        query("SELECT COUNT(*) FROM orders")
+            .fetch_scalar(db.pool())
             .await
             .expect("count")
     }

@@ -226,3 +226,47 @@ fn the_check_finds_a_dead_reference() {
          variable, a runtime path, or code"
     );
 }
+
+/// The database is reached through each engine's own sqlx driver: the workspace does not
+/// turn on sqlx's `any` feature, and no code names its types (the check would have nothing
+/// to compile against, but a comment or a doc example could still teach it).
+#[test]
+fn no_code_goes_through_sqlx_any() {
+    let root = repository();
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    let sqlx = manifest
+        .lines()
+        .find(|l| l.starts_with("sqlx ="))
+        .expect("the workspace's sqlx dependency");
+    assert!(
+        sqlx.contains("\"postgres\"") && sqlx.contains("\"sqlite\""),
+        "{sqlx}"
+    );
+    assert!(!sqlx.contains("\"any\""), "sqlx's any driver is on: {sqlx}");
+    // (Each name in two parts, so that this file does not find itself.)
+    let names = [
+        concat!("sqlx::", "any"),
+        concat!("sqlx::", "Any"),
+        concat!("Any", "Connection"),
+        concat!("Any", "Pool"),
+        concat!("Any", "Row"),
+    ];
+    let mut found = Vec::new();
+    for file in files(&root) {
+        if file.extension().is_none_or(|e| e != "rs" && e != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        for (i, line) in text.lines().enumerate() {
+            if names.iter().any(|n| line.contains(n)) {
+                let at = file.strip_prefix(&root).unwrap_or(&file).display();
+                found.push(format!("{at}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "sqlx's any driver named:\n{}",
+        found.join("\n")
+    );
+}

@@ -262,8 +262,8 @@ fn nats_paused_mid_load_every_202_completes_and_a_503_leaves_nothing() {
         let report = load.await.expect("the load ran");
         report.assert_clean(Duration::from_secs(8));
         check_settled(&app, &report, initial, &nats.url(), Duration::from_secs(90)).await;
-        let orders: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders")
-            .fetch_one(app.db().pool())
+        let orders: i64 = jetflow_runtime::db::query("SELECT COUNT(*) FROM orders")
+            .fetch_scalar(app.db().pool())
             .await
             .expect("count");
         assert_eq!(

@@ -14,7 +14,6 @@ use jetflow_runtime::prelude::*;
 use jetflow_runtime::route::BatchHandlerFn;
 use jetflow_runtime::{RequestsFirst, YieldTo};
 use serde::Deserialize;
-use sqlx::Row;
 
 const STREAM: &str = "CONFORMANCE";
 
@@ -54,12 +53,14 @@ impl TxHandler for Recorder {
                 format!("{} fails delivery {}", m.key, d.meta.delivered),
             ));
         }
-        sqlx::query("INSERT INTO applied (message_key, consumer, delivered) VALUES ($1, $2, $3)")
-            .bind(&m.key)
-            .bind(&self.0)
-            .bind(i64::from(d.meta.delivered))
-            .execute(uow.conn())
-            .await?;
+        jetflow_runtime::db::query(
+            "INSERT INTO applied (message_key, consumer, delivered) VALUES ($1, $2, $3)",
+        )
+        .bind(&m.key)
+        .bind(&self.0)
+        .bind(i64::from(d.meta.delivered))
+        .execute(uow.conn())
+        .await?;
         Ok(())
     }
 }
@@ -82,7 +83,7 @@ impl Setup {
         )))
         .await
         .expect("db");
-        sqlx::query("CREATE TABLE applied (message_key TEXT NOT NULL, consumer TEXT NOT NULL, delivered BIGINT NOT NULL)")
+        jetflow_runtime::db::query("CREATE TABLE applied (message_key TEXT NOT NULL, consumer TEXT NOT NULL, delivered BIGINT NOT NULL)")
             .execute(db.pool())
             .await
             .expect("table");
@@ -137,13 +138,20 @@ impl Setup {
 
     /// Applications per message key.
     async fn applied(&self) -> HashMap<String, i64> {
-        sqlx::query("SELECT message_key, COUNT(*) AS n FROM applied GROUP BY message_key")
-            .fetch_all(self.db.pool())
-            .await
-            .expect("count")
-            .iter()
-            .map(|r| (r.get::<String, _>("message_key"), r.get::<i64, _>("n")))
-            .collect()
+        jetflow_runtime::db::query(
+            "SELECT message_key, COUNT(*) AS n FROM applied GROUP BY message_key",
+        )
+        .fetch_all(self.db.pool())
+        .await
+        .expect("count")
+        .iter()
+        .map(|r| {
+            (
+                r.try_get::<String, _>("message_key").expect("message_key"),
+                r.try_get::<i64, _>("n").expect("n"),
+            )
+        })
+        .collect()
     }
 
     async fn wait_applied(&self, n: usize, deadline: Duration) -> HashMap<String, i64> {
@@ -247,12 +255,17 @@ fn a_failing_handler_gets_the_message_again_until_it_is_applied_once() {
         let applied = setup.wait_applied(50, Duration::from_secs(30)).await;
         assert_once(&applied, 50);
         let deliveries: Vec<(String, i64)> =
-            sqlx::query("SELECT message_key, delivered FROM applied")
+            jetflow_runtime::db::query("SELECT message_key, delivered FROM applied")
                 .fetch_all(setup.db.pool())
                 .await
                 .expect("rows")
                 .iter()
-                .map(|r| (r.get("message_key"), r.get("delivered")))
+                .map(|r| {
+                    (
+                        r.try_get("message_key").expect("message_key"),
+                        r.try_get("delivered").expect("delivered"),
+                    )
+                })
                 .collect();
         for (key, delivered) in deliveries {
             let i: i64 = key.trim_start_matches('k').parse().expect("index");
@@ -300,8 +313,8 @@ fn an_unacked_message_is_delivered_again_after_the_ack_wait() {
             .expect("subscribe");
         let applied = setup.wait_applied(1, Duration::from_secs(15)).await;
         assert_once(&applied, 1);
-        let delivered: i64 = sqlx::query_scalar("SELECT delivered FROM applied")
-            .fetch_one(setup.db.pool())
+        let delivered: i64 = jetflow_runtime::db::query("SELECT delivered FROM applied")
+            .fetch_scalar(setup.db.pool())
             .await
             .expect("row");
         assert_eq!(delivered, 2, "it came back after the ack wait");
@@ -428,10 +441,11 @@ fn a_delivery_that_panics_every_time_is_dead_lettered_and_its_neighbours_are_app
         assert!(health.is_live(), "within the budget");
         // Every neighbour was applied on its first or second delivery, never held back
         // until its last.
-        let late: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM applied WHERE delivered > 2")
-            .fetch_one(setup.db.pool())
-            .await
-            .expect("count");
+        let late: i64 =
+            jetflow_runtime::db::query("SELECT COUNT(*) FROM applied WHERE delivered > 2")
+                .fetch_scalar(setup.db.pool())
+                .await
+                .expect("count");
         assert_eq!(late, 0);
         bridge.close().await;
     })
@@ -508,14 +522,19 @@ fn several_subscribers_on_one_durable_consumer_share_the_work_and_apply_each_mes
             .await;
         let applied = setup.wait_applied(total, Duration::from_secs(60)).await;
         assert_once(&applied, total);
-        let per_worker: Vec<(String, i64)> = sqlx::query(
+        let per_worker: Vec<(String, i64)> = jetflow_runtime::db::query(
             "SELECT consumer, COUNT(*) AS n FROM applied GROUP BY consumer ORDER BY consumer",
         )
         .fetch_all(setup.db.pool())
         .await
         .expect("rows")
         .iter()
-        .map(|r| (r.get("consumer"), r.get("n")))
+        .map(|r| {
+            (
+                r.try_get("consumer").expect("consumer"),
+                r.try_get("n").expect("n"),
+            )
+        })
         .collect();
         assert_eq!(
             per_worker.len(),

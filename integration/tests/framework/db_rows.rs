@@ -11,7 +11,6 @@ use jetflow_integration::postgres::TestDatabase;
 use jetflow_runtime::db::{self, Database, DbConfig, Param};
 use jetflow_runtime::outbox;
 use jetflow_runtime::publisher::OutgoingMessage;
-use sqlx::Row;
 
 const TABLE: &str = "CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT, note TEXT, body BYTEA)";
 
@@ -24,39 +23,43 @@ const COLUMNS: [&str; 4] = ["k", "n", "note", "body"];
 type Stored = (String, Option<i64>, Option<String>, Vec<u8>);
 
 async fn stored(db: &Database) -> Vec<Stored> {
-    sqlx::query("SELECT k, n, note, body FROM t ORDER BY k")
+    jetflow_runtime::db::query("SELECT k, n, note, body FROM t ORDER BY k")
         .fetch_all(db.pool())
         .await
         .expect("read t")
         .iter()
         .map(|r| {
             (
-                r.get("k"),
-                r.get("n"),
-                r.get("note"),
-                r.get::<Vec<u8>, _>("body"),
+                r.try_get("k").expect("k"),
+                r.try_get("n").expect("n"),
+                r.try_get("note").expect("note"),
+                r.try_get::<Vec<u8>, _>("body").expect("body"),
             )
         })
         .collect()
 }
 
 /// The statements this connection has prepared whose text starts with `prefix`.
-async fn prepared(conn: &mut sqlx::AnyConnection, prefix: &str) -> i64 {
-    sqlx::query("SELECT COUNT(*) AS n FROM pg_prepared_statements WHERE statement LIKE $1")
-        .bind(format!("{prefix}%"))
-        .fetch_one(&mut *conn)
-        .await
-        .expect("pg_prepared_statements")
-        .get("n")
+async fn prepared(conn: jetflow_runtime::db::Conn<'_>, prefix: &str) -> i64 {
+    jetflow_runtime::db::query(
+        "SELECT COUNT(*) AS n FROM pg_prepared_statements WHERE statement LIKE $1",
+    )
+    .bind(format!("{prefix}%"))
+    .fetch_scalar(conn)
+    .await
+    .expect("pg_prepared_statements")
 }
 
 async fn round_trip(db: &Database) {
-    sqlx::query(TABLE).execute(db.pool()).await.expect("table");
+    jetflow_runtime::db::query(TABLE)
+        .execute(db.pool())
+        .await
+        .expect("table");
     let every_byte: Vec<u8> = (0..=255).collect();
     let awkward = "it's \"quoted\", back\\slashed, ✓ Unicode, a\nnewline";
     let mut tx = db.begin().await.expect("tx");
     let returned = db::insert_rows(
-        &mut tx,
+        tx.conn(),
         "t",
         &COLUMNS,
         &[
@@ -68,13 +71,16 @@ async fn round_trip(db: &Database) {
     )
     .await
     .expect("insert_rows");
-    let keys: HashSet<String> = returned.iter().map(|r| r.get("k")).collect();
+    let keys: HashSet<String> = returned
+        .iter()
+        .map(|r| r.try_get("k").expect("k"))
+        .collect();
     assert_eq!(keys, HashSet::from(["a", "b", "c"].map(String::from)));
     db::Database::commit(tx).await.expect("commit");
     // A key taken since it was read is a lost race (the runtime rolls the batch back).
     let mut tx = db.begin().await.expect("tx");
     let taken = db::insert_absent(
-        &mut tx,
+        tx.conn(),
         "t",
         &COLUMNS,
         &[row("d", Some(1), None, b"d"), row("a", Some(2), None, b"x")],
@@ -84,12 +90,12 @@ async fn round_trip(db: &Database) {
     assert!(db::is_conflict(&taken), "{taken}");
     tx.rollback().await.expect("rollback");
 
-    let mut conn = db.pool().acquire().await.expect("conn");
-    db::insert_absent(&mut conn, "t", &COLUMNS, &[row("d", Some(4), None, b"d")])
+    let mut conn = db.acquire().await.expect("conn");
+    db::insert_absent(conn.conn(), "t", &COLUMNS, &[row("d", Some(4), None, b"d")])
         .await
         .expect("insert_absent");
     db::update_from_values(
-        &mut conn,
+        conn.conn(),
         "t",
         &["k", "n", "note"],
         "n = t.n + moved.n, note = COALESCE(moved.note, t.note)",
@@ -101,7 +107,7 @@ async fn round_trip(db: &Database) {
     .await
     .expect("update_from_values");
     let missing = db::update_from_values(
-        &mut conn,
+        conn.conn(),
         "t",
         &["k", "n"],
         "n = moved.n",
@@ -126,20 +132,20 @@ async fn round_trip(db: &Database) {
     );
 
     // Keys with quotes and commas, one of them absent, read and deleted by list.
-    let found = db::fetch_in(&mut conn, &["a", "it's, absent", "d"], |list| {
+    let found = db::fetch_in(conn.conn(), &["a", "it's, absent", "d"], |list| {
         format!("SELECT k FROM t WHERE k IN ({list}) ORDER BY k")
     })
     .await
     .expect("fetch_in");
-    let found: Vec<String> = found.iter().map(|r| r.get("k")).collect();
+    let found: Vec<String> = found.iter().map(|r| r.try_get("k").expect("k")).collect();
     assert_eq!(found, ["a", "d"]);
-    let gone = db::execute_in(&mut conn, &["b", "c", "it's, absent"], |list| {
+    let gone = db::execute_in(conn.conn(), &["b", "c", "it's, absent"], |list| {
         format!("DELETE FROM t WHERE k IN ({list})")
     })
     .await
     .expect("execute_in");
     assert_eq!(gone, 2);
-    let nothing = db::fetch_in(&mut conn, &[], |list| {
+    let nothing = db::fetch_in(conn.conn(), &[], |list| {
         format!("SELECT k FROM t WHERE k IN ({list})")
     })
     .await
@@ -149,32 +155,32 @@ async fn round_trip(db: &Database) {
     // Nothing to write, no statement; a row of the wrong shape is refused before any SQL.
     let none: &[Vec<Param>] = &[];
     assert!(
-        db::insert_rows(&mut conn, "t", &COLUMNS, none, "RETURNING k")
+        db::insert_rows(conn.conn(), "t", &COLUMNS, none, "RETURNING k")
             .await
             .expect("no rows")
             .is_empty()
     );
-    db::insert_absent(&mut conn, "t", &COLUMNS, none)
+    db::insert_absent(conn.conn(), "t", &COLUMNS, none)
         .await
         .expect("no rows");
-    db::update_from_values(&mut conn, "t", &["k", "n"], "n = moved.n", none)
+    db::update_from_values(conn.conn(), "t", &["k", "n"], "n = moved.n", none)
         .await
         .expect("no rows");
     assert_eq!(
-        db::execute_in(&mut conn, &[], |list| format!(
+        db::execute_in(conn.conn(), &[], |list| format!(
             "DELETE FROM t WHERE k IN ({list})"
         ))
         .await
         .expect("no keys"),
         0
     );
-    let Err(short) = db::insert_rows(&mut conn, "t", &["k", "n"], &[vec!["x".into()]], "").await
+    let Err(short) = db::insert_rows(conn.conn(), "t", &["k", "n"], &[vec!["x".into()]], "").await
     else {
         panic!("a row a value short was written");
     };
     assert!(matches!(short, sqlx::Error::Encode(_)), "{short}");
     let Err(mixed) = db::insert_rows(
-        &mut conn,
+        conn.conn(),
         "t",
         &["k", "n"],
         &[vec!["x".into(), 1.into()], vec!["y".into(), "2".into()]],
@@ -187,12 +193,12 @@ async fn round_trip(db: &Database) {
     assert!(mixed.to_string().contains("column n"), "{mixed}");
 
     // Quoted, mixed-case column names are written to the right columns.
-    sqlx::query(r#"CREATE TABLE u ("Key" TEXT PRIMARY KEY, "Level" BIGINT)"#)
-        .execute(&mut *conn)
+    jetflow_runtime::db::query(r#"CREATE TABLE u ("Key" TEXT PRIMARY KEY, "Level" BIGINT)"#)
+        .execute(conn.conn())
         .await
         .expect("table u");
     db::insert_rows(
-        &mut conn,
+        conn.conn(),
         "u",
         &[r#""Key""#, r#""Level""#],
         &[vec!["q".into(), 42.into()]],
@@ -200,17 +206,17 @@ async fn round_trip(db: &Database) {
     )
     .await
     .expect("quoted columns");
-    let level: i64 = sqlx::query(r#"SELECT "Level" AS level FROM u WHERE "Key" = 'q'"#)
-        .fetch_one(&mut *conn)
-        .await
-        .expect("row of u")
-        .get("level");
+    let level: i64 =
+        jetflow_runtime::db::query(r#"SELECT "Level" AS level FROM u WHERE "Key" = 'q'"#)
+            .fetch_scalar(conn.conn())
+            .await
+            .expect("row of u");
     assert_eq!(level, 42);
 
     // The outbox keeps a message's bytes, whatever they are.
     let message = OutgoingMessage::new("s.x", "m-1", every_byte.clone()).correlation_id("c-1");
     let mut tx = db.begin().await.expect("tx");
-    outbox::enqueue(&mut tx, std::slice::from_ref(&message))
+    outbox::enqueue(tx.conn(), std::slice::from_ref(&message))
         .await
         .expect("enqueue");
     db::Database::commit(tx).await.expect("commit");
@@ -254,8 +260,11 @@ fn postgres_prepares_one_insert_whatever_the_batch_size() {
     jetflow_integration::run(async {
         let pg = TestDatabase::create().await;
         let db = Database::connect_url(pg.url()).await.expect("postgres");
-        sqlx::query(TABLE).execute(db.pool()).await.expect("table");
-        let mut conn = db.pool().acquire().await.expect("conn");
+        jetflow_runtime::db::query(TABLE)
+            .execute(db.pool())
+            .await
+            .expect("table");
+        let mut conn = db.acquire().await.expect("conn");
         let sizes = [1, 2, 3, 17, 300, 501];
         let mut next = 0;
         for size in sizes {
@@ -263,12 +272,12 @@ fn postgres_prepares_one_insert_whatever_the_batch_size() {
                 .map(|i| row(&format!("k{i:05}"), Some(i), None, b"x"))
                 .collect();
             next += size;
-            db::insert_absent(&mut conn, "t", &COLUMNS, &rows)
+            db::insert_absent(conn.conn(), "t", &COLUMNS, &rows)
                 .await
                 .expect("insert_absent");
         }
         assert_eq!(stored(&db).await.len(), sizes.iter().sum::<i64>() as usize);
-        assert_eq!(prepared(&mut conn, "INSERT INTO t").await, 1);
+        assert_eq!(prepared(conn.conn(), "INSERT INTO t").await, 1);
         drop(conn);
         db.close().await;
     });
@@ -277,23 +286,26 @@ fn postgres_prepares_one_insert_whatever_the_batch_size() {
 /// Sequential and index scans of table `t` so far, as the pool's one connection's statistics
 /// say (flushed first, read afresh).
 async fn scans(db: &Database) -> (i64, i64) {
-    let mut conn = db.pool().acquire().await.expect("the connection");
-    sqlx::query("SELECT pg_stat_force_next_flush()")
-        .execute(&mut *conn)
+    let mut conn = db.acquire().await.expect("the connection");
+    jetflow_runtime::db::query("SELECT pg_stat_force_next_flush()")
+        .execute(conn.conn())
         .await
         .expect("flush");
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(&mut *conn)
+    jetflow_runtime::db::query("SELECT pg_stat_clear_snapshot()")
+        .execute(conn.conn())
         .await
         .expect("fresh snapshot");
-    let row = sqlx::query(
+    let row = jetflow_runtime::db::query(
         "SELECT seq_scan, COALESCE(idx_scan, 0) AS idx_scan FROM pg_stat_user_tables \
          WHERE relname = 't'",
     )
-    .fetch_one(&mut *conn)
+    .fetch_one(conn.conn())
     .await
     .expect("pg_stat_user_tables");
-    (row.get("seq_scan"), row.get("idx_scan"))
+    (
+        row.try_get("seq_scan").expect("seq_scan"),
+        row.try_get("idx_scan").expect("idx_scan"),
+    )
 }
 
 /// A batch's few rows are read, locked, updated and deleted by index in a table big enough
@@ -309,14 +321,17 @@ fn postgres_reads_and_updates_a_batch_s_rows_by_index() {
             ..DbConfig::new(pg.url())
         };
         let db = Database::connect(&config).await.expect("postgres");
-        sqlx::query(TABLE).execute(db.pool()).await.expect("table");
-        sqlx::query(
+        jetflow_runtime::db::query(TABLE)
+            .execute(db.pool())
+            .await
+            .expect("table");
+        jetflow_runtime::db::query(
             "INSERT INTO t (k, n, body) SELECT 'k' || i, i, '\\x00' FROM generate_series(1, 20000) i",
         )
         .execute(db.pool())
         .await
         .expect("20,000 rows");
-        sqlx::query("ANALYZE t")
+        jetflow_runtime::db::query("ANALYZE t")
             .execute(db.pool())
             .await
             .expect("analyze");
@@ -325,15 +340,15 @@ fn postgres_reads_and_updates_a_batch_s_rows_by_index() {
             let keys = [format!("k{}", round + 1), format!("k{}", round + 100)];
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
             let mut tx = db.begin().await.expect("tx");
-            let read = db::fetch_locked(&mut tx, "t", "k", &["k", "n"], &keys)
+            let read = db::fetch_locked(tx.conn(), "t", "k", &["k", "n"], &keys)
                 .await
                 .expect("fetch_locked");
             assert_eq!(read.len(), 2);
             let moved: Vec<Vec<Param>> = keys.iter().map(|k| vec![(*k).into(), 1.into()]).collect();
-            db::update_from_values(&mut tx, "t", &["k", "n"], "n = t.n + moved.n", &moved)
+            db::update_from_values(tx.conn(), "t", &["k", "n"], "n = t.n + moved.n", &moved)
                 .await
                 .expect("update_from_values");
-            db::execute_in(&mut tx, &keys, |list| {
+            db::execute_in(tx.conn(), &keys, |list| {
                 format!("DELETE FROM t WHERE k IN ({list})")
             })
             .await

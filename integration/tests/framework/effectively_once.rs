@@ -156,8 +156,8 @@ fn a_full_stream_refuses_for_now_and_the_outbox_waits_for_room_without_dead_lett
             Duration::from_secs(15),
             || async {
                 let attempts: i64 =
-                    sqlx::query_scalar("SELECT COALESCE(MIN(attempts), 0) FROM outbox")
-                        .fetch_one(db.pool())
+                    jetflow_runtime::db::query("SELECT COALESCE(MIN(attempts), 0) FROM outbox")
+                        .fetch_scalar(db.pool())
                         .await
                         .map_err(|e| e.to_string())?;
                 let left = outbox::pending(&db).await.map_err(|e| e.to_string())?;
@@ -329,11 +329,14 @@ fn a_row_too_large_for_any_message_is_dead_lettered_without_its_payload_and_park
             "the small row"
         );
         // The big row is parked with its error, not waiting, and no longer tried.
-        let (parked, error): (i64, String) =
-            sqlx::query_as("SELECT next_attempt_at, last_error FROM outbox WHERE id = 'big-1'")
-                .fetch_one(db.pool())
-                .await
-                .expect("the row is kept");
+        let row = jetflow_runtime::db::query(
+            "SELECT next_attempt_at, last_error FROM outbox WHERE id = 'big-1'",
+        )
+        .fetch_one(db.pool())
+        .await
+        .expect("the row is kept");
+        let parked: i64 = row.try_get("next_attempt_at").expect("next_attempt_at");
+        let error: String = row.try_get("last_error").expect("last_error");
         assert_eq!(parked, outbox::PARKED);
         assert!(error.contains("parked"), "{error}");
         assert_eq!(outbox::pending(&db).await.expect("pending"), 0);

@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use jetflow_integration::TestDatabase;
 use jetflow_runtime::{Database, GroupCommit, Job};
-use sqlx::AnyConnection;
 use tokio::sync::Notify;
 
 /// Inserts its number; a held write then waits to be released before its group commits.
@@ -19,11 +18,14 @@ struct Write {
 impl Job for Write {
     type Output = i64;
 
-    fn run<'c>(&'c self, conn: &'c mut AnyConnection) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
+    fn run<'c>(
+        &'c self,
+        conn: jetflow_runtime::db::Conn<'c>,
+    ) -> BoxFuture<'c, Result<i64, sqlx::Error>> {
         Box::pin(async move {
-            sqlx::query("INSERT INTO written (n) VALUES ($1)")
+            jetflow_runtime::db::query("INSERT INTO written (n) VALUES ($1)")
                 .bind(self.n)
-                .execute(&mut *conn)
+                .execute(conn)
                 .await?;
             if let Some((entered, release)) = &self.held {
                 entered.notify_one();
@@ -39,7 +41,7 @@ fn with_two_writers_a_group_commits_while_the_other_is_held() {
     jetflow_integration::run(async {
         let pg = TestDatabase::create().await;
         let db = Database::connect_url(pg.url()).await.expect("postgres");
-        sqlx::query("CREATE TABLE written (n BIGINT PRIMARY KEY)")
+        jetflow_runtime::db::query("CREATE TABLE written (n BIGINT PRIMARY KEY)")
             .execute(db.pool())
             .await
             .expect("table");
@@ -66,10 +68,13 @@ fn with_two_writers_a_group_commits_while_the_other_is_held() {
         .await
         .expect("the second writer committed while the first was held");
         assert_eq!(other.expect("committed"), 2);
-        let visible: Vec<i64> = sqlx::query_scalar("SELECT n FROM written")
+        let visible: Vec<i64> = jetflow_runtime::db::query("SELECT n FROM written")
             .fetch_all(db.pool())
             .await
-            .expect("read");
+            .expect("read")
+            .iter()
+            .map(|r| r.try_get("n").expect("n"))
+            .collect();
         assert_eq!(
             visible,
             vec![2],
@@ -78,8 +83,8 @@ fn with_two_writers_a_group_commits_while_the_other_is_held() {
         release.notify_one();
         let first = held.await.expect("task").expect("committed");
         assert_eq!(first, 1);
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM written")
-            .fetch_one(db.pool())
+        let n: i64 = jetflow_runtime::db::query("SELECT COUNT(*) FROM written")
+            .fetch_scalar(db.pool())
             .await
             .expect("count");
         assert_eq!(n, 2);

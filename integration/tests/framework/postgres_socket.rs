@@ -86,7 +86,7 @@ fn every_connection_to_postgresql_sends_without_delay() {
         // Hold four connections at once, so that the pool opened four sockets.
         let mut held = Vec::new();
         for _ in 0..4 {
-            held.push(db.pool().acquire().await.expect("a connection"));
+            held.push(db.acquire().await.expect("a connection"));
         }
         let sockets = sockets_to(port);
         assert!(

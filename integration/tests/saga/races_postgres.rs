@@ -102,8 +102,8 @@ fn a_cancellation_racing_a_reservation_never_leaks_stock() {
     jetflow_integration::run(async {
         let (_pg, db) = database().await;
         {
-            let mut conn = db.pool().acquire().await.expect("conn");
-            stock_store::put(&mut conn, "race", 1_000_000, 100)
+            let mut conn = db.acquire().await.expect("conn");
+            stock_store::put(conn.conn(), "race", 1_000_000, 100)
                 .await
                 .expect("stock");
         }
@@ -181,10 +181,10 @@ fn a_cancellation_racing_a_reservation_never_leaks_stock() {
             (1_000_000, 0, 0),
             "every order was cancelled: nothing may stay reserved"
         );
-        let held: i64 = sqlx::query_scalar(
+        let held: i64 = jetflow_runtime::db::query(
             "SELECT COUNT(*) FROM reservations WHERE status NOT IN ('cancelled', 'released')",
         )
-        .fetch_one(db.pool())
+        .fetch_scalar(db.pool())
         .await
         .expect("count");
         assert_eq!(held, 0, "a cancelled order holds a reservation");
@@ -204,7 +204,7 @@ fn a_payment_racing_a_decline_on_two_replicas_finishes_each_order_once() {
         let (_pg, db) = database().await;
         let orders: Vec<Uuid> = (0..200).map(|_| Uuid::new_v4()).collect();
         {
-            let mut conn = db.pool().acquire().await.expect("conn");
+            let mut conn = db.acquire().await.expect("conn");
             for id in &orders {
                 let order = NewOrder {
                     order_id: id.to_string(),
@@ -216,7 +216,7 @@ fn a_payment_racing_a_decline_on_two_replicas_finishes_each_order_once() {
                     at: 1,
                 };
                 assert!(
-                    order_store::insert_pending(&mut conn, &order)
+                    order_store::insert_pending(conn.conn(), &order)
                         .await
                         .expect("insert")
                 );
@@ -385,10 +385,10 @@ fn a_charge_racing_a_cancellation_on_two_replicas_is_always_voided() {
                 .collect::<Vec<_>>()
         };
         let open_rows = || async {
-            sqlx::query_scalar::<_, i64>(
+            jetflow_runtime::db::query(
                 "SELECT COUNT(*) FROM payments WHERE status IN ('succeeded', 'void_pending')",
             )
-            .fetch_one(db.pool())
+            .fetch_scalar::<i64>(db.pool())
             .await
             .expect("count")
         };
@@ -410,8 +410,8 @@ fn a_charge_racing_a_cancellation_on_two_replicas_is_always_voided() {
         for acc in provider.accounts() {
             assert!(acc.charges_made <= 1, "charged twice: {acc:?}");
         }
-        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM payments")
-            .fetch_one(db.pool())
+        let rows: i64 = jetflow_runtime::db::query("SELECT COUNT(*) FROM payments")
+            .fetch_scalar(db.pool())
             .await
             .expect("count");
         assert_eq!(rows, 100, "one payment row per order");
@@ -465,7 +465,7 @@ fn a_row_written_since_the_book_read_it_makes_the_commit_a_conflict() {
                 "INSERT INTO reservations (order_id, status, lane, updated_at) \
                  VALUES ($1, 'reserved', 'standard', 1)"
             };
-            sqlx::query(sql)
+            jetflow_runtime::db::query(sql)
                 .bind(id.as_str())
                 .execute(db.pool())
                 .await

@@ -129,11 +129,12 @@ fn postgres_with_sslmode_require_and_verify_ca() {
             // A write and a read through the encrypted connection.
             app.put_stock("tls-sku", 3, 100).await;
             assert_eq!(app.stock("tls-sku").await["available"], 3, "{mode}");
-            let in_use: bool =
-                sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-                    .fetch_one(app.db().pool())
-                    .await
-                    .expect("pg_stat_ssl");
+            let in_use: bool = jetflow_runtime::db::query(
+                "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            )
+            .fetch_scalar(app.db().pool())
+            .await
+            .expect("pg_stat_ssl");
             assert!(in_use, "the connection is encrypted with {mode}");
             app.stop().await;
         }

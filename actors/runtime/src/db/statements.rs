@@ -1,40 +1,56 @@
-//! Statements over a batch's keys and rows, on either engine: reads of a key list (locked
-//! or not), inserts of the rows a batch gathered, updates of the rows it changed, each in as
-//! few round trips as the parameter limits allow. Tables, columns and clauses are SQL written
-//! by the caller; keys and values are always bound.
+//! Statements over a batch's keys and rows, written for each engine: reads of a key list
+//! (locked or not), inserts of the rows a batch gathered, updates of the rows it changed. On
+//! PostgreSQL the keys and each column's values travel as one array parameter (`= ANY`,
+//! `UNNEST`), so one statement, whose text is the same for any number of rows and is parsed
+//! and planned once per connection, serves a whole batch; on SQLite as `IN` and `VALUES`
+//! lists, in as few statements as its parameter limit allows. Tables, columns and clauses are
+//! SQL written by the caller; keys and values are always bound.
 
-use sqlx::AnyConnection;
+use sqlx::postgres::PgArguments;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::{AssertSqlSafe, Postgres, Sqlite};
 
-use super::{Backend, connection_backend, lost_race};
+use super::portable::{Conn, Param, Row};
+use super::{Backend, lost_race};
 
-/// Keys per statement of [`fetch_in`] and [`execute_in`]: far below the parameter limits of
-/// both engines.
+/// Keys per statement of [`fetch_in`] and [`execute_in`] on SQLite: far below its parameter
+/// limit.
 const IN_CHUNK: usize = 500;
 
-/// A statement for the `Any` driver.
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>;
+type PgQuery = sqlx::query::Query<'static, Postgres, PgArguments>;
+type SqliteQuery = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
 
-/// The statements of a query over a list of keys, one per 500 keys, with the keys bound.
-fn in_statements<'q>(keys: &[&'q str], sql: impl Fn(&str) -> String) -> Vec<AnyQuery<'q>> {
+/// The key list as PostgreSQL reads it: one array parameter, whatever its length.
+const PG_KEY_LIST: &str = "SELECT UNNEST($1::text[])";
+
+/// The statements of a query over a list of keys on SQLite, one per 500 keys, with the keys
+/// bound.
+fn sqlite_in_statements(keys: &[&str], sql: &impl Fn(&str) -> String) -> Vec<SqliteQuery> {
     keys.chunks(IN_CHUNK)
         .map(|chunk| {
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql(&placeholders(1, chunk.len()))));
+            let mut q = sqlx::query(AssertSqlSafe(sql(&placeholders(1, chunk.len()))));
             for key in chunk {
-                q = q.bind(*key);
+                q = q.bind(key.to_string());
             }
             q
         })
         .collect()
 }
 
-/// The rows of a query over a list of keys, one statement per 500 keys: `sql` is given the
-/// placeholders of one chunk (`$1, $2, …`, for an `IN (…)` list) and returns the statement,
-/// which runs with that chunk's keys bound in order. Only the generated placeholders reach the
-/// SQL text, never a key.
+/// The statement of a query over a list of keys on PostgreSQL: the keys as one `text[]`.
+fn pg_in_statement(keys: &[&str], sql: &impl Fn(&str) -> String) -> PgQuery {
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    sqlx::query(AssertSqlSafe(sql(PG_KEY_LIST))).bind(keys)
+}
+
+/// The rows of a query over a list of keys: `sql` is given the list to put inside `IN (…)`
+/// and returns the statement, which runs with the keys bound. On PostgreSQL the list is one
+/// array parameter (`SELECT UNNEST($1::text[])`) and the statement runs once; on SQLite it is
+/// placeholders (`$1, $2, …`), one statement per 500 keys. Only the generated list reaches
+/// the SQL text, never a key; no keys, no statement.
 ///
 /// ```no_run
-/// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-/// use sqlx::Row;
+/// # async fn f(conn: jetflow_runtime::db::Conn<'_>) -> Result<(), sqlx::Error> {
 /// let rows = jetflow_runtime::db::fetch_in(conn, &["a", "b"], |list| {
 ///     format!("SELECT id, level FROM readings WHERE id IN ({list})")
 /// })
@@ -43,22 +59,35 @@ fn in_statements<'q>(keys: &[&'q str], sql: impl Fn(&str) -> String) -> Vec<AnyQ
 /// # Ok(()) }
 /// ```
 pub async fn fetch_in(
-    conn: &mut sqlx::AnyConnection,
+    mut conn: Conn<'_>,
     keys: &[&str],
     sql: impl Fn(&str) -> String,
-) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-    let mut rows = Vec::with_capacity(keys.len());
-    for q in in_statements(keys, sql) {
-        rows.extend(q.fetch_all(&mut *conn).await?);
+) -> Result<Vec<Row>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(rows)
+    match &mut conn {
+        Conn::Postgres(c) => Ok(pg_in_statement(keys, &sql)
+            .fetch_all(&mut **c)
+            .await?
+            .into_iter()
+            .map(Row::Postgres)
+            .collect()),
+        Conn::Sqlite(c) => {
+            let mut rows = Vec::with_capacity(keys.len());
+            for q in sqlite_in_statements(keys, &sql) {
+                rows.extend(q.fetch_all(&mut **c).await?.into_iter().map(Row::Sqlite));
+            }
+            Ok(rows)
+        }
+    }
 }
 
 /// Runs a statement over a list of keys as [`fetch_in`] does (an `UPDATE` or `DELETE …
 /// WHERE key IN ({list})`), and returns how many rows it affected.
 ///
 /// ```no_run
-/// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// # async fn f(conn: jetflow_runtime::db::Conn<'_>) -> Result<(), sqlx::Error> {
 /// let gone = jetflow_runtime::db::execute_in(conn, &["a", "b"], |list| {
 ///     format!("DELETE FROM readings WHERE id IN ({list})")
 /// })
@@ -66,15 +95,26 @@ pub async fn fetch_in(
 /// # Ok(()) }
 /// ```
 pub async fn execute_in(
-    conn: &mut sqlx::AnyConnection,
+    mut conn: Conn<'_>,
     keys: &[&str],
     sql: impl Fn(&str) -> String,
 ) -> Result<u64, sqlx::Error> {
-    let mut affected = 0;
-    for q in in_statements(keys, sql) {
-        affected += q.execute(&mut *conn).await?.rows_affected();
+    if keys.is_empty() {
+        return Ok(0);
     }
-    Ok(affected)
+    match &mut conn {
+        Conn::Postgres(c) => Ok(pg_in_statement(keys, &sql)
+            .execute(&mut **c)
+            .await?
+            .rows_affected()),
+        Conn::Sqlite(c) => {
+            let mut affected = 0;
+            for q in sqlite_in_statements(keys, &sql) {
+                affected += q.execute(&mut **c).await?.rows_affected();
+            }
+            Ok(affected)
+        }
+    }
 }
 
 /// `" FOR UPDATE"` on PostgreSQL, nothing on SQLite (whose write transaction holds the whole
@@ -89,145 +129,35 @@ pub fn for_update(backend: Backend) -> &'static str {
 /// Reads `columns` of the rows of `table` whose `key` is one of `keys`, in key order, locked
 /// until the transaction ends on PostgreSQL ([`for_update`]): what a batch reads once, before
 /// deciding in memory, so two batches touching the same rows wait for each other in the same
-/// order instead of deadlocking. One statement per 500 keys ([`fetch_in`]). `table`, `key` and
-/// `columns` are SQL written by the caller, never input.
+/// order instead of deadlocking. One statement on PostgreSQL, one per 500 keys on SQLite
+/// ([`fetch_in`]). `table`, `key` and `columns` are SQL written by the caller, never input.
 ///
 /// ```no_run
-/// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// # async fn f(conn: jetflow_runtime::db::Conn<'_>) -> Result<(), sqlx::Error> {
 /// use jetflow_runtime::db;
 /// let rows = db::fetch_locked(conn, "readings", "id", &["id", "level"], &["a"]).await?;
 /// # Ok(()) }
 /// ```
 pub async fn fetch_locked(
-    conn: &mut sqlx::AnyConnection,
+    conn: Conn<'_>,
     table: &str,
     key: &str,
     columns: &[&str],
     keys: &[&str],
-) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-    let (columns, lock) = (columns.join(", "), for_update(connection_backend(conn)));
+) -> Result<Vec<Row>, sqlx::Error> {
+    let (columns, lock) = (columns.join(", "), for_update(conn.backend()));
     fetch_in(conn, keys, |list| {
         format!("SELECT {columns} FROM {table} WHERE {key} IN ({list}) ORDER BY {key}{lock}")
     })
     .await
 }
 
-/// A value bound to a statement that [`insert_rows`], [`insert_absent`] or
-/// [`update_from_values`] generates.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Param {
-    /// Text, or NULL.
-    Text(Option<String>),
-    /// A 64-bit integer, or NULL.
-    Int(Option<i64>),
-    /// Bytes (a `BYTEA` column; a `BLOB` on SQLite).
-    Bytes(Vec<u8>),
-}
-
-impl From<&str> for Param {
-    fn from(v: &str) -> Self {
-        Param::Text(Some(v.to_string()))
-    }
-}
-
-impl From<String> for Param {
-    fn from(v: String) -> Self {
-        Param::Text(Some(v))
-    }
-}
-
-impl From<Option<&str>> for Param {
-    fn from(v: Option<&str>) -> Self {
-        Param::Text(v.map(str::to_string))
-    }
-}
-
-impl From<Option<String>> for Param {
-    fn from(v: Option<String>) -> Self {
-        Param::Text(v)
-    }
-}
-
-impl From<i64> for Param {
-    fn from(v: i64) -> Self {
-        Param::Int(Some(v))
-    }
-}
-
-impl From<Option<i64>> for Param {
-    fn from(v: Option<i64>) -> Self {
-        Param::Int(v)
-    }
-}
-
-impl From<Vec<u8>> for Param {
-    fn from(v: Vec<u8>) -> Self {
-        Param::Bytes(v)
-    }
-}
-
-/// Most parameters in one generated statement: below SQLite's 32,766 and PostgreSQL's 65,535.
+/// Most parameters in one generated SQLite statement: below its limit of 32,766.
 const MAX_PARAMS: usize = 30_000;
 
-/// Rows per generated statement for rows of `width` values (500 at most).
+/// Rows per generated SQLite statement for rows of `width` values (500 at most).
 fn rows_per_statement(width: usize) -> usize {
     (MAX_PARAMS / width.max(1)).clamp(1, 500)
-}
-
-fn bind_rows<'q>(mut q: AnyQuery<'q>, rows: &'q [Vec<Param>]) -> AnyQuery<'q> {
-    for row in rows {
-        for p in row {
-            q = match p {
-                Param::Text(v) => q.bind(v.as_deref()),
-                Param::Int(v) => q.bind(*v),
-                Param::Bytes(v) => q.bind(v.as_slice()),
-            };
-        }
-    }
-    q
-}
-
-/// A value as PostgreSQL's `json_to_recordset` reads it: bytes as hex, decoded by the
-/// statement.
-struct JsonValue<'a>(&'a Param);
-
-impl serde::Serialize for JsonValue<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Param::Text(v) => v.serialize(s),
-            Param::Int(v) => v.serialize(s),
-            Param::Bytes(v) => s.serialize_str(&hex::encode(v)),
-        }
-    }
-}
-
-/// Rows as a JSON array of objects whose keys are the columns' positions (`c1`, `c2`, …):
-/// `json_to_recordset` matches keys exactly, and positions do not depend on how the caller
-/// spelled or quoted a column's name.
-struct JsonRows<'a> {
-    keys: &'a [String],
-    rows: &'a [Vec<Param>],
-}
-
-impl serde::Serialize for JsonRows<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{SerializeMap, SerializeSeq};
-        struct Row<'a>(&'a [String], &'a [Param]);
-        impl serde::Serialize for Row<'_> {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(Some(self.0.len()))?;
-                for (key, value) in self.0.iter().zip(self.1) {
-                    map.serialize_entry(key, &JsonValue(value))?;
-                }
-                map.end()
-            }
-        }
-        let mut seq = s.serialize_seq(Some(self.rows.len()))?;
-        for row in self.rows {
-            seq.serialize_element(&Row(self.keys, row))?;
-        }
-        seq.end()
-    }
 }
 
 /// Every row must give one value per column, of the kind the first row gives there (a NULL
@@ -263,74 +193,96 @@ fn check_shape(columns: &[&str], rows: &[Vec<Param>]) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// The statements inserting `rows` on PostgreSQL, as [`row_statements`] describes, except
-/// that the rows travel as one JSON array: `rows` is `SELECT … FROM json_to_recordset($1::json)
-/// AS given(c1 …, c2 …)`, the column types taken from the first row's values. The text is the
-/// same however many rows there are (500 per statement, as on SQLite), so each connection
-/// parses and plans it once instead of once per batch size. (Only for inserts: the planner expects 100 rows from the JSON, which can
-/// make it scan a table to join a few rows with it.)
-fn json_row_statements<'q>(
-    columns: &[&str],
-    rows: &[Vec<Param>],
-    sql: impl Fn(&str, &str, &str) -> String,
-) -> Result<Vec<(AnyQuery<'q>, usize)>, sqlx::Error> {
-    let (Some(key), Some(first)) = (columns.first(), rows.first()) else {
-        return Ok(Vec::new());
-    };
-    let keys: Vec<String> = (1..=columns.len()).map(|i| format!("c{i}")).collect();
-    let (picked, types): (Vec<String>, Vec<String>) = keys
-        .iter()
-        .zip(first)
-        .map(|(at, value)| match value {
-            Param::Text(_) => (at.clone(), format!("{at} text")),
-            Param::Int(_) => (at.clone(), format!("{at} bigint")),
-            Param::Bytes(_) => (format!("decode({at}, 'hex')"), format!("{at} text")),
-        })
-        .unzip();
-    let source = format!(
-        "SELECT {} FROM json_to_recordset($1::json) AS given({})",
-        picked.join(", "),
-        types.join(", ")
-    );
-    let text = sql(key, &columns.join(", "), &source);
-    rows.chunks(rows_per_statement(columns.len()))
-        .map(|chunk| {
-            let json = serde_json::to_string(&JsonRows {
-                keys: &keys,
-                rows: chunk,
-            })
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-            Ok((
-                sqlx::query(sqlx::AssertSqlSafe(text.clone())).bind(json),
-                chunk.len(),
-            ))
-        })
-        .collect()
+/// One column of a batch's rows, as one PostgreSQL array.
+enum Column {
+    Text(Vec<Option<String>>),
+    Int(Vec<Option<i64>>),
+    Float(Vec<Option<f64>>),
+    Bytes(Vec<Vec<u8>>),
 }
 
-/// The statements inserting `rows`: JSON on PostgreSQL, `VALUES` lists on SQLite.
-fn insert_statements<'q>(
-    conn: &AnyConnection,
-    columns: &[&str],
-    rows: &'q [Vec<Param>],
-    sql: impl Fn(&str, &str, &str) -> String,
-) -> Result<Vec<(AnyQuery<'q>, usize)>, sqlx::Error> {
-    check_shape(columns, rows)?;
-    match connection_backend(conn) {
-        Backend::Postgres => json_row_statements(columns, rows, sql),
-        Backend::Sqlite => Ok(row_statements(columns, rows, sql)),
+impl Column {
+    fn of(kind: &Param, rows: usize) -> Self {
+        match kind {
+            Param::Text(_) => Column::Text(Vec::with_capacity(rows)),
+            Param::Int(_) => Column::Int(Vec::with_capacity(rows)),
+            Param::Float(_) => Column::Float(Vec::with_capacity(rows)),
+            Param::Bytes(_) => Column::Bytes(Vec::with_capacity(rows)),
+        }
+    }
+
+    fn array_type(&self) -> &'static str {
+        match self {
+            Column::Text(_) => "text[]",
+            Column::Int(_) => "bigint[]",
+            Column::Float(_) => "double precision[]",
+            Column::Bytes(_) => "bytea[]",
+        }
+    }
+
+    /// Adds a value ([`check_shape`] made sure it is of the column's kind).
+    fn push(&mut self, value: Param) {
+        match (self, value) {
+            (Column::Text(c), Param::Text(v)) => c.push(v),
+            (Column::Int(c), Param::Int(v)) => c.push(v),
+            (Column::Float(c), Param::Float(v)) => c.push(v),
+            (Column::Bytes(c), Param::Bytes(v)) => c.push(v),
+            _ => unreachable!("check_shape keeps each column to one kind"),
+        }
+    }
+
+    fn bind(self, q: PgQuery) -> PgQuery {
+        match self {
+            Column::Text(v) => q.bind(v),
+            Column::Int(v) => q.bind(v),
+            Column::Float(v) => q.bind(v),
+            Column::Bytes(v) => q.bind(v),
+        }
     }
 }
 
-/// The statements writing `rows` (one value per column of `columns`, the first column the
-/// key), as few as the parameter limits allow: for each chunk, the text `sql(key, columns,
-/// rows)` makes (`columns` joined, `rows` the chunk's `VALUES (…), (…)` of placeholders)
-/// with the chunk's values bound, and how many rows the chunk holds. No key, no statement.
-fn row_statements<'q>(
+/// The statement writing `rows` on PostgreSQL: `sql(key, columns, rows)`, `rows` being
+/// `SELECT * FROM UNNEST($1::text[], $2::bigint[], …)`, one array per column (its type from
+/// the first row's values), bound. The text is the same for any number of rows.
+fn pg_rows_statement(
     columns: &[&str],
-    rows: &'q [Vec<Param>],
+    rows: &[Vec<Param>],
     sql: impl Fn(&str, &str, &str) -> String,
-) -> Vec<(AnyQuery<'q>, usize)> {
+) -> Option<PgQuery> {
+    let (key, first) = (columns.first()?, rows.first()?);
+    let mut arrays: Vec<Column> = first.iter().map(|p| Column::of(p, rows.len())).collect();
+    for row in rows {
+        for (array, value) in arrays.iter_mut().zip(row.iter().cloned()) {
+            array.push(value);
+        }
+    }
+    let unnest = arrays
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("${}::{}", i + 1, a.array_type()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = sql(
+        key,
+        &columns.join(", "),
+        &format!("SELECT * FROM UNNEST({unnest})"),
+    );
+    Some(
+        arrays
+            .into_iter()
+            .fold(sqlx::query(AssertSqlSafe(text)), |q, a| a.bind(q)),
+    )
+}
+
+/// The statements writing `rows` on SQLite (one value per column of `columns`, the first
+/// column the key), as few as its parameter limit allows: for each chunk, the text `sql(key,
+/// columns, rows)` makes (`rows` the chunk's `VALUES (…), (…)` of placeholders) with the
+/// chunk's values bound, and how many rows the chunk holds. No key, no statement.
+fn sqlite_row_statements(
+    columns: &[&str],
+    rows: &[Vec<Param>],
+    sql: impl Fn(&str, &str, &str) -> String,
+) -> Vec<(SqliteQuery, usize)> {
     let Some(key) = columns.first() else {
         return Vec::new();
     };
@@ -338,11 +290,16 @@ fn row_statements<'q>(
     rows.chunks(rows_per_statement(columns.len()))
         .map(|chunk| {
             let values = format!("VALUES {}", values_list(chunk.len(), columns.len()));
-            let text = sql(key, &names, &values);
-            (
-                bind_rows(sqlx::query(sqlx::AssertSqlSafe(text)), chunk),
-                chunk.len(),
-            )
+            let mut q = sqlx::query(AssertSqlSafe(sql(key, &names, &values)));
+            for value in chunk.iter().flatten() {
+                q = match value {
+                    Param::Text(v) => q.bind(v.clone()),
+                    Param::Int(v) => q.bind(*v),
+                    Param::Float(v) => q.bind(*v),
+                    Param::Bytes(v) => q.bind(v.clone()),
+                };
+            }
+            (q, chunk.len())
         })
         .collect()
 }
@@ -354,19 +311,74 @@ fn values_list(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
+/// Runs the statements writing `rows` (see [`pg_rows_statement`] and
+/// [`sqlite_row_statements`]) and returns, for each, how many rows it carried and the rows it
+/// returned (or, with `returning` false, as many empty lists with the rows it affected).
+async fn write_rows(
+    mut conn: Conn<'_>,
+    columns: &[&str],
+    rows: &[Vec<Param>],
+    returning: bool,
+    sql: impl Fn(&str, &str, &str) -> String,
+) -> Result<Vec<(usize, Written)>, sqlx::Error> {
+    check_shape(columns, rows)?;
+    let mut done = Vec::new();
+    match &mut conn {
+        Conn::Postgres(c) => {
+            if let Some(q) = pg_rows_statement(columns, rows, sql) {
+                let written = if returning {
+                    Written::Rows(
+                        q.fetch_all(&mut **c)
+                            .await?
+                            .into_iter()
+                            .map(Row::Postgres)
+                            .collect(),
+                    )
+                } else {
+                    Written::Affected(q.execute(&mut **c).await?.rows_affected())
+                };
+                done.push((rows.len(), written));
+            }
+        }
+        Conn::Sqlite(c) => {
+            for (q, n) in sqlite_row_statements(columns, rows, sql) {
+                let written = if returning {
+                    Written::Rows(
+                        q.fetch_all(&mut **c)
+                            .await?
+                            .into_iter()
+                            .map(Row::Sqlite)
+                            .collect(),
+                    )
+                } else {
+                    Written::Affected(q.execute(&mut **c).await?.rows_affected())
+                };
+                done.push((n, written));
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// What a statement of [`write_rows`] gave back.
+enum Written {
+    Rows(Vec<Row>),
+    Affected(u64),
+}
+
 /// Inserts `rows` (one value per column of `columns`) into `table` and returns what the
 /// statements return: `INSERT INTO <table> (<columns>) <rows> <tail>`, `tail` being, say,
-/// `ON CONFLICT (…) DO NOTHING RETURNING …`, or nothing; none without rows. On PostgreSQL the
-/// rows travel as one JSON array (`json_to_recordset`), so the statement's text is the same
-/// for any number of rows and each connection parses and plans it once; on SQLite as `VALUES`
-/// lists, in as few statements as the parameter limits allow; on both, 500 rows at most per
-/// statement. Every row gives one value per column, of the same kind of [`Param`] in a column
-/// (a row that does not fails the write with [`sqlx::Error::Encode`]). What a
-/// [`Deferred`](crate::Deferred) gathered from a whole batch is written this way, one round
-/// trip per 500 rows. `table`, `columns` and `tail` are SQL written by the caller, never input.
+/// `ON CONFLICT (…) DO NOTHING RETURNING …`, or nothing; none without rows. On PostgreSQL
+/// the rows travel as one array per column (`SELECT * FROM UNNEST($1::text[], …)`): one
+/// statement, whose text is the same for any number of rows, so each connection parses and
+/// plans it once; on SQLite as `VALUES` lists, 500 rows at most per statement. Every row
+/// gives one value per column, of the same kind of [`Param`] in a column (a row that does not
+/// fails the write with [`sqlx::Error::Encode`]). What a [`Deferred`](crate::Deferred)
+/// gathered from a whole batch is written this way. `table`, `columns` and `tail` are SQL
+/// written by the caller, never input.
 ///
 /// ```no_run
-/// # async fn f(conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+/// # async fn f(conn: jetflow_runtime::db::Conn<'_>) -> Result<(), sqlx::Error> {
 /// use jetflow_runtime::db::{self, Param};
 /// let rows: Vec<Vec<Param>> = vec![vec!["a".into(), 7.into()], vec!["b".into(), 9.into()]];
 /// db::insert_rows(conn, "readings", &["id", "level"], &rows, "ON CONFLICT (id) DO NOTHING")
@@ -374,18 +386,21 @@ fn values_list(rows: usize, width: usize) -> String {
 /// # Ok(()) }
 /// ```
 pub async fn insert_rows(
-    conn: &mut sqlx::AnyConnection,
+    conn: Conn<'_>,
     table: &str,
     columns: &[&str],
     rows: &[Vec<Param>],
     tail: &str,
-) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-    let statements = insert_statements(conn, columns, rows, |_, columns, values| {
+) -> Result<Vec<Row>, sqlx::Error> {
+    let written = write_rows(conn, columns, rows, true, |_, columns, values| {
         format!("INSERT INTO {table} ({columns}) {values} {tail}")
-    })?;
+    })
+    .await?;
     let mut returned = Vec::new();
-    for (q, _) in statements {
-        returned.extend(q.fetch_all(&mut *conn).await?);
+    for (_, w) in written {
+        if let Written::Rows(rows) = w {
+            returned.extend(rows);
+        }
     }
     Ok(returned)
 }
@@ -397,52 +412,57 @@ pub async fn insert_rows(
 /// applies the batch again and the new attempt reads that row. `table` and `columns` are SQL
 /// written by the caller, never input.
 pub async fn insert_absent(
-    conn: &mut sqlx::AnyConnection,
+    conn: Conn<'_>,
     table: &str,
     columns: &[&str],
     rows: &[Vec<Param>],
 ) -> Result<(), sqlx::Error> {
-    let statements = insert_statements(conn, columns, rows, |key, columns, values| {
-        format!(
-            "INSERT INTO {table} ({columns}) {values} \
-             ON CONFLICT ({key}) DO NOTHING RETURNING {key}"
-        )
-    })?;
-    for (q, written) in statements {
-        let inserted = q.fetch_all(&mut *conn).await?.len();
-        if inserted != written {
+    let written = write_rows(conn, columns, rows, false, |key, columns, values| {
+        format!("INSERT INTO {table} ({columns}) {values} ON CONFLICT ({key}) DO NOTHING")
+    })
+    .await?;
+    for (carried, w) in written {
+        let inserted = match w {
+            Written::Affected(n) => n,
+            Written::Rows(r) => r.len() as u64,
+        };
+        if inserted != carried as u64 {
             return Err(lost_race(format!(
-                "{} of {written} {table} rows were written by another transaction since they were read",
-                written - inserted,
+                "{} of {carried} {table} rows were written by another transaction since they were read",
+                carried as u64 - inserted,
             )));
         }
     }
     Ok(())
 }
 
-/// Updates, in as few statements as the parameter limits allow, the rows of `table` that a
-/// transaction read (and locked) and changed: `WITH moved (<columns>) AS (VALUES <rows>)
-/// UPDATE <table> SET <set> FROM moved WHERE <table>.<key> = moved.<key>`, the first column
-/// being the key and `set` written over `moved.<column>` and the table's own columns. Every
-/// row must be there to update: a row that is not (it cannot vanish while locked) fails the
-/// write with [`sqlx::Error::RowNotFound`], and the runtime applies the batch one delivery at a
-/// time. `table`, `columns` and `set` are SQL written by the caller, never input.
+/// Updates the rows of `table` that a transaction read (and locked) and changed: `WITH moved
+/// (<columns>) AS (<rows>) UPDATE <table> SET <set> FROM moved WHERE <table>.<key> =
+/// moved.<key>`, the first column being the key and `set` written over `moved.<column>` and
+/// the table's own columns; `<rows>` is one array per column on PostgreSQL (one statement),
+/// `VALUES` lists on SQLite. Every row must be there to update: a row that is not (it cannot
+/// vanish while locked) fails the write with [`sqlx::Error::RowNotFound`], and the runtime
+/// applies the batch one delivery at a time. `table`, `columns` and `set` are SQL written by
+/// the caller, never input.
 pub async fn update_from_values(
-    conn: &mut sqlx::AnyConnection,
+    conn: Conn<'_>,
     table: &str,
     columns: &[&str],
     set: &str,
     rows: &[Vec<Param>],
 ) -> Result<(), sqlx::Error> {
-    check_shape(columns, rows)?;
-    let statements = row_statements(columns, rows, |key, columns, values| {
+    let written = write_rows(conn, columns, rows, false, |key, columns, values| {
         format!(
             "WITH moved ({columns}) AS ({values}) UPDATE {table} SET {set} FROM moved \
              WHERE {table}.{key} = moved.{key}"
         )
-    });
-    for (q, moved) in statements {
-        let updated = q.execute(&mut *conn).await?.rows_affected();
+    })
+    .await?;
+    for (moved, w) in written {
+        let updated = match w {
+            Written::Affected(n) => n,
+            Written::Rows(r) => r.len() as u64,
+        };
         if updated != moved as u64 {
             tracing::error!(
                 table,
@@ -474,15 +494,15 @@ mod tests {
     #[tokio::test]
     async fn absent_rows_are_inserted_and_moved_rows_updated_or_the_write_fails() {
         let db = Database::connect_url("sqlite::memory:").await.unwrap();
-        sqlx::query("CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT, note TEXT)")
-            .execute(db.pool())
+        let mut pooled = db.acquire().await.unwrap();
+        crate::db::query("CREATE TABLE t (k TEXT PRIMARY KEY, n BIGINT, note TEXT)")
+            .execute(pooled.conn())
             .await
             .unwrap();
-        let mut conn = db.pool().acquire().await.unwrap();
         let row = |k: &str, n: i64, note: Option<&str>| vec![k.into(), n.into(), note.into()];
         let cols = ["k", "n", "note"];
         insert_absent(
-            &mut conn,
+            pooled.conn(),
             "t",
             &cols,
             &[row("a", 1, None), row("b", 2, Some("x"))],
@@ -490,7 +510,7 @@ mod tests {
         .await
         .unwrap();
         let taken = insert_absent(
-            &mut conn,
+            pooled.conn(),
             "t",
             &cols,
             &[row("c", 3, None), row("a", 9, None)],
@@ -499,7 +519,7 @@ mod tests {
         .unwrap_err();
         assert!(is_conflict(&taken), "{taken}");
         update_from_values(
-            &mut conn,
+            pooled.conn(),
             "t",
             &cols,
             "n = moved.n, note = COALESCE(moved.note, t.note)",
@@ -508,20 +528,34 @@ mod tests {
         .await
         .unwrap();
         let rows: Vec<(String, i64, Option<String>)> =
-            sqlx::query_as("SELECT k, n, note FROM t ORDER BY k")
-                .fetch_all(&mut *conn)
+            crate::db::query("SELECT k, n, note FROM t ORDER BY k")
+                .fetch_all(pooled.conn())
                 .await
-                .unwrap();
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r.try_get("k").unwrap(),
+                        r.try_get("n").unwrap(),
+                        r.try_get("note").unwrap(),
+                    )
+                })
+                .collect();
         let expected = vec![
             ("a".to_string(), 10, Some("y".to_string())),
             ("b".to_string(), 20, Some("x".to_string())),
             ("c".to_string(), 3, None),
         ];
         assert_eq!(rows, expected);
-        let missing =
-            update_from_values(&mut conn, "t", &cols, "n = moved.n", &[row("z", 1, None)])
-                .await
-                .unwrap_err();
+        let missing = update_from_values(
+            pooled.conn(),
+            "t",
+            &cols,
+            "n = moved.n",
+            &[row("z", 1, None)],
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(missing, sqlx::Error::RowNotFound), "{missing}");
     }
 }

@@ -153,7 +153,7 @@ pub async fn put_stock(
         )
     };
     let mut tx = state.db.begin().await.map_err(unavailable)?;
-    let product = stock_store::put(&mut tx, &product_id, available, price_cents)
+    let product = stock_store::put(tx.conn(), &product_id, available, price_cents)
         .await
         .map_err(unavailable)?;
     Database::commit(tx).await.map_err(unavailable)?;

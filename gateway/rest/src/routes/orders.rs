@@ -276,7 +276,7 @@ async fn hand_to_outbox(
     };
     let enqueued = async {
         let mut tx = state.db.begin().await?;
-        jetflow_runtime::outbox::enqueue(&mut tx, &messages).await?;
+        jetflow_runtime::outbox::enqueue(tx.conn(), &messages).await?;
         jetflow_runtime::Database::commit(tx).await
     }
     .await;
