@@ -188,6 +188,20 @@ impl JetflowProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The port of `/health`, `/ready` and `/metrics`: the admin address's
+    /// (`JETFLOW_ADMIN_ADDR`) when it has one, the HTTP port otherwise.
+    pub fn admin_port(&self) -> u16 {
+        self.env
+            .get("JETFLOW_ADMIN_ADDR")
+            .and_then(|a| a.rsplit(':').next()?.parse().ok())
+            .unwrap_or(self.port)
+    }
+
+    /// The base URL of `/health`, `/ready` and `/metrics` ([`JetflowProcess::admin_port`]).
+    pub fn admin_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.admin_port())
+    }
+
     /// Waits (30 s) until `/health` answers 200.
     pub fn wait_healthy(&mut self) {
         self.wait_status("/health", 200, Duration::from_secs(30));
@@ -201,7 +215,7 @@ impl JetflowProcess {
     fn wait_status(&mut self, path: &str, want: u16, deadline: Duration) {
         let until = Instant::now() + deadline;
         loop {
-            if let Ok((status, _)) = http_get(self.port, path)
+            if let Ok((status, _)) = http_get(self.admin_port(), path)
                 && status == want
             {
                 return;

@@ -91,6 +91,10 @@ pub struct LoadArgs {
     /// With --gateway-url: the system's NATS URL, for the baseline on the same broker.
     #[arg(long, requires = "gateway_url")]
     pub nats_url: Option<String>,
+    /// With --gateway-url: where the system serves `/ready` and `/metrics`, when they have an
+    /// address of their own (JETFLOW_ADMIN_ADDR); the gateway's URL otherwise.
+    #[arg(long, requires = "gateway_url")]
+    pub admin_url: Option<String>,
     /// PostgreSQL: without --gateway-url, the admin URL of a server to create a fresh database
     /// on (SQLite otherwise); with --gateway-url, the system's database (its commits, and its
     /// CPU when it runs on this machine, are counted).
@@ -786,6 +790,8 @@ struct Driven {
     http: reqwest::Client,
     /// The gateway's base URL.
     base: String,
+    /// Where `/ready` and `/metrics` are (the gateway's URL, or its admin address).
+    admin: String,
     /// The broker, for the baseline.
     nats_url: Option<String>,
     /// The database (PostgreSQL), if any.
@@ -824,6 +830,10 @@ impl Driven {
             .ok_or_else(|| anyhow!("no gateway"))?
             .trim_end_matches('/')
             .to_string();
+        let admin = match (system, &load.admin_url) {
+            (None, Some(url)) => url.trim_end_matches('/').to_string(),
+            _ => base.clone(),
+        };
         let nats_url = system
             .map(|s| s.nats_url.clone())
             .or_else(|| load.nats_url.clone());
@@ -842,7 +852,7 @@ impl Driven {
             Duration::from_secs(60),
             POLL,
             || async {
-                let r = http.get(format!("{base}/ready")).send().await.ok()?;
+                let r = http.get(format!("{admin}/ready")).send().await.ok()?;
                 (r.status().as_u16() == 200).then_some(())
             },
         )
@@ -856,6 +866,7 @@ impl Driven {
         Ok(Self {
             http,
             base,
+            admin,
             nats_url,
             pg_url,
             database,
@@ -875,6 +886,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     let Driven {
         http,
         base,
+        admin,
         nats_url,
         pg_url,
         database,
@@ -917,7 +929,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         None => None,
     };
     // 2. Load.
-    let before = metrics(&http, &base).await?;
+    let before = metrics(&http, &admin).await?;
     let pg_before = match pg.as_mut() {
         Some(c) => Some(c.read().await?),
         None => None,
@@ -946,7 +958,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         o.timeout,
         POLL,
         || async {
-            let text = metrics(&http, &base).await.ok()?;
+            let text = metrics(&http, &admin).await.ok()?;
             let done = metric_sum(&text, "jetflow_orders_total", &[("status", "confirmed")])
                 + metric_sum(&text, "jetflow_orders_total", &[("status", "cancelled")]);
             (done >= target).then_some(text)
@@ -1003,7 +1015,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         o.timeout,
         POLL,
         || async {
-            let text = metrics(&http, &base).await.ok()?;
+            let text = metrics(&http, &admin).await.ok()?;
             let left = metric_sum(&text, "jetflow_outbox_pending", &[])
                 + metric_sum(&text, "jetflow_consumer_pending", &[])
                 + metric_sum(&text, "jetflow_consumer_ack_pending", &[]);
@@ -1016,7 +1028,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     }
     bar.set_message("watching the idle process");
     let idle_before = metric_sum(
-        &metrics(&http, &base).await?,
+        &metrics(&http, &admin).await?,
         "jetflow_db_commits_total",
         &[],
     );
@@ -1026,7 +1038,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     };
     tokio::time::sleep(o.idle).await;
     let idle_after = metric_sum(
-        &metrics(&http, &base).await?,
+        &metrics(&http, &admin).await?,
         "jetflow_db_commits_total",
         &[],
     );
@@ -1202,6 +1214,7 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
     let Driven {
         http,
         base,
+        admin,
         nats_url,
         pg_url: _,
         database,
@@ -1223,14 +1236,14 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
         .await?;
 
     let pending = |text: &str| metric_sum(text, "jetflow_orders_total", &[("status", "pending")]);
-    let created_before = pending(&metrics(&http, &base).await?);
+    let created_before = pending(&metrics(&http, &admin).await?);
     let cpu_before = processes.read();
     bar.set_message(format!("{clients} clients posting orders"));
     let (results, measured) = load(a.load.orders, a.load.duration, clients * 4)
         .post(&http, &base)
         .await?;
     let cpu_after = processes.read();
-    let created = (pending(&metrics(&http, &base).await?) - created_before) as usize;
+    let created = (pending(&metrics(&http, &admin).await?) - created_before) as usize;
     let accepted = results.iter().filter(|(id, _)| id.is_some()).count();
 
     let baseline = match (&nats_url, a.baseline_messages) {

@@ -4,6 +4,8 @@
 use std::process::Command;
 
 use jetflow_integration::binary::{jetflow_bin, nats_server_bin};
+use jetflow_integration::ports::free_port;
+use jetflow_integration::{JetflowProcess, NatsServer};
 use serde_json::Value;
 
 #[test]
@@ -176,4 +178,35 @@ fn bench_accept_posts_exactly_the_orders_asked_for_to_the_gateway_alone() {
         "{r}"
     );
     assert!(r["ratio"].as_f64().is_some_and(|v| v > 0.0), "{r}");
+}
+
+/// A running system whose `/ready` and `/metrics` have an address of their own
+/// (`JETFLOW_ADMIN_ADDR`, as deployed) is driven with `--admin-url`: without it the bench
+/// would wait for `/ready` on the gateway, which answers 404 there.
+#[test]
+fn bench_orders_drives_a_running_system_with_its_own_admin_address() {
+    let nats = NatsServer::start();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let (system, _dir) = JetflowProcess::all(&nats.url(), &[("JETFLOW_ADMIN_ADDR", &admin)]);
+    let r = bench_json(&[
+        "orders",
+        "--gateway-url",
+        &system.url(),
+        "--admin-url",
+        &system.admin_url(),
+        "--nats-url",
+        &nats.url(),
+        "--orders",
+        "12",
+        "--unloaded",
+        "2",
+        "--clients",
+        "3",
+        "--baseline-orders",
+        "100",
+        "--idle",
+        "1s",
+    ]);
+    assert_counted(&r, 12);
+    assert_eq!(r["confirmed"], 12, "{r}");
 }
