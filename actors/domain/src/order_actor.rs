@@ -54,7 +54,7 @@ impl TxHandler for OrderHandler {
     }
 
     /// Reads, in one query, every order the batch is about into the transaction's
-    /// [`OrderBook`](order_store::OrderBook) (locked on PostgreSQL): the orders the gateway
+    /// book of orders (locked on PostgreSQL): the orders the gateway
     /// recorded cost their `orders.created` nothing, and each status change is decided in
     /// memory and written back with the others at commit.
     async fn begin_batch(

@@ -3,7 +3,7 @@
 //! Events about one order can arrive out of order (they come from three streams through
 //! separate consumers), so the status only moves forward: `pending` < `reserved` < `paid` <
 //! `confirmed` | `cancelled`, and a terminal status never changes. A transaction reads the
-//! orders it is about into its [`OrderBook`] (locked on PostgreSQL), decides each move against
+//! orders it is about into its book of orders (locked on PostgreSQL), decides each move against
 //! it, and writes the moved orders back when it commits, so concurrent consumers and replicas
 //! cannot interleave a read and a write. Fields arrive with whichever event brings them first
 //! and are never overwritten with nothing.
@@ -11,12 +11,12 @@
 use std::collections::HashSet;
 
 use futures::future::BoxFuture;
-use jetflow_runtime::db::{self, Param};
-use jetflow_runtime::db::{Conn, Executor, query};
-use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
+use jetflow_runtime::db::{self, Conn, Executor, Param, Row, query};
+use jetflow_runtime::{Deferred, UnitOfWork};
 use jetflow_schemas::Priority;
 use serde::Serialize;
 
+use crate::book::{self, Book, Kept};
 use crate::now_ms;
 
 /// An order's status.
@@ -203,10 +203,10 @@ pub async fn insert_pending_many(
 /// Records an order from its `orders.created` event: nothing to do if the gateway recorded
 /// it; a new pending order otherwise; or, if a later event created a bare record first, the
 /// fields only `orders.created` brings. Returns true if the order was new. The order is read
-/// through the unit of work's [`OrderBook`] (one query for a whole batch, see [`load`]).
+/// through the unit of work's book of orders (one query for a whole batch, see [`load`]).
 pub async fn record_created(uow: &mut UnitOfWork, order: &NewOrder) -> Result<bool, sqlx::Error> {
     load(uow, [order.order_id.as_str()]).await?;
-    match uow.deferred::<OrderBook>().orders.get(&order.order_id) {
+    match uow.deferred::<OrderBook>().rows.get(&order.order_id) {
         Some(held) if held.full => Ok(false),
         Some(_) => {
             query(
@@ -222,15 +222,14 @@ pub async fn record_created(uow: &mut UnitOfWork, order: &NewOrder) -> Result<bo
             .bind(order.correlation_id.as_str())
             .execute(uow.conn())
             .await?;
-            if let Some(held) = uow.deferred::<OrderBook>().orders.get_mut(&order.order_id) {
+            if let Some(held) = uow.deferred::<OrderBook>().rows.get_mut(&order.order_id) {
                 held.full = true;
             }
             Ok(false)
         }
         None => {
             if insert_pending(uow.conn(), order).await? {
-                uow.deferred::<OrderBook>()
-                    .hold(&order.order_id, OrderStatus::Pending, true);
+                hold(uow, &order.order_id, OrderStatus::Pending, true);
                 Ok(true)
             } else {
                 // Created by another transaction since it was read: read it again (locked).
@@ -317,23 +316,19 @@ pub struct Change<'a> {
     pub correlation_id: Option<&'a str>,
 }
 
-/// The orders a unit of work reads, moves and writes back.
+/// The orders a unit of work reads, moves and writes back (a [`Book`]).
 ///
-/// [`load`] reads the orders a batch is about in one query (on PostgreSQL with `FOR UPDATE`,
-/// in order id order, so that two transactions sharing orders, the order handler's lanes
-/// and streams, its replicas, the sweeper, wait for each other instead of deadlocking;
-/// SQLite's write transaction holds the whole database). Each status change is then decided
-/// against the book, in delivery order, and the orders that moved are written back in one
-/// statement when the transaction commits, however many of the batch's events moved them.
-/// An order the book does not hold is read (and locked) when it is first asked about.
-#[derive(Debug, Default)]
-pub struct OrderBook {
-    orders: Lookup<Held>,
-}
+/// [`load`] reads the orders a batch is about in one query (locked on PostgreSQL, in order
+/// id order). Each status change is then decided against the book, in delivery order, and the
+/// orders that moved are written back in one statement when the transaction commits, however
+/// many of the batch's events moved them. An order the book does not hold is read (and
+/// locked) when it is first asked about. Orders are created by their own statements (the
+/// gateway's, or [`advance`] for one first heard of through a later event), never by the book.
+pub(crate) type OrderBook = Book<Held>;
 
 /// An order in the book: its status (as moved), and what is to be written back.
 #[derive(Debug)]
-struct Held {
+pub(crate) struct Held {
     status: OrderStatus,
     /// Recorded with everything `orders.created` brings.
     full: bool,
@@ -349,99 +344,77 @@ struct Moved {
     at: i64,
 }
 
-impl OrderBook {
-    fn hold(&mut self, order_id: &str, status: OrderStatus, full: bool) {
-        self.orders.insert(
-            order_id,
-            Held {
-                status,
-                full,
-                moved: None,
-            },
-        );
-    }
-}
+impl Kept for Held {
+    const TABLE: &'static str = "orders";
+    const READ: &'static [&'static str] = &["order_id", "status", "customer_id"];
+    const INSERT: &'static [&'static str] = &[];
+    const UPDATE: (&'static [&'static str], &'static str) = (
+        &[
+            "order_id",
+            "status",
+            "reason",
+            "detail",
+            "amount_cents",
+            "at",
+        ],
+        "status = moved.status, reason = COALESCE(moved.reason, orders.reason), \
+         detail = COALESCE(moved.detail, orders.detail), \
+         amount_cents = COALESCE(moved.amount_cents, orders.amount_cents), \
+         updated_at = moved.at",
+    );
 
-impl Deferred for OrderBook {
-    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            let moved: Vec<Vec<Param>> = self
-                .orders
-                .iter()
-                .filter_map(|(id, h)| {
-                    h.moved.as_ref().map(|m| {
-                        vec![
-                            id.as_str().into(),
-                            h.status.as_str().into(),
-                            m.reason.as_deref().into(),
-                            m.detail.as_deref().into(),
-                            m.amount_cents.into(),
-                            m.at.into(),
-                        ]
-                    })
-                })
-                .collect();
-            db::update_from_values(
-                conn,
-                "orders",
-                &[
-                    "order_id",
-                    "status",
-                    "reason",
-                    "detail",
-                    "amount_cents",
-                    "at",
-                ],
-                "status = moved.status, reason = COALESCE(moved.reason, orders.reason), \
-                 detail = COALESCE(moved.detail, orders.detail), \
-                 amount_cents = COALESCE(moved.amount_cents, orders.amount_cents), \
-                 updated_at = moved.at",
-                &moved,
-            )
-            .await
+    fn read(row: &Row) -> Result<Self, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        let customer_id: Option<String> = row.try_get("customer_id")?;
+        Ok(Held {
+            // A status this version does not know is treated as finished: never moved.
+            status: OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled),
+            full: customer_id.is_some(),
+            moved: None,
+        })
+    }
+
+    fn inserted(&self, _: &str, _: i64) -> Option<Vec<Param>> {
+        None
+    }
+
+    fn updated(&self, order_id: &str, _: i64) -> Option<Vec<Param>> {
+        self.moved.as_ref().map(|m| {
+            vec![
+                order_id.into(),
+                self.status.as_str().into(),
+                m.reason.as_deref().into(),
+                m.detail.as_deref().into(),
+                m.amount_cents.into(),
+                m.at.into(),
+            ]
         })
     }
 }
 
-/// Reads into the unit of work's [`OrderBook`] the orders it does not hold yet (locking them
-/// on PostgreSQL, in order id order): one statement per 500 orders.
+fn hold(uow: &mut UnitOfWork, order_id: &str, status: OrderStatus, full: bool) {
+    uow.deferred::<OrderBook>().rows.insert(
+        order_id,
+        Held {
+            status,
+            full,
+            moved: None,
+        },
+    );
+}
+
+/// Reads into the unit of work's book the orders it does not hold yet (locking them on
+/// PostgreSQL, in order id order): one statement on PostgreSQL, one per 500 orders on SQLite.
 pub async fn load<'a>(
     uow: &mut UnitOfWork,
     order_ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), sqlx::Error> {
-    let missing = uow.deferred::<OrderBook>().orders.unread(order_ids);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let rows = db::fetch_locked(
-        uow.conn(),
-        "orders",
-        "order_id",
-        &["order_id", "status", "customer_id"],
-        &missing,
-    )
-    .await?;
-    let mut found = Vec::with_capacity(rows.len());
-    for row in rows {
-        let order_id: String = row.try_get("order_id")?;
-        let status: String = row.try_get("status")?;
-        let customer_id: Option<String> = row.try_get("customer_id")?;
-        // A status this version does not know is treated as finished: never moved.
-        let status = OrderStatus::parse(&status).unwrap_or(OrderStatus::Cancelled);
-        let held = Held {
-            status,
-            full: customer_id.is_some(),
-            moved: None,
-        };
-        found.push((order_id, held));
-    }
-    uow.deferred::<OrderBook>().orders.read(&missing, found);
-    Ok(())
+    book::load::<Held>(uow, order_ids).await
 }
 
 /// Reads an order the book took for absent, once another transaction created it.
 async fn reload(uow: &mut UnitOfWork, order_id: &str) -> Result<(), sqlx::Error> {
-    uow.deferred::<OrderBook>().orders.forget_absent(order_id);
+    uow.deferred::<OrderBook>().rows.forget_absent(order_id);
     load(uow, [order_id]).await
 }
 
@@ -458,7 +431,7 @@ pub async fn advance(
 
 /// Moves an order forward to `to` through `via` in one step (both enter the history), if it
 /// is behind `via`; an order already at `via` moves on to `to`. The change is decided against
-/// the unit of work's [`OrderBook`] and written, with the history entries, when `uow`
+/// the unit of work's book of orders and written, with the history entries, when `uow`
 /// commits.
 pub async fn advance_via(
     uow: &mut UnitOfWork,
@@ -470,7 +443,7 @@ pub async fn advance_via(
     let now = now_ms();
     let steps: Vec<OrderStatus> = via.into_iter().chain([to]).collect();
     load(uow, [order_id]).await?;
-    if let Some(held) = uow.deferred::<OrderBook>().orders.get_mut(order_id) {
+    if let Some(held) = uow.deferred::<OrderBook>().rows.get_mut(order_id) {
         if !held.status.can_move_to(to) {
             return Ok(Advance::Stale(held.status));
         }
@@ -506,7 +479,7 @@ pub async fn advance_via(
     .rows_affected()
         == 1;
     if inserted {
-        uow.deferred::<OrderBook>().hold(order_id, to, false);
+        hold(uow, order_id, to, false);
         record_history(uow, order_id, &steps, now);
         Ok(Advance::Applied)
     } else {

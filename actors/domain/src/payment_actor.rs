@@ -207,7 +207,7 @@ impl PreparedTxHandler for PaymentHandler {
     }
 
     /// Reads the payment rows of every order of the batch in one query (locked on
-    /// PostgreSQL), into the transaction's [`PaymentBook`](payment_store::PaymentBook):
+    /// PostgreSQL), into the transaction's book of payments:
     /// each delivery records or voids against it, and the rows are written at commit.
     async fn begin_batch(
         &self,

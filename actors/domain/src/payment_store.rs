@@ -4,15 +4,14 @@
 //! The row is the serialisation point between charging and cancelling: the charge records
 //! `succeeded` and the cancellation records a `cancelled` tombstone, each only if the order
 //! has no row, so whichever comes second sees the first and knows a charge must be voided. A
-//! batch reads its rows once (locked) into a [`PaymentBook`] and writes them at commit.
+//! batch reads its rows once (locked) into a book and writes them at commit.
 
 use std::collections::HashMap;
 
-use futures::future::BoxFuture;
-use jetflow_runtime::db::{self, Param};
-use jetflow_runtime::db::{Conn, Executor, query};
-use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
+use jetflow_runtime::UnitOfWork;
+use jetflow_runtime::db::{self, Conn, Executor, Param, Row, query};
 
+use crate::book::{self, Book, Kept};
 use crate::now_ms;
 
 /// What became of an order's payment.
@@ -141,14 +140,11 @@ pub async fn get_many(
 /// and the moved ones updated in another. A row another transaction inserted since it was read
 /// as absent makes the transaction a conflict ([`jetflow_runtime::db::lost_race`]), applied
 /// again, reading that row.
-#[derive(Debug, Default)]
-pub struct PaymentBook {
-    rows: Lookup<Booked>,
-}
+pub(crate) type PaymentBook = Book<Booked>;
 
 /// A payment row in the book.
 #[derive(Debug)]
-struct Booked {
+pub(crate) struct Booked {
     status: PaymentStatus,
     /// Set for a row this transaction inserts at commit.
     new: Option<NewRow>,
@@ -164,90 +160,63 @@ struct NewRow {
     detail: Option<String>,
 }
 
-impl Deferred for PaymentBook {
-    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            let now = now_ms();
-            let new: Vec<Vec<Param>> = self
-                .rows
-                .iter()
-                .filter_map(|(id, b)| {
-                    b.new.as_ref().map(|n| {
-                        vec![
-                            id.as_str().into(),
-                            b.status.as_str().into(),
-                            n.amount_cents.into(),
-                            n.payment_id.as_deref().into(),
-                            n.attempts.into(),
-                            n.detail.as_deref().into(),
-                            now.into(),
-                        ]
-                    })
-                })
-                .collect();
-            let moved = self
-                .rows
-                .iter()
-                .filter(|(_, b)| b.moved)
-                .map(|(id, b)| (id.as_str(), b.status.as_str()))
-                .collect();
-            crate::book::write_back(
-                conn,
-                "payments",
-                &[
-                    "order_id",
-                    "status",
-                    "amount_cents",
-                    "payment_id",
-                    "attempts",
-                    "detail",
-                    "updated_at",
-                ],
-                &new,
-                moved,
-                now,
-            )
-            .await
-        })
-    }
-}
-
-/// Reads into the unit of work's [`PaymentBook`] the payment rows of the orders it has not
-/// looked for yet (locking them on PostgreSQL, in order id order): one statement per 500
-/// orders.
-pub async fn load<'a>(
-    uow: &mut UnitOfWork,
-    order_ids: impl IntoIterator<Item = &'a str>,
-) -> Result<(), sqlx::Error> {
-    let missing = uow.deferred::<PaymentBook>().rows.unread(order_ids);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let rows = db::fetch_locked(
-        uow.conn(),
-        "payments",
+impl Kept for Booked {
+    const TABLE: &'static str = "payments";
+    const READ: &'static [&'static str] = &["order_id", "status"];
+    const INSERT: &'static [&'static str] = &[
         "order_id",
-        &["order_id", "status"],
-        &missing,
-    )
-    .await?;
-    let mut found = Vec::with_capacity(rows.len());
-    for row in rows {
+        "status",
+        "amount_cents",
+        "payment_id",
+        "attempts",
+        "detail",
+        "updated_at",
+    ];
+    const UPDATE: (&'static [&'static str], &'static str) = (
+        &["order_id", "status", "at"],
+        "status = moved.status, updated_at = moved.at",
+    );
+
+    fn read(row: &Row) -> Result<Self, sqlx::Error> {
         let status: String = row.try_get("status")?;
         let status = PaymentStatus::parse(&status).ok_or_else(|| {
             sqlx::Error::Decode(format!("unknown payment status {status:?}").into())
         })?;
-        found.push((
-            row.try_get::<String, _>("order_id")?,
-            Booked {
-                status,
-                new: None,
-                moved: false,
-            },
-        ));
+        Ok(Booked {
+            status,
+            new: None,
+            moved: false,
+        })
     }
-    uow.deferred::<PaymentBook>().rows.read(&missing, found);
-    Ok(())
+
+    fn inserted(&self, order_id: &str, now: i64) -> Option<Vec<Param>> {
+        self.new.as_ref().map(|n| {
+            vec![
+                order_id.into(),
+                self.status.as_str().into(),
+                n.amount_cents.into(),
+                n.payment_id.as_deref().into(),
+                n.attempts.into(),
+                n.detail.as_deref().into(),
+                now.into(),
+            ]
+        })
+    }
+
+    fn updated(&self, order_id: &str, now: i64) -> Option<Vec<Param>> {
+        self.moved
+            .then(|| vec![order_id.into(), self.status.as_str().into(), now.into()])
+    }
+}
+
+/// Reads into the unit of work's book the payment rows of the orders it has not looked for
+/// yet (locking them on PostgreSQL, in order id order): one statement on PostgreSQL, one per
+/// 500 orders on SQLite.
+pub async fn load<'a>(
+    uow: &mut UnitOfWork,
+    order_ids: impl IntoIterator<Item = &'a str>,
+) -> Result<(), sqlx::Error> {
+    book::load::<Booked>(uow, order_ids).await
 }
 
 /// Records an order's payment outcome (written when the transaction commits); false if one

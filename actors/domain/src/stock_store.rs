@@ -12,23 +12,22 @@
 //! constant.
 //!
 //! Whatever happens to an order starts from its reservation row, read with the batch's other
-//! rows into a [`ReservationBook`] (locked on PostgreSQL, before the products): a
+//! rows into a reservation book (locked on PostgreSQL, before the products): a
 //! reservation or a cancellation writes the row if the order has none ([`reserve`],
 //! [`tombstone`]), so a late `orders.created` finds a cancelled order's tombstone; a sale or
 //! release moves it out of `reserved`. The new rows are inserted, and the moved ones updated,
 //! in one statement each at commit; a row another transaction wrote meanwhile makes the
-//! transaction a conflict, applied again (see [`ReservationBook`]). The row also keeps the
+//! transaction a conflict, applied again (see reservation book). The row also keeps the
 //! items it holds (JSON), so a sale or release needs no other read.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::future::BoxFuture;
-use jetflow_runtime::db::{self, Param};
+use jetflow_runtime::db::{self, Conn, Executor, Param, Row, query};
 use jetflow_runtime::{Deferred, Lookup, UnitOfWork};
-
-use jetflow_runtime::db::{Conn, Executor, query};
 use serde::Serialize;
 
+use crate::book::{self, Book, Kept};
 use crate::now_ms;
 
 /// One product's stock.
@@ -122,7 +121,7 @@ pub enum Reservation {
 }
 
 /// The status of the order's reservation row, if the stock handler has seen the order, as
-/// this transaction sees it (read into its [`ReservationBook`]).
+/// this transaction sees it (read into its reservation book).
 pub async fn reservation_status(
     uow: &mut UnitOfWork,
     order_id: &str,
@@ -147,14 +146,11 @@ pub async fn reservation_status(
 /// two replicas) makes the insert find it: the transaction is then a conflict
 /// ([`jetflow_runtime::db::lost_race`]) and is applied again, reading the other's row, so a
 /// cancelled order is never left holding stock and a reserved one is always released.
-#[derive(Debug, Default)]
-pub struct ReservationBook {
-    rows: Lookup<Booked>,
-}
+pub(crate) type ReservationBook = Book<Booked>;
 
 /// A reservation row in the book.
 #[derive(Debug)]
-struct Booked {
+pub(crate) struct Booked {
     status: String,
     /// The items held (JSON), `None` for a row from before the items column.
     items: Option<String>,
@@ -170,7 +166,7 @@ struct NewRow {
     amount_cents: Option<i64>,
 }
 
-impl ReservationBook {
+impl Book<Booked> {
     fn insert(&mut self, order_id: &str, status: &str, lane: &str, held: Option<(i64, String)>) {
         let (amount_cents, items) = held.unzip();
         self.rows.insert(
@@ -188,85 +184,58 @@ impl ReservationBook {
     }
 }
 
-impl Deferred for ReservationBook {
-    fn write(self, conn: Conn<'_>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        Box::pin(async move {
-            let now = now_ms();
-            let new: Vec<Vec<Param>> = self
-                .rows
-                .iter()
-                .filter_map(|(id, b)| {
-                    b.new.as_ref().map(|n| {
-                        vec![
-                            id.as_str().into(),
-                            b.status.as_str().into(),
-                            n.lane.as_str().into(),
-                            n.amount_cents.into(),
-                            b.items.as_deref().into(),
-                            now.into(),
-                        ]
-                    })
-                })
-                .collect();
-            let moved = self
-                .rows
-                .iter()
-                .filter(|(_, b)| b.moved)
-                .map(|(id, b)| (id.as_str(), b.status.as_str()))
-                .collect();
-            crate::book::write_back(
-                conn,
-                "reservations",
-                &[
-                    "order_id",
-                    "status",
-                    "lane",
-                    "amount_cents",
-                    "items",
-                    "updated_at",
-                ],
-                &new,
-                moved,
-                now,
-            )
-            .await
+impl Kept for Booked {
+    const TABLE: &'static str = "reservations";
+    const READ: &'static [&'static str] = &["order_id", "status", "items"];
+    const INSERT: &'static [&'static str] = &[
+        "order_id",
+        "status",
+        "lane",
+        "amount_cents",
+        "items",
+        "updated_at",
+    ];
+    const UPDATE: (&'static [&'static str], &'static str) = (
+        &["order_id", "status", "at"],
+        "status = moved.status, updated_at = moved.at",
+    );
+
+    fn read(row: &Row) -> Result<Self, sqlx::Error> {
+        Ok(Booked {
+            status: row.try_get("status")?,
+            items: row.try_get("items")?,
+            new: None,
+            moved: false,
         })
+    }
+
+    fn inserted(&self, order_id: &str, now: i64) -> Option<Vec<Param>> {
+        self.new.as_ref().map(|n| {
+            vec![
+                order_id.into(),
+                self.status.as_str().into(),
+                n.lane.as_str().into(),
+                n.amount_cents.into(),
+                self.items.as_deref().into(),
+                now.into(),
+            ]
+        })
+    }
+
+    fn updated(&self, order_id: &str, now: i64) -> Option<Vec<Param>> {
+        self.moved
+            .then(|| vec![order_id.into(), self.status.as_str().into(), now.into()])
     }
 }
 
-/// Reads into the unit of work's [`ReservationBook`] the rows of the orders it has not
-/// looked for yet (locking them on PostgreSQL, in order id order): one statement per 500
-/// orders.
+/// Reads into the unit of work's book the reservation rows of the orders it has not looked
+/// for yet (locking them on PostgreSQL, in order id order): one statement on PostgreSQL, one
+/// per 500 orders on SQLite.
 pub async fn load_reservations<'a>(
     uow: &mut UnitOfWork,
     order_ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), sqlx::Error> {
-    let missing = uow.deferred::<ReservationBook>().rows.unread(order_ids);
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let rows = db::fetch_locked(
-        uow.conn(),
-        "reservations",
-        "order_id",
-        &["order_id", "status", "items"],
-        &missing,
-    )
-    .await?;
-    let mut found = Vec::with_capacity(rows.len());
-    for row in rows {
-        found.push((
-            row.try_get::<String, _>("order_id")?,
-            Booked {
-                status: row.try_get("status")?,
-                items: row.try_get("items")?,
-                new: None,
-                moved: false,
-            },
-        ));
-    }
-    uow.deferred::<ReservationBook>().rows.read(&missing, found);
-    Ok(())
+    book::load::<Booked>(uow, order_ids).await
 }
 
 /// Records that the order was cancelled before any reservation: true if it was (nothing is
@@ -373,7 +342,7 @@ pub async fn reserve(
     }))
 }
 
-/// The products held by these orders' reservations (read into the [`ReservationBook`]).
+/// The products held by these orders' reservations (read into the reservation book).
 pub async fn products_of_orders(
     uow: &mut UnitOfWork,
     order_ids: &[&str],
