@@ -19,11 +19,10 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::bridge::{self as bridge_bench, BridgeBench};
+use crate::load;
 use crate::report::{Measurement, Percentiles};
 use crate::saga;
 use anyhow::{Context as _, anyhow, bail};
@@ -597,43 +596,6 @@ where
 /// The body of the `n`th order, as JSON text. The clients share the machine with the system
 /// they measure, so they spend as little CPU as they can: the body is sent as it is and only
 /// the answer's `order_id` is read.
-fn order_body(n: usize, products: usize, express: f64) -> String {
-    let priority = if (n as f64 * express).fract() + express >= 1.0 {
-        "express"
-    } else {
-        "standard"
-    };
-    let body = json!({
-        "customer_id": format!("bench-{}", n % 1000),
-        "items": [{"product_id": format!("bench-{}", n % products), "quantity": 1}],
-        "priority": priority,
-    });
-    body.to_string()
-}
-
-/// The one field of the 202 the clients read.
-#[derive(serde::Deserialize)]
-struct Accepted {
-    order_id: String,
-}
-
-async fn post(http: &reqwest::Client, base: &str, body: String) -> Result<String, String> {
-    let r = http
-        .post(format!("{base}/orders"))
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body)
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    if r.status().as_u16() != 202 {
-        return Err(r.status().to_string());
-    }
-    let bytes = r.bytes().await.map_err(|e| e.to_string())?;
-    serde_json::from_slice::<Accepted>(&bytes)
-        .map(|a| a.order_id)
-        .map_err(|e| format!("no order_id: {e}"))
-}
-
 async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
     let v: Value = http
         .get(format!("{base}/orders/{id}"))
@@ -646,74 +608,30 @@ async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
     matches!(v["status"].as_str(), Some("confirmed" | "cancelled")).then_some(v)
 }
 
-/// Clients posting orders, each as soon as its previous one was answered.
-struct Load {
+/// Clients posting orders, each as soon as its previous one was answered, each order once
+/// and without a key; the POSTs measured (`POST /orders (202 after PubAck)`).
+async fn post_orders(
+    base: &str,
     clients: usize,
     duration: Duration,
-    /// Exactly this many orders instead of posting for `duration`.
     orders: Option<usize>,
     products: usize,
     express: f64,
-    /// The first order's number (the bodies vary with it).
     first: usize,
-}
-
-/// Each POST: the order id answered with a 202 (or nothing), and how long it took.
-type Posted = Vec<(Option<String>, Duration)>;
-
-impl Load {
-    /// Posts, and measures the POSTs (`POST /orders (202 after PubAck)`).
-    async fn post(
-        &self,
-        http: &reqwest::Client,
-        base: &str,
-    ) -> anyhow::Result<(Posted, Measurement)> {
-        let started = Instant::now();
-        let stop_at = started + self.duration;
-        let budget = Arc::new(AtomicUsize::new(self.orders.unwrap_or(usize::MAX)));
-        let counter = Arc::new(AtomicUsize::new(self.first));
-        let clients = (0..self.clients.max(1)).map(|_| {
-            let (http, base, budget, counter) = (
-                http.clone(),
-                base.to_string(),
-                budget.clone(),
-                counter.clone(),
-            );
-            let (limited, products, express) =
-                (self.orders.is_some(), self.products.max(1), self.express);
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                loop {
-                    if limited {
-                        if budget
-                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
-                            .is_err()
-                        {
-                            break;
-                        }
-                    } else if Instant::now() >= stop_at {
-                        break;
-                    }
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let t0 = Instant::now();
-                    let r = post(&http, &base, order_body(n, products, express)).await;
-                    out.push((r.ok(), t0.elapsed()));
-                }
-                out
-            })
-        });
-        let mut results = Vec::new();
-        for c in futures::future::join_all(clients).await {
-            results.extend(c?);
-        }
-        let accept = Measurement::new(
-            "POST /orders (202 after PubAck)",
-            results.len(),
-            started.elapsed(),
-            results.iter().map(|(_, l)| *l).collect(),
-        );
-        Ok((results, accept))
-    }
+) -> (Vec<(Option<String>, Duration)>, Measurement) {
+    let products = (0..products.max(1)).map(|i| format!("bench-{i}")).collect();
+    let mut config = load::LoadConfig::closed_loop(base, products, clients, duration);
+    config.orders = orders;
+    config.express = express;
+    config.first = first;
+    let report = load::run(config).await;
+    let accept = Measurement::new(
+        "POST /orders (202 after PubAck)",
+        report.posts.len(),
+        report.elapsed,
+        report.posts.iter().map(|(_, l)| *l).collect(),
+    );
+    (report.posts, accept)
 }
 
 fn spinner(message: &str) -> ProgressBar {
@@ -908,11 +826,25 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     // 1. Unloaded: one order at a time, POST → confirmed.
     bar.set_message(format!("{} orders one at a time", o.unloaded));
     let mut unloaded = Vec::with_capacity(o.unloaded);
+    let one = load::LoadConfig::closed_loop(
+        &base,
+        (0..products).map(|i| format!("bench-{i}")).collect(),
+        1,
+        Duration::ZERO,
+    );
     for n in 0..o.unloaded {
         let t0 = Instant::now();
-        let id = post(&http, &base, order_body(n, products, 0.0))
-            .await
-            .map_err(|e| anyhow!("POST /orders: {e}"))?;
+        let posted = load::one_order(&http, &one, n).await;
+        let id = posted.accepted.first().cloned().ok_or_else(|| {
+            anyhow!(
+                "POST /orders was not accepted: {:?}",
+                (
+                    posted.unavailable,
+                    posted.connection_errors,
+                    &posted.unexpected
+                )
+            )
+        })?;
         until(
             "an unloaded order to finish",
             Duration::from_secs(30),
@@ -939,15 +871,16 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         + metric_sum(&before, "jetflow_orders_total", &[("status", "cancelled")]);
     bar.set_message(format!("{} clients posting orders", o.load.clients));
     let started = Instant::now();
-    let load = Load {
-        clients: o.load.clients,
-        duration: o.load.duration,
-        orders: o.load.orders,
+    let (results, accept) = post_orders(
+        &base,
+        o.load.clients,
+        o.load.duration,
+        o.load.orders,
         products,
-        express: o.express,
-        first: o.unloaded,
-    };
-    let (results, accept) = load.post(&http, &base).await?;
+        o.express,
+        o.unloaded,
+    )
+    .await;
     let accepted: Vec<String> = results.iter().filter_map(|(id, _)| id.clone()).collect();
 
     // 3. Drain: until every accepted order finished.
@@ -1221,27 +1154,18 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
         processes,
     } = Driven::ready(&a.load, system).await?;
     let clients = a.load.clients.max(1);
-    let load = |orders: Option<usize>, duration: Duration, first: usize| Load {
-        clients,
-        duration,
-        orders,
-        products: 20,
-        express: 0.1,
-        first,
+    let load = |orders: Option<usize>, duration: Duration, first: usize| {
+        post_orders(&base, clients, duration, orders, 20, 0.1, first)
     };
     // Warm up: every client's connection, and the gateway's pool and statements.
     bar.set_message("warming up");
-    load(Some(clients * 4), a.load.duration, 0)
-        .post(&http, &base)
-        .await?;
+    load(Some(clients * 4), a.load.duration, 0).await;
 
     let pending = |text: &str| metric_sum(text, "jetflow_orders_total", &[("status", "pending")]);
     let created_before = pending(&metrics(&http, &admin).await?);
     let cpu_before = processes.read();
     bar.set_message(format!("{clients} clients posting orders"));
-    let (results, measured) = load(a.load.orders, a.load.duration, clients * 4)
-        .post(&http, &base)
-        .await?;
+    let (results, measured) = load(a.load.orders, a.load.duration, clients * 4).await;
     let cpu_after = processes.read();
     let created = (pending(&metrics(&http, &admin).await?) - created_before) as usize;
     let accepted = results.iter().filter(|(id, _)| id.is_some()).count();

@@ -8,6 +8,8 @@
 //! * [`saga`]: a hand-written async-nats 4-event saga (created → reserved → paid → confirmed,
 //!   no HTTP, no database): the ceiling of the order pipeline on a broker.
 //! * [`report`]: percentiles and throughput.
+//! * [`load`]: orders posted to a gateway, by clients as fast as they are answered or at a
+//!   steady pace with retries (the fault tests use it too).
 //! * [`command`]: `jetflow bench` (`bridge`, `orders`, `accept`): the command line of these,
 //!   and the orders benchmark, which starts a whole system (a nats-server, a database, a
 //!   `jetflow all` process) and measures it end to end, with [`cpu_use`] for the CPU an
@@ -18,6 +20,7 @@
 pub mod bridge;
 pub mod command;
 pub mod cpu_use;
+pub mod load;
 pub mod report;
 pub mod saga;
 
