@@ -42,6 +42,18 @@ pub(crate) trait Kept: Send + 'static {
     fn updated(&self, order_id: &str, now: i64) -> Option<Vec<Param>>;
 }
 
+/// [`Kept::UPDATE`] of a row whose status alone moves (its `updated_at` stamped), with
+/// [`status_moved`] for its values.
+pub(crate) const STATUS_MOVES: (&[&str], &str) = (
+    &["order_id", "status", "at"],
+    "status = moved.status, updated_at = moved.at",
+);
+
+/// The values of a [`STATUS_MOVES`] update.
+pub(crate) fn status_moved(order_id: &str, status: &str, now: i64) -> Vec<Param> {
+    vec![order_id.into(), status.into(), now.into()]
+}
+
 /// The rows of one table that a unit of work read, created and changed, by order id.
 #[derive(Debug)]
 pub struct Book<R> {

@@ -195,10 +195,7 @@ impl Kept for Booked {
         "items",
         "updated_at",
     ];
-    const UPDATE: (&'static [&'static str], &'static str) = (
-        &["order_id", "status", "at"],
-        "status = moved.status, updated_at = moved.at",
-    );
+    const UPDATE: (&'static [&'static str], &'static str) = book::STATUS_MOVES;
 
     fn read(row: &Row) -> Result<Self, sqlx::Error> {
         Ok(Booked {
@@ -224,7 +221,7 @@ impl Kept for Booked {
 
     fn updated(&self, order_id: &str, now: i64) -> Option<Vec<Param>> {
         self.moved
-            .then(|| vec![order_id.into(), self.status.as_str().into(), now.into()])
+            .then(|| book::status_moved(order_id, self.status.as_str(), now))
     }
 }
 
