@@ -593,9 +593,7 @@ where
     }
 }
 
-/// The body of the `n`th order, as JSON text. The clients share the machine with the system
-/// they measure, so they spend as little CPU as they can: the body is sent as it is and only
-/// the answer's `order_id` is read.
+/// The order `id` once it finished (confirmed or cancelled), as `GET /orders/{id}` shows it.
 async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
     let v: Value = http
         .get(format!("{base}/orders/{id}"))
@@ -608,30 +606,38 @@ async fn status(http: &reqwest::Client, base: &str, id: &str) -> Option<Value> {
     matches!(v["status"].as_str(), Some("confirmed" | "cancelled")).then_some(v)
 }
 
-/// Clients posting orders, each as soon as its previous one was answered, each order once
-/// and without a key; the POSTs measured (`POST /orders (202 after PubAck)`).
-async fn post_orders(
+/// The benchmark's load: `clients` posting for `duration` (or exactly `orders`), each order
+/// once and without a key, over `products` products `bench-0`, `bench-1`, …
+fn bench_load(
     base: &str,
     clients: usize,
     duration: Duration,
     orders: Option<usize>,
     products: usize,
-    express: f64,
-    first: usize,
-) -> (Vec<(Option<String>, Duration)>, Measurement) {
+) -> load::LoadConfig {
     let products = (0..products.max(1)).map(|i| format!("bench-{i}")).collect();
     let mut config = load::LoadConfig::closed_loop(base, products, clients, duration);
     config.orders = orders;
-    config.express = express;
-    config.first = first;
-    let report = load::run(config).await;
+    config
+}
+
+/// Posts `config`'s orders on `http` and measures the POSTs (`POST /orders (202 after
+/// PubAck)`).
+async fn post_orders(
+    http: &reqwest::Client,
+    config: load::LoadConfig,
+) -> anyhow::Result<(Vec<(Option<String>, Duration)>, Measurement)> {
+    let report = load::run_on(http, config).await;
+    if let Some(failed) = report.failed.first() {
+        bail!("posting orders: {failed}");
+    }
     let accept = Measurement::new(
         "POST /orders (202 after PubAck)",
         report.posts.len(),
         report.elapsed,
         report.posts.iter().map(|(_, l)| *l).collect(),
     );
-    (report.posts, accept)
+    Ok((report.posts, accept))
 }
 
 fn spinner(message: &str) -> ProgressBar {
@@ -826,12 +832,7 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
     // 1. Unloaded: one order at a time, POST → confirmed.
     bar.set_message(format!("{} orders one at a time", o.unloaded));
     let mut unloaded = Vec::with_capacity(o.unloaded);
-    let one = load::LoadConfig::closed_loop(
-        &base,
-        (0..products).map(|i| format!("bench-{i}")).collect(),
-        1,
-        Duration::ZERO,
-    );
+    let one = bench_load(&base, 1, Duration::ZERO, None, products);
     for n in 0..o.unloaded {
         let t0 = Instant::now();
         let posted = load::one_order(&http, &one, n).await;
@@ -871,16 +872,18 @@ async fn measure(o: &OrdersArgs, system: Option<&System>) -> anyhow::Result<Orde
         + metric_sum(&before, "jetflow_orders_total", &[("status", "cancelled")]);
     bar.set_message(format!("{} clients posting orders", o.load.clients));
     let started = Instant::now();
-    let (results, accept) = post_orders(
-        &base,
-        o.load.clients,
-        o.load.duration,
-        o.load.orders,
-        products,
-        o.express,
-        o.unloaded,
-    )
-    .await;
+    let config = load::LoadConfig {
+        express: o.express,
+        first: o.unloaded,
+        ..bench_load(
+            &base,
+            o.load.clients,
+            o.load.duration,
+            o.load.orders,
+            products,
+        )
+    };
+    let (results, accept) = post_orders(&http, config).await?;
     let accepted: Vec<String> = results.iter().filter_map(|(id, _)| id.clone()).collect();
 
     // 3. Drain: until every accepted order finished.
@@ -1155,17 +1158,22 @@ async fn measure_accept(a: &AcceptArgs, system: Option<&System>) -> anyhow::Resu
     } = Driven::ready(&a.load, system).await?;
     let clients = a.load.clients.max(1);
     let load = |orders: Option<usize>, duration: Duration, first: usize| {
-        post_orders(&base, clients, duration, orders, 20, 0.1, first)
+        let config = load::LoadConfig {
+            express: 0.1,
+            first,
+            ..bench_load(&base, clients, duration, orders, 20)
+        };
+        post_orders(&http, config)
     };
     // Warm up: every client's connection, and the gateway's pool and statements.
     bar.set_message("warming up");
-    load(Some(clients * 4), a.load.duration, 0).await;
+    load(Some(clients * 4), a.load.duration, 0).await?;
 
     let pending = |text: &str| metric_sum(text, "jetflow_orders_total", &[("status", "pending")]);
     let created_before = pending(&metrics(&http, &admin).await?);
     let cpu_before = processes.read();
     bar.set_message(format!("{clients} clients posting orders"));
-    let (results, measured) = load(a.load.orders, a.load.duration, clients * 4).await;
+    let (results, measured) = load(a.load.orders, a.load.duration, clients * 4).await?;
     let cpu_after = processes.read();
     let created = (pending(&metrics(&http, &admin).await?) - created_before) as usize;
     let accepted = results.iter().filter(|(id, _)| id.is_some()).count();

@@ -37,8 +37,8 @@ pub struct LoadConfig {
     pub pace: Pace,
     /// How long to keep starting orders.
     pub duration: Duration,
-    /// Exactly this many orders instead (the duration is then only a bound on each client's
-    /// start).
+    /// At most this many orders: with [`Pace::Clients`] exactly this many, however long they
+    /// take (the duration is then ignored); with [`Pace::Every`] until the duration ends.
     pub orders: Option<usize>,
     /// Products to buy, round-robin, one unit each.
     pub products: Vec<String>,
@@ -102,7 +102,7 @@ impl LoadConfig {
             if self.declined_every > 0 && n % self.declined_every == self.declined_every - 1 {
                 format!("declined-{n}")
             } else {
-                format!("c-{}", n % 1000)
+                format!("c-{n}")
             };
         let express = self.express;
         let priority = if express > 0.0 && (n as f64 * express).fract() + express >= 1.0 {
@@ -136,6 +136,8 @@ pub struct LoadReport {
     pub slowest: Duration,
     /// From the first POST to the last answer.
     pub elapsed: Duration,
+    /// Clients (tasks) that failed instead of reporting: a panic, or no HTTP client.
+    pub failed: Vec<String>,
 }
 
 impl LoadReport {
@@ -143,6 +145,7 @@ impl LoadReport {
     /// within `max_answer`.
     #[track_caller]
     pub fn assert_clean(&self, max_answer: Duration) {
+        assert!(self.failed.is_empty(), "clients failed: {:?}", self.failed);
         assert!(
             self.unexpected.is_empty(),
             "unexpected answers: {:?}",
@@ -165,30 +168,34 @@ impl LoadReport {
         self.unexpected.extend(other.unexpected);
         self.gave_up += other.gave_up;
         self.slowest = self.slowest.max(other.slowest);
+        self.failed.extend(other.failed);
     }
 }
 
-/// Posts the load to its end (every started order accepted, refused or given up) and reports.
+/// Posts the load to its end (every started order accepted, refused or given up) and reports,
+/// on an HTTP client of its own (connections idle for 2 s are not reused: the server may be
+/// closing them; an answer may take 15 s).
 pub async fn run(config: LoadConfig) -> LoadReport {
     let idle = match config.pace {
         Pace::Clients(n) => n.max(1),
         Pace::Every(_) => 16,
     };
-    let client = match reqwest::Client::builder()
-        // Shorter than the server's keep-alive: never reuse a connection it is closing.
+    match reqwest::Client::builder()
         .pool_idle_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(15))
         .pool_max_idle_per_host(idle)
         .build()
     {
-        Ok(c) => c,
-        Err(e) => {
-            return LoadReport {
-                unexpected: vec![format!("no HTTP client: {e}")],
-                ..LoadReport::default()
-            };
-        }
-    };
+        Ok(client) => run_on(&client, config).await,
+        Err(e) => LoadReport {
+            failed: vec![format!("no HTTP client: {e}")],
+            ..LoadReport::default()
+        },
+    }
+}
+
+/// [`run`] on `client` (a benchmark's, whose connections a warm-up opened).
+pub async fn run_on(client: &reqwest::Client, config: LoadConfig) -> LoadReport {
     let config = Arc::new(config);
     let started = Instant::now();
     let stop_at = started + config.duration;
@@ -241,7 +248,7 @@ pub async fn run(config: LoadConfig) -> LoadReport {
                 report.started += r.started;
                 report.merge(r);
             }
-            Err(e) => report.unexpected.push(format!("a client failed: {e}")),
+            Err(e) => report.failed.push(format!("a client failed: {e}")),
         }
     }
     report.elapsed = started.elapsed();

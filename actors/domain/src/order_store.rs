@@ -151,7 +151,7 @@ pub async fn insert_pending(conn: Conn<'_>, order: &NewOrder) -> Result<bool, sq
         .contains(&order.order_id))
 }
 
-/// Records new orders as pending, one statement per 500 orders (the gateway's accepted
+/// Records new orders as pending in one statement (per 500 on SQLite; the gateway's accepted
 /// orders of one group commit), skipping those known already. Returns the ids inserted.
 pub async fn insert_pending_many(
     conn: Conn<'_>,
@@ -261,7 +261,7 @@ pub async fn withdraw(mut conn: Conn<'_>, order_id: &str) -> Result<bool, sqlx::
 }
 
 /// History entries gathered in a unit of work and inserted together when it commits (one
-/// statement per 500 entries, however many orders its batch moved).
+/// statement, per 500 entries on SQLite, however many orders its batch moved).
 #[derive(Debug, Default)]
 pub struct History(Vec<(String, OrderStatus, i64)>);
 

@@ -111,7 +111,8 @@ fn record_of(r: &jetflow_runtime::db::Row) -> Result<PaymentRecord, sqlx::Error>
     })
 }
 
-/// The payments recorded for these orders, by order id (one statement per 500 orders).
+/// The payments recorded for these orders, by order id (one statement; per 500 orders on
+/// SQLite).
 pub async fn get_many(
     conn: Conn<'_>,
     order_ids: &[&str],

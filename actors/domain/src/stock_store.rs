@@ -6,7 +6,7 @@
 //! transaction changes those rows until it commits; SQLite's write transaction holds the
 //! whole database. A reservation takes every item of an order or none, decided against the
 //! ledger (`available >= quantity` for every item), and every move changes the ledger; the
-//! ledger is written back when the transaction commits, in one statement (per 500 products),
+//! ledger is written back when the transaction commits, in one statement (per 500 products on SQLite),
 //! each product moved updated once however many orders of the batch share it. Neither
 //! concurrency nor replicas can oversell, and every move keeps `available + reserved + sold`
 //! constant.
@@ -365,7 +365,7 @@ pub async fn products_of_orders(
 /// The stock of the products a batch moves: read once at the start of its transaction (and
 /// on PostgreSQL locked, in product order, so that transactions sharing products wait for
 /// each other instead of deadlocking; SQLite's write transaction holds the whole database),
-/// moved in memory by each delivery, and written back in one statement (per 500 products)
+/// moved in memory by each delivery, and written back in one statement (per 500 products on SQLite)
 /// when the transaction commits. However many orders of a batch share a product, its row
 /// is updated once.
 #[derive(Debug, Default)]
@@ -428,7 +428,7 @@ impl Deferred for StockLedger {
 }
 
 /// The items of the reservations a batch made, also written to `reservation_items` (one
-/// statement per 500 items), where the version before the items were kept on the
+/// statement; per 500 items on SQLite), where the version before the items were kept on the
 /// reservation row looks for them: replicas of both versions run side by side during a
 /// rolling upgrade, and either can sell or release what the other reserved.
 #[derive(Debug, Default)]

@@ -5,7 +5,7 @@
 //! SQL both take (TEXT, BIGINT, BYTEA, `$n` parameters, `ON CONFLICT`, `RETURNING`), and runs
 //! on either through [`query`] and a [`Conn`]; the statements over a batch's keys and rows
 //! ([`fetch_locked`], [`insert_rows`], [`update_from_values`], …) are written for each engine:
-//! on PostgreSQL a batch's keys and rows travel as arrays (`= ANY($1)`, `UNNEST`), so one
+//! on PostgreSQL a batch's keys and rows travel as arrays (`UNNEST($1::text[])`), so one
 //! statement whose text never changes serves any batch; on SQLite as `IN` and `VALUES` lists.
 //! [`Database::connect`] runs the framework's own
 //! migrations (the inbox and the outbox, recorded in `_jetflow_migrations`);
@@ -305,16 +305,10 @@ impl Database {
         };
         let pool = match backend {
             Backend::Postgres => {
-                // Every statement is planned for the values it is given: a batch's keys and
-                // rows are arrays, and a plan made once for any array (PostgreSQL's generic
-                // plan, cached after five executions) guesses their length and the table's
-                // size when it was made, so one made while a table was small scans it ever
-                // after. Parsing is still done once per connection.
-                let options = PgConnectOptions::from_str(&url)
-                    .map_err(unusable)?
-                    .options([("plan_cache_mode", "force_custom_plan")]);
+                let options = PgConnectOptions::from_str(&url).map_err(unusable)?;
                 Pool::Postgres(
                     pool_options(config, max, memory)
+                        .after_connect(|conn, _| Box::pin(plan_each_statement(conn)))
                         .connect_with(options)
                         .await
                         .map_err(connect_failed)?,
@@ -445,6 +439,23 @@ impl Database {
             Pool::Sqlite(p) => p.close().await,
         }
     }
+}
+
+/// Has PostgreSQL plan every statement of `conn` for the values it is given: a batch's keys
+/// and rows are arrays, and a plan made once for any array (PostgreSQL's generic plan, cached
+/// after five executions) guesses their length and the table's size when it was made, so one
+/// made while a table was small scans it ever after. Parsing is still done once per
+/// connection. A server that does not know the setting (before PostgreSQL 12) or a pooler
+/// that does not keep it plans as it always did: the statements are right either way.
+async fn plan_each_statement(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    use sqlx::Executor as _;
+    if let Err(e) = conn
+        .execute("SET plan_cache_mode = force_custom_plan")
+        .await
+    {
+        tracing::warn!(error = %e, "PostgreSQL keeps its generic plans (plan_cache_mode is not set)");
+    }
+    Ok(())
 }
 
 /// The pool's settings: no ping before each use (a round trip per transaction: a broken

@@ -364,3 +364,26 @@ fn postgres_reads_and_updates_a_batch_s_rows_by_index() {
         db.close().await;
     });
 }
+
+/// Every pooled PostgreSQL connection plans each statement for the values it is given (a
+/// generic plan made while a table was small would scan it for every batch after).
+#[test]
+fn postgres_connections_plan_each_statement_for_its_values() {
+    jetflow_integration::run(async {
+        let pg = TestDatabase::create().await;
+        let db = Database::connect_url(pg.url()).await.expect("postgres");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(db.acquire().await.expect("a connection"));
+        }
+        for pooled in &mut held {
+            let mode: String = db::query("SELECT current_setting('plan_cache_mode')")
+                .fetch_scalar(pooled.conn())
+                .await
+                .expect("the setting");
+            assert_eq!(mode, "force_custom_plan");
+        }
+        drop(held);
+        db.close().await;
+    });
+}

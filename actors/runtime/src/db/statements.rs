@@ -1,9 +1,9 @@
 //! Statements over a batch's keys and rows, written for each engine: reads of a key list
 //! (locked or not), inserts of the rows a batch gathered, updates of the rows it changed. On
-//! PostgreSQL the keys and each column's values travel as one array parameter (`= ANY`,
-//! `UNNEST`), so one statement, whose text is the same for any number of rows and is parsed
-//! and planned once per connection, serves a whole batch; on SQLite as `IN` and `VALUES`
-//! lists, in as few statements as its parameter limit allows. Tables, columns and clauses are
+//! PostgreSQL the keys and each column's values travel as one array parameter (`IN (SELECT
+//! UNNEST($1::text[]))`, `SELECT * FROM UNNEST(…)`), so one statement, whose text is the same
+//! for any number of rows and is parsed once per connection, serves a whole batch; on SQLite
+//! as `IN` and `VALUES` lists, in as few statements as its parameter limit allows. Tables, columns and clauses are
 //! SQL written by the caller; keys and values are always bound.
 
 use sqlx::postgres::PgArguments;
@@ -220,15 +220,20 @@ impl Column {
         }
     }
 
-    /// Adds a value ([`check_shape`] made sure it is of the column's kind).
-    fn push(&mut self, value: Param) {
+    /// Adds a value, of the column's kind ([`check_shape`] makes sure of it).
+    fn push(&mut self, value: Param) -> Result<(), sqlx::Error> {
         match (self, value) {
             (Column::Text(c), Param::Text(v)) => c.push(v),
             (Column::Int(c), Param::Int(v)) => c.push(v),
             (Column::Float(c), Param::Float(v)) => c.push(v),
             (Column::Bytes(c), Param::Bytes(v)) => c.push(v),
-            _ => unreachable!("check_shape keeps each column to one kind"),
+            (_, v) => {
+                return Err(sqlx::Error::Encode(
+                    format!("{v:?} in a column of another kind").into(),
+                ));
+            }
         }
+        Ok(())
     }
 
     fn bind(self, q: PgQuery) -> PgQuery {
@@ -248,12 +253,14 @@ fn pg_rows_statement(
     columns: &[&str],
     rows: &[Vec<Param>],
     sql: impl Fn(&str, &str, &str) -> String,
-) -> Option<PgQuery> {
-    let (key, first) = (columns.first()?, rows.first()?);
+) -> Result<Option<PgQuery>, sqlx::Error> {
+    let (Some(key), Some(first)) = (columns.first(), rows.first()) else {
+        return Ok(None);
+    };
     let mut arrays: Vec<Column> = first.iter().map(|p| Column::of(p, rows.len())).collect();
     for row in rows {
         for (array, value) in arrays.iter_mut().zip(row.iter().cloned()) {
-            array.push(value);
+            array.push(value)?;
         }
     }
     let unnest = arrays
@@ -267,11 +274,11 @@ fn pg_rows_statement(
         &columns.join(", "),
         &format!("SELECT * FROM UNNEST({unnest})"),
     );
-    Some(
+    Ok(Some(
         arrays
             .into_iter()
             .fold(sqlx::query(AssertSqlSafe(text)), |q, a| a.bind(q)),
-    )
+    ))
 }
 
 /// The statements writing `rows` on SQLite (one value per column of `columns`, the first
@@ -325,7 +332,7 @@ async fn write_rows(
     let mut done = Vec::new();
     match &mut conn {
         Conn::Postgres(c) => {
-            if let Some(q) = pg_rows_statement(columns, rows, sql) {
+            if let Some(q) = pg_rows_statement(columns, rows, sql)? {
                 let written = if returning {
                     Written::Rows(
                         q.fetch_all(&mut **c)
@@ -370,8 +377,8 @@ enum Written {
 /// statements return: `INSERT INTO <table> (<columns>) <rows> <tail>`, `tail` being, say,
 /// `ON CONFLICT (…) DO NOTHING RETURNING …`, or nothing; none without rows. On PostgreSQL
 /// the rows travel as one array per column (`SELECT * FROM UNNEST($1::text[], …)`): one
-/// statement, whose text is the same for any number of rows, so each connection parses and
-/// plans it once; on SQLite as `VALUES` lists, 500 rows at most per statement. Every row
+/// statement, whose text is the same for any number of rows, so each connection parses it
+/// once; on SQLite as `VALUES` lists, 500 rows at most per statement. Every row
 /// gives one value per column, of the same kind of [`Param`] in a column (a row that does not
 /// fails the write with [`sqlx::Error::Encode`]). What a [`Deferred`](crate::Deferred)
 /// gathered from a whole batch is written this way. `table`, `columns` and `tail` are SQL
