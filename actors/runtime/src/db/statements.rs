@@ -17,7 +17,9 @@ use super::{Backend, lost_race};
 /// limit.
 const IN_CHUNK: usize = 500;
 
-type PgQuery = sqlx::query::Query<'static, Postgres, PgArguments>;
+/// A PostgreSQL statement whose array parameters borrow the keys or rows they carry (encoded
+/// once, when bound).
+type PgRowsQuery<'a> = sqlx::query::Query<'a, Postgres, PgArguments>;
 type SqliteQuery = sqlx::query::Query<'static, Sqlite, SqliteArguments>;
 
 /// The key list as PostgreSQL reads it: one array parameter, whatever its length.
@@ -38,8 +40,7 @@ fn sqlite_in_statements(keys: &[&str], sql: &impl Fn(&str) -> String) -> Vec<Sql
 }
 
 /// The statement of a query over a list of keys on PostgreSQL: the keys as one `text[]`.
-fn pg_in_statement(keys: &[&str], sql: &impl Fn(&str) -> String) -> PgQuery {
-    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+fn pg_in_statement<'a>(keys: &'a [&'a str], sql: &impl Fn(&str) -> String) -> PgRowsQuery<'a> {
     sqlx::query(AssertSqlSafe(sql(PG_KEY_LIST))).bind(keys)
 }
 
@@ -193,15 +194,16 @@ fn check_shape(columns: &[&str], rows: &[Vec<Param>]) -> Result<(), sqlx::Error>
     Ok(())
 }
 
-/// One column of a batch's rows, as one PostgreSQL array.
-enum Column {
-    Text(Vec<Option<String>>),
+/// One column of a batch's rows, as one PostgreSQL array of the rows' own values (encoded
+/// once, when bound, never copied before).
+enum Column<'a> {
+    Text(Vec<Option<&'a str>>),
     Int(Vec<Option<i64>>),
     Float(Vec<Option<f64>>),
-    Bytes(Vec<Vec<u8>>),
+    Bytes(Vec<&'a [u8]>),
 }
 
-impl Column {
+impl<'a> Column<'a> {
     fn of(kind: &Param, rows: usize) -> Self {
         match kind {
             Param::Text(_) => Column::Text(Vec::with_capacity(rows)),
@@ -221,12 +223,12 @@ impl Column {
     }
 
     /// Adds a value, of the column's kind ([`check_shape`] makes sure of it).
-    fn push(&mut self, value: Param) -> Result<(), sqlx::Error> {
+    fn push(&mut self, value: &'a Param) -> Result<(), sqlx::Error> {
         match (self, value) {
-            (Column::Text(c), Param::Text(v)) => c.push(v),
-            (Column::Int(c), Param::Int(v)) => c.push(v),
-            (Column::Float(c), Param::Float(v)) => c.push(v),
-            (Column::Bytes(c), Param::Bytes(v)) => c.push(v),
+            (Column::Text(c), Param::Text(v)) => c.push(v.as_deref()),
+            (Column::Int(c), Param::Int(v)) => c.push(*v),
+            (Column::Float(c), Param::Float(v)) => c.push(*v),
+            (Column::Bytes(c), Param::Bytes(v)) => c.push(v.as_slice()),
             (_, v) => {
                 return Err(sqlx::Error::Encode(
                     format!("{v:?} in a column of another kind").into(),
@@ -236,7 +238,7 @@ impl Column {
         Ok(())
     }
 
-    fn bind(self, q: PgQuery) -> PgQuery {
+    fn bind(self, q: PgRowsQuery<'a>) -> PgRowsQuery<'a> {
         match self {
             Column::Text(v) => q.bind(v),
             Column::Int(v) => q.bind(v),
@@ -249,17 +251,17 @@ impl Column {
 /// The statement writing `rows` on PostgreSQL: `sql(key, columns, rows)`, `rows` being
 /// `SELECT * FROM UNNEST($1::text[], $2::bigint[], …)`, one array per column (its type from
 /// the first row's values), bound. The text is the same for any number of rows.
-fn pg_rows_statement(
+fn pg_rows_statement<'a>(
     columns: &[&str],
-    rows: &[Vec<Param>],
+    rows: &'a [Vec<Param>],
     sql: impl Fn(&str, &str, &str) -> String,
-) -> Result<Option<PgQuery>, sqlx::Error> {
+) -> Result<Option<PgRowsQuery<'a>>, sqlx::Error> {
     let (Some(key), Some(first)) = (columns.first(), rows.first()) else {
         return Ok(None);
     };
     let mut arrays: Vec<Column> = first.iter().map(|p| Column::of(p, rows.len())).collect();
     for row in rows {
-        for (array, value) in arrays.iter_mut().zip(row.iter().cloned()) {
+        for (array, value) in arrays.iter_mut().zip(row) {
             array.push(value)?;
         }
     }
