@@ -28,7 +28,7 @@ pub use nats::NatsServer;
 pub use pki::TestPki;
 pub use postgres::TestDatabase;
 pub use process::JetflowProcess;
-pub use wait::{eventually, eventually_sync};
+pub use wait::{eventually, eventually_sync, order_finished};
 
 /// Logs to the test's output (captured unless `--nocapture`), filtered by `RUST_LOG`
 /// (default `warn`). Idempotent.

@@ -139,23 +139,7 @@ impl JetflowProcess {
 
     /// Waits until the order is confirmed or cancelled (`GET /orders/{id}`); returns it.
     pub async fn wait_finished(&self, id: &str, deadline: Duration) -> serde_json::Value {
-        let client = reqwest::Client::new();
-        let url = format!("{}/orders/{id}", self.url());
-        crate::eventually(&format!("order {id} to finish"), deadline, || async {
-            let order: serde_json::Value = client
-                .get(&url)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            match order["status"].as_str() {
-                Some("confirmed" | "cancelled") => Ok(order),
-                _ => Err(order.to_string()),
-            }
-        })
-        .await
+        crate::order_finished(&self.url(), id, deadline).await
     }
 
     /// Waits up to `deadline` until its series `name` with `labels` reaches `at_least`.

@@ -40,3 +40,25 @@ pub fn eventually_sync<T>(
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Waits (at most `deadline`) until order `id` finished, confirmed or cancelled, as the
+/// gateway at `api` shows it (`GET /orders/{id}`); returns the order.
+pub async fn order_finished(api: &str, id: &str, deadline: Duration) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let url = format!("{api}/orders/{id}");
+    eventually(&format!("order {id} to finish"), deadline, || async {
+        let order: serde_json::Value = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match order["status"].as_str() {
+            Some("confirmed" | "cancelled") => Ok(order),
+            _ => Err(order.to_string()),
+        }
+    })
+    .await
+}

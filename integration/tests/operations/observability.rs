@@ -263,22 +263,9 @@ fn json_logs_carry_correlation_and_order_ids() {
             .as_str()
             .expect("id")
             .to_string();
-        eventually("confirmed", Duration::from_secs(20), || async {
-            let o: Value = client
-                .get(format!("{}/orders/{id}", app.url()))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
-            if o["status"] == "confirmed" {
-                Ok(())
-            } else {
-                Err(o.to_string())
-            }
-        })
-        .await;
+        let order =
+            jetflow_integration::order_finished(&app.url(), &id, Duration::from_secs(20)).await;
+        assert_eq!(order["status"], "confirmed", "{order}");
         // The confirmation's own line is written once its transaction committed.
         eventually(
             "the confirmation to be logged",

@@ -33,22 +33,9 @@ async fn order_through(api: &str) -> Value {
         .as_str()
         .expect("id")
         .to_string();
-    jetflow_integration::eventually("the order to finish", Duration::from_secs(30), || async {
-        let o: Value = client
-            .get(format!("{api}/orders/{id}"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        if o["status"] == "confirmed" {
-            Ok(o)
-        } else {
-            Err(o.to_string())
-        }
-    })
-    .await
+    let order = jetflow_integration::order_finished(api, &id, Duration::from_secs(30)).await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    order
 }
 
 #[test]
