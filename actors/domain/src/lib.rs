@@ -38,5 +38,10 @@ pub use payment_actor::PaymentActor;
 pub use stock_actor::StockActor;
 pub use topology::Role;
 
-/// The order system's migrations (its own tables; the runtime brings the inbox and outbox).
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The order system's migrations (its own tables; the runtime brings the inbox and outbox):
+/// the ones both engines run, and PostgreSQL's own steps.
+pub static MIGRATIONS: jetflow_runtime::db::Migrations =
+    jetflow_runtime::db::Migrations::new(&BOTH_ENGINES).postgres(&POSTGRES_ONLY);
+
+static BOTH_ENGINES: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+static POSTGRES_ONLY: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");

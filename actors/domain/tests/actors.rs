@@ -18,7 +18,7 @@ use jetflow_domain::payment_client::PaymentClient;
 use jetflow_domain::payment_voider::PaymentVoider;
 use jetflow_domain::stock_actor::StockHandler;
 use jetflow_domain::{
-    Deps, InboundEvent, MIGRATOR, OrderActor, PaymentActor, SagaConfig, StockActor, order_store,
+    Deps, InboundEvent, MIGRATIONS, OrderActor, PaymentActor, SagaConfig, StockActor, order_store,
     stock_store,
 };
 use jetflow_provider::ProviderState;
@@ -39,7 +39,7 @@ struct Kit {
 
 async fn kit() -> Kit {
     let db: Database = TestKit::database().await;
-    db.migrate(&MIGRATOR).await.expect("migrations");
+    db.migrate(MIGRATIONS).await.expect("migrations");
     let published = RecordingPublisher::new();
     let outbox = OutboxRelay::start(
         db.clone(),

@@ -274,11 +274,86 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// The framework's migrations (inbox and outbox).
-pub fn runtime_migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("./migrations");
-    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
-    migrator
+/// The framework's migrations (inbox and outbox), both engines' and PostgreSQL's own steps.
+fn runtime_migrations(backend: Backend) -> Result<Migrator, DbError> {
+    let mut both = sqlx::migrate!("./migrations");
+    both.dangerous_set_table_name(MIGRATIONS_TABLE);
+    match backend {
+        Backend::Postgres => merged(&both, &sqlx::migrate!("./migrations/postgres")),
+        Backend::Sqlite => Ok(both),
+    }
+}
+
+/// An application's migrations: the ones both engines run, and optionally steps only
+/// PostgreSQL runs (a collation, an index type SQLite lacks), kept in a directory of their
+/// own. Both sets are applied in the order of their versions and recorded in the first set's
+/// table, so each version must be unique across the two.
+///
+/// ```
+/// use jetflow_runtime::db::Migrations;
+/// use sqlx::migrate::Migrator;
+///
+/// static BOTH: Migrator = sqlx::migrate!("./migrations");
+/// static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+/// static MIGRATIONS: Migrations = Migrations::new(&BOTH).postgres(&POSTGRES);
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    both: &'static Migrator,
+    postgres: Option<&'static Migrator>,
+}
+
+impl Migrations {
+    /// Migrations that both engines run.
+    pub const fn new(both: &'static Migrator) -> Self {
+        Self {
+            both,
+            postgres: None,
+        }
+    }
+
+    /// Adds steps that only PostgreSQL runs.
+    pub const fn postgres(self, only: &'static Migrator) -> Self {
+        Self {
+            postgres: Some(only),
+            ..self
+        }
+    }
+
+    /// Runs what `db`'s engine runs.
+    async fn run(&self, db: &Database) -> Result<(), DbError> {
+        match (db.backend, self.postgres) {
+            (Backend::Postgres, Some(only)) => db.run_migrations(&merged(self.both, only)?).await,
+            _ => db.run_migrations(self.both).await,
+        }
+    }
+}
+
+impl From<&'static Migrator> for Migrations {
+    fn from(both: &'static Migrator) -> Self {
+        Self::new(both)
+    }
+}
+
+/// `both` and `only` as one migrator, in version order, recorded where `both` records.
+fn merged(both: &Migrator, only: &Migrator) -> Result<Migrator, DbError> {
+    let mut all: Vec<_> = both.iter().chain(only.iter()).cloned().collect();
+    all.sort_by_key(|m| (m.version, m.migration_type.is_down_migration()));
+    if let Some(pair) = all
+        .windows(2)
+        .find(|w| w[0].version == w[1].version && w[0].migration_type == w[1].migration_type)
+    {
+        return Err(DbError::Invalid(format!(
+            "migration version {} is both in the migrations both engines run and in PostgreSQL's own",
+            pair[0].version
+        )));
+    }
+    let mut migrator = Migrator::with_migrations(all);
+    migrator.dangerous_set_table_name(both.table_name.clone());
+    migrator.ignore_missing = both.ignore_missing;
+    migrator.locking = both.locking;
+    migrator.no_tx = both.no_tx;
+    Ok(migrator)
 }
 
 impl Database {
@@ -335,7 +410,7 @@ impl Database {
             url: redacted,
             writer: (backend == Backend::Sqlite).then(|| Arc::new(Semaphore::new(1))),
         };
-        db.migrate(&runtime_migrator()).await?;
+        db.run_migrations(&runtime_migrations(backend)?).await?;
         tracing::info!(url = %db.url, max_connections = max, "database ready");
         Ok(db)
     }
@@ -346,8 +421,13 @@ impl Database {
     }
 
     /// Runs an application's migrations (each migrator keeps its own table, so the
-    /// framework's and the application's never collide).
-    pub async fn migrate(&self, migrator: &Migrator) -> Result<(), DbError> {
+    /// framework's and the application's never collide), with PostgreSQL's own steps on
+    /// PostgreSQL ([`Migrations`]).
+    pub async fn migrate(&self, migrations: impl Into<Migrations>) -> Result<(), DbError> {
+        migrations.into().run(self).await
+    }
+
+    async fn run_migrations(&self, migrator: &Migrator) -> Result<(), DbError> {
         match &self.pool {
             Pool::Postgres(p) => migrator.run(p).await?,
             Pool::Sqlite(p) => migrator.run(p).await?,
@@ -706,6 +786,20 @@ mod tests {
         }
     }
 
+    #[test]
+    fn postgres_steps_join_the_common_ones_in_version_order_and_where_they_are_recorded() {
+        let pg = runtime_migrations(Backend::Postgres).unwrap();
+        let sqlite = runtime_migrations(Backend::Sqlite).unwrap();
+        assert_eq!(pg.table_name, MIGRATIONS_TABLE);
+        assert!(pg.iter().count() > sqlite.iter().count());
+        let versions: Vec<i64> = pg.iter().map(|m| m.version).collect();
+        assert!(versions.is_sorted(), "{versions:?}");
+        // The same version in both sets is refused, not run twice or skipped.
+        let both = sqlx::migrate!("./migrations");
+        let err = merged(&both, &both).unwrap_err().to_string();
+        assert!(err.contains("both in the migrations"), "{err}");
+    }
+
     #[tokio::test]
     async fn migrations_run_on_sqlite_and_bad_urls_are_explained() {
         let dir = tempfile::tempdir().unwrap();
@@ -714,7 +808,9 @@ mod tests {
             .unwrap();
         db.ping().await.unwrap();
         // Running them again changes nothing.
-        db.migrate(&runtime_migrator()).await.unwrap();
+        db.run_migrations(&runtime_migrations(Backend::Sqlite).unwrap())
+            .await
+            .unwrap();
         let err = Database::connect_url("mysql://x")
             .await
             .unwrap_err()

@@ -44,14 +44,13 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use futures::future::LocalBoxFuture;
-use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 
 use crate::bridge::{Bridge, BridgeConfig, NatsBridge};
 use crate::connection::NatsConfig;
-use crate::db::{Database, DbConfig};
+use crate::db::{Database, DbConfig, Migrations};
 use crate::health::Health;
 use crate::housekeeping::{Housekeeping, PruneFn, Retention};
 use crate::relay::{OutboxHandle, OutboxRelay, RelayConfig};
@@ -136,7 +135,7 @@ pub struct Service {
     publish_timeout: Option<Duration>,
     database: Option<DbConfig>,
     connect_patience: Duration,
-    migrator: Option<&'static Migrator>,
+    migrator: Option<Migrations>,
     schema: Vec<String>,
     streams: Vec<StreamSpec>,
     topology: Topology,
@@ -238,9 +237,10 @@ impl Service {
         self
     }
 
-    /// The service's own migrations, run at every start after the framework's.
-    pub fn migrations(mut self, migrator: &'static Migrator) -> Self {
-        self.migrator = Some(migrator);
+    /// The service's own migrations, run at every start after the framework's (a
+    /// `&'static Migrator`, or [`Migrations`] with PostgreSQL's own steps).
+    pub fn migrations(mut self, migrations: impl Into<Migrations>) -> Self {
+        self.migrator = Some(migrations.into());
         self
     }
 

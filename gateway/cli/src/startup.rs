@@ -170,7 +170,7 @@ fn service(settings: &Settings, roles: Roles, requests_first: Option<&RequestsFi
         service
             .database_config(settings.database.clone())
             .connect_patience(Duration::from_secs(30))
-            .migrations(&jetflow_domain::MIGRATOR)
+            .migrations(jetflow_domain::MIGRATIONS)
     } else {
         service.without_database()
     };

@@ -138,7 +138,7 @@ impl Job for AcceptWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jetflow_domain::MIGRATOR;
+    use jetflow_domain::MIGRATIONS;
     use jetflow_runtime::db::query;
     use jetflow_runtime::testkit::TestKit;
     use jetflow_runtime::{Database, GroupCommit};
@@ -184,7 +184,7 @@ mod tests {
     #[actix_rt::test]
     async fn a_group_records_its_keyless_orders_together_and_its_keyed_ones_alone() {
         let db: Database = TestKit::database().await;
-        db.migrate(&MIGRATOR).await.expect("migrations");
+        db.migrate(MIGRATIONS).await.expect("migrations");
         let writes = GroupCommit::start(db.clone(), 64);
         writes
             .submit(record("known", None))

@@ -17,7 +17,7 @@ use jetflow_domain::payment_client::PaymentClient;
 use jetflow_domain::payment_store::{self, NewPayment, PaymentStatus};
 use jetflow_domain::payment_voider::PaymentVoider;
 use jetflow_domain::stock_actor::StockHandler;
-use jetflow_domain::{MIGRATOR, stock_store};
+use jetflow_domain::{MIGRATIONS, stock_store};
 use jetflow_integration::TestDatabase;
 use jetflow_integration::wait::eventually;
 use jetflow_provider::ProviderState;
@@ -91,7 +91,7 @@ async fn database() -> (TestDatabase, Database) {
         ..DbConfig::new(pg.url())
     };
     let db = Database::connect(&config).await.expect("PostgreSQL");
-    db.migrate(&MIGRATOR).await.expect("migrations");
+    db.migrate(MIGRATIONS).await.expect("migrations");
     (pg, db)
 }
 
@@ -482,4 +482,54 @@ fn a_row_written_since_the_book_read_it_makes_the_commit_a_conflict() {
         }
         db.close().await;
     })
+}
+
+/// On PostgreSQL every text key of the framework's and the reference system's tables compares
+/// byte by byte (PostgreSQL's own migration steps), whatever the database's collation, and
+/// running the migrations again changes nothing.
+#[test]
+fn postgres_keys_compare_bytes_whatever_the_database_collation() {
+    jetflow_integration::run(async {
+        let (_pg, db) = database().await;
+        db.migrate(MIGRATIONS).await.expect("migrations run again");
+        let keys: Vec<(String, String, Option<String>)> = jetflow_runtime::db::query(
+            "SELECT c.table_name::text, c.column_name::text, c.collation_name::text \
+             FROM information_schema.table_constraints t \
+             JOIN information_schema.key_column_usage k \
+               ON k.constraint_name = t.constraint_name AND k.table_schema = t.table_schema \
+             JOIN information_schema.columns c \
+               ON c.table_schema = k.table_schema AND c.table_name = k.table_name \
+              AND c.column_name = k.column_name \
+             WHERE t.constraint_type = 'PRIMARY KEY' AND t.table_schema = current_schema() \
+               AND c.data_type = 'text' ORDER BY 1, 2",
+        )
+        .fetch_all(db.pool())
+        .await
+        .expect("key columns")
+        .iter()
+        .map(|row| row.decode().expect("a key column"))
+        .collect();
+        for table in [
+            "inbox",
+            "outbox",
+            "orders",
+            "payments",
+            "reservations",
+            "products",
+        ] {
+            assert!(
+                keys.iter().any(|(t, _, _)| t == table),
+                "no text key found for {table}: {keys:?}"
+            );
+        }
+        let language: Vec<_> = keys
+            .iter()
+            .filter(|(_, _, collation)| collation.as_deref() != Some("C"))
+            .collect();
+        assert!(
+            language.is_empty(),
+            "keys compared through the database's collation: {language:?}"
+        );
+        db.close().await;
+    });
 }
