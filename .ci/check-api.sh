@@ -118,10 +118,12 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# Three free loopback ports (the kernel's choice; released just before jetflow binds them).
-read -r HTTP_PORT PROVIDER_PORT NATS_PORT < <(python3 - <<'PY'
+# Two free loopback ports (the kernel's choice; released just before jetflow binds them). The
+# local nats-server takes 4222 or a free port, and keeps its streams in $TMP/nats, beside the
+# database.
+read -r HTTP_PORT PROVIDER_PORT < <(python3 - <<'PY'
 import socket
-socks = [socket.socket() for _ in range(3)]
+socks = [socket.socket() for _ in range(2)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))
@@ -143,8 +145,6 @@ env "${UNSET[@]}" \
 DATABASE_URL="sqlite://$TMP/db.sqlite" \
 JETFLOW_HTTP_ADDR="127.0.0.1:$HTTP_PORT" \
 JETFLOW_PROVIDER_ADDR="127.0.0.1:$PROVIDER_PORT" \
-JETFLOW_NATS_PORT="$NATS_PORT" \
-JETFLOW_NATS_DATA="$TMP/nats" \
 JETFLOW_RATE_LIMIT=0 \
 JETFLOW_SHUTDOWN_TIMEOUT=5s \
 RUST_LOG="${RUST_LOG:-warn}" \

@@ -14,7 +14,7 @@
 //! (busy timeout) instead of failing half-way when two writers meet. TLS to PostgreSQL comes
 //! from the URL (`sslmode`, `sslrootcert`), through rustls.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::str::FromStr;
@@ -159,6 +159,16 @@ pub fn is_sqlite_memory(url: &str) -> bool {
         .trim_start_matches("sqlite:");
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
     path == ":memory:" || path.is_empty() || query.split('&').any(|kv| kv == "mode=memory")
+}
+
+/// The file of a SQLite URL (`sqlite://data/j.db?mode=rwc` → `data/j.db`); `None` for an
+/// in-memory database or another engine.
+pub fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
+    (!is_sqlite_memory(url)).then(|| PathBuf::from(path))
 }
 
 /// The connections to one database, of either engine.
@@ -798,6 +808,21 @@ mod tests {
         let both = sqlx::migrate!("./migrations");
         let err = merged(&both, &both).unwrap_err().to_string();
         assert!(err.contains("both in the migrations"), "{err}");
+    }
+
+    #[test]
+    fn a_sqlite_url_names_its_file() {
+        assert_eq!(
+            sqlite_file("sqlite://data/j.db?mode=rwc"),
+            Some(PathBuf::from("data/j.db"))
+        );
+        assert_eq!(
+            sqlite_file("sqlite:/tmp/x.db"),
+            Some(PathBuf::from("/tmp/x.db"))
+        );
+        assert_eq!(sqlite_file("sqlite::memory:"), None);
+        assert_eq!(sqlite_file("sqlite://x.db?mode=memory"), None);
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
     }
 
     #[tokio::test]

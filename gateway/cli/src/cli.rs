@@ -208,7 +208,8 @@ pub struct ConsumerArgs {
     /// Ack wait of every consumer (redelivery delay after a crash).
     #[arg(long, env = "JETFLOW_ACK_WAIT", default_value = "30s", value_parser = positive_duration)]
     pub ack_wait: Duration,
-    /// Deliveries of an event before it is dead-lettered (at least 2).
+    /// Deliveries of an event before it is dead-lettered (at least 2); for a payment, the
+    /// attempts before the order ends payment_unavailable.
     #[arg(long, env = "JETFLOW_MAX_DELIVER", default_value_t = 5, value_parser = max_deliver)]
     pub max_deliver: u32,
     /// Most deliveries handled in one transaction.
@@ -236,9 +237,6 @@ pub struct ApiArgs {
     /// then keys on the real client.
     #[arg(long, env = "JETFLOW_TRUSTED_PROXIES", default_value = "")]
     pub trusted_proxies: String,
-    /// Versions of orders.created to publish: v1, v2, or both (dual publishing).
-    #[arg(long, env = "JETFLOW_ORDERS_CREATED_VERSIONS", default_value = "v2")]
-    pub orders_created_versions: String,
 }
 
 /// What only the orders role uses.
@@ -261,17 +259,12 @@ pub struct PaymentArgs {
     /// system's).
     #[arg(long, env = "PAYMENT_PROVIDER_CA")]
     pub payment_provider_ca: Option<PathBuf>,
-    /// Timeout of one call to the payment provider.
+    /// Timeout of one call to the payment provider. While the provider is down a payment is
+    /// retried after one timeout, then twice as long each time, at most 30s, until
+    /// JETFLOW_MAX_DELIVER attempts end the order payment_unavailable; a charge that could not
+    /// be voided yet is retried every 15 timeouts.
     #[arg(long, env = "JETFLOW_PAYMENT_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub payment_timeout: Duration,
-    /// Payment attempts before an order ends payment_unavailable (at least 2).
-    #[arg(long, env = "JETFLOW_PAYMENT_MAX_DELIVER", default_value_t = 5, value_parser = max_deliver)]
-    pub payment_max_deliver: u32,
-    /// First delay before retrying a payment while the provider is down (doubles, at most
-    /// 30s); charges of cancelled orders that could not be voided yet are retried every 15
-    /// of these.
-    #[arg(long, env = "JETFLOW_PAYMENT_RETRY", default_value = "2s", value_parser = positive_duration)]
-    pub payment_retry: Duration,
     /// Consecutive provider failures that open the circuit breaker (it stays open five
     /// payment timeouts before a probe).
     #[arg(long, env = "JETFLOW_BREAKER_THRESHOLD", default_value_t = 5, value_parser = at_least_one)]
@@ -308,29 +301,6 @@ pub struct AllArgs {
     /// Where the simulated payment provider listens (unless PAYMENT_PROVIDER_URL is set).
     #[arg(long, env = "JETFLOW_PROVIDER_ADDR", default_value = crate::settings::DEFAULT_PROVIDER_ADDR, value_parser = parse_addr, help_heading = "Local services")]
     pub provider_addr: SocketAddr,
-    /// Data directory of the local nats-server (when NATS_URL is unset).
-    #[arg(
-        long,
-        env = "JETFLOW_NATS_DATA",
-        default_value = "./data/nats",
-        help_heading = "Local services"
-    )]
-    pub nats_data: PathBuf,
-    /// Client port of the local nats-server (a free one is chosen if it is taken).
-    #[arg(
-        long,
-        env = "JETFLOW_NATS_PORT",
-        default_value_t = 4222,
-        help_heading = "Local services"
-    )]
-    pub nats_port: u16,
-    /// Make the local nats-server fsync every write (sync_interval: always).
-    #[arg(
-        long,
-        env = "JETFLOW_NATS_SYNC_ALWAYS",
-        help_heading = "Local services"
-    )]
-    pub nats_sync_always: bool,
     /// Requests first: while this many HTTP requests (or more) are in flight, the standard
     /// lane's consumers take turns and rest, so a burst of orders is accepted at once and the
     /// saga works through the stream with what is left; the express lane never waits (0: off,
@@ -362,6 +332,16 @@ pub struct GatewayArgs {
     /// The Gateway settings.
     #[command(flatten, next_help_heading = "Gateway")]
     pub api: ApiArgs,
+    /// Versions of orders.created to publish: v1, v2, or both (dual publishing while the
+    /// roles that read them are upgraded one by one; `jetflow all` upgrades as one and
+    /// publishes v2).
+    #[arg(
+        long,
+        env = "JETFLOW_ORDERS_CREATED_VERSIONS",
+        default_value = "v2",
+        help_heading = "Gateway"
+    )]
+    pub orders_created_versions: String,
 }
 
 /// Options of `jetflow orders`.

@@ -124,9 +124,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let local = match &settings.nats.url {
                 Some(_) => None,
                 None => {
-                    let nats =
-                        LocalNats::start(&args.nats_data, args.nats_port, args.nats_sync_always)
-                            .context("cannot start the local nats-server")?;
+                    let nats = LocalNats::start(
+                        &settings.local_nats_data(),
+                        crate::settings::LOCAL_NATS_PORT,
+                        false,
+                    )
+                    .context("cannot start the local nats-server")?;
                     settings.nats.url = Some(nats.url().to_string());
                     Some(nats)
                 }

@@ -26,6 +26,10 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 /// Where `jetflow all` serves its simulated provider by default.
 pub const DEFAULT_PROVIDER_ADDR: &str = "127.0.0.1:8081";
 
+/// The client port `jetflow all` gives the nats-server it starts when NATS_URL is unset (a
+/// free one when it is taken; the start-up log and `nats.conf` in its data directory say which).
+pub const LOCAL_NATS_PORT: u16 = 4222;
+
 /// A setting that cannot work: which one, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{setting}: {message}")]
@@ -215,6 +219,15 @@ fn readable(setting: &'static str, path: &Path) -> Result<(), ConfigError> {
 }
 
 impl Settings {
+    /// Where the nats-server `jetflow all` starts keeps its streams: `nats/` beside the SQLite
+    /// database, so one directory holds all the laptop shape's state (`./data/nats` by
+    /// default), or `./data/nats` with PostgreSQL.
+    pub fn local_nats_data(&self) -> PathBuf {
+        jetflow_runtime::db::sqlite_file(&self.database.url)
+            .and_then(|file| file.parent().map(|dir| dir.join("nats")))
+            .unwrap_or_else(|| PathBuf::from("./data/nats"))
+    }
+
     fn apply_nats(&mut self, a: &NatsArgs) -> Result<(), ConfigError> {
         self.nats.url = a.nats_url.clone();
         self.nats.auth = match (&a.nats_creds, &a.nats_user, &a.nats_password) {
@@ -279,6 +292,7 @@ impl Settings {
     fn apply_consumers(&mut self, a: &ConsumerArgs) {
         self.saga.ack_wait = a.ack_wait;
         self.saga.max_deliver = a.max_deliver;
+        self.saga.payment_max_deliver = a.max_deliver;
         self.saga.batch = BatchConfig {
             max: a.batch_max as usize,
             ..self.saga.batch
@@ -299,8 +313,6 @@ impl Settings {
         self.http.rate_burst = a.rate_limit.saturating_mul(2);
         self.http.trusted_proxies = jetflow_gateway::rate_limit::parse_proxies(&a.trusted_proxies)
             .map_err(|e| ConfigError::new("JETFLOW_TRUSTED_PROXIES", e))?;
-        self.saga.created_versions = SagaConfig::parse_versions(&a.orders_created_versions)
-            .map_err(|e| ConfigError::new("JETFLOW_ORDERS_CREATED_VERSIONS", e))?;
         Ok(())
     }
 
@@ -317,10 +329,9 @@ impl Settings {
         self.provider.timeout = a.payment_timeout;
         self.provider.breaker_threshold = a.breaker_threshold;
         self.provider.breaker_open = a.payment_timeout.saturating_mul(5);
-        self.saga.payment_max_deliver = a.payment_max_deliver;
-        self.saga.payment_retry_base = a.payment_retry;
-        self.saga.payment_retry_max = Duration::from_secs(30).max(a.payment_retry);
-        self.saga.void_scan_interval = a.payment_retry.saturating_mul(15);
+        self.saga.payment_retry_base = a.payment_timeout;
+        self.saga.payment_retry_max = Duration::from_secs(30).max(a.payment_timeout);
+        self.saga.void_scan_interval = a.payment_timeout.saturating_mul(15);
     }
 
     fn named(role: &str) -> Self {
@@ -356,6 +367,8 @@ impl Settings {
         s.apply_http(&a.http);
         s.apply_streams(&a.streams);
         s.apply_api(&a.api)?;
+        s.saga.created_versions = SagaConfig::parse_versions(&a.orders_created_versions)
+            .map_err(|e| ConfigError::new("JETFLOW_ORDERS_CREATED_VERSIONS", e))?;
         Ok(s)
     }
 
@@ -526,6 +539,42 @@ mod tests {
         let from_cli = Settings::for_all(&args).expect("valid");
         let default = Settings::named("all");
         assert_eq!(format!("{from_cli:#?}"), format!("{default:#?}"));
+    }
+
+    #[test]
+    fn the_local_nats_server_keeps_its_streams_beside_the_sqlite_database() {
+        let at = |url: &str| {
+            let mut s = Settings::default();
+            s.database.url = url.to_string();
+            s.local_nats_data()
+        };
+        assert_eq!(at(DEFAULT_DATABASE_URL), PathBuf::from("./data/nats"));
+        assert_eq!(at("sqlite:///tmp/x/j.db"), PathBuf::from("/tmp/x/nats"));
+        assert_eq!(at("sqlite://j.db"), PathBuf::from("nats"));
+        assert_eq!(at("sqlite::memory:"), PathBuf::from("./data/nats"));
+        assert_eq!(at("postgres://u@h/db"), PathBuf::from("./data/nats"));
+    }
+
+    /// A payment is retried after one payment timeout, as many times as any delivery.
+    #[test]
+    fn payment_retries_follow_the_payment_timeout_and_max_deliver() {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from([
+            "jetflow",
+            "payments",
+            "--payment-timeout",
+            "700ms",
+            "--max-deliver",
+            "7",
+        ])
+        .expect("parses");
+        let crate::cli::Command::Payments(args) = cli.command else {
+            panic!("jetflow payments");
+        };
+        let s = Settings::for_payments(&args).expect("valid");
+        assert_eq!(s.saga.payment_retry_base, Duration::from_millis(700));
+        assert_eq!(s.saga.void_scan_interval, Duration::from_millis(700 * 15));
+        assert_eq!((s.saga.max_deliver, s.saga.payment_max_deliver), (7, 7));
     }
 
     fn uses_all() -> Uses {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use jetflow_integration::binary::nats_server_bin;
 use jetflow_integration::invariants::{self, Expectations};
 use jetflow_integration::load::{self, LoadConfig};
-use jetflow_integration::ports::free_port;
 use jetflow_integration::{JetflowProcess, NatsServer, TestDatabase, eventually};
 
 fn port_free(port: u16) -> bool {
@@ -68,22 +67,30 @@ fn standalone_nats(nats_data: &std::path::Path) -> std::process::Child {
     cmd.spawn().expect("nats-server")
 }
 
+/// The client port of the nats-server that `jetflow all` started on `nats_data` (4222, or a
+/// free one when 4222 is taken), as its configuration file says.
+fn local_nats_port(nats_data: &std::path::Path) -> u16 {
+    let config = std::fs::read_to_string(nats_data.join("nats.conf")).expect("nats.conf");
+    config
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("listen: 127.0.0.1:"))
+        .and_then(|port| port.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no listen line in nats.conf:\n{config}"))
+}
+
 async fn stop_all_under_load(signal: i32) {
     let data = tempfile::Builder::new()
         .prefix("jetflow-all-")
         .tempdir()
         .expect("dir");
+    // The local nats-server keeps its streams beside the SQLite database.
     let nats_data = data.path().join("nats");
     let db = format!("sqlite://{}/jetflow.db", data.path().display());
-    let nats_port = free_port();
-    let nats_port_s = nats_port.to_string();
     // The provider's ledger must outlive the restart to be checked: its own process.
     let provider = JetflowProcess::provider();
     let provider_url = provider.url();
     let bin = nats_server_bin();
     let env = [
-        ("JETFLOW_NATS_DATA", nats_data.to_str().expect("utf-8")),
-        ("JETFLOW_NATS_PORT", nats_port_s.as_str()),
         ("NATS_SERVER_BIN", bin.to_str().expect("utf-8")),
         ("DATABASE_URL", db.as_str()),
         ("PAYMENT_PROVIDER_URL", provider_url.as_str()),
@@ -93,6 +100,7 @@ async fn stop_all_under_load(signal: i32) {
     let mut app = JetflowProcess::start(&["all"], &env);
     app.until("/ready").await;
     let http_port = app.port();
+    let nats_port = local_nats_port(&nats_data);
     let api = app.url();
     for p in ["sku-l1", "sku-l2"] {
         app.put_stock(p, 10_000, 100).await;
