@@ -7,7 +7,7 @@
 //! `.tools/bin/nats-server` (what `.ci/install-nats-server.sh` installs), then `PATH`, and
 //! must be 2.10 or newer.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +46,14 @@ pub enum LocalNatsError {
     /// It did not come up.
     #[error("nats-server did not accept connections on {addr} within 15s (log: {log})")]
     NotReady {
+        /// Where it should listen.
+        addr: SocketAddr,
+        /// Its log file.
+        log: String,
+    },
+    /// It stopped before it served (its log says why).
+    #[error("nats-server stopped at start on {addr} (log: {log})")]
+    Exited {
         /// Where it should listen.
         addr: SocketAddr,
         /// Its log file.
@@ -180,8 +188,29 @@ pub fn terminate(child: &mut Child, grace: Duration) {
     let _ = child.wait();
 }
 
+/// Whether the server at `addr` answers with an INFO naming it `name`.
+fn serves(addr: &SocketAddr, name: &str) -> bool {
+    let Ok(stream) = TcpStream::connect_timeout(addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    if stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .is_err()
+    {
+        return false;
+    }
+    let mut info = String::new();
+    match std::io::BufReader::new(stream).read_line(&mut info) {
+        Ok(_) => info.contains(&format!("\"server_name\":\"{name}\"")),
+        Err(_) => false,
+    }
+}
+
 impl LocalNats {
     /// Starts nats-server with JetStream in `data_dir`, on `port` (or a free port if taken).
+    /// Two processes that want the same free port at once both end up with a server of their
+    /// own: each names its server uniquely, and one that finds another's name on its port
+    /// starts again on a free one.
     pub fn start(data_dir: &Path, port: u16, sync_always: bool) -> Result<Self, LocalNatsError> {
         let binary = find_binary()?;
         std::fs::create_dir_all(data_dir).map_err(|source| LocalNatsError::DataDir {
@@ -194,21 +223,52 @@ impl LocalNats {
                 path: data_dir.display().to_string(),
                 source,
             })?;
-        let port = if port != 0 && port_free(port) {
-            port
-        } else {
-            let p = free_port().map_err(LocalNatsError::Port)?;
-            if port != 0 {
-                tracing::warn!(
-                    wanted = port,
-                    using = p,
-                    "NATS port taken; the local nats-server uses another"
-                );
+        let mut wanted = port;
+        let mut attempts = 0;
+        loop {
+            let port = if wanted != 0 && port_free(wanted) {
+                wanted
+            } else {
+                let p = free_port().map_err(LocalNatsError::Port)?;
+                if wanted != 0 {
+                    tracing::warn!(
+                        wanted,
+                        using = p,
+                        "NATS port taken; the local nats-server uses another"
+                    );
+                }
+                p
+            };
+            attempts += 1;
+            match Self::start_on(&binary, &data_dir, port, sync_always) {
+                Err(LocalNatsError::Exited { log, .. }) if attempts < 3 => {
+                    tracing::warn!(
+                        port,
+                        log,
+                        "the local nats-server stopped at start (another may have taken the port first); trying another port"
+                    );
+                    wanted = 0;
+                }
+                started => return started,
             }
-            p
-        };
+        }
+    }
+
+    fn start_on(
+        binary: &Path,
+        data_dir: &Path,
+        port: u16,
+        sync_always: bool,
+    ) -> Result<Self, LocalNatsError> {
+        let name = format!(
+            "jetflow-local-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        );
         let config = format!(
-            "listen: 127.0.0.1:{port}\nserver_name: jetflow-local\njetstream {{\n  store_dir: {:?}\n{}}}\n",
+            "listen: 127.0.0.1:{port}\nserver_name: {name}\njetstream {{\n  store_dir: {:?}\n{}}}\n",
             data_dir.join("jetstream").display().to_string(),
             if sync_always {
                 "  sync_interval: always\n"
@@ -224,7 +284,7 @@ impl LocalNats {
                 path: config_path.display().to_string(),
                 source,
             })?;
-        let mut cmd = Command::new(&binary);
+        let mut cmd = Command::new(binary);
         cmd.arg("-c")
             .arg(&config_path)
             .arg("-l")
@@ -245,8 +305,16 @@ impl LocalNats {
             url: format!("nats://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-            if Instant::now() > deadline || server.child.try_wait().ok().flatten().is_some() {
+        // Ready when the server on the port is this one (its INFO names it): another
+        // process's server may have taken the port between the check and the spawn.
+        while !serves(&addr, &name) {
+            if server.child.try_wait().ok().flatten().is_some() {
+                return Err(LocalNatsError::Exited {
+                    addr,
+                    log: log_path.display().to_string(),
+                });
+            }
+            if Instant::now() > deadline {
                 return Err(LocalNatsError::NotReady {
                     addr,
                     log: log_path.display().to_string(),

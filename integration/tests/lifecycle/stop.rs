@@ -353,3 +353,67 @@ fn a_second_signal_during_a_slow_drain_exits_at_once() {
         );
     })
 }
+
+/// Two `jetflow all` on one machine want the same port for their nats-server (4222) at the same
+/// moment: each ends up with a server of its own, never the other's.
+#[test]
+fn two_local_nats_servers_wanting_one_port_each_get_their_own() {
+    use jetflow_runtime::local_nats::LocalNats;
+    let port = jetflow_integration::ports::free_port();
+    let dirs = [(); 2].map(|()| {
+        tempfile::Builder::new()
+            .prefix("jetflow-nats-")
+            .tempdir()
+            .expect("dir")
+    });
+    // Each server is started and kept by a thread of its own (a child dies with the thread
+    // that started it), until both have started.
+    let started = std::sync::Barrier::new(3);
+    let urls: Vec<Result<String, String>> = std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for dir in &dirs {
+            let (tx, started) = (tx.clone(), &started);
+            s.spawn(move || {
+                let server = LocalNats::start(dir.path(), port, false);
+                let _ = tx.send(
+                    server
+                        .as_ref()
+                        .map(|n| n.url().to_string())
+                        .map_err(|e| e.to_string()),
+                );
+                started.wait();
+                drop(server);
+            });
+        }
+        drop(tx);
+        let urls = rx.iter().take(2).collect();
+        started.wait();
+        urls
+    });
+    let logs = || {
+        dirs.iter()
+            .map(|d| std::fs::read_to_string(d.path().join("nats.log")).unwrap_or_default())
+            .collect::<Vec<_>>()
+    };
+    let servers: Vec<String> = urls
+        .into_iter()
+        .map(|url| url.unwrap_or_else(|e| panic!("a server of its own: {e}; logs: {:?}", logs())))
+        .collect();
+    assert_ne!(servers[0], servers[1]);
+    assert!(
+        servers
+            .iter()
+            .any(|url| *url == format!("nats://127.0.0.1:{port}")),
+        "one of them on the port both wanted: {servers:?}"
+    );
+    // Each served from its own directory: the port in its nats.conf is its URL's (the order of
+    // the URLs is the order they started in, so compare as sets).
+    let mut listens: Vec<String> = dirs
+        .iter()
+        .map(|dir| format!("nats://127.0.0.1:{}", local_nats_port(dir.path())))
+        .collect();
+    let mut servers = servers;
+    listens.sort();
+    servers.sort();
+    assert_eq!(servers, listens);
+}
