@@ -27,7 +27,7 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_PROVIDER_ADDR: &str = "127.0.0.1:8081";
 
 /// The client port `jetflow all` gives the nats-server it starts when NATS_URL is unset (a
-/// free one when it is taken; the start-up log and `nats.conf` in its data directory say which).
+/// free one when it is taken; the start-up log and the configuration file in its data directory say which).
 pub const LOCAL_NATS_PORT: u16 = 4222;
 
 /// A setting that cannot work: which one, and why.

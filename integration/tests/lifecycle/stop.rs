@@ -406,7 +406,7 @@ fn two_local_nats_servers_wanting_one_port_each_get_their_own() {
             .any(|url| *url == format!("nats://127.0.0.1:{port}")),
         "one of them on the port both wanted: {servers:?}"
     );
-    // Each served from its own directory: the port in its nats.conf is its URL's (the order of
+    // Each served from its own directory: the port in its configuration file is its URL's (the order of
     // the URLs is the order they started in, so compare as sets).
     let mut listens: Vec<String> = dirs
         .iter()
