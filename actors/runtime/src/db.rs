@@ -349,10 +349,12 @@ impl From<&'static Migrator> for Migrations {
 fn merged(both: &Migrator, only: &Migrator) -> Result<Migrator, DbError> {
     let mut all: Vec<_> = both.iter().chain(only.iter()).cloned().collect();
     all.sort_by_key(|m| (m.version, m.migration_type.is_down_migration()));
-    if let Some(pair) = all
-        .windows(2)
-        .find(|w| w[0].version == w[1].version && w[0].migration_type == w[1].migration_type)
-    {
+    // Two steps of one version (whatever their kind, save an up and its down) would both run
+    // and the second be refused by the migrations table.
+    if let Some(pair) = all.windows(2).find(|w| {
+        w[0].version == w[1].version
+            && w[0].migration_type.is_down_migration() == w[1].migration_type.is_down_migration()
+    }) {
         return Err(DbError::Invalid(format!(
             "migration version {} is both in the migrations both engines run and in PostgreSQL's own",
             pair[0].version
@@ -363,6 +365,7 @@ fn merged(both: &Migrator, only: &Migrator) -> Result<Migrator, DbError> {
     migrator.ignore_missing = both.ignore_missing;
     migrator.locking = both.locking;
     migrator.no_tx = both.no_tx;
+    migrator.create_schemas = both.create_schemas.clone();
     Ok(migrator)
 }
 

@@ -1,8 +1,9 @@
 //! A local nats-server as a child process: what `jetflow all` starts when no `NATS_URL` is
 //! given, and what `jetflow bench` starts to measure on.
 //!
-//! It runs as a child process with JetStream on (data under `./data/nats`), listening on
-//! 127.0.0.1 only, and is stopped when jetflow exits (and, on Linux, when jetflow dies: the
+//! It runs as a child process with JetStream on (its data in the directory it is given:
+//! `jetflow all` puts it beside its SQLite file, `./data/nats` by default), listening on
+//! 127.0.0.1 only (4222 for `jetflow all`, or a free port when that is taken), and is stopped when jetflow exits (and, on Linux, when jetflow dies: the
 //! child gets SIGTERM from the kernel). The binary is looked up in `NATS_SERVER_BIN`, then
 //! `.tools/bin/nats-server` (what `.ci/install-nats-server.sh` installs), then `PATH`, and
 //! must be 2.10 or newer.
@@ -170,6 +171,11 @@ pub fn die_with_parent(cmd: &mut Command, signal: i32) {
 
 /// SIGTERM, then SIGKILL if the child has not exited within `grace`.
 pub fn terminate(child: &mut Child, grace: Duration) {
+    // A child already reaped (it stopped by itself) has no pid any more to signal: the
+    // number may be another process's by now.
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
     #[cfg(unix)]
     {
         // SAFETY: kill(2) on our own child's pid.

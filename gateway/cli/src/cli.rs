@@ -262,7 +262,7 @@ pub struct PaymentArgs {
     /// Timeout of one call to the payment provider. While the provider is down a payment is
     /// retried after one timeout, then twice as long each time, at most 30s, until
     /// JETFLOW_MAX_DELIVER attempts end the order payment_unavailable; a charge that could not
-    /// be voided yet is retried every 15 timeouts.
+    /// be voided yet is retried every 15 timeouts (at most every minute).
     #[arg(long, env = "JETFLOW_PAYMENT_TIMEOUT", default_value = "2s", value_parser = positive_duration)]
     pub payment_timeout: Duration,
     /// Consecutive provider failures that open the circuit breaker (it stays open five

@@ -107,6 +107,10 @@ fn stopped(report: StopReport) -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    crate::settings::refuse_removed(
+        |name| std::env::var_os(name).is_some(),
+        matches!(cli.command, Command::All(_)),
+    )?;
     let rt = runtime().context("cannot start the runtime")?;
     match cli.command {
         Command::All(args) => {
@@ -124,12 +128,16 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let local = match &settings.nats.url {
                 Some(_) => None,
                 None => {
-                    let nats = LocalNats::start(
-                        &settings.local_nats_data(),
-                        crate::settings::LOCAL_NATS_PORT,
-                        false,
-                    )
-                    .context("cannot start the local nats-server")?;
+                    let data = settings.local_nats_data();
+                    let before = std::path::Path::new("./data/nats/jetstream");
+                    if data != std::path::Path::new("./data/nats") && before.is_dir() {
+                        tracing::warn!(
+                            data = %data.display(),
+                            "./data/nats holds a local nats-server's streams of an earlier version; this one keeps them beside the SQLite file: move ./data/nats there to keep events not yet handled"
+                        );
+                    }
+                    let nats = LocalNats::start(&data, crate::settings::LOCAL_NATS_PORT, false)
+                        .context("cannot start the local nats-server")?;
                     settings.nats.url = Some(nats.url().to_string());
                     Some(nats)
                 }

@@ -49,6 +49,45 @@ impl ConfigError {
     }
 }
 
+/// Settings earlier versions took and this one does not, with what replaced each: one that is
+/// still set stops the command at start (exit 2) instead of being ignored without a word.
+const REMOVED: &[(&str, &str)] = &[
+    (
+        "JETFLOW_PAYMENT_MAX_DELIVER",
+        "is gone: a payment's attempts are its deliveries, JETFLOW_MAX_DELIVER",
+    ),
+    (
+        "JETFLOW_PAYMENT_RETRY",
+        "is gone: a payment is retried after one JETFLOW_PAYMENT_TIMEOUT, then twice as long each time",
+    ),
+    (
+        "JETFLOW_NATS_DATA",
+        "is gone: jetflow all's nats-server keeps its streams in nats/ beside the SQLite file (move an existing ./data/nats there)",
+    ),
+    (
+        "JETFLOW_NATS_PORT",
+        "is gone: jetflow all's nats-server listens on 4222, or on a free port when 4222 is taken (the log says which)",
+    ),
+    (
+        "JETFLOW_NATS_SYNC_ALWAYS",
+        "is gone: for a nats-server configured otherwise, start one and give its NATS_URL",
+    ),
+];
+
+/// Refuses a setting this version no longer takes (see [`REMOVED`]).
+pub fn refuse_removed(set: impl Fn(&str) -> bool, command_is_all: bool) -> Result<(), ConfigError> {
+    if let Some((name, why)) = REMOVED.iter().find(|(name, _)| set(name)) {
+        return Err(ConfigError::new(name, *why));
+    }
+    if command_is_all && set("JETFLOW_ORDERS_CREATED_VERSIONS") {
+        return Err(ConfigError::new(
+            "JETFLOW_ORDERS_CREATED_VERSIONS",
+            "is for jetflow gateway alone: dual publishing bridges roles upgraded one by one, and jetflow all upgrades as one (it publishes v2)",
+        ));
+    }
+    Ok(())
+}
+
 /// How to reach NATS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NatsSettings {
@@ -331,7 +370,10 @@ impl Settings {
         self.provider.breaker_open = a.payment_timeout.saturating_mul(5);
         self.saga.payment_retry_base = a.payment_timeout;
         self.saga.payment_retry_max = Duration::from_secs(30).max(a.payment_timeout);
-        self.saga.void_scan_interval = a.payment_timeout.saturating_mul(15);
+        self.saga.void_scan_interval = a
+            .payment_timeout
+            .saturating_mul(15)
+            .min(Duration::from_secs(60));
     }
 
     fn named(role: &str) -> Self {

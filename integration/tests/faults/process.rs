@@ -37,7 +37,6 @@ fn jetflow_killed_mid_flight_and_restarted_loses_nothing_and_does_nothing_twice(
                 ("DATABASE_URL", db_url.as_str()),
                 ("PAYMENT_PROVIDER_URL", provider_url.as_str()),
                 ("JETFLOW_ACK_WAIT", "2s"),
-                ("JETFLOW_PAYMENT_TIMEOUT", "1s"),
             ],
         );
         app.until("/ready").await;
@@ -103,7 +102,6 @@ fn every_role_as_its_own_process_each_killed_and_restarted() {
             ("DATABASE_URL", db.url()),
             ("PAYMENT_PROVIDER_URL", provider_url.as_str()),
             ("JETFLOW_ACK_WAIT", "2s"),
-            ("JETFLOW_PAYMENT_TIMEOUT", "1s"),
         ];
         let mut gateway = JetflowProcess::start(&["gateway"], &env);
         let mut orders = JetflowProcess::start(&["orders"], &env);

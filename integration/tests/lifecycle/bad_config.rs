@@ -108,6 +108,27 @@ fn every_bad_setting_stops_the_command_with_exit_2_and_one_line_naming_it() {
             vec!["inventory"],
             vec![NATS, SQLITE, ("JETFLOW_MAX_DELIVER", "1")],
         ),
+        // Settings this version no longer takes are refused, not ignored without a word.
+        (
+            "JETFLOW_PAYMENT_RETRY",
+            vec!["payments"],
+            vec![NATS, SQLITE, ("JETFLOW_PAYMENT_RETRY", "100ms")],
+        ),
+        (
+            "JETFLOW_PAYMENT_MAX_DELIVER",
+            vec!["payments"],
+            vec![NATS, SQLITE, ("JETFLOW_PAYMENT_MAX_DELIVER", "5")],
+        ),
+        (
+            "JETFLOW_NATS_PORT",
+            vec!["all"],
+            vec![SQLITE, ("JETFLOW_NATS_PORT", "4222")],
+        ),
+        (
+            "JETFLOW_ORDERS_CREATED_VERSIONS",
+            vec!["all"],
+            vec![NATS, SQLITE, ("JETFLOW_ORDERS_CREATED_VERSIONS", "both")],
+        ),
         (
             "JETFLOW_STREAM_MAX_AGE",
             vec!["inventory"],

@@ -484,6 +484,52 @@ fn a_row_written_since_the_book_read_it_makes_the_commit_a_conflict() {
     })
 }
 
+/// A database made by the version before PostgreSQL's own steps existed takes them at the next
+/// start: its rows stay, and its keys compare byte by byte from then on.
+#[test]
+fn a_database_of_the_previous_version_takes_the_postgres_steps_and_keeps_its_rows() {
+    jetflow_integration::run(async {
+        let pg = TestDatabase::create().await;
+        let db = Database::connect_url(pg.url()).await.expect("PostgreSQL");
+        // The reference system's migrations as the previous version ran them: both engines'
+        // only, recorded in the same table.
+        static PREVIOUS: sqlx::migrate::Migrator = sqlx::migrate!("../actors/domain/migrations");
+        db.migrate(&PREVIOUS)
+            .await
+            .expect("the previous version's migrations");
+        jetflow_runtime::db::query(
+            "INSERT INTO orders (order_id, status, created_at, updated_at) VALUES ($1, 'pending', 1, 1)",
+        )
+        .bind("order-before")
+        .execute(db.pool())
+        .await
+        .expect("an order of the previous version");
+        let collation = || async {
+            jetflow_runtime::db::query(
+                "SELECT COALESCE(collation_name::text, 'default') FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = 'orders' AND column_name = 'order_id'",
+            )
+            .fetch_scalar::<String>(db.pool())
+            .await
+            .expect("the key's collation")
+        };
+        assert_eq!(collation().await, "default");
+        db.migrate(MIGRATIONS)
+            .await
+            .expect("this version's migrations");
+        assert_eq!(collation().await, "C");
+        let kept: i64 = jetflow_runtime::db::query(
+            "SELECT COUNT(*) FROM orders WHERE order_id = $1 AND status = 'pending'",
+        )
+        .bind("order-before")
+        .fetch_scalar(db.pool())
+        .await
+        .expect("the order");
+        assert_eq!(kept, 1);
+        db.close().await;
+    });
+}
+
 /// On PostgreSQL every text key of the framework's and the reference system's tables compares
 /// byte by byte (PostgreSQL's own migration steps), whatever the database's collation, and
 /// running the migrations again changes nothing.
