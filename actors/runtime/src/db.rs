@@ -152,23 +152,31 @@ fn backend_of(url: &str) -> Result<Backend, DbError> {
     }
 }
 
+/// A SQLite URL's path and query (`sqlite://data/j.db?mode=rwc` → `data/j.db`, `mode=rwc`).
+fn sqlite_parts(url: &str) -> (&str, Option<&str>) {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    match rest.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (rest, None),
+    }
+}
+
 /// Whether a SQLite URL names an in-memory database.
 pub fn is_sqlite_memory(url: &str) -> bool {
-    let rest = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
-    path == ":memory:" || path.is_empty() || query.split('&').any(|kv| kv == "mode=memory")
+    let (path, query) = sqlite_parts(url);
+    path == ":memory:"
+        || path.is_empty()
+        || query.is_some_and(|q| q.split('&').any(|kv| kv == "mode=memory"))
 }
 
 /// The file of a SQLite URL (`sqlite://data/j.db?mode=rwc` → `data/j.db`); `None` for an
 /// in-memory database or another engine.
 pub fn sqlite_file(url: &str) -> Option<PathBuf> {
-    let rest = url
-        .strip_prefix("sqlite://")
-        .or_else(|| url.strip_prefix("sqlite:"))?;
-    let path = rest.split_once('?').map_or(rest, |(p, _)| p);
-    (!is_sqlite_memory(url)).then(|| PathBuf::from(path))
+    let sqlite = url.starts_with("sqlite:");
+    (sqlite && !is_sqlite_memory(url)).then(|| PathBuf::from(sqlite_parts(url).0))
 }
 
 /// The connections to one database, of either engine.
@@ -575,13 +583,7 @@ fn prepare_sqlite_url(url: &str) -> Result<String, DbError> {
     if is_sqlite_memory(url) {
         return Ok(url.to_string());
     }
-    let rest = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:");
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (rest, None),
-    };
+    let (path, query) = sqlite_parts(url);
     if path != ":memory:"
         && !path.is_empty()
         && let Some(dir) = Path::new(path)
